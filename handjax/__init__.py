@@ -7,3 +7,10 @@ ImageNet CNNs ported to Flax), ``losses`` and ``metrics`` (severity-aware object
 """
 
 __version__ = "0.1.0"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or setup, reported to users as one line."""
+    from handjax import backbones, data, train
+    extra = tuple(getattr(backbones, n) for n in ("WeightsError",) if hasattr(backbones, n))
+    return (data.DataError, train.TrainingError, ValueError, FileNotFoundError) + extra

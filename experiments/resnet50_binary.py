@@ -1,0 +1,14 @@
+"""Study cell: resnet50 fine-tuned with binary cross-entropy on one-hot targets.
+
+    python launch.py --config experiments/resnet50_binary.py
+    python launch.py --config experiments/resnet50_binary.py:smoke
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import base  # noqa: E402
+
+
+def get_config(arg=None):
+    return base.cell("resnet50", "binary", arg)

@@ -1,0 +1,338 @@
+"""Tables and plots from finished runs: per-run ``results.md`` and the study table.
+
+Inputs are the trainer's ``results.json`` dicts (one per run) and its ``metrics.jsonl``
+training curves. Everything here is a pure function of those dicts except the
+``write_*`` functions, which put the Markdown, CSV and PNG files into a folder.
+
+Every "mean ± std" is recomputed from the per-fold values with :func:`summarize`
+(population std, ``ddof=0``), so all tables share one definition.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
+from matplotlib.patches import Rectangle
+
+METRICS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
+# Column suffixes of the study's table, in its order.
+METRIC_COLUMNS = {"accuracy": "acc", "custom_multi": "cus_multi",
+                  "custom_plus": "cus_plus", "custom_precision": "cus_precision"}
+# results.json decision key -> column prefix of the study table.
+DECISION_PREFIX = {"cnn": "CNN", "svm": "SVM", "cnn_mec": "MEC"}
+DECISION_TITLES = {"cnn": "CNN (argmax)", "cnn_mec": "CNN, minimum expected cost",
+                   "svm": "SVM probe on pooled features"}
+MODEL_NAMES = {"vgg16": "VGG16", "vgg19": "VGG19", "resnet50": "ResNet50",
+               "mobilenetv2": "MobileNetV2"}
+# The study's row-group labels; "severity" is handjax's name for the custom loss.
+LOSS_GROUPS = {"categorical": "categorical", "binary": "binary",
+               "custom": "custom_loss", "severity": "custom_loss"}
+STUDY_COLUMNS = tuple(f"{DECISION_PREFIX[d]}_{METRIC_COLUMNS[m]}"
+                      for d in ("cnn", "svm", "cnn_mec") for m in METRICS)
+
+
+# ------------------------------------------------------------------------ numbers
+def summarize(per_fold: dict) -> tuple[dict, dict]:
+    """Mean and *population* std (``ddof=0``) of each metric's per-fold list."""
+    mean = {k: float(np.mean(v)) for k, v in per_fold.items()}
+    std = {k: float(np.std(v, ddof=0)) for k, v in per_fold.items()}
+    return mean, std
+
+
+def format_pm(mean: float, std: float, digits: int = 4) -> str:
+    """``"0.7687 ± 0.0123"``."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def display_model(name: str) -> str:
+    """``"mobilenet_v2"`` -> ``"MobileNetV2"``; unknown names pass through."""
+    return MODEL_NAMES.get(name.lower().replace("_", "").replace("-", ""), name)
+
+
+def _md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _decision_order(decisions: dict) -> list[str]:
+    known = [k for k in DECISION_TITLES if k in decisions]
+    return known + sorted(k for k in decisions if k not in DECISION_TITLES)
+
+
+def confusion_sum(decision: dict) -> np.ndarray:
+    """The confusion matrix summed over folds (recorded, or summed from per-fold ones)."""
+    if "confusion_sum" in decision:
+        return np.asarray(decision["confusion_sum"])
+    return np.asarray(decision["confusion"]).sum(0)
+
+
+# ------------------------------------------------------------------------ per run
+def _data_line(data: dict) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in data.get("class_counts", {}).items())
+    dup = data.get("duplicate_groups")
+    dup = "not checked" if dup is None else dup
+    return (f"{data.get('source', '?')} (n={data.get('n', '?')}; {counts}; "
+            f"duplicate groups {dup})")
+
+
+def _decision_markdown(key: str, decision: dict, class_names) -> str:
+    per_fold = decision["per_fold"]
+    mean, std = summarize(per_fold)
+    n_folds = len(per_fold[METRICS[0]])
+    rows = [[f] + [f"{per_fold[m][f]:.4f}" for m in METRICS] for f in range(n_folds)]
+    rows.append(["mean ± std"] + [format_pm(mean[m], std[m]) for m in METRICS])
+    cm = confusion_sum(decision)
+    cm_rows = [[f"**{name}**"] + [int(c) for c in row] for name, row in zip(class_names, cm)]
+    return "\n\n".join([
+        f"## {DECISION_TITLES.get(key, key)}",
+        _md_table(["fold", *METRICS], rows),
+        "Confusion matrix summed over folds (rows true, columns predicted; "
+        "below the diagonal = under-severity):",
+        _md_table(["true \\ predicted", *class_names], cm_rows),
+    ])
+
+
+def run_markdown(results: dict) -> str:
+    """A readable ``results.md`` for one run: header, per-fold and mean ± std rows for
+    each decision, and the confusion matrix summed over folds."""
+    data = results.get("data", {})
+    class_names = data.get("class_names", ["normal", "heberden", "ra"])
+    header = [
+        f"# Run {results.get('name', '?')}",
+        f"model {display_model(results.get('model', '?'))} · loss {results.get('loss', '?')}"
+        f" · weights {results.get('weights', '?')} · input {results.get('image_size', '?')}"
+        f" · {results.get('n_folds', '?')} folds · seed {results.get('seed', '?')}",
+        f"Data: {_data_line(data)}",
+    ]
+    if "wall_time_s" in results:
+        header.append(f"Wall time: {results['wall_time_s']:.1f} s")
+    header.append("mean ± std over folds; std is the population std (ddof=0).")
+    decisions = results.get("decisions", {})
+    parts = ["\n\n".join(header)]
+    parts += [_decision_markdown(k, decisions[k], class_names) for k in _decision_order(decisions)]
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_confusion(cm, class_names, title: str, path) -> Path:
+    """Heat map of ``cm`` with counts, under-severity cells (i > j) framed in red."""
+    cm = np.asarray(cm)
+    k = len(cm)
+    fig = Figure(figsize=(4.2, 3.8), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            dark = cm[i, j] > 0.5 * cm.max()
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                    color="white" if dark else "black")
+            if i > j:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                       edgecolor="red", linewidth=2.5))
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=class_names,
+           yticklabels=class_names, xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def read_metrics_jsonl(path) -> list[dict]:
+    """The per-epoch records of ``metrics.jsonl`` (blank lines skipped)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(records: list[dict], path) -> Path:
+    """Loss and accuracy per fold against epochs (phase 1 then phase 2), with the
+    validation values dashed when recorded and a dotted line where phase 2 starts."""
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    axes = fig.subplots(1, 2)
+    folds = sorted({r["fold"] for r in records if "fold" in r})
+    colors = [f"C{i}" for i in range(10)]
+    for fold in folds:
+        rows = [r for r in records if r.get("fold") == fold]
+        x = np.arange(1, len(rows) + 1)  # epochs of both phases, in file order
+        color = colors[fold % len(colors)]
+        for ax, key in zip(axes, ("loss", "accuracy")):
+            ax.plot(x, [r.get(key, np.nan) for r in rows], color=color, label=f"fold {fold}")
+            if any(f"val_{key}" in r for r in rows):
+                ax.plot(x, [r.get(f"val_{key}", np.nan) for r in rows], "--", color=color)
+        starts = [i + 1 for i, r in enumerate(rows) if r.get("phase") == 2]
+        if starts:
+            for ax in axes:
+                ax.axvline(starts[0] - 0.5, color=color, linestyle=":", linewidth=0.8)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.set(xlabel="epoch (phase 1, then phase 2)", ylabel=key,
+               title=f"training {key} (dashed: validation)")
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def write_run(workdir, results: dict) -> list[Path]:
+    """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
+    min-expected-cost) and ``curves.png`` if ``metrics.jsonl`` exists. Returns the paths."""
+    workdir = Path(workdir)
+    md = workdir / "results.md"
+    md.write_text(run_markdown(results), encoding="utf-8")
+    written = [md]
+    class_names = results.get("data", {}).get("class_names", ["normal", "heberden", "ra"])
+    for key, decision in results.get("decisions", {}).items():
+        title = f"{results.get('name', '')}\n{DECISION_PREFIX.get(key, key)}, summed over folds"
+        written.append(plot_confusion(confusion_sum(decision), class_names, title,
+                                      workdir / f"confusion_{key}.png"))
+    jsonl = workdir / "metrics.jsonl"
+    if jsonl.exists():
+        records = read_metrics_jsonl(jsonl)
+        if records:
+            written.append(plot_curves(records, workdir / "curves.png"))
+    return written
+
+
+# ------------------------------------------------------------------------ study
+def _agreed(cells: list[dict], label: str, get) -> str:
+    """One value if every cell agrees, else a visible disagreement listing."""
+    values = {}
+    for c in cells:
+        values.setdefault(str(get(c)), []).append(c.get("name", "?"))
+    if len(values) == 1:
+        return f"{label}: {next(iter(values))}"
+    listing = "; ".join(f"{v} ({', '.join(names)})" for v, names in values.items())
+    return f"{label}: **cells disagree** — {listing}"
+
+
+def _study_header(present: list[dict]) -> str:
+    if not present:
+        return "# Study\n\nNo finished cells."
+    lines = [
+        _agreed(present, "Data", lambda c: _data_line(c.get("data", {}))),
+        _agreed(present, "Weights", lambda c: c.get("weights")),
+        _agreed(present, "Input size", lambda c: c.get("image_size")),
+        _agreed(present, "Folds", lambda c: c.get("n_folds")),
+        _agreed(present, "Seed", lambda c: c.get("seed")),
+    ]
+    return "# Study\n\n" + "  \n".join(lines) + (
+        "\n\nEach cell: mean ± std over folds (population std, ddof=0). CNN = argmax of "
+        "the fine-tuned network; SVM = SVM probe on its pooled features; MEC = the CNN's "
+        "probabilities with the minimum-expected-cost decision. Mean rows: mean of the "
+        "model means present; their ± is the spread (population std) of those model "
+        "means, not a fold std.")
+
+
+def _cell_stats(cell: dict) -> dict:
+    """Column name -> (mean, std), for the decisions this cell recorded."""
+    out = {}
+    for key, prefix in DECISION_PREFIX.items():
+        decision = cell.get("decisions", {}).get(key)
+        if decision is None:
+            continue
+        mean, std = summarize(decision["per_fold"])
+        for m in METRICS:
+            out[f"{prefix}_{METRIC_COLUMNS[m]}"] = (mean[m], std[m])
+    return out
+
+
+def _study_rows(cells: dict, models, losses):
+    """Rows (lists of strings) in the study's layout, and the missing (loss, model)."""
+    rows, missing = [], []
+    for loss in losses:
+        group = LOSS_GROUPS.get(loss, loss)
+        model_means = {c: [] for c in STUDY_COLUMNS}
+        for model in models:
+            cell = cells.get((loss, model))
+            if cell is None:
+                missing.append((loss, model))
+                rows.append([group, display_model(model)] + ["missing"] * len(STUDY_COLUMNS))
+                continue
+            stats = _cell_stats(cell)
+            for col, (mean, _) in stats.items():
+                model_means[col].append(mean)
+            rows.append([group, display_model(model)]
+                        + [format_pm(*stats[c]) if c in stats else "n/a" for c in STUDY_COLUMNS])
+        n_present = len(models) - sum(1 for lm in missing if lm[0] == loss)
+        label = (f"mean ({n_present} models)" if n_present == len(models)
+                 else f"mean ({n_present} of {len(models)} models)")
+        rows.append([group, label] + [
+            format_pm(np.mean(model_means[c]), np.std(model_means[c])) if model_means[c]
+            else "n/a" for c in STUDY_COLUMNS])
+    return rows, missing
+
+
+def study_table(cells: dict, models, losses) -> tuple[str, str, list]:
+    """The study's table from per-cell ``results.json`` dicts.
+
+    Args:
+      cells: ``{(loss, model): results dict, or None if the cell did not finish}``;
+        a (loss, model) pair absent from ``cells`` counts as missing too.
+      models: model keys in row order (e.g. ``["vgg16", "vgg19", "resnet50",
+        "mobilenetv2"]``).
+      losses: loss keys in group order (``"categorical"``, ``"binary"``, ``"custom"``).
+
+    Returns:
+      ``(markdown, csv_text, missing)``: rows grouped by loss (``custom`` labelled
+      ``custom_loss``), one per model plus a mean row per group; columns
+      :data:`STUDY_COLUMNS`, each ``"mean ± std"``. Missing cells show ``"missing"`` in
+      their row, are listed under the table and returned as ``[(loss, model), ...]``.
+    """
+    present = [cells[(lo, m)] for lo in losses for m in models if cells.get((lo, m))]
+    rows, missing = _study_rows(cells, models, losses)
+    header = ["loss", "model", *STUDY_COLUMNS]
+    missing_line = ("Missing cells (not run or not finished): "
+                    + ", ".join(f"{LOSS_GROUPS.get(lo, lo)}/{display_model(m)}"
+                                for lo, m in missing)) if missing else "Missing cells: none."
+    markdown = "\n\n".join([_study_header(present), _md_table(header, rows), missing_line]) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return markdown, buf.getvalue(), missing
+
+
+def plot_acc_vs_plus(cells: dict, models, losses, path) -> Path:
+    """Accuracy against custom_plus (lower is safer), one labelled point per cell and
+    decision: CNN circles, SVM squares, MEC triangles; colour by loss."""
+    fig = Figure(figsize=(7, 5), dpi=100)
+    ax = fig.add_subplot()
+    markers = {"cnn": "o", "svm": "s", "cnn_mec": "^"}
+    for li, loss in enumerate(losses):
+        for model in models:
+            cell = cells.get((loss, model))
+            if not cell:
+                continue
+            for key, marker in markers.items():
+                decision = cell.get("decisions", {}).get(key)
+                if decision is None:
+                    continue
+                mean, _ = summarize(decision["per_fold"])
+                ax.scatter(mean["custom_plus"], mean["accuracy"], marker=marker,
+                           color=f"C{li}", s=40)
+                ax.annotate(f"{display_model(model)} {DECISION_PREFIX[key]}",
+                            (mean["custom_plus"], mean["accuracy"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    for li, loss in enumerate(losses):  # legend proxies: colour = loss, marker = decision
+        ax.scatter([], [], color=f"C{li}", marker="o", label=LOSS_GROUPS.get(loss, loss))
+    for key, marker in markers.items():
+        ax.scatter([], [], color="gray", marker=marker, label=DECISION_PREFIX[key])
+    ax.set(xlabel="custom_plus (summed under-severity rates, lower is safer)",
+           ylabel="accuracy", title="accuracy vs under-severity, mean over folds")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def write_study(study_dir, cells: dict, models, losses) -> list:
+    """Write ``study.md``, ``study.csv`` and ``study_acc_vs_plus.png`` into
+    ``study_dir``; returns the missing ``(loss, model)`` cells."""
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    markdown, csv_text, missing = study_table(cells, models, losses)
+    (study_dir / "study.md").write_text(markdown, encoding="utf-8")
+    (study_dir / "study.csv").write_text(csv_text, encoding="utf-8")
+    plot_acc_vs_plus(cells, models, losses, study_dir / "study_acc_vs_plus.png")
+    return missing

@@ -1,0 +1,741 @@
+"""The study's protocol as one array program: K stratified folds, two-phase fine-tuning.
+
+Data flow (see ARCHITECTURE.md)::
+
+    images --(frozen prefix, once for all folds and views)--> cached features [V, N, h, w, c]
+    phase 1: backbone frozen  -> pooled features [V, N, C], computed once; K heads trained (vmap)
+    phase 2: top block(s) + head trained per fold on the cached features (lax.map on CPU)
+    eval:    per-fold logits and pooled features -> metrics (argmax, min expected cost) + SVM
+
+Why the cache is exact: layers frozen in a phase hold the same (pretrained) values in every
+fold, so their outputs are the same for every fold and epoch. Augmentation is applied to the
+*images*, so it must happen before the frozen prefix: we precompute ``V`` views per image
+(view 0 is the photo itself, views 1..V-1 are random ``data.augment`` draws) and each training
+example draws one view per epoch. ``config.train.mode = "plain"`` turns the cache off and
+recomputes the frozen base at every step, the way the study's Keras code ran; it trains on
+the same views and batches, so both modes give the same results (a test checks it).
+
+The fold axis is the leading axis of every per-fold array. Folds have unequal sizes: batches
+are padded by wrapping round the fold's own examples and the padding is masked out of every
+sum. ``config.train.fold_map`` picks ``vmap`` (dense heads, GPU) or ``lax.map`` (conv layers
+on XLA:CPU, where vmap over fold parameters measured ~7x slower than a loop); with several
+devices the fold axis is sharded across them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+from tqdm.auto import tqdm
+
+from handjax import backbones, data, losses, metrics, probe
+
+DECISIONS = ("cnn", "cnn_mec", "svm")
+METRIC_KEYS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, inconsistent checkpoint, ...)."""
+
+
+# --------------------------------------------------------------------------- model
+class Head(nn.Module):
+    """The study's head: Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes)."""
+
+    hidden: int = 256
+    dropout: float = 0.5
+    num_classes: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled, train: bool = False):
+        x = nn.Dense(self.hidden, dtype=self.dtype, name="head_dense")(pooled)
+        x = nn.relu(x)
+        x = nn.Dropout(self.dropout, deterministic=not train, name="head_dropout")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head_logits")(x)
+        return x.astype(jnp.float32)
+
+
+class Classifier(nn.Module):
+    """Backbone (from ``start``) -> global average pooling -> ``Head``.
+
+    ``start`` is the stage boundary whose output the classifier receives; ``None`` means raw
+    RGB images in [0, 255], in which case the frozen prefix up to ``split`` is recomputed on
+    every call under ``stop_gradient`` (the plain path). ``mode`` selects what trains:
+    ``"pooled"``: ``x`` is already pooled features, only the head runs; ``"frozen"``: the
+    backbone runs in inference mode without gradient; ``"tune"``: layers after ``split`` run
+    in the given ``train`` mode and receive gradients. Returns ``(logits, pooled)``.
+    """
+
+    backbone: nn.Module
+    backbone_name: str
+    split: str
+    start: str | None = None
+    hidden: int = 256
+    dropout: float = 0.5
+    num_classes: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mode: str = "tune"):
+        if mode == "pooled":
+            pooled = x.astype(jnp.float32)
+        else:
+            if self.start is None:
+                x = backbones.preprocess(self.backbone_name, x).astype(self.dtype)
+                x = jax.lax.stop_gradient(self.backbone(x, train=False, stop=self.split))
+            feats = self.backbone(x.astype(self.dtype), train=train and mode == "tune",
+                                  start=self.split)
+            pooled = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
+            if mode == "frozen":
+                pooled = jax.lax.stop_gradient(pooled)
+        head = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="head")
+        return head(pooled, train=train), pooled
+
+
+# --------------------------------------------------------------------------- state
+class FoldState(struct.PyTreeNode):
+    """One fold's training state; stacked along a leading fold axis for K folds.
+
+    ``model`` and ``mode`` say how the step runs the ``Classifier`` (see its docstring);
+    ``tx`` and ``loss_fn`` are the phase's optimiser and optax-shaped per-example loss.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    model: nn.Module = struct.field(pytree_node=False)
+    mode: str = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    loss_fn: Callable = struct.field(pytree_node=False)
+
+
+def param_labels(params, trainable_layers) -> Any:
+    """'train' / 'freeze' label per leaf: the head always trains, backbone layers if listed."""
+    backbone = {layer: jax.tree.map(lambda _, l=layer: "train" if l in trainable_layers
+                                    else "freeze", sub)
+                for layer, sub in params.get("backbone", {}).items()}
+    head = jax.tree.map(lambda _: "train", params["head"])
+    return {"backbone": backbone, "head": head}
+
+
+def make_tx(params, lr: float, trainable_layers) -> optax.GradientTransformation:
+    """Adam on the trainable leaves, ``set_to_zero`` on the frozen ones."""
+    return optax.multi_transform({"train": optax.adam(lr), "freeze": optax.set_to_zero()},
+                                 param_labels(params, trainable_layers))
+
+
+def create_state(params, batch_stats, *, model, mode, tx, loss_fn) -> FoldState:
+    """A fresh fold state (one fold; vmap it for K)."""
+    return FoldState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params), model=model, mode=mode, tx=tx,
+                     loss_fn=loss_fn)
+
+
+def train_step(state: FoldState, batch: dict, key: jax.Array):
+    """One optimiser step on a masked batch ``{"x", "y", "mask"}``; returns (state, sums).
+
+    Padding examples (mask 0) count in no sum; the loss is the masked mean.
+    """
+    mask = batch["mask"].astype(jnp.float32)
+
+    def objective(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        (logits, _), updates = state.model.apply(
+            variables, batch["x"], train=True, mode=state.mode, rngs={"dropout": key},
+            mutable=["batch_stats"])
+        per_example = state.loss_fn(logits, batch["y"])
+        loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    sums = {"loss": loss * jnp.sum(mask), "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask), "finite": jnp.isfinite(loss)}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, sums
+
+
+def eval_step(state: FoldState, x: jax.Array, mode: str):
+    """``(logits, pooled)`` of one fold's model on a batch, in inference mode."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.model.apply(variables, x, train=False, mode=mode)
+
+
+# --------------------------------------------------------------------------- fold mapping
+def fold_mapper(kind: str) -> Callable:
+    """``f(fn, xs)`` mapping ``fn`` over the leading fold axis of the pytree ``xs``."""
+    if kind == "vmap":
+        return lambda fn, xs: jax.vmap(fn)(xs)
+    if kind == "map":
+        return lambda fn, xs: jax.lax.map(fn, xs)
+    if kind == "loop":  # unrolled Python loop inside the trace: a reference for the bench
+        def loop(fn, xs):
+            k = jax.tree.leaves(xs)[0].shape[0]
+            outs = [fn(jax.tree.map(lambda a, i=i: a[i], xs)) for i in range(k)]
+            return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        return loop
+    raise ValueError(f"config.train.fold_map={kind!r}: expected 'auto', 'vmap', 'map' or 'loop'")
+
+
+def resolve_fold_map(kind: str, phase: int) -> str:
+    """'auto': vmap for dense-only phase-1 heads and off CPU; lax.map for convs on CPU."""
+    if kind != "auto":
+        return kind
+    if phase == 1 or jax.default_backend() != "cpu":
+        return "vmap"
+    return "map"
+
+
+def _fold_keys(key, n_steps: int, n_folds: int):
+    """Per (step, fold) dropout keys: fold_in(fold_in(key, step), fold)."""
+    steps = jnp.arange(n_steps)
+    folds = jnp.arange(n_folds)
+    per_step = jax.vmap(lambda s: jax.random.fold_in(key, s))(steps)
+    return jax.vmap(lambda k: jax.vmap(lambda f: jax.random.fold_in(k, f))(folds))(per_step)
+
+
+def epoch_fn(states, inputs, labels, batches, key, *, fold_map: str):
+    """One epoch for all folds: ``lax.scan`` over steps, ``fold_map`` over folds.
+
+    ``inputs`` [V, N, ...] are shared by all folds; ``batches`` holds ``idx``, ``view`` and
+    ``mask`` of shape [steps, K, B]. Returns the new states and per-step sums [steps, K].
+    """
+    n_steps, n_folds = batches["idx"].shape[:2]
+    keys = _fold_keys(key, n_steps, n_folds)
+    mapper = fold_mapper(fold_map)
+
+    def per_fold(args):
+        state, b, k = args
+        batch = {"x": inputs[b["view"], b["idx"]], "y": labels[b["idx"]], "mask": b["mask"]}
+        return train_step(state, batch, k)
+
+    def one_step(states, xs):
+        b, k = xs
+        return mapper(per_fold, (states, b, k))
+
+    return jax.lax.scan(one_step, states, (batches, keys))
+
+
+def eval_fn(states, inputs, idx, *, mode: str, fold_map: str, chunk: int = 64):
+    """Per-fold ``(logits, pooled)`` on ``inputs[idx[k]]`` (``idx`` [K, M]), inference mode.
+
+    Examples go through in chunks of ``chunk`` so that memory stays bounded for large sets.
+    """
+    mapper = fold_mapper(fold_map)
+    m = idx.shape[1]
+    n_chunks = max(1, math.ceil(m / chunk))
+    pad = n_chunks * chunk - m if m > chunk else 0
+    if pad:
+        idx = jnp.concatenate([idx, idx[:, :pad]], axis=1)
+
+    def per_fold(args):
+        state, ix = args
+        if not pad and m <= chunk:
+            return eval_step(state, inputs[ix], mode)
+        out = jax.lax.map(lambda i: eval_step(state, inputs[i], mode), ix.reshape(-1, chunk))
+        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:m], out)
+
+    return mapper(per_fold, (states, idx))
+
+
+# --------------------------------------------------------------------------- batches
+def pad_indices(index_sets, length: int):
+    """Stack unequal index sets to [K, length] by wrapping round; mask marks the real ones."""
+    idx = np.stack([np.resize(np.asarray(s), length) for s in index_sets]).astype(np.int32)
+    mask = np.stack([np.arange(length) < len(s) for s in index_sets])
+    return idx, mask
+
+
+def epoch_batches(train_sets, *, batch_size: int, n_views: int, seed: int, phase: int,
+                  epoch: int):
+    """Shuffled, padded batches for one epoch: ``idx``, ``view``, ``mask`` [steps, K, B].
+
+    Deterministic in (seed, phase, epoch, fold), so a resumed run sees the same batches.
+    """
+    longest = max(len(s) for s in train_sets)
+    n_steps = max(1, math.ceil(longest / batch_size))
+    length = n_steps * batch_size
+    idx, mask, views = [], [], []
+    for k, s in enumerate(train_sets):
+        rng = np.random.default_rng([seed, phase, epoch, k])
+        perm = rng.permutation(np.asarray(s))
+        idx.append(np.resize(perm, length))
+        mask.append(np.arange(length) < len(s))
+        views.append(rng.integers(0, n_views, size=length))
+    shape = (len(train_sets), n_steps, batch_size)
+
+    def arrange(a, dtype):
+        return np.asarray(a, dtype).reshape(shape).transpose(1, 0, 2)
+
+    return {"idx": arrange(idx, np.int32), "view": arrange(views, np.int32),
+            "mask": arrange(mask, np.float32)}
+
+
+# --------------------------------------------------------------------------- setup
+def load_examples(config) -> data.Examples:
+    """The configured data: the user's folder if ``data.root`` is set, else synthetic hands."""
+    d = config.data
+    if d.root:
+        class_map = parse_class_map(d.class_map) if d.class_map else None
+        return data.load_folder(d.root, image_size=d.image_size, on_error=d.on_error,
+                                class_map=class_map)
+    return data.load_synthetic(n_per_class=d.n_per_class, image_size=d.image_size,
+                               seed=config.seed)
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+    """``"folderA:normal,folderB:ra"`` -> ``{"folderA": "normal", "folderB": "ra"}``."""
+    pairs = [p.split(":", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise data.DataError(f"config.data.class_map={text!r}: expected 'folder:class,...' "
+                             f"with class one of {', '.join(data.CLASSES)}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def describe_data(examples: data.Examples, groups: np.ndarray | None) -> dict:
+    """Source, size, class counts and near-duplicate groups, for the results header."""
+    desc = dict(data.describe(examples))
+    desc["class_names"] = list(examples.class_names)
+    if groups is None:
+        desc["duplicate_groups"] = None
+    else:
+        _, counts = np.unique(groups, return_counts=True)
+        desc["duplicate_groups"] = int(np.sum(counts > 1))
+    return desc
+
+
+def make_loss(config) -> Callable:
+    """The configured optax-shaped per-example loss."""
+    kwargs = {}
+    if config.loss.name == "severity":
+        kwargs["ce_weight"] = float(config.loss.ce_weight)
+    return losses.get(config.loss.name, **kwargs)
+
+
+def probabilities(loss_name: str, logits):
+    """Class probabilities from logits: softmax, or normalised sigmoids for binary CE."""
+    if loss_name == "binary":
+        p = jax.nn.sigmoid(logits)
+        return p / jnp.sum(p, axis=-1, keepdims=True)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def augmented_views(images: np.ndarray, n_views: int, key) -> np.ndarray:
+    """[V, N, H, W, 3] uint8: view 0 is the photo, views 1.. are ``data.augment`` draws."""
+    views = [images]
+    for v in range(1, n_views):
+        views.append(np.asarray(data.augment(jax.random.fold_in(key, v), images)))
+    return np.stack(views)
+
+
+def frozen_features(backbone, variables, name: str, views: np.ndarray, split: str, *,
+                    dtype, batch: int = 32, store_dtype=np.float32) -> np.ndarray:
+    """Output of the frozen prefix (up to ``split``) for every view and image, computed once.
+
+    Batches have a fixed size (the last one padded) so that the function compiles once.
+    """
+    flat = views.reshape((-1,) + views.shape[2:])
+    fn = jax.jit(lambda v, x: backbone.apply(
+        v, backbones.preprocess(name, x).astype(dtype), train=False, stop=split))
+    out = []
+    for i in tqdm(range(0, len(flat), batch), desc="frozen features", leave=False):
+        chunk = flat[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        out.append(np.asarray(fn(variables, chunk)[:n]).astype(store_dtype))
+    feats = np.concatenate(out)
+    return feats.reshape(views.shape[:2] + feats.shape[1:])
+
+
+def top_layers(backbone, split: str, boundary_shape) -> set[str]:
+    """Names of the layers after ``split``: the parameter subtree an init from there makes."""
+    shapes = jax.eval_shape(
+        lambda: backbone.init(jax.random.key(0), jnp.zeros(boundary_shape), start=split))
+    return set(shapes.get("params", {})) | set(shapes.get("batch_stats", {}))
+
+
+def _subtree(tree: dict, keys) -> dict:
+    return {k: v for k, v in tree.items() if k in keys}
+
+
+def _stack(tree, n: int):
+    """Repeat a pytree along a new leading fold axis (a real copy: states are donated)."""
+    return jax.tree.map(lambda a: jnp.array(jnp.broadcast_to(a, (n,) + a.shape)), tree)
+
+
+# --------------------------------------------------------------------------- preparation
+@struct.dataclass
+class Prepared:
+    """Everything the fold program shares across folds, built once per run."""
+
+    examples: data.Examples = struct.field(pytree_node=False)
+    folds: list = struct.field(pytree_node=False)
+    data_desc: dict = struct.field(pytree_node=False)
+    model: Classifier = struct.field(pytree_node=False)
+    trainable: frozenset = struct.field(pytree_node=False)   # backbone layers of phase 2
+    backbone_params: Any = struct.field(pytree_node=False)
+    backbone_stats: Any = struct.field(pytree_node=False)
+    inputs1: Any = struct.field(pytree_node=False)           # [V, N, ...] phase-1 inputs
+    mode1: str = struct.field(pytree_node=False)
+    inputs2: Any = struct.field(pytree_node=False)           # [V, N, ...] phase-2 inputs
+    cache_bytes: int = struct.field(pytree_node=False)
+
+
+def _dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def prepare(config) -> Prepared:
+    """Data, folds, backbone split and the shared (frozen-layer) inputs of both phases."""
+    examples = load_examples(config)
+    images = examples.images
+    groups = data.duplicate_groups(images) if config.data.dedup else None
+    folds = data.folds(examples.labels, n_splits=config.n_folds, seed=config.seed,
+                       images=images if config.data.dedup else None)
+    name = config.model.name
+    dtype = _dtype(config.model.dtype)
+    backbone, variables = backbones.load(name, _weights(config), seed=config.seed,
+                                         dtype=dtype, conv_impl=config.model.conv_impl)
+    split = config.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
+    if split not in backbone.stages:
+        raise ValueError(f"config.model.split={split!r} is not a stage of {name}; "
+                         f"choose one of {', '.join(backbone.stages)}")
+    root = jax.random.key(config.seed)
+    views = augmented_views(images, config.data.views, jax.random.fold_in(root, 2))
+    probe_shape = _boundary_shape(backbone, variables, name, images[:1], split, dtype)
+    top = top_layers(backbone, split, probe_shape)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    common = dict(backbone=backbone, backbone_name=name, split=split,
+                  hidden=config.head.hidden, dropout=config.head.dropout,
+                  num_classes=len(examples.class_names), dtype=dtype)
+    desc = describe_data(examples, groups)
+    if config.train.mode == "plain":
+        model = Classifier(start=None, **common)
+        return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
+                        views, "frozen", views, 0)
+    if config.train.mode != "cached":
+        raise ValueError(f"config.train.mode={config.train.mode!r}: expected 'cached' or 'plain'")
+    store = np.float32 if config.train.cache_dtype == "float32" else jnp.bfloat16
+    feats = frozen_features(backbone, variables, name, views, split, dtype=dtype,
+                            store_dtype=store)
+    model = Classifier(start=split, **common)
+    params, stats = _subtree(params, top), _subtree(stats, top)
+    pooled = _pooled_features(model, params, stats, feats, config.head.hidden)
+    return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
+                    pooled, "pooled", feats, int(feats.nbytes))
+
+
+def _weights(config):
+    w = config.model.weights
+    return None if w in ("none", "", None) else w
+
+
+def _boundary_shape(backbone, variables, name, image, split, dtype):
+    x = backbones.preprocess(name, image).astype(dtype)
+    return jax.eval_shape(lambda: backbone.apply(variables, x, train=False, stop=split)).shape
+
+
+def _pooled_features(model, params, stats, feats, hidden, batch: int = 64):
+    """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
+    head = model.init(jax.random.key(0), jnp.zeros((1, feats.shape[-1])), mode="pooled")
+    variables = {"params": {"backbone": params, "head": head["params"]["head"]},
+                 "batch_stats": {"backbone": stats}}
+    fn = jax.jit(lambda x: model.apply(variables, x, train=False, mode="frozen")[1])
+    flat = feats.reshape((-1,) + feats.shape[2:])
+    out = [np.asarray(fn(flat[i:i + batch])) for i in range(0, len(flat), batch)]
+    pooled = np.concatenate(out)
+    return pooled.reshape(feats.shape[:2] + pooled.shape[1:])
+
+
+# --------------------------------------------------------------------------- fitting
+def initial_states(prep: Prepared, config) -> FoldState:
+    """K phase-1 states: shared backbone values, a differently seeded head per fold."""
+    k = config.n_folds
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), k)
+    dim = prep.inputs1.shape[-1] if prep.mode1 == "pooled" else _pooled_dim(prep)
+    heads = jax.vmap(lambda key: prep.model.init(key, jnp.zeros((1, dim)), mode="pooled")
+                     ["params"]["head"])(keys)
+    params = {"backbone": _stack(prep.backbone_params, k), "head": heads}
+    stats = {"backbone": _stack(prep.backbone_stats, k)}
+    one = jax.tree.map(lambda a: a[0], params)
+    tx = make_tx(one, config.train.lr1, trainable_layers=())
+    return jax.vmap(lambda p, s: create_state(p, s, model=prep.model, mode=prep.mode1, tx=tx,
+                                              loss_fn=make_loss(config)))(params, stats)
+
+
+def _pooled_dim(prep: Prepared) -> int:
+    """Channels of the backbone's final feature map (the head's input width)."""
+    variables = {"params": prep.backbone_params, "batch_stats": prep.backbone_stats}
+    x = backbones.preprocess(prep.model.backbone_name, prep.inputs2[0, :1])
+    return jax.eval_shape(
+        lambda: prep.model.backbone.apply(variables, x, train=False)).shape[-1]
+
+
+def to_phase2(states: FoldState, prep: Prepared, config) -> FoldState:
+    """Unfreeze the top block(s): a fresh Adam at the lower rate, as Keras's recompile does."""
+    one = jax.tree.map(lambda a: a[0], states.params)
+    tx = make_tx(one, config.train.lr2, trainable_layers=prep.trainable)
+    return jax.vmap(lambda st: create_state(st.params, st.batch_stats, model=prep.model,
+                                            mode="tune", tx=tx, loss_fn=st.loss_fn))(states)
+
+
+def schedule(config) -> list[tuple[int, int]]:
+    """(phase, epoch) in training order; the checkpoint step counts finished entries."""
+    return ([(1, e) for e in range(config.train.epochs1)]
+            + [(2, e) for e in range(config.train.epochs2)])
+
+
+def _check_finite(sums, phase: int, epoch: int, steps_per_epoch: int):
+    finite = np.asarray(sums["finite"])           # [steps, K]
+    if finite.all():
+        return
+    step, fold = map(int, np.argwhere(~finite)[0])
+    raise TrainingError(
+        f"non-finite loss in fold {fold}, phase {phase}, epoch {epoch}, step "
+        f"{epoch * steps_per_epoch + step}: lower the learning rate (config.train.lr{phase}) "
+        "or check the input data")
+
+
+def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
+    """Train all folds through both phases, checkpointing (and resuming) every epoch."""
+    from handjax import checkpoint  # local: orbax import is slow and only needed here
+    labels = jnp.asarray(prep.examples.labels)
+    train_sets = [tr for tr, _ in prep.folds]
+    test_idx, test_mask = pad_indices([te for _, te in prep.folds],
+                                      max(len(te) for _, te in prep.folds))
+    sched = schedule(config)
+    states = initial_states(prep, config)
+    manager = checkpoint.manager(workdir)
+    done = checkpoint.latest(manager)
+    if done > len(sched):
+        raise TrainingError(f"{workdir}: checkpoint is past this config's schedule; "
+                            "use a fresh --workdir")
+    if done:
+        if sched[done - 1][0] == 2:
+            states = to_phase2(states, prep, config)
+        states = checkpoint.restore(manager, done, states)
+        logging.info("resumed after %d of %d epochs", done, len(sched))
+    log = MetricsLog(workdir / "metrics.jsonl", keep=sched[:done])
+    compiled, bar, key = {}, None, jax.random.fold_in(jax.random.key(config.seed), 3)
+    for g, (phase, epoch) in enumerate(sched):
+        if g < done:
+            continue
+        if phase == 2 and states.mode != "tune":
+            states = to_phase2(states, prep, config)
+        inputs = prep.inputs1 if phase == 1 else prep.inputs2
+        batches = epoch_batches(train_sets, batch_size=config.train.batch_size,
+                                n_views=inputs.shape[0], seed=config.seed, phase=phase,
+                                epoch=epoch)
+        fmap = resolve_fold_map(config.train.fold_map, phase if prep.mode1 == "pooled" else 2)
+        epoch_key = jax.random.fold_in(jax.random.fold_in(key, phase), epoch)
+        if phase not in compiled:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=_phase_steps(config, phase) * config.n_folds
+                       * batches["idx"].shape[0], desc=f"phase {phase}", unit="step")
+            compiled[phase] = _compile(
+                functools.partial(epoch_fn, fold_map=fmap), timing, f"phase{phase}",
+                states, inputs, labels, batches, epoch_key)
+        t = time.perf_counter()
+        states, sums = compiled[phase](states, inputs, labels, batches, epoch_key)
+        _check_finite(sums, phase, epoch, batches["idx"].shape[0])
+        val = validate(states, prep, inputs, test_idx, test_mask, phase, fmap)
+        timing["run_s"] = timing.get("run_s", 0.0) + time.perf_counter() - t
+        log.write_epoch(phase, epoch, states.step, sums, val)
+        bar.update(config.n_folds * batches["idx"].shape[0])
+        bar.set_postfix(loss=f"{float(np.sum(sums['loss']) / np.sum(sums['count'])):.4f}")
+        checkpoint.save(manager, g + 1, states)
+    if bar is not None:
+        bar.close()
+    checkpoint.close(manager)
+    return states
+
+
+def _phase_steps(config, phase: int) -> int:
+    return config.train.epochs1 if phase == 1 else config.train.epochs2
+
+
+def _compile(fn, timing: dict, label: str, *args):
+    """Ahead-of-time compile (donating the states), timing compile apart from running."""
+    t = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=0).lower(*args).compile()
+    timing[f"compile_{label}_s"] = time.perf_counter() - t
+    return compiled
+
+
+def validate(states, prep: Prepared, inputs, test_idx, test_mask, phase: int, fmap: str):
+    """Per-fold loss and accuracy on each fold's test split (view 0, inference mode)."""
+    mode = prep.mode1 if phase == 1 else "tune"
+    fn = _eval_jit(mode, fmap)
+    logits, _ = fn(states, inputs[0], jnp.asarray(test_idx))
+    y = prep.examples.labels[test_idx]
+    per_ex = jax.vmap(states.loss_fn)(logits, jnp.asarray(y))
+    m = jnp.asarray(test_mask, jnp.float32)
+    n = jnp.maximum(m.sum(1), 1.0)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return {"val_loss": np.asarray((per_ex * m).sum(1) / n),
+            "val_accuracy": np.asarray((correct * m).sum(1) / n)}
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_jit(mode: str, fmap: str):
+    return jax.jit(functools.partial(eval_fn, mode=mode, fold_map=fmap))
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one line per fold, phase and epoch; on resume, keeps what is done."""
+
+    def __init__(self, path: Path, keep):
+        self.path = path
+        keep = set(keep)
+        lines = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                if (rec["phase"], rec["epoch"]) in keep:
+                    lines.append(line)
+        path.write_text("".join(l + "\n" for l in lines))
+
+    def write_epoch(self, phase, epoch, steps, sums, val):
+        count = np.maximum(np.asarray(sums["count"]).sum(0), 1.0)
+        loss = np.asarray(sums["loss"]).sum(0) / count
+        acc = np.asarray(sums["correct"]).sum(0) / count
+        with self.path.open("a") as f:
+            for k in range(len(loss)):
+                rec = {"fold": k, "phase": phase, "epoch": epoch, "step": int(steps[k]),
+                       "loss": float(loss[k]), "accuracy": float(acc[k]),
+                       "val_loss": float(val["val_loss"][k]),
+                       "val_accuracy": float(val["val_accuracy"][k])}
+                f.write(json.dumps(rec) + "\n")
+
+
+# --------------------------------------------------------------------------- evaluation
+def fold_outputs(states: FoldState, prep: Prepared, config):
+    """Per-fold logits [K, N, C] and pooled features [K, N, D] on every image (view 0)."""
+    n = len(prep.examples.labels)
+    idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (config.n_folds, n))
+    fmap = resolve_fold_map(config.train.fold_map, 2)
+    logits, pooled = _eval_jit("tune", fmap)(states, prep.inputs2[0], idx)
+    return np.asarray(logits), np.asarray(pooled)
+
+
+def decision_summary(cms: np.ndarray) -> dict:
+    """Per-fold metrics of stacked confusion matrices [K, C, C], their mean and std (ddof 0)."""
+    per_fold = jax.vmap(metrics.all_metrics)(jnp.asarray(cms))
+    per_fold = {k: [float(v) for v in np.asarray(per_fold[k])] for k in METRIC_KEYS}
+    return {"per_fold": per_fold,
+            "mean": {k: float(np.mean(v)) for k, v in per_fold.items()},
+            "std": {k: float(np.std(v)) for k, v in per_fold.items()},
+            "confusion": np.asarray(cms).astype(int).tolist(),
+            "confusion_sum": np.asarray(cms).sum(0).astype(int).tolist()}
+
+
+def evaluate(states: FoldState, prep: Prepared, config) -> dict:
+    """CNN argmax, CNN minimum-expected-cost and SVM decisions, scored per fold."""
+    logits, pooled = fold_outputs(states, prep, config)
+    labels = prep.examples.labels
+    probs = np.asarray(probabilities(config.loss.name, jnp.asarray(logits)))
+    cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
+    mec = np.asarray(jax.vmap(lambda p: metrics.min_expected_cost(p, cost))(jnp.asarray(probs)))
+    svm = probe.fold_predictions(pooled, labels, prep.folds, kernel=config.svm.kernel,
+                                 C=config.svm.C, class_weight=config.svm.class_weight or None,
+                                 seed=config.seed)
+    c = len(prep.examples.class_names)
+
+    def cm(y, p):
+        return np.asarray(metrics.confusion_matrix(jnp.asarray(y), jnp.asarray(p), c))
+
+    cms = {"cnn": [], "cnn_mec": [], "svm": []}
+    for k, (_, te) in enumerate(prep.folds):
+        cms["cnn"].append(cm(labels[te], logits[k, te].argmax(-1)))
+        cms["cnn_mec"].append(cm(labels[te], mec[k, te]))
+        cms["svm"].append(cm(labels[te], svm[k]))
+    return {name: decision_summary(np.stack(v)) for name, v in cms.items()}
+
+
+# --------------------------------------------------------------------------- the run
+def _enable_compilation_cache(workdir: Path) -> None:
+    """JAX's persistent compilation cache next to the workdir: a rerun need not compile."""
+    cache = Path(workdir).absolute().parent / ".jax_cache"
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _config_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def _claim_workdir(workdir: Path, config) -> None:
+    """Write ``config.json``; refuse to resume a workdir trained with another config."""
+    path = workdir / "config.json"
+    text = _config_json(config)
+    if path.exists() and (workdir / "checkpoints").exists():
+        old = json.loads(path.read_text())
+        new = json.loads(text)
+        if old != new:
+            changed = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
+                             if _flatten(old).get(k) != _flatten(new).get(k))
+            raise TrainingError(
+                f"{workdir} holds a run with another config (differs in "
+                f"{', '.join(changed)}); use another --workdir or delete that folder")
+    path.write_text(text + "\n")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run(config, workdir) -> dict:
+    """Run one cell of the study: train K folds, evaluate, write results in ``workdir``."""
+    from handjax import report
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _enable_compilation_cache(workdir)
+    _claim_workdir(workdir, config)
+    timing: dict = {}
+    prep = prepare(config)
+    timing["prepare_s"] = time.perf_counter() - t0
+    states = fit(prep, config, workdir, timing)
+    t = time.perf_counter()
+    decisions = evaluate(states, prep, config)
+    timing["evaluate_s"] = time.perf_counter() - t
+    results = {
+        "name": config.name, "model": config.model.name, "loss": config.loss.label,
+        "weights": str(config.model.weights), "image_size": int(config.data.image_size),
+        "n_folds": int(config.n_folds), "seed": int(config.seed), "data": prep.data_desc,
+        "decisions": decisions, "cache_bytes": prep.cache_bytes,
+    }
+    # Timing goes to its own file so that results.json is a pure function of config + data.
+    timing["wall_time_s"] = time.perf_counter() - t0
+    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (workdir / "timing.json").write_text(
+        json.dumps({k: round(v, 3) for k, v in timing.items()}, indent=2) + "\n")
+    report.write_run(workdir, results)
+    logging.info("wrote %s", workdir / "results.json")
+    return results

@@ -1,0 +1,155 @@
+"""Losses against numpy references, optax, and float64 finite differences."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from handjax import losses
+
+K = 3
+
+
+def _batch(seed, n=16, scale=3.0):
+    rng = np.random.default_rng(seed)
+    logits = (scale * rng.standard_normal((n, K))).astype(np.float32)
+    labels = rng.integers(0, K, size=n).astype(np.int32)
+    return logits, labels
+
+
+# ---- numpy float64 references -----------------------------------------------------
+def np_softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_categorical(logits, labels):
+    return -np.log(np_softmax(logits)[np.arange(len(labels)), labels])
+
+
+def np_binary(logits, labels):
+    x = np.asarray(logits, np.float64)
+    t = np.eye(K)[labels]
+    sig = 1.0 / (1.0 + np.exp(-x))
+    return -(t * np.log(sig) + (1 - t) * np.log(1 - sig)).mean(-1)
+
+
+def np_severity(logits, labels, cost, ce_weight, class_weights):
+    p = np_softmax(logits)
+    expected = (p * np.asarray(cost)[labels]).sum(-1)
+    loss = ce_weight * np_categorical(logits, labels) + expected
+    return loss if class_weights is None else loss * np.asarray(class_weights)[labels]
+
+
+# ---- values -------------------------------------------------------------------------
+def test_categorical_equals_optax_and_numpy():
+    logits, labels = _batch(0)
+    got = losses.categorical(logits, labels)
+    assert got.shape == (16,)
+    np.testing.assert_allclose(
+        got, optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, K)), rtol=1e-6)
+    np.testing.assert_allclose(got, np_categorical(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_matches_numpy_and_optax():
+    logits, labels = _batch(1)
+    got = losses.binary(logits, labels)
+    assert got.shape == (16,)
+    np.testing.assert_allclose(got, np_binary(logits, labels), rtol=1e-5, atol=1e-6)
+    ref = optax.sigmoid_binary_cross_entropy(logits, jax.nn.one_hot(labels, K)).mean(-1)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cost,ce_weight,class_weights", [
+    (None, 1.0, None),
+    (None, 0.0, None),
+    (np.tril(np.ones((K, K)), -1), 0.5, [1 / 50, 1 / 30, 1 / 40]),
+])
+def test_severity_matches_numpy(cost, ce_weight, class_weights):
+    logits, labels = _batch(2)
+    got = losses.severity(logits, labels, cost=cost, ce_weight=ce_weight,
+                          class_weights=class_weights)
+    ref_cost = losses.DEFAULT_COST if cost is None else cost
+    ref = np_severity(logits, labels, ref_cost, ce_weight, class_weights)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_severity_zero_one_cost_pure_is_one_minus_p_true():
+    logits, labels = _batch(3)
+    got = losses.severity(logits, labels, cost=1.0 - np.eye(K), ce_weight=0.0)
+    p_true = np_softmax(logits)[np.arange(16), labels]
+    np.testing.assert_allclose(got, 1.0 - p_true, atol=1e-6)
+
+
+def test_default_cost_shape_and_order():
+    c = losses.DEFAULT_COST
+    assert c.shape == (K, K) and np.all(np.diag(c) == 0)
+    under, over = c[np.tril_indices(K, -1)], c[np.triu_indices(K, 1)]
+    # Every under-severity error costs more than every over-severity error.
+    assert under.min() > over.max()
+    np.testing.assert_array_equal([c[1, 0], c[2, 1], c[2, 0]], [1, 1, 2])
+
+
+# ---- gradients: central differences in float64 ---------------------------------------
+_LOSS_FNS = {
+    "categorical": losses.categorical,
+    "binary": losses.binary,
+    "severity": lambda x, y: losses.severity(x, y, class_weights=[0.5, 1.0, 2.0]),
+    "severity_pure": lambda x, y: losses.severity(x, y, ce_weight=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LOSS_FNS))
+def test_gradient_matches_central_differences_float64(name):
+    fn = _LOSS_FNS[name]
+    logits, labels = _batch(4, n=5)
+    # Scoped: x64 must not leak into other tests.
+    with jax.enable_x64(True):
+        x = jnp.asarray(logits, jnp.float64)
+        y = jnp.asarray(labels)
+        total = lambda z: fn(z, y).sum()
+        grad = np.asarray(jax.grad(total)(x))
+        assert grad.dtype == np.float64
+        eps = 1e-6
+        fd = np.zeros_like(grad)
+        for idx in np.ndindex(*x.shape):
+            step = jnp.zeros_like(x).at[idx].set(eps)
+            fd[idx] = (float(total(x + step)) - float(total(x - step))) / (2 * eps)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    assert jnp.ones(1).dtype == jnp.float32
+
+
+# ---- stability ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(_LOSS_FNS))
+def test_finite_values_and_gradients_at_huge_logits(name):
+    fn = _LOSS_FNS[name]
+    logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [-1e4, -1e4, -1e4],
+                        [1e4, 1e4, -1e4], [0.0, 0.0, 1e4], [-1e4, 0.0, 1e4]], jnp.float32)
+    labels = jnp.array([0, 0, 2, 1, 2, 0])
+    value, grad = jax.value_and_grad(lambda z: fn(z, labels).sum())(logits)
+    per_example = fn(logits, labels)
+    assert np.all(np.isfinite(per_example)) and np.isfinite(value)
+    assert np.all(np.isfinite(grad))
+    # A confidently wrong example costs a lot, a confidently right one almost nothing.
+    # (row 0 is confidently right, row 5 confidently wrong; 0.4 < the smallest wrong cost)
+    assert float(per_example[5]) > float(per_example[0]) + 0.4
+
+
+# ---- get ---------------------------------------------------------------------------
+def test_get_binds_arguments_and_rejects_unknowns():
+    logits, labels = _batch(5)
+    np.testing.assert_array_equal(losses.get("categorical")(logits, labels),
+                                  losses.categorical(logits, labels))
+    np.testing.assert_array_equal(losses.get("binary")(logits, labels),
+                                  losses.binary(logits, labels))
+    cost = 1.0 - np.eye(K)
+    np.testing.assert_array_equal(
+        losses.get("severity", cost=cost, ce_weight=0.0, class_weights=[1, 2, 3])(logits, labels),
+        losses.severity(logits, labels, cost=cost, ce_weight=0.0, class_weights=[1, 2, 3]))
+    with pytest.raises(ValueError):
+        losses.get("focal")
+    with pytest.raises(TypeError):
+        losses.get("categorical", cost=cost)
+    with pytest.raises(TypeError):
+        losses.get("severity", temperature=2.0)
