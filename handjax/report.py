@@ -28,9 +28,9 @@ DECISION_TITLES = {"cnn": "CNN (argmax)", "cnn_mec": "CNN, minimum expected cost
                    "svm": "SVM probe on pooled features"}
 MODEL_NAMES = {"vgg16": "VGG16", "vgg19": "VGG19", "resnet50": "ResNet50",
                "mobilenetv2": "MobileNetV2"}
-# The study's row-group labels; "severity" is handjax's name for the custom loss.
-LOSS_GROUPS = {"categorical": "categorical", "binary": "binary",
-               "custom": "custom_loss", "severity": "custom_loss"}
+# The study's row-group labels; other losses (e.g. "severity" = CE + expected cost,
+# which the study did not have) keep their own name as their label.
+LOSS_GROUPS = {"categorical": "categorical", "binary": "binary", "custom": "custom_loss"}
 STUDY_COLUMNS = tuple(f"{DECISION_PREFIX[d]}_{METRIC_COLUMNS[m]}"
                       for d in ("cnn", "svm", "cnn_mec") for m in METRICS)
 

@@ -471,7 +471,8 @@ def initial_states(prep: Prepared, config) -> FoldState:
     """K phase-1 states: shared backbone values, a differently seeded head per fold."""
     k = config.n_folds
     keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), k)
-    dim = prep.inputs1.shape[-1] if prep.mode1 == "pooled" else _pooled_dim(prep)
+    dim = (prep.inputs1.shape[-1] if prep.mode1 == "pooled" or prep.inputs2 is None
+           else _pooled_dim(prep))
     heads = jax.vmap(lambda key: prep.model.init(key, jnp.zeros((1, dim)), mode="pooled")
                      ["params"]["head"])(keys)
     params = {"backbone": _stack(prep.backbone_params, k), "head": heads}
@@ -739,3 +740,71 @@ def run(config, workdir) -> dict:
     report.write_run(workdir, results)
     logging.info("wrote %s", workdir / "results.json")
     return results
+
+
+# --------------------------------------------------------------------------- trained runs
+class TrainedRun(struct.PyTreeNode):
+    """The K fold models of a finished run, ready to apply to raw images.
+
+    ``model`` is a ``Classifier`` that takes RGB images in [0, 255]; ``variables`` are its
+    variables stacked along a leading fold axis (frozen prefix + that fold's trained top
+    and head). ``results`` is the run's ``results.json`` (data header, class names).
+    """
+
+    variables: Any
+    config: Any = struct.field(pytree_node=False)
+    model: Classifier = struct.field(pytree_node=False)
+    results: dict = struct.field(pytree_node=False)
+
+
+def load_run(workdir) -> TrainedRun:
+    """Rebuild the fold models of the run in ``workdir`` from its config and last checkpoint."""
+    import ml_collections
+    from handjax import checkpoint
+    workdir = Path(workdir)
+    for need in ("config.json", "results.json"):
+        if not (workdir / need).exists():
+            raise FileNotFoundError(f"{workdir / need} not found: point --workdir at a "
+                                    "finished run (python launch.py --config ...)")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    results = json.loads((workdir / "results.json").read_text())
+    name, dtype = config.model.name, _dtype(config.model.dtype)
+    backbone, variables = backbones.load(name, _weights(config), seed=config.seed,
+                                         dtype=dtype, conv_impl=config.model.conv_impl)
+    split = config.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
+    size = int(config.data.image_size)
+    shape = _boundary_shape(backbone, variables, name, np.zeros((1, size, size, 3)), split,
+                            dtype)
+    top = top_layers(backbone, split, shape)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    common = dict(backbone=backbone, backbone_name=name, split=split,
+                  hidden=config.head.hidden, dropout=config.head.dropout,
+                  num_classes=len(results["data"]["class_names"]), dtype=dtype)
+    plain = config.train.mode == "plain"
+    model = Classifier(start=None, **common)
+    if not plain:
+        params, stats = _subtree(params, top), _subtree(stats, top)
+    dim = jax.eval_shape(lambda: backbone.apply(
+        variables, jnp.zeros((1, size, size, 3), dtype), train=False)).shape[-1]
+    stub = Prepared(None, None, None, model, frozenset(top), params, stats,
+                    np.zeros((1, 1, dim), np.float32), "pooled" if not plain else "frozen",
+                    None, 0)
+    like = initial_states(stub, config)
+    sched = schedule(config)
+    if sched and sched[-1][0] == 2:
+        like = to_phase2(like, stub, config)
+    manager = checkpoint.manager(workdir)
+    done = checkpoint.latest(manager)
+    if done != len(sched):
+        raise TrainingError(f"{workdir}: training is not finished ({done} of {len(sched)} "
+                            "epochs); rerun its launch command to resume")
+    states = checkpoint.restore(manager, done, like)
+    checkpoint.close(manager)
+    k = config.n_folds
+    full_params = {"backbone": {**_stack(variables["params"], k),
+                                **states.params["backbone"]},
+                   "head": states.params["head"]}
+    full_stats = {"backbone": {**_stack(variables.get("batch_stats", {}), k),
+                               **states.batch_stats["backbone"]}}
+    return TrainedRun(variables={"params": full_params, "batch_stats": full_stats},
+                      config=config, model=model, results=results)
