@@ -20,21 +20,51 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
 
 
+def parse_flags(argv):
+    """absl's parser, but a bad config file or key is one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        if os.environ.get("HANDJAX_DEBUG"):
+            raise
+        _fail(f"bad flag or config: {_one_line(e)}", code=2)
+
+
+def _one_line(e: BaseException) -> str:
+    """The gist of an error whose text may embed a traceback (ml_collections does)."""
+    msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    lines = [l.strip() for l in msg.splitlines() if l.strip()]
+    if "No such file or directory" in msg:
+        paths = [l for l in lines if l.endswith(".py")]
+        return f"config file not found: {paths[-1] if paths else lines[-1]}"
+    if any(l.startswith("Traceback") for l in lines):
+        return lines[-1]
+    return " ".join(lines)
+
+
+def _fail(message: str, code: int = 1):
+    print(f"handjax: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from handjax import run, user_errors
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join("runs", config.name)
+    try:
+        config = _CONFIG.value
+        name = config.name
+    except (OSError, ValueError) as e:  # config files load lazily, on first access
+        _fail(_one_line(e), code=2)
+    workdir = _WORKDIR.value or os.path.join("runs", name)
     try:
         run.main(config, workdir)
     except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
         if os.environ.get("HANDJAX_DEBUG"):
             raise
-        print(f"handjax: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _fail(_one_line(e))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -318,19 +318,34 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("HANDJAX_CACHE") or "~/.cache/handjax").expanduser()
 
 
-def _read(builder) -> list:
-    """Prepares the builder if needed (quietly) and returns its records sorted by (label, id)."""
-    if not builder.is_prepared():
-        log.info("preparing %s/%s in %s", builder.name, builder.builder_config.name,
-                 builder.data_dir)
-        # TFDS prints banners and progress bars; our data sets are small, keep the console clean.
+@contextlib.contextmanager
+def _quiet():
+    """TFDS prints banners and progress bars and warns about custom configs (ours are all
+    custom, by design); the data sets are small, so keep the console for handjax's own log."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        absl.setLevel(level)
+
+
+def _read(builder_cls, config) -> tuple:
+    """Prepares the data set if needed; returns (builder, records sorted by (label, id))."""
+    with _quiet():
+        builder = builder_cls(data_dir=str(_cache_dir() / "tfds"), config=config)
+        prepared = builder.is_prepared()
+    if not prepared:
+        log.info("preparing %s/%s in %s", builder.name, config.name, builder.data_dir)
+        with _quiet():
             builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split="train")
     records = list(source.__getitems__(range(len(source))))
     for r in records:
         r["id"] = r["id"].decode() if isinstance(r["id"], bytes) else str(r["id"])
-    return sorted(records, key=lambda r: (int(r["label"]), r["id"]))
+    return builder, sorted(records, key=lambda r: (int(r["label"]), r["id"]))
 
 
 def _examples(records, source: str, resize_to: int | None = None) -> Examples:
@@ -367,8 +382,7 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
         name=f"s{image_size}_{_fingerprint(resolved, files, int(image_size), class_map)}",
         root=str(resolved), image_size=int(image_size),
         class_map=tuple(sorted((class_map or {}).items())))
-    builder = HandConditions(data_dir=str(_cache_dir() / "tfds"), config=config)
-    records = _read(builder)
+    builder, records = _read(HandConditions, config)
     bad = list(builder.info.metadata.get("bad_files", []))
     if bad:
         listing = "; ".join(f"{rel} ({why})" for rel, why in bad)
@@ -392,9 +406,18 @@ def load_synthetic(*, n_per_class: int = 50, image_size: int, seed: int = 0) -> 
 
 
 def _synthetic_records(n_per_class: int, seed: int) -> list:
-    config = SyntheticHandsConfig(name=f"n{n_per_class}_seed{seed}", n_per_class=n_per_class,
-                                  seed=seed)
-    return _read(SyntheticHands(data_dir=str(_cache_dir() / "tfds"), config=config))
+    """The first ``n_per_class`` hands of each class. Hand i of a class does not depend on how
+    many are generated, so a larger set already in the cache is sliced instead of rendering."""
+    n = min((m for m in _prepared_synthetic_sizes(seed) if m >= n_per_class), default=n_per_class)
+    config = SyntheticHandsConfig(name=f"n{n}_seed{seed}", n_per_class=n, seed=seed)
+    records = _read(SyntheticHands, config)[1]
+    return [r for r in records if int(r["id"].rsplit("/", 1)[1]) < n_per_class]
+
+
+def _prepared_synthetic_sizes(seed: int) -> list:
+    version = str(SyntheticHands.VERSION)
+    found = (_cache_dir() / "tfds" / "synthetic_hands").glob(f"n*_seed{seed}/{version}/dataset_info.json")
+    return [int(p.parts[-3][1:].split("_")[0]) for p in found]
 
 
 def describe(examples: Examples, *, source: str | None = None) -> dict:
@@ -411,9 +434,9 @@ def describe(examples: Examples, *, source: str | None = None) -> dict:
 # --------------------------------------------------------------------------- folds
 
 
-def _dhash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
-    """Difference hash: is each pixel of a (hash_size x hash_size+1) gray copy darker than its
-    right neighbour? Survives resizing and re-encoding, which scraped photo sets are full of."""
+def _dhash(images: np.ndarray, hash_size: int = 12) -> np.ndarray:
+    """Difference hash, bool [N, hash_size**2]: is each pixel of a small gray copy darker than
+    its right neighbour? Survives resizing and re-encoding, which scraped photo sets are full of."""
     bits = []
     for im in np.asarray(images):
         g = Image.fromarray(np.asarray(im, np.uint8)).convert("L")
@@ -422,12 +445,20 @@ def _dhash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
     return np.array(bits, bool).reshape(len(bits), hash_size * hash_size)
 
 
-def duplicate_groups(images, *, max_distance: int = 6) -> np.ndarray:
-    """Group id per image [N]: images whose 64-bit difference hashes differ in at most
-    ``max_distance`` bits are linked, and linked images (transitively) share an id."""
+def duplicate_groups(images, *, max_distance: int = 20) -> np.ndarray:
+    """Group id per image, int [N], numbered by first appearance: images whose 144-bit
+    difference hashes differ in at most ``max_distance`` bits are linked, and linked images
+    (transitively) share a group.
+
+    The default sits between what was measured on synthetic_hands at 64-112 px: copies resized
+    to 0.5-1.5x and JPEG re-encoded differ by <= 18 bits, distinct hands by >= 34.
+    """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"images must be [N, H, W, 3], got shape {images.shape}")
     b = _dhash(images).astype(np.float32)
     dist = b @ (1 - b).T + (1 - b) @ b.T
     _, comp = connected_components(csr_matrix(dist <= max_distance), directed=False)
@@ -760,29 +791,20 @@ def _photograph(rng, canvas: _Canvas, size: int) -> np.ndarray:
     lo = int(tone)
     skin = (_SKIN[lo] + (tone - lo) * (_SKIN[min(lo + 1, len(_SKIN) - 1)] - _SKIN[lo]))
     skin = (skin * rng.uniform(0.95, 1.05, 3)).astype(f32)
-    gy, gx = np.gradient(np.maximum(canvas.height, 0))
-    normal = np.stack([-gx, -gy, np.ones_like(gx)], -1)
-    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
     la = rng.uniform(0, 2 * np.pi)
-    light = np.array([np.cos(la) * 0.6, np.sin(la) * 0.6, 0.8], f32)  # unit length
-    half = (light + np.array([0, 0, 1], f32))
-    half /= np.linalg.norm(half)
-    diffuse = np.clip(normal @ light, 0, 1)[..., None]
-    spec = (np.clip(normal @ half, 0, 1) ** 25)[..., None]
-    albedo = skin * (1 + 0.05 * _noise(rng, size, 10))[..., None]
-    red = np.clip(canvas.red, 0, 1)[..., None]
-    albedo = albedo * (1 - 0.5 * red) + red * (0.5 * np.array([0.85, 0.35, 0.33], f32))
-    nail = np.clip(canvas.nail, 0, 1)[..., None]
-    albedo = albedo * (1 - nail) + nail * (0.7 * skin + 0.3 * np.array([0.95, 0.80, 0.78], f32))
-    albedo *= (1 - np.clip(canvas.crease, 0, 0.5))[..., None]
-    hand = albedo * (0.45 + 0.55 * diffuse) + (0.06 + 0.12 * nail) * spec
+    texture = _noise(rng, size, 10)
     cover = np.clip(0.5 - canvas.sd, 0, 1)
     # the hand's shadow on the table, cast away from the light
     shadow = Image.fromarray((cover * 255).astype(np.uint8)).transform(
         (size, size), Image.Transform.AFFINE, (1, 0, np.cos(la) * 6, 0, 1, np.sin(la) * 6))
     shadow = np.asarray(shadow.filter(ImageFilter.GaussianBlur(6)), f32)[..., None] / 255
-    cover = cover[..., None]
-    img = cover * hand + (1 - cover) * background * (1 - 0.45 * shadow)
+    img = background * (1 - 0.45 * shadow)
+    rows, cols = np.flatnonzero(cover.any(1)), np.flatnonzero(cover.any(0))
+    if len(rows):  # shade only the hand's bounding box: most of the frame is background
+        box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+        c = cover[box][..., None]
+        hand = _shade_skin(canvas, box, skin, texture[box], la)
+        img[box] = c * hand + (1 - c) * img[box]
     # uneven lighting over the frame, white balance, sensor noise, lens blur, JPEG
     ramp = np.linspace(-1, 1, size, dtype=f32)
     ga = rng.uniform(0, 2 * np.pi)
@@ -794,6 +816,26 @@ def _photograph(rng, canvas: _Canvas, size: int) -> np.ndarray:
     buf = io.BytesIO()
     pil.save(buf, "JPEG", quality=int(rng.integers(80, 96)))
     return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _shade_skin(canvas: _Canvas, box, skin, texture, light_angle) -> np.ndarray:
+    """Lambert + a little specular on the height field; redness, nails and creases as paint."""
+    f32 = np.float32
+    gy, gx = np.gradient(np.maximum(canvas.height[box], 0))
+    normal = np.stack([-gx, -gy, np.ones_like(gx)], -1)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    light = np.array([np.cos(light_angle) * 0.6, np.sin(light_angle) * 0.6, 0.8], f32)  # unit
+    half = light + np.array([0, 0, 1], f32)
+    half /= np.linalg.norm(half)
+    diffuse = np.clip(normal @ light, 0, 1)[..., None]
+    spec = (np.clip(normal @ half, 0, 1) ** 25)[..., None]
+    albedo = skin * (1 + 0.05 * texture)[..., None]
+    red = np.clip(canvas.red[box], 0, 1)[..., None]
+    albedo = albedo * (1 - 0.5 * red) + red * (0.5 * np.array([0.85, 0.35, 0.33], f32))
+    nail = np.clip(canvas.nail[box], 0, 1)[..., None]
+    albedo = albedo * (1 - nail) + nail * (0.7 * skin + 0.3 * np.array([0.95, 0.80, 0.78], f32))
+    albedo *= (1 - np.clip(canvas.crease[box], 0, 0.5))[..., None]
+    return albedo * (0.45 + 0.55 * diffuse) + (0.06 + 0.12 * nail) * spec
 
 
 def _noise(rng, size: int, cells: int, octaves: int = 2) -> np.ndarray:
@@ -861,11 +903,10 @@ def _clutter(rng, pil: Image.Image) -> None:
     shadow = Image.new("L", pil.size, 0)
     sdraw, draw = ImageDraw.Draw(shadow), ImageDraw.Draw(pil)
     for kind, xy, _ in items:
-        moved = [v + 4 for v in xy] if kind == "ellipse" else [(x + 4, y + 4) for x, y in xy]
         if kind == "polygon":
-            sdraw.polygon(moved, fill=110)
+            sdraw.polygon([(x + 4, y + 4) for x, y in xy], fill=110)
         elif kind == "ellipse":
-            sdraw.ellipse(moved, fill=110)
+            sdraw.ellipse([v + 4 for v in xy], fill=110)
     pil.paste((0, 0, 0), mask=shadow.filter(ImageFilter.GaussianBlur(5)))
     for kind, xy, color in items:
         if kind == "polygon":

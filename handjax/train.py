@@ -212,14 +212,25 @@ def _fold_keys(key, n_steps: int, n_folds: int):
     return jax.vmap(lambda k: jax.vmap(lambda f: jax.random.fold_in(k, f))(folds))(per_step)
 
 
-def epoch_fn(states, inputs, labels, batches, key, *, fold_map: str):
+def epoch_fn(states, inputs, labels, batches, key, *, fold_map: str, mesh=None):
     """One epoch for all folds: ``lax.scan`` over steps, ``fold_map`` over folds.
 
     ``inputs`` [V, N, ...] are shared by all folds; ``batches`` holds ``idx``, ``view`` and
     ``mask`` of shape [steps, K, B]. Returns the new states and per-step sums [steps, K].
+    With a ``mesh`` (axis "fold"), each device runs its share of the folds.
     """
     n_steps, n_folds = batches["idx"].shape[:2]
     keys = _fold_keys(key, n_steps, n_folds)
+    scan = functools.partial(_epoch_scan, fold_map=fold_map)
+    if mesh is not None:
+        from jax.sharding import PartitionSpec as P
+        fold, step_fold = P("fold"), P(None, "fold")
+        scan = jax.shard_map(scan, mesh=mesh, in_specs=(fold, P(), P(), step_fold, step_fold),
+                             out_specs=(fold, step_fold), check_vma=False)
+    return scan(states, inputs, labels, batches, keys)
+
+
+def _epoch_scan(states, inputs, labels, batches, keys, *, fold_map: str):
     mapper = fold_mapper(fold_map)
 
     def per_fold(args):
@@ -232,6 +243,18 @@ def epoch_fn(states, inputs, labels, batches, key, *, fold_map: str):
         return mapper(per_fold, (states, b, k))
 
     return jax.lax.scan(one_step, states, (batches, keys))
+
+
+def fold_mesh(n_folds: int, enabled: bool):
+    """A 1-D device mesh over the fold axis when several devices can split the folds evenly."""
+    devices = jax.devices()
+    if not enabled or len(devices) < 2:
+        return None
+    if n_folds % len(devices):
+        logging.warning("%d folds do not split evenly over %d devices: not sharding",
+                        n_folds, len(devices))
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("fold",))
 
 
 def eval_fn(states, inputs, idx, *, mode: str, fold_map: str, chunk: int = 64):
@@ -536,6 +559,7 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
         states = checkpoint.restore(manager, done, states)
         logging.info("resumed after %d of %d epochs", done, len(sched))
     log = MetricsLog(workdir / "metrics.jsonl", keep=sched[:done])
+    mesh = fold_mesh(config.n_folds, config.train.shard_folds)
     compiled, bar, key = {}, None, jax.random.fold_in(jax.random.key(config.seed), 3)
     for g, (phase, epoch) in enumerate(sched):
         if g < done:
@@ -554,7 +578,7 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
             bar = tqdm(total=_phase_steps(config, phase) * config.n_folds
                        * batches["idx"].shape[0], desc=f"phase {phase}", unit="step")
             compiled[phase] = _compile(
-                functools.partial(epoch_fn, fold_map=fmap), timing, f"phase{phase}",
+                functools.partial(epoch_fn, fold_map=fmap, mesh=mesh), timing, f"phase{phase}",
                 states, inputs, labels, batches, epoch_key)
         t = time.perf_counter()
         states, sums = compiled[phase](states, inputs, labels, batches, epoch_key)

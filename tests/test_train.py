@@ -248,3 +248,35 @@ def test_launch_main_end_to_end(tmp_path):
     results = _results(tmp_path / "run")
     assert results["model"] == "mobilenetv2" and results["loss"] == "binary"
     assert set(results["decisions"]) == set(train.DECISIONS)
+
+
+SHARD_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax
+import base
+from handjax import train
+assert jax.device_count() == 4, jax.devices()
+out = {}
+for shard in (False, True):
+    c = base.cell("vgg16", "categorical", "smoke")
+    c.n_folds = 4
+    c.train.shard_folds = shard
+    r = train.run(c, f"{sys.argv[2]}/shard_{shard}")
+    out[str(shard)] = r["decisions"]
+print(json.dumps(out))
+"""
+
+
+def test_fold_axis_sharded_over_four_devices_matches_one(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, str(ROOT / "experiments"),
+                          str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in train.DECISIONS:
+        for key in train.METRIC_KEYS:
+            np.testing.assert_allclose(res["True"][name]["per_fold"][key],
+                                       res["False"][name]["per_fold"][key], atol=1e-6)

@@ -1,0 +1,398 @@
+"""handjax.backbones against Keras Applications (the reference), on CPU-small inputs.
+
+Keras models get random weights, are saved as legacy HDF5 files the way Keras writes them,
+and both frameworks load those files; feature maps must agree within
+max|diff| <= 1e-4 * max(1, max|keras|). Run: pytest tests/test_backbones.py -s
+"""
+
+import hashlib
+import os
+import urllib.error
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import keras  # conftest sets KERAS_BACKEND=jax
+from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+from handjax import backbones
+
+TOL = 1e-4
+# Input (height, width) per model: non-square and odd sizes exercise Keras's padding rules.
+INPUT_HW = {"vgg16": (64, 64), "vgg19": (48, 80), "resnet50": (75, 97), "mobilenetv2": (72, 96)}
+KERAS_APPS = {
+    "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
+    "vgg19": (keras.applications.VGG19, keras.applications.vgg19.preprocess_input),
+    "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
+    "mobilenetv2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
+}
+PARAM_COUNTS = {"vgg16": 14_714_688, "vgg19": 20_024_384, "resnet50": 23_587_712, "mobilenetv2": 2_257_984}
+MAX_REL_ERR = {}
+
+
+def _randomize(model, rng):
+    """Every Keras weight random; kernels He-scaled so activations stay O(1); BN variance > 0."""
+    for layer in model.layers:
+        for v in layer.weights:
+            shape, leaf = tuple(v.shape), v.path.split("/")[-1]
+            if len(shape) == 4:
+                fan_in = np.prod(shape[:2]) * (1 if "depthwise" in layer.name else shape[2])
+                value = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
+            elif leaf == "gamma":
+                value = rng.uniform(0.5, 1.5, shape)
+            elif leaf == "moving_variance":
+                value = rng.uniform(0.5, 2.0, shape)
+            else:  # bias, beta, moving_mean
+                value = rng.normal(0, 0.2, shape)
+            v.assign(value.astype(np.float32))
+
+
+class KerasRef:
+    """A Keras model loaded from a random-weight legacy HDF5 file, plus test images."""
+
+    def __init__(self, name, tmp_dir):
+        factory, self.keras_preprocess = KERAS_APPS[name]
+        h, w = INPUT_HW[name]
+        self.model = factory(weights=None, include_top=False, input_shape=(h, w, 3))
+        rng = np.random.default_rng(0)
+        _randomize(self.model, rng)
+        self.path = str(tmp_dir / f"{name}.h5")
+        with h5py.File(self.path, "w") as f:
+            save_weights_to_hdf5_group(f, self.model)
+        _randomize(self.model, rng)  # different values, so load_weights must do the work
+        self.reload()
+        self.images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        self.features = self.predict(train=False)
+
+    def reload(self):
+        self.model.load_weights(self.path)
+
+    def predict(self, train):
+        x = self.keras_preprocess(self.images.astype(np.float32))
+        return np.asarray(self.model(x, training=train))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_errors():
+    yield
+    print("\nlargest relative error per model:", {k: f"{v:.2e}" for k, v in MAX_REL_ERR.items()})
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    cache, tmp = {}, tmp_path_factory.mktemp("keras_ref")
+
+    def get(name):
+        if name not in cache:
+            cache[name] = KerasRef(name, tmp)
+        return cache[name]
+
+    return get
+
+
+def _check_close(name, ours, keras_out, label):
+    ours = np.asarray(ours, np.float64)
+    assert ours.shape == keras_out.shape, (label, ours.shape, keras_out.shape)
+    scale = max(1.0, float(np.abs(keras_out).max()))
+    err = float(np.abs(ours - keras_out).max()) / scale
+    MAX_REL_ERR[name] = max(MAX_REL_ERR.get(name, 0.0), err)
+    print(f"\n{name} {label}: max|diff|/max(1,max|keras|) = {err:.2e} (max|keras| {scale:.3g})")
+    assert err <= TOL, f"{name} {label}: relative error {err:.3e} > {TOL}"
+
+
+def _features(module, variables, name, images):
+    return jax.jit(module.apply)(variables, backbones.preprocess(name, images))
+
+
+# ----------------------------------------------------------------------------- old file styles
+
+
+def _old_weight_names(name, layer, n_weights):
+    """The weight naming of the older Keras files the real downloads use."""
+    if name in ("vgg16", "vgg19"):
+        return [f"{layer}_W_1:0", f"{layer}_b_1:0"][:n_weights]
+    keys = ["gamma", "beta", "moving_mean", "moving_variance"] if n_weights == 4 else ["kernel", "bias"]
+    if layer.endswith("depthwise") and n_weights == 1:
+        keys = ["depthwise_kernel"]
+    return [f"{layer}/{k}:0" for k in keys[:n_weights]]
+
+
+def _old_layer_name(name, layer):
+    """MobileNetV2's old files name layers differently (mobl1_conv_1_expand, ...)."""
+    if name != "mobilenetv2" or not layer.startswith(("block_", "expanded_conv_")):
+        return layer
+    block = 0 if layer.startswith("expanded_conv_") else int(layer.split("_")[1])
+    bn = layer.endswith("_BN")
+    kind = layer.removesuffix("_BN").rsplit("_", 1)[-1]
+    return f"bn{block}_conv_{block}_bn_{kind}" if bn else f"mobl{block}_conv_{block}_{kind}"
+
+
+def _rewrite_old_style(name, src, dst):
+    """Copies a Keras 3 legacy file into an older naming style: renamed layers/weights,
+    str (not bytes) attributes, weightless layers listed, groups in another order."""
+    layers = backbones.read_keras_h5(src)
+    names = [_old_layer_name(name, layer) for layer, _ in layers]
+    with h5py.File(dst, "w") as f:
+        f.attrs["layer_names"] = np.array(["input_1"] + names[:1] + ["some_relu"] + names[1:], dtype=h5py.string_dtype())
+        f.attrs["keras_version"] = "2.1.5"
+        f.create_group("input_1").attrs["weight_names"] = np.array([], dtype=h5py.string_dtype())
+        f.create_group("some_relu").attrs["weight_names"] = np.array([], dtype=h5py.string_dtype())
+        for new, (_, arrays) in reversed(list(zip(names, layers))):
+            group = f.create_group(new)
+            wnames = _old_weight_names(name, new, len(arrays))
+            group.attrs["weight_names"] = np.array(wnames, dtype=h5py.string_dtype())
+            for w, a in zip(wnames, arrays):
+                group.create_dataset(w, data=a)
+
+
+# ----------------------------------------------------------------------------- Keras parity
+
+
+@pytest.mark.parametrize("name", backbones.NAMES)
+def test_matches_keras(name, refs, tmp_path):
+    ref = refs(name)
+    keras_weighted = [layer.name for layer in ref.model.layers if layer.weights]
+    assert list(backbones.keras_layer_order(name)) == keras_weighted
+    assert ref.model.count_params() == PARAM_COUNTS[name]
+
+    for impl in ("xla", "im2col"):
+        module, variables = backbones.load(name, weights=ref.path, conv_impl=impl)
+        _check_close(name, _features(module, variables, name, ref.images), ref.features, f"{impl} new-style file")
+
+    old = tmp_path / f"{name}_old.h5"
+    _rewrite_old_style(name, ref.path, old)
+    module, variables = backbones.load(name, weights=old)
+    _check_close(name, _features(module, variables, name, ref.images), ref.features, "old-style file")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
+def test_train_mode_matches_keras(name, refs):
+    """Batch statistics, BN momentum and epsilon: one training-mode call on each side."""
+    ref = refs(name)
+    module, variables = backbones.load(name, weights=ref.path)
+    x = backbones.preprocess(name, ref.images)
+    try:
+        keras_out = ref.predict(train=True)
+        ours, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+        _check_close(name, ours, keras_out, "train=True output")
+        for layer in ("conv5_block3_3_bn", "Conv_1_bn", "bn_Conv1", "conv1_bn"):
+            if layer in updates["batch_stats"]:
+                k = ref.model.get_layer(layer)
+                stats = updates["batch_stats"][layer]
+                for ours_stat, theirs in ((stats["mean"], k.moving_mean), (stats["var"], k.moving_variance)):
+                    np.testing.assert_allclose(ours_stat, np.asarray(theirs), rtol=1e-4, atol=1e-5)
+    finally:
+        ref.reload()  # Keras updated its moving statistics in place
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("name", backbones.NAMES)
+def test_param_counts_and_tree(name):
+    module, variables = backbones.load(name, seed=3)
+    assert sum(a.size for a in jax.tree.leaves(variables)) == PARAM_COUNTS[name]
+    assert set(variables["params"]) == set(backbones.keras_layer_order(name))
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
+    # Same tree as Flax's own init would give.
+    flax_shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(lambda s: s.shape, flax_shapes)
+    # Seeded: same seed same values, other seed other values.
+    first = backbones.keras_layer_order(name)[0]
+    _, again = backbones.load(name, seed=3)
+    _, other = backbones.load(name, seed=4)
+    np.testing.assert_array_equal(variables["params"][first]["kernel"], again["params"][first]["kernel"])
+    assert not np.allclose(variables["params"][first]["kernel"], other["params"][first]["kernel"])
+
+
+@pytest.mark.parametrize("name", backbones.NAMES)
+def test_start_stop_split(name):
+    module, variables = backbones.load(name, seed=1)
+    boundary = backbones.DEFAULT_TRAINABLE_FROM[name]
+    assert boundary in module.stages
+    x = backbones.preprocess(name, np.random.default_rng(1).uniform(0, 255, (2, 40, 48, 3)))
+    apply = jax.jit(module.apply, static_argnames=("start", "stop"))
+    full = apply(variables, x)
+    mid = apply(variables, x, stop=boundary)
+    np.testing.assert_allclose(apply(variables, mid, start=boundary), full, rtol=1e-6, atol=1e-6)
+
+    # init after the boundary yields exactly the layers after it, disjoint from the prefix.
+    order = backbones.keras_layer_order(name)
+    top = jax.eval_shape(module.init, jax.random.key(0), mid, start=boundary)["params"]
+    bottom = jax.eval_shape(module.init, jax.random.key(0), x, stop=boundary)["params"]
+    assert not set(top) & set(bottom)
+    assert set(top) | set(bottom) == set(order)
+    expected_top_first = {"vgg16": "block5_conv1", "vgg19": "block5_conv1", "resnet50": "conv5_block1_1_conv",
+                          "mobilenetv2": "block_13_expand"}[name]  # fmt: skip
+    assert expected_top_first in top and order.index(expected_top_first) == len(bottom)
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbones.build("vgg11")
+    with pytest.raises(ValueError, match="conv_impl"):
+        backbones.build("vgg16", conv_impl="winograd")
+    module, variables = backbones.load("vgg16")
+    with pytest.raises(ValueError, match="unknown stage boundary"):
+        module.apply(variables, jnp.zeros((1, 32, 32, 3)), stop="block9_pool")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        backbones.load("vgg16", weights="/nonexistent/file.h5")
+
+
+def test_train_flag_drives_batch_stats():
+    module, variables = backbones.load("mobilenetv2", seed=0)
+    x = backbones.preprocess("mobilenetv2", np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)))
+    apply = jax.jit(module.apply, static_argnames=("train", "mutable"))
+    _, trained = apply(variables, x, train=True, mutable=("batch_stats",))
+    _, frozen = apply(variables, x, train=False, mutable=("batch_stats",))
+    old = variables["batch_stats"]
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), old, trained["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    jax.tree.map(np.testing.assert_array_equal, old, frozen["batch_stats"])
+
+
+# ----------------------------------------------------------------------------- im2col vs lax.conv
+
+CONV_CASES = [
+    # (kernel, stride, padding, depthwise)
+    (3, 1, "SAME", False), (3, 2, "SAME", False), (3, 1, "VALID", False), (3, 2, "VALID", False),
+    (1, 1, "SAME", False), (1, 2, "VALID", False), (7, 2, ((3, 3), (3, 3)), False),
+    (3, 1, "SAME", True), (3, 2, "SAME", True), (3, 2, "VALID", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("k,stride,padding,depthwise", CONV_CASES)
+def test_im2col_matches_lax_conv(k, stride, padding, depthwise):
+    rng = np.random.default_rng(k * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)), jnp.float32)  # odd x even, non-square
+    features = 6 if depthwise else 5
+    make = lambda impl: backbones.Conv(features, (k, k), stride, padding, True, depthwise, impl)  # noqa: E731
+    params = make("xla").init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+    out_shape = make("xla").apply(params, x).shape
+    cot = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+
+    def value_and_grads(impl):
+        loss = lambda p, x: jnp.sum(make(impl).apply(p, x) * cot)  # noqa: E731
+        return make(impl).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+
+    y_xla, g_xla = value_and_grads("xla")
+    y_col, g_col = value_and_grads("im2col")
+    np.testing.assert_allclose(y_col, y_xla, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_col, g_xla)
+
+
+# ----------------------------------------------------------------------------- files and errors
+
+
+def test_mismatched_file_lists_every_problem(refs, tmp_path):
+    vgg16 = refs("vgg16").path
+    with pytest.raises(ValueError) as err:
+        backbones.load("vgg19", weights=vgg16)
+    msg = str(err.value)
+    assert "file has 13 layers with weights, vgg19 has 16" in msg
+    assert "missing: layer #15 block5_conv4" in msg and "shape (3, 3, 256, 512), expected (3, 3, 256, 256)" in msg
+
+    bad = tmp_path / "bad.h5"
+    _rewrite_old_style("vgg16", vgg16, bad)
+    with h5py.File(bad, "r+") as f:  # wrong kernel shape in one layer, one bias dropped in another
+        del f["block2_conv1"]["block2_conv1_W_1:0"]
+        f["block2_conv1"].create_dataset("block2_conv1_W_1:0", data=np.zeros((3, 3, 64, 99), np.float32))
+        f["block3_conv2"].attrs["weight_names"] = np.array(["block3_conv2_W_1:0"], dtype=h5py.string_dtype())
+    with pytest.raises(ValueError) as err:
+        backbones.load("vgg16", weights=bad)
+    msg = str(err.value)
+    assert "block2_conv1" in msg and "(3, 3, 64, 99)" in msg
+    assert "block3_conv2" in msg and "1 weights, expected 2" in msg
+
+
+def test_preprocess_matches_keras():
+    rng = np.random.default_rng(0)
+    images_u8 = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    images_f = rng.uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
+    for name in backbones.NAMES:
+        keras_pre = KERAS_APPS[name][1]
+        for images in (images_u8, images_f):
+            before = images.copy()
+            ours = backbones.preprocess(name, images)
+            assert ours.dtype == jnp.float32
+            np.testing.assert_array_equal(images, before)  # input untouched
+            np.testing.assert_allclose(ours, keras_pre(images.astype(np.float32)), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="3 channels"):
+        backbones.preprocess("vgg16", np.zeros((1, 4, 4, 1)))
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "weights"
+
+
+def _fake_download(payload, calls):
+    def download(url, dest):
+        calls.append(url)
+        with open(dest, "wb") as f:
+            f.write(payload)
+
+    return download
+
+
+def _no_download(url, dest):
+    raise AssertionError("must not download again")
+
+
+def test_imagenet_download_hash_checked(refs, cache, monkeypatch):
+    good = open(refs("vgg16").path, "rb").read()
+    spec = backbones.WeightFile("vgg16_test_notop.h5", "https://example.invalid/vgg16_test_notop.h5",
+                                hashlib.md5(good).hexdigest())  # fmt: skip
+    monkeypatch.setitem(backbones.WEIGHT_FILES, "vgg16", spec)
+
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    calls = []
+    monkeypatch.setattr(backbones, "_download", _fake_download(bytes(flipped), calls))
+    with pytest.raises(ValueError, match="MD5 hash mismatch for vgg16_test_notop.h5"):
+        backbones.load("vgg16", weights="imagenet")
+    assert calls == [spec.url] and os.listdir(cache) == []  # temp file removed too
+
+    monkeypatch.setattr(backbones, "_download", _fake_download(good, calls))
+    _, from_cache = backbones.load("vgg16", weights="imagenet")
+    assert sorted(os.listdir(cache)) == [spec.file]
+    _, direct = backbones.load("vgg16", weights=refs("vgg16").path)
+    jax.tree.map(np.testing.assert_array_equal, from_cache, direct)
+
+    monkeypatch.setattr(backbones, "_download", _no_download)  # second use: cache only
+    backbones.load("vgg16", weights="imagenet")
+
+
+def test_mobilenet_sha256_recorded_on_first_download(cache, monkeypatch):
+    spec = backbones.WEIGHT_FILES["mobilenetv2"]
+    assert spec.md5 is None
+    payload = b"not really weights" * 100
+    monkeypatch.setattr(backbones, "_download", _fake_download(payload, []))
+    path = backbones.fetch_weights("mobilenetv2")
+    record = (cache / (spec.file + ".sha256")).read_text().split()[0]
+    assert record == hashlib.sha256(payload).hexdigest()
+    monkeypatch.setattr(backbones, "_download", _no_download)
+    assert backbones.fetch_weights("mobilenetv2") == path
+    path.write_bytes(payload[:-1] + b"X")
+    with pytest.raises(ValueError, match="SHA-256 hash mismatch.*delete it"):
+        backbones.fetch_weights("mobilenetv2")
+
+
+def test_offline_imagenet_gives_clear_error(cache, monkeypatch):
+    def offline(url, dest):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(backbones, "_download", offline)
+    spec = backbones.WEIGHT_FILES["resnet50"]
+    with pytest.raises(RuntimeError) as err:
+        backbones.load("resnet50", weights="imagenet")
+    msg = str(err.value)
+    assert spec.url in msg and str(cache / spec.file) in msg and "by hand" in msg
+    assert os.listdir(cache) == []
+
+
