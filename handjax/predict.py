@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from handjax import backbones, data, losses, metrics, train
 
@@ -86,8 +86,13 @@ def fold_forward(model: train.Classifier, loss_name: str) -> Callable:
 
 
 def ensemble(run: train.TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST):
-    """Fold-averaged ``probs`` [B, n] and the argmax class's fold-averaged CAM [B, h, w],
-    plus the argmax and minimum-expected-cost decisions [B]."""
+    """``(probs [B, n], argmax [B], min_cost [B], cam [B, h, w])`` of the fold ensemble.
+
+    ``probs`` is the mean of the folds' probabilities; ``cam`` the mean of the folds' own
+    Grad-CAMs (each in [0, 1], so every fold counts equally) for the ensemble's argmax
+    class, rescaled to [0, 1]. ``min_cost`` is the minimum-expected-cost decision on
+    ``probs`` under ``cost``.
+    """
     forward = fold_forward(run.model, run.config.loss.name)
     n_folds = jax.tree.leaves(run.variables)[0].shape[0]
     probs, cams = [], []

@@ -462,7 +462,7 @@ def prepare(config) -> Prepared:
                             store_dtype=store)
     model = Classifier(start=split, **common)
     params, stats = _subtree(params, top), _subtree(stats, top)
-    pooled = _pooled_features(model, params, stats, feats, config.head.hidden)
+    pooled = _pooled_features(model, params, stats, feats)
     return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
                     pooled, "pooled", feats, int(feats.nbytes))
 
@@ -477,16 +477,20 @@ def _boundary_shape(backbone, variables, name, image, split, dtype):
     return jax.eval_shape(lambda: backbone.apply(variables, x, train=False, stop=split)).shape
 
 
-def _pooled_features(model, params, stats, feats, hidden, batch: int = 64):
+def _pooled_features(model, params, stats, feats, batch: int = 64):
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
-    head = model.init(jax.random.key(0), jnp.zeros((1, feats.shape[-1])), mode="pooled")
-    variables = {"params": {"backbone": params, "head": head["params"]["head"]},
-                 "batch_stats": {"backbone": stats}}
-    fn = jax.jit(lambda x: model.apply(variables, x, train=False, mode="frozen")[1])
+    variables = {"params": params, "batch_stats": stats}
+
+    def pooled(x):
+        out = model.backbone.apply(variables, x.astype(model.dtype), train=False,
+                                   start=model.split)
+        return jnp.mean(out.astype(jnp.float32), axis=(1, 2))
+
+    fn = jax.jit(pooled)
     flat = feats.reshape((-1,) + feats.shape[2:])
-    out = [np.asarray(fn(flat[i:i + batch])) for i in range(0, len(flat), batch)]
-    pooled = np.concatenate(out)
-    return pooled.reshape(feats.shape[:2] + pooled.shape[1:])
+    out = np.concatenate([np.asarray(fn(flat[i:i + batch]))
+                          for i in range(0, len(flat), batch)])
+    return out.reshape(feats.shape[:2] + out.shape[1:])
 
 
 # --------------------------------------------------------------------------- fitting

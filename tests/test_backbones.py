@@ -221,8 +221,8 @@ def test_start_stop_split(name):
 
     # init after the boundary yields exactly the layers after it, disjoint from the prefix.
     order = backbones.keras_layer_order(name)
-    top = jax.eval_shape(module.init, jax.random.key(0), mid, start=boundary)["params"]
-    bottom = jax.eval_shape(module.init, jax.random.key(0), x, stop=boundary)["params"]
+    top = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, start=boundary), mid)["params"]
+    bottom = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, stop=boundary), x)["params"]
     assert not set(top) & set(bottom)
     assert set(top) | set(bottom) == set(order)
     expected_top_first = {"vgg16": "block5_conv1", "vgg19": "block5_conv1", "resnet50": "conv5_block1_1_conv",

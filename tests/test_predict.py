@@ -216,7 +216,9 @@ def test_unreadable_photo_is_one_clear_line(run_dir, photos, tmp_path):
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("handjax: error:")
-    assert "broken.jpg" in lines[0] and "not a readable image" in lines[0]
+    with pytest.raises(data.DataError) as loader:                # the loader's own words
+        data.decode_image(bad, 32)
+    assert lines[0] == f"handjax: error: {loader.value}" and "broken.jpg" in lines[0]
     assert out.stdout == ""
 
 
