@@ -12,14 +12,7 @@ an error. ``--config.data.root=/path/to/photos`` trains on your own ImageFolder 
 """
 import ml_collections
 
-# The study's three losses; "custom" is its severity loss without any cross-entropy.
-LOSSES = {
-    "categorical": dict(name="categorical", ce_weight=1.0),
-    "binary": dict(name="binary", ce_weight=1.0),
-    "custom": dict(name="severity", ce_weight=0.0),
-    "severity": dict(name="severity", ce_weight=1.0),
-}
-
+from handjax.run import cell_config
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -80,11 +73,8 @@ def apply_smoke(c):
 
 
 def cell(model: str, loss: str, arg=None):
-    """The config of one study cell: the protocol with this backbone and loss."""
+    """The config of one study cell: the protocol with this backbone and loss
+    (loss: categorical | binary | custom | severity, see ``handjax.run.LOSSES``)."""
     c = get_config(arg)
-    c.model.name = model
-    c.loss.name = LOSSES[loss]["name"]
-    c.loss.ce_weight = LOSSES[loss]["ce_weight"]
-    c.loss.label = loss
-    c.name = f"{model}_{loss}" + ("_smoke" if arg == "smoke" else "")
-    return c
+    c.name = "cell" + ("_smoke" if arg == "smoke" else "")
+    return cell_config(c, model, loss)

@@ -198,10 +198,12 @@ class Backbone(nn.Module):
 
     def _bn(self, name, train, epsilon, momentum):
         # Flax and Keras use the same convention: new = momentum * old + (1 - momentum) * batch.
+        # Keras's batch variance is two-pass (jnp.var); Flax's fast E[x^2]-E[x]^2 is not.
         return nn.BatchNorm(
             use_running_average=not train,
             momentum=momentum,
             epsilon=epsilon,
+            use_fast_variance=False,
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name=name,

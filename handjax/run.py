@@ -30,15 +30,18 @@ def _names(text: str, allowed, key: str) -> list[str]:
 
 
 def cell_config(config, model: str, loss: str):
-    """The study config specialised to one cell (the sweep fields removed)."""
+    """``config`` specialised to one study cell (the sweep fields, if any, removed)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
     c = config.copy_and_resolve_references()
     with c.unlocked():
-        del c["models"]
-        del c["losses"]
+        for key in ("models", "losses"):
+            if key in c:
+                del c[key]
         c.model.name = model
         c.loss.name, c.loss.ce_weight = LOSSES[loss]
         c.loss.label = loss
-        c.name = f"{model}_{loss}"
+        c.name = f"{model}_{loss}" + ("_smoke" if config.name.endswith("_smoke") else "")
     return c
 
 

@@ -1,0 +1,250 @@
+"""Speed figures, always measured side by side in one process on the current machine.
+
+    python -m handjax.bench protocol   # the study's protocol: handjax vs the plain way
+    python -m handjax.bench steps      # train-step images/s and GFLOP/s, both conv modes
+    python -m handjax.bench folds      # phase-1/2 epochs under vmap, lax.map, a fold loop
+    python -m handjax.bench all        # all three (``--quick`` for tiny settings)
+
+``protocol`` runs the same protocol (model, input size, images, epochs, folds, SVM) twice:
+handjax's fold program (shared frozen-layer cache, compiled epochs, matmul convs on CPU) and
+a plain reference inside handjax that works the way the study's Keras code did (the frozen
+base recomputed at every step, ``lax.conv``, the folds one after another). Both train on the
+same batches, so their results agree; the ratio of wall times is the speed-up.
+GFLOP/s figures come from XLA's own cost analysis of the compiled step and are compared
+with a matmul peak measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from handjax import backbones, data, train
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _best_time(fn, *args, repeat: int = 3) -> float:
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_peak(n: int = 2048) -> float:
+    """float32 GFLOP/s of one jitted n x n matmul: the machine's practical peak."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    fn = jax.jit(lambda x, y: x @ y)
+    return 2 * n**3 / _best_time(fn, a, a) / 1e9
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+# --------------------------------------------------------------------------- steps
+def full_train_step(name: str, conv_impl: str, size: int, batch: int, dtype=jnp.float32):
+    """A compiled whole-network fine-tune step (every layer trains) and its inputs."""
+    module, variables = backbones.load(name, None, dtype=dtype, conv_impl=conv_impl)
+    head = jax.random.normal(jax.random.key(1), (module_channels(module, variables, size),
+                                                 3)) * 0.01
+    params = {"backbone": variables["params"], "head": head}
+    stats = variables.get("batch_stats", {})
+    tx = optax.sgd(1e-3)
+    x = jax.random.uniform(jax.random.key(2), (batch, size, size, 3), jnp.float32, 0, 255)
+    y = jnp.arange(batch) % 3
+
+    def step(params, opt_state, stats, x, y):
+        def loss_fn(p):
+            feats, upd = module.apply({"params": p["backbone"], "batch_stats": stats},
+                                      backbones.preprocess(name, x).astype(dtype),
+                                      train=True, mutable=["batch_stats"])
+            logits = jnp.mean(feats.astype(jnp.float32), axis=(1, 2)) @ p["head"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+        (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, upd.get("batch_stats", stats), loss
+
+    args = (params, tx.init(params), stats, x, y)
+    t = time.perf_counter()
+    compiled = jax.jit(step).lower(*args).compile()
+    return compiled, args, time.perf_counter() - t
+
+
+def module_channels(module, variables, size: int) -> int:
+    x = jnp.zeros((1, size, size, 3))
+    return jax.eval_shape(lambda: module.apply(variables, x, train=False)).shape[-1]
+
+
+def bench_steps(models, size: int, batch: int, peak: float) -> list[dict]:
+    rows = []
+    for name in models:
+        for impl in ("xla", "im2col"):
+            compiled, args, compile_s = full_train_step(name, impl, size, batch)
+            sec = _best_time(compiled, *args, repeat=2)
+            flops = _flops(compiled)
+            rows.append({"model": name, "conv": impl, "size": size, "batch": batch,
+                         "step_s": sec, "images_per_s": batch / sec,
+                         "gflops": flops / sec / 1e9, "peak_frac": flops / sec / 1e9 / peak,
+                         "compile_s": compile_s})
+            print(f"  {name:12s} {impl:7s} {batch / sec:7.1f} img/s  "
+                  f"{flops / sec / 1e9:6.1f} GFLOP/s ({100 * flops / sec / 1e9 / peak:4.1f}% "
+                  f"of matmul peak)  step {sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s",
+                  flush=True)
+        xla, col = rows[-2], rows[-1]
+        print(f"  {name:12s} im2col / xla step speed: {xla['step_s'] / col['step_s']:.2f}x",
+              flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- folds
+def bench_folds(config) -> list[dict]:
+    """Phase-1 and phase-2 epochs of the fold program under each fold mapping."""
+    prep = train.prepare(config)
+    labels = jnp.asarray(prep.examples.labels)
+    rows = []
+    for phase in (1, 2):
+        inputs = prep.inputs1 if phase == 1 else prep.inputs2
+        batches = train.epoch_batches([tr for tr, _ in prep.folds],
+                                      batch_size=config.train.batch_size,
+                                      n_views=inputs.shape[0], seed=0, phase=phase, epoch=0)
+        for kind in ("vmap", "map", "loop"):
+            states = train.initial_states(prep, config)
+            if phase == 2:
+                states = train.to_phase2(states, prep, config)
+            fn = jax.jit(lambda s, x, y, b, k, kind=kind: train.epoch_fn(
+                s, x, y, b, k, fold_map=kind))
+            t = time.perf_counter()
+            compiled = fn.lower(states, inputs, labels, batches, jax.random.key(0)).compile()
+            compile_s = time.perf_counter() - t
+            sec = _best_time(lambda: compiled(states, inputs, labels, batches,
+                                              jax.random.key(0)), repeat=2)
+            steps = batches["idx"].shape[0]
+            rows.append({"phase": phase, "fold_map": kind, "epoch_s": sec,
+                         "step_ms": 1e3 * sec / steps, "compile_s": compile_s})
+            print(f"  phase {phase}  {kind:5s} epoch {sec:7.3f} s  "
+                  f"({1e3 * sec / steps:7.1f} ms per step of {config.n_folds} folds)  "
+                  f"compile {compile_s:5.1f} s", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- protocol
+def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
+                     n_folds: int, weights: str):
+    """The two configs of the protocol comparison: handjax's way and the plain way."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import base  # noqa: E402  (the experiments folder of a source checkout)
+    fast = base.cell(model, "categorical")
+    fast.model.weights = weights
+    fast.data.image_size = size
+    fast.data.n_per_class = n_per_class
+    fast.data.views = 2
+    fast.n_folds = n_folds
+    fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
+    plain = fast.copy_and_resolve_references()
+    plain.train.mode = "plain"
+    plain.model.conv_impl = "xla"
+    plain.train.fold_map = "map"     # folds one after another
+    return fast, plain
+
+
+def bench_protocol(fast, plain, workroot: Path) -> dict:
+    out = {}
+    for label, config in (("handjax", fast), ("plain", plain)):
+        t = time.perf_counter()
+        results = train.run(config, workroot / label)
+        wall = time.perf_counter() - t
+        timing = json.loads((workroot / label / "timing.json").read_text())
+        compile_s = sum(v for k, v in timing.items() if k.startswith("compile"))
+        out[label] = {"wall_s": wall, "compile_s": compile_s, "timing": timing,
+                      "results": results, "peak_rss_gib": peak_rss_gib()}
+        n = results["data"]["n"]
+        print(f"  {label:8s} wall {wall:7.1f} s  (prepare {timing.get('prepare_s', 0):.1f} s,"
+              f" compile {compile_s:.1f} s, train {timing.get('run_s', 0):.1f} s, "
+              f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
+              f"CNN acc {results['decisions']['cnn']['mean']['accuracy']:.4f}  "
+              f"SVM acc {results['decisions']['svm']['mean']['accuracy']:.4f}", flush=True)
+        if results["cache_bytes"]:
+            views = fast.data.views
+            print(f"           frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} MiB "
+                  f"({results['cache_bytes'] / (n * views) / 1024:.1f} KiB per image-view, "
+                  f"{n} images x {views} views)", flush=True)
+    ratio = out["plain"]["wall_s"] / out["handjax"]["wall_s"]
+    same = all(np.allclose(out["plain"]["results"]["decisions"][d]["per_fold"][m],
+                           out["handjax"]["results"]["decisions"][d]["per_fold"][m],
+                           atol=1e-6)
+               for d in ("cnn", "cnn_mec") for m in train.METRIC_KEYS)
+    print(f"  speed-up handjax vs plain: {ratio:.1f}x   CNN results identical: {same}  "
+          f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    out["ratio"] = ratio
+    out["results_identical"] = same
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m handjax.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", default="all",
+                   choices=("protocol", "steps", "folds", "all"))
+    p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
+    p.add_argument("--models", default="vgg19", help="comma list for 'steps'")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--n-per-class", type=int, default=50)
+    p.add_argument("--epochs", default="2+1", help="phase-1+phase-2 epochs")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--weights", default="none", help="'none' (random) or 'imagenet'")
+    p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
+    p.add_argument("--json", help="also write the measurements to this file")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.image_size, a.n_per_class, a.batch = 32, 10, 8
+    e1, e2 = (int(v) for v in a.epochs.split("+"))
+    print(f"handjax bench on {jax.devices()[0].device_kind} ({jax.default_backend()}, "
+          f"{jax.device_count()} device(s)), jax {jax.__version__}", flush=True)
+    peak = matmul_peak()
+    print(f"matmul peak (float32, 2048^3, jitted): {peak:.1f} GFLOP/s", flush=True)
+    report = {"device": jax.devices()[0].device_kind, "matmul_peak_gflops": peak}
+    with tempfile.TemporaryDirectory(prefix="handjax-bench-") as tmp:
+        if a.what in ("steps", "all"):
+            print(f"\nwhole-network train step, {a.image_size} px, batch {a.batch}:")
+            models = [m for m in a.models.split(",") if m]
+            report["steps"] = bench_steps(models, a.image_size, a.batch, peak)
+        fast, plain = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2,
+                                       a.folds, a.weights)
+        fast.train.batch_size = plain.train.batch_size = a.batch
+        if a.what in ("folds", "all"):
+            print(f"\nfold mapping, {a.model} {a.image_size} px, {a.folds} folds:")
+            report["folds"] = bench_folds(fast)
+        if a.what in ("protocol", "all"):
+            print(f"\nprotocol: {a.model} {a.image_size} px, {3 * a.n_per_class} synthetic "
+                  f"images, {e1}+{e2} epochs, {a.folds} folds + SVM, weights={a.weights}:")
+            out = bench_protocol(fast, plain, Path(tmp))
+            report["protocol"] = {k: ({kk: vv for kk, vv in v.items() if kk != "results"}
+                                      if isinstance(v, dict) else v) for k, v in out.items()}
+    print(f"\npeak RSS of this process: {peak_rss_gib():.2f} GiB")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
