@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from tqdm import tqdm
 
 NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
 
@@ -190,6 +191,7 @@ class Backbone(nn.Module):
         return x
 
     def stage(self, name: str, x, train: bool):
+        """Applies the layers of the stage ending at boundary ``name`` (per architecture)."""
         raise NotImplementedError
 
     # Layer factories: every layer named by its Keras name.
@@ -519,8 +521,6 @@ def _file_hash(path, algorithm):
 
 def _download(url: str, dest: Path) -> None:
     """Streams ``url`` to ``dest`` with a progress bar (tests replace this function)."""
-    from tqdm import tqdm
-
     with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name.split(".part")[0]) as bar:
@@ -571,7 +571,10 @@ def fetch_weights(name: str) -> Path:
                 f"could not download ImageNet weights {spec.file} from {spec.url} ({e}); "
                 f"download it by hand and place it at {dest}"
             ) from e
-        _verify(tmp, spec, record)
+        try:
+            _verify(tmp, spec, record)
+        except ValueError as e:
+            raise ValueError(f"{e}; the download from {spec.url} was deleted") from None
         if spec.md5 is None:  # nothing published: pin this first download
             record.write_text(f"{_file_hash(tmp, 'sha256')}  {spec.file}\n")
         os.replace(tmp, dest)
