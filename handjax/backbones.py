@@ -541,6 +541,10 @@ def _verify(path: Path, spec: WeightFile, record: Path) -> None:
         raise ValueError(f"{algo} hash mismatch for {spec.file}: got {got}, expected {expected}")
 
 
+class WeightsError(RuntimeError):
+    """ImageNet weights could not be obtained (no network, no cached copy)."""
+
+
 def fetch_weights(name: str) -> Path:
     """Path of the cached ImageNet no-top file for ``name``, downloading it once if absent.
 
@@ -567,7 +571,7 @@ def fetch_weights(name: str) -> Path:
         try:
             _download(spec.url, tmp)
         except OSError as e:  # urllib's URLError and socket errors are OSErrors
-            raise RuntimeError(
+            raise WeightsError(
                 f"could not download ImageNet weights {spec.file} from {spec.url} ({e}); "
                 f"download it by hand and place it at {dest}"
             ) from e

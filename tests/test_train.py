@@ -280,3 +280,32 @@ def test_fold_axis_sharded_over_four_devices_matches_one(tmp_path):
         for key in train.METRIC_KEYS:
             np.testing.assert_allclose(res["True"][name]["per_fold"][key],
                                        res["False"][name]["per_fold"][key], atol=1e-6)
+
+
+def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
+    from handjax import backbones
+
+    def offline(url, dest):
+        raise OSError("network is unreachable")
+    monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(backbones, "_download", offline)
+    c = tiny_config()
+    c.model.weights = "imagenet"
+    with pytest.raises(backbones.WeightsError) as err:
+        train.prepare(c)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert "--config.model.weights=none" in msg
+
+
+def test_bfloat16_cache_is_close_to_float32(prepared):
+    """The optional bf16 feature cache halves memory at ~3 significant digits."""
+    config, prep = prepared
+    c = tiny_config(cache_dtype="bfloat16")
+    half = train.prepare(c)
+    assert half.inputs2.dtype == jnp.bfloat16
+    assert half.cache_bytes * 2 == prep.cache_bytes
+    ref = np.asarray(prep.inputs2, np.float32)
+    err = np.abs(np.asarray(half.inputs2, np.float32) - ref).max() / np.abs(ref).max()
+    assert err < 8e-3                                 # bf16 keeps 8 bits of mantissa
