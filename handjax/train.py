@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -436,21 +435,11 @@ def prepare(config) -> Prepared:
     groups = data.duplicate_groups(images) if config.data.dedup else None
     folds = data.folds(examples.labels, n_splits=config.n_folds, seed=config.seed,
                        images=images if config.data.dedup else None)
-    name = config.model.name
-    dtype = _dtype(config.model.dtype)
-    backbone, variables = load_backbone(config)
-    split = config.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
-    if split not in backbone.stages:
-        raise ValueError(f"config.model.split={split!r} is not a stage of {name}; "
-                         f"choose one of {', '.join(backbone.stages)}")
+    backbone, variables, top, common = model_parts(config, len(examples.class_names))
+    name, dtype, split = config.model.name, common["dtype"], common["split"]
     root = jax.random.key(config.seed)
     views = augmented_views(images, config.data.views, jax.random.fold_in(root, 2))
-    probe_shape = _boundary_shape(backbone, variables, name, images[:1], split, dtype)
-    top = top_layers(backbone, split, probe_shape)
     params, stats = variables["params"], variables.get("batch_stats", {})
-    common = dict(backbone=backbone, backbone_name=name, split=split,
-                  hidden=config.head.hidden, dropout=config.head.dropout,
-                  num_classes=len(examples.class_names), dtype=dtype)
     desc = describe_data(examples, groups)
     if config.train.mode == "plain":
         model = Classifier(start=None, **common)
@@ -466,6 +455,24 @@ def prepare(config) -> Prepared:
     pooled = _pooled_features(model, params, stats, feats)
     return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
                     pooled, "pooled", feats, int(feats.nbytes))
+
+
+def model_parts(config, num_classes: int):
+    """Backbone, its variables, the layer names after the split, and the ``Classifier``
+    fields shared by training (``prepare``) and inference (``load_run``)."""
+    name, dtype = config.model.name, _dtype(config.model.dtype)
+    backbone, variables = load_backbone(config)
+    split = config.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
+    if split not in backbone.stages:
+        raise ValueError(f"config.model.split={split!r} is not a stage of {name}; "
+                         f"choose one of {', '.join(backbone.stages)}")
+    size = int(config.data.image_size)
+    shape = _boundary_shape(backbone, variables, name, np.zeros((1, size, size, 3)), split,
+                            dtype)
+    common = dict(backbone=backbone, backbone_name=name, split=split,
+                  hidden=config.head.hidden, dropout=config.head.dropout,
+                  num_classes=num_classes, dtype=dtype)
+    return backbone, variables, top_layers(backbone, split, shape), common
 
 
 def load_backbone(config):
@@ -525,9 +532,13 @@ def initial_states(prep: Prepared, config) -> FoldState:
 def _pooled_dim(prep: Prepared) -> int:
     """Channels of the backbone's final feature map (the head's input width)."""
     variables = {"params": prep.backbone_params, "batch_stats": prep.backbone_stats}
-    x = backbones.preprocess(prep.model.backbone_name, prep.inputs2[0, :1])
-    return jax.eval_shape(
-        lambda: prep.model.backbone.apply(variables, x, train=False)).shape[-1]
+    return _feature_dim(prep.model.backbone, variables, prep.inputs2.shape[2],
+                        prep.model.dtype)
+
+
+def _feature_dim(backbone, variables, image_size: int, dtype) -> int:
+    x = jnp.zeros((1, image_size, image_size, 3), dtype)
+    return jax.eval_shape(lambda: backbone.apply(variables, x, train=False)).shape[-1]
 
 
 def to_phase2(states: FoldState, prep: Prepared, config) -> FoldState:
@@ -733,8 +744,8 @@ def _claim_workdir(workdir: Path, config) -> None:
         old = json.loads(path.read_text())
         new = json.loads(text)
         if old != new:
-            changed = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
-                             if _flatten(old).get(k) != _flatten(new).get(k))
+            old, new = _flatten(old), _flatten(new)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise TrainingError(
                 f"{workdir} holds a run with another config (differs in "
                 f"{', '.join(changed)}); use another --workdir or delete that folder")
@@ -808,23 +819,14 @@ def load_run(workdir) -> TrainedRun:
                                     "finished run (python launch.py --config ...)")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     results = json.loads((workdir / "results.json").read_text())
-    name, dtype = config.model.name, _dtype(config.model.dtype)
-    backbone, variables = load_backbone(config)
-    split = config.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
-    size = int(config.data.image_size)
-    shape = _boundary_shape(backbone, variables, name, np.zeros((1, size, size, 3)), split,
-                            dtype)
-    top = top_layers(backbone, split, shape)
+    backbone, variables, top, common = model_parts(config,
+                                                   len(results["data"]["class_names"]))
     params, stats = variables["params"], variables.get("batch_stats", {})
-    common = dict(backbone=backbone, backbone_name=name, split=split,
-                  hidden=config.head.hidden, dropout=config.head.dropout,
-                  num_classes=len(results["data"]["class_names"]), dtype=dtype)
     plain = config.train.mode == "plain"
     model = Classifier(start=None, **common)
     if not plain:
         params, stats = _subtree(params, top), _subtree(stats, top)
-    dim = jax.eval_shape(lambda: backbone.apply(
-        variables, jnp.zeros((1, size, size, 3), dtype), train=False)).shape[-1]
+    dim = _feature_dim(backbone, variables, int(config.data.image_size), common["dtype"])
     stub = Prepared(None, None, None, model, frozenset(top), params, stats,
                     np.zeros((1, 1, dim), np.float32), "pooled" if not plain else "frozen",
                     None, 0)
