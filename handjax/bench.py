@@ -1,7 +1,7 @@
 """Speed figures, always measured side by side in one process on the current machine.
 
     python -m handjax.bench protocol   # the study's protocol: handjax vs the plain way
-    python -m handjax.bench steps      # train-step images/s and GFLOP/s, both conv modes
+    python -m handjax.bench steps      # train-step images/s and GFLOP/s per conv mode
     python -m handjax.bench folds      # phase-1/2 epochs under vmap, lax.map, a fold loop
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
 
@@ -93,24 +93,58 @@ def module_channels(module, variables, size: int) -> int:
     return jax.eval_shape(lambda: module.apply(variables, x, train=False)).shape[-1]
 
 
-def bench_steps(models, size: int, batch: int, peak: float) -> list[dict]:
+STEP_IMPLS = ("xla", "im2col", "mmgrad", "auto")
+
+# Dense bf16 tensor-core peaks (TFLOP/s, vendor datasheets) by device_kind substring, for MFU.
+BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
+                    ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("V100", 125.0))
+
+
+def bf16_peak_tflops(device_kind: str) -> float | None:
+    for key, tflops in BF16_PEAK_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return tflops
+    return None
+
+
+def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, rounds: int = 3,
+                peak_tflops: float | None = None) -> list[dict]:
+    """Whole-network train step per conv implementation. All variants are compiled first,
+    then timed in interleaved rounds (best of each), so machine noise hits them alike.
+
+    GFLOP/s use one FLOP count for every variant (XLA's cost analysis of the ``lax.conv``
+    step: the model's work, not each variant's bookkeeping). On an accelerator with a known
+    (or given) bf16 peak, MFU = that work per second / the peak.
+    """
     rows = []
+    kind = jax.devices()[0].device_kind
+    peak_tflops = peak_tflops or (bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None)
     for name in models:
-        for impl in ("xla", "im2col"):
-            compiled, args, compile_s = full_train_step(name, impl, size, batch)
-            sec = _best_time(compiled, *args, repeat=2)
-            flops = _flops(compiled)
-            rows.append({"model": name, "conv": impl, "size": size, "batch": batch,
-                         "step_s": sec, "images_per_s": batch / sec,
-                         "gflops": flops / sec / 1e9, "peak_frac": flops / sec / 1e9 / peak,
-                         "compile_s": compile_s})
-            print(f"  {name:12s} {impl:7s} {batch / sec:7.1f} img/s  "
-                  f"{flops / sec / 1e9:6.1f} GFLOP/s ({100 * flops / sec / 1e9 / peak:4.1f}% "
-                  f"of matmul peak)  step {sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s",
-                  flush=True)
-        xla, col = rows[-2], rows[-1]
-        print(f"  {name:12s} im2col / xla step speed: {xla['step_s'] / col['step_s']:.2f}x",
-              flush=True)
+        steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in STEP_IMPLS}
+        flops = _flops(steps["xla"][0])
+        best = dict.fromkeys(STEP_IMPLS, float("inf"))
+        for _ in range(rounds):
+            for impl, (compiled, args, _) in steps.items():
+                best[impl] = min(best[impl], _best_time(compiled, *args, repeat=1))
+        for impl, (_, _, compile_s) in steps.items():
+            sec = best[impl]
+            row = {"model": name, "conv": impl, "size": size, "batch": batch,
+                   "dtype": jnp.dtype(dtype).name, "step_s": sec, "images_per_s": batch / sec,
+                   "gflops": flops / sec / 1e9, "peak_frac": flops / sec / 1e9 / peak,
+                   "compile_s": compile_s, "speedup_vs_xla": best["xla"] / sec}
+            mfu = ""
+            if peak_tflops:
+                row["mfu"] = flops / sec / 1e12 / peak_tflops
+                mfu = f"  MFU {100 * row['mfu']:4.1f}% of {peak_tflops:.0f} TFLOP/s bf16"
+            rows.append(row)
+            print(f"  {name:12s} {impl:7s} {batch / sec:8.1f} img/s  {flops / sec / 1e9:8.1f} "
+                  f"GFLOP/s ({100 * flops / sec / 1e9 / peak:5.1f}% of matmul peak)  step "
+                  f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
+                  f"{mfu}", flush=True)
+        auto = backbones.resolve_conv_impl("auto", size * size)
+        print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
+              f"{best['xla'] / best['auto']:.2f}x", flush=True)
+        del steps
     return rows
 
 
@@ -212,6 +246,10 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", default="none", help="'none' (random) or 'imagenet'")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the 'steps' train step (parameters stay float32)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="accelerator bf16 peak for MFU (default: looked up by device kind)")
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
     p.add_argument("--json", help="also write the measurements to this file")
     a = p.parse_args(argv)
@@ -225,9 +263,10 @@ def main(argv=None) -> int:
     report = {"device": jax.devices()[0].device_kind, "matmul_peak_gflops": peak}
     with tempfile.TemporaryDirectory(prefix="handjax-bench-") as tmp:
         if a.what in ("steps", "all"):
-            print(f"\nwhole-network train step, {a.image_size} px, batch {a.batch}:")
+            print(f"\nwhole-network train step, {a.image_size} px, batch {a.batch}, {a.dtype}:")
             models = [m for m in a.models.split(",") if m]
-            report["steps"] = bench_steps(models, a.image_size, a.batch, peak)
+            report["steps"] = bench_steps(models, a.image_size, a.batch, peak, jnp.dtype(a.dtype),
+                                          peak_tflops=a.peak_tflops)
         fast, plain = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2,
                                        a.folds, a.weights)
         fast.train.batch_size = plain.train.batch_size = a.batch

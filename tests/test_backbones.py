@@ -10,6 +10,7 @@ import os
 import urllib.error
 
 import h5py
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,7 +173,7 @@ def test_matches_keras(name, refs, tmp_path):
     assert ref.model.count_params() == PARAM_COUNTS[name]
 
     x = backbones.preprocess(name, ref.images)
-    for impl in ("xla", "im2col"):
+    for impl in ("xla", "im2col", "mmgrad"):
         module, variables = backbones.load(name, weights=ref.path, conv_impl=impl)
         out, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(variables, x)
         _check_close(name, out, ref.features, f"conv_impl={impl}")
@@ -246,7 +247,7 @@ def test_start_stop_split(name):
     assert expected_top_first in top and order.index(expected_top_first) == len(bottom)
 
 
-@pytest.mark.parametrize("impl", ["xla", "im2col"])
+@pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad"])
 def test_bfloat16_compute_keeps_float32_params(impl):
     # ResNet50 at init: identity BN and residual adds keep activations O(1).
     module32, variables = backbones.load("resnet50", seed=2, conv_impl=impl)
@@ -274,7 +275,7 @@ def test_bad_input_errors():
         backbones.load("vgg16", weights="/nonexistent/file.h5")
 
 
-# ----------------------------------------------------------------------------- im2col vs lax.conv
+# ----------------------------------------------------------------------------- conv impls vs lax.conv
 
 CONV_CASES = [
     # (kernel, stride, padding, depthwise)
@@ -285,7 +286,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("k,stride,padding,depthwise", CONV_CASES)
-def test_im2col_matches_lax_conv(k, stride, padding, depthwise):
+def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
     rng = np.random.default_rng(k * 10 + stride)
     x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)), jnp.float32)  # odd x even, non-square
     features = 6 if depthwise else 5
@@ -298,16 +299,57 @@ def test_im2col_matches_lax_conv(k, stride, padding, depthwise):
     @jax.jit
     def value_and_grads(params, x, cot):
         out = {}
-        for impl in ("xla", "im2col"):
+        for impl in ("xla", "im2col", "mmgrad"):
             loss = lambda p, x: jnp.sum(make(impl).apply(p, x) * cot)  # noqa: E731
             out[impl] = make(impl).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
         return out
 
     out = value_and_grads(params, x, cot)
-    (y_xla, g_xla), (y_col, g_col) = out["xla"], out["im2col"]
+    y_xla, g_xla = out["xla"]
+    for impl in ("im2col", "mmgrad"):
+        y, g = out[impl]
+        np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=1e-5, err_msg=impl)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl), g, g_xla)
 
-    np.testing.assert_allclose(y_col, y_xla, rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_col, g_xla)
+
+@pytest.mark.parametrize("cin", [2, 7])  # 2: the all-taps-on-X branch (RGB layer); 7: X/G shifts
+@pytest.mark.parametrize("k,padding", [(3, "SAME"), (3, "VALID"), (5, ((1, 3), (2, 0)))])
+def test_mmgrad_kernel_gradient_in_batch_chunks(k, padding, cin, monkeypatch):
+    """The matmul kernel gradient equals lax.conv's when the batch is scanned in chunks."""
+    monkeypatch.setattr(backbones, "_KERNEL_GRAD_CHUNK_BYTES", 1)  # forces chunks of 2 images
+    rng = np.random.default_rng(k + cin)
+    x = jnp.asarray(rng.normal(size=(6, 11, 9, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, cin, 4)), jnp.float32)
+    pads = backbones._explicit_pads(padding, x.shape[1:3], (k, k), 1)
+    cot = jnp.asarray(rng.normal(size=backbones._lax_conv(x, kernel, 1, pads).shape), jnp.float32)
+    grads = {
+        name: jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, 1, pads) * cot), argnums=(0, 1)))(x, kernel)
+        for name, fn in (("xla", backbones._lax_conv), ("mmgrad", lambda x, w, _, p: backbones.conv_mmgrad(x, w, p)))
+    }
+    for ours, ref in zip(grads["mmgrad"], grads["xla"]):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    # The scan really ran in chunks: 3 steps of 2 images.
+    jaxpr = jax.make_jaxpr(lambda x, g: backbones._kernel_grad(x, g, kernel.shape, pads))(x, cot)
+    scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(scans) == 1 and scans[0].params["length"] == 3
+
+
+def test_max_pool_2x2_matches_flax_values_and_gradient():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 9, 3)), jnp.float32)  # no ties
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
+    np.testing.assert_array_equal(backbones.max_pool_2x2(x), ref(x))
+    cot = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 4, 3)), jnp.float32)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * cot))(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(backbones.max_pool_2x2), grad(ref))
+
+
+def test_auto_conv_impl_by_backend_and_map_size():
+    assert backbones.resolve_conv_impl("xla", 10**6) == "xla"
+    if jax.default_backend() == "cpu":
+        assert backbones.resolve_conv_impl("auto", 56 * 56) == "mmgrad"
+        assert backbones.resolve_conv_impl("auto", 14 * 14) == "im2col"
+    else:
+        assert backbones.resolve_conv_impl("auto", 56 * 56) == "xla"
 
 
 # ----------------------------------------------------------------------------- files and errors
