@@ -183,7 +183,11 @@ def bench_folds(config) -> list[dict]:
 def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
                      n_folds: int, weights: str):
     """The two configs of the protocol comparison: handjax's way and the plain way."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    if not (experiments / "base.py").exists():
+        raise SystemExit(f"bench protocol: {experiments / 'base.py'} not found; run it from a "
+                         "source checkout of handjax (git clone, then pip install -e .)")
+    sys.path.insert(0, str(experiments))
     import base  # noqa: E402  (the experiments folder of a source checkout)
     fast = base.cell(model, "categorical")
     fast.model.weights = weights

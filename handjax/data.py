@@ -33,6 +33,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -352,6 +353,14 @@ def _read(builder_cls, config) -> tuple:
     return builder, sorted(records, key=lambda r: (int(r["label"]), r["id"]))
 
 
+def _prune_stale_copies(builder_root: Path, prefix: str, keep: str) -> None:
+    """Deletes the cached copies ``<builder_root>/<prefix>*`` other than ``keep``."""
+    for stale in builder_root.glob(prefix + "*"):
+        if stale.name != keep and stale.is_dir():
+            log.info("deleting the outdated cached copy %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _examples(records, source: str, resize_to: int | None = None) -> Examples:
     images = np.stack([r["image"] for r in records])
     if resize_to is not None and images.shape[1] != resize_to:
@@ -382,11 +391,15 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
     path = Path(root).expanduser()
     files = _scan_folder(path, class_map)
     resolved = path.resolve()
+    # s<size>_<folder>_<state>: a changed folder gets a new copy; older copies of the same
+    # folder at the same size are deleted once the new one is prepared.
+    prefix = f"s{image_size}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}_"
     config = HandConditionsConfig(
-        name=f"s{image_size}_{_fingerprint(resolved, files, int(image_size), class_map)}",
+        name=prefix + _fingerprint(resolved, files, int(image_size), class_map),
         root=str(resolved), image_size=int(image_size),
         class_map=tuple(sorted((class_map or {}).items())))
     builder, records = _read(HandConditions, config)
+    _prune_stale_copies(Path(builder.data_dir).parents[1], prefix, keep=config.name)
     bad = list(builder.info.metadata.get("bad_files", []))
     if bad:
         listing = "; ".join(f"{rel} ({why})" for rel, why in bad)
@@ -472,13 +485,13 @@ def duplicate_groups(images, *, max_distance: int = 20) -> np.ndarray:
     return np.argsort(np.argsort(first))[inverse]
 
 
-def folds(labels, *, n_splits: int = N_FOLDS, seed: int = 0, images=None) -> list:
+def folds(labels, *, n_splits: int = N_FOLDS, seed: int = 0, images=None, groups=None) -> list:
     """[(train_idx, test_idx)] * n_splits, stratified by label.
 
-    images=None: exactly ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)``.
-    With images: near-duplicates (``duplicate_groups``) are kept in one fold by
-    ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)``, so re-encoded or
-    resized copies never sit on both sides of a split.
+    images=None and groups=None: exactly ``StratifiedKFold(n_splits, shuffle=True,
+    random_state=seed)``. With images (or their precomputed ``duplicate_groups``):
+    near-duplicates are kept in one fold by ``StratifiedGroupKFold(n_splits, shuffle=True,
+    random_state=seed)``, so re-encoded or resized copies never sit on both sides of a split.
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -489,12 +502,18 @@ def folds(labels, *, n_splits: int = N_FOLDS, seed: int = 0, images=None) -> lis
     if n_splits < 2 or counts.min() < n_splits:
         raise DataError(f"{n_splits}-fold split needs at least {n_splits} examples per class "
                         f"(and n_splits >= 2), smallest class has {counts.min()}")
+    if images is not None and groups is not None:
+        raise ValueError("pass images or their groups, not both")
     x = np.zeros((len(labels), 1))
-    if images is None:
+    if images is None and groups is None:
         return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, labels))
-    if len(images) != len(labels):
-        raise DataError(f"{len(images)} images but {len(labels)} labels")
-    groups = duplicate_groups(images)
+    if images is not None:
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        groups = duplicate_groups(images)
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise DataError(f"{len(groups)} duplicate groups but {len(labels)} labels")
     sizes = np.bincount(groups)
     log.info("folds: %d near-duplicate group(s) covering %d images, each kept in one fold",
              int((sizes > 1).sum()), int(sizes[sizes > 1].sum()))

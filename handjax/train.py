@@ -433,8 +433,7 @@ def prepare(config) -> Prepared:
     examples = load_examples(config)
     images = examples.images
     groups = data.duplicate_groups(images) if config.data.dedup else None
-    folds = data.folds(examples.labels, n_splits=config.n_folds, seed=config.seed,
-                       images=images if config.data.dedup else None)
+    folds = data.folds(examples.labels, n_splits=config.n_folds, seed=config.seed, groups=groups)
     backbone, variables, top, common = model_parts(config, len(examples.class_names))
     name, dtype, split = config.model.name, common["dtype"], common["split"]
     root = jax.random.key(config.seed)

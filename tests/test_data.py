@@ -254,6 +254,13 @@ def test_decoded_arrays_are_cached_and_changes_rebuild(tmp_path, monkeypatch):
     changed = data.load_folder(tmp_path, image_size=SIZE)
     assert len(changed.ids) == 16 and (_only(changed, "ra/new.png") == (1, 2, 3)).all()
     assert len(calls) == 16  # the changed folder was decoded again
+    # The outdated copy of this folder is gone; another folder's copy is kept.
+    other = data.load_folder(_folder(tmp_path / "other"), image_size=SIZE)
+    assert len(other.ids) == 15
+    copies = sorted(p.name for p in (data._cache_dir() / "tfds" / "hand_conditions").iterdir()
+                    if p.name.startswith(f"s{SIZE}_"))
+    prefixes = [c.rsplit("_", 1)[0] for c in copies]
+    assert len(set(prefixes)) == len(prefixes) >= 2, copies
 
 
 # --------------------------------------------------------------------------- folds
@@ -301,6 +308,11 @@ def test_near_duplicates_share_a_test_fold(tmp_path, caplog):
         assert sorted(np.concatenate([te for _, te in splits]).tolist()) == list(range(len(ex.ids)))
         for a, b in pairs:
             assert fold_of[ex.ids.index(a)] == fold_of[ex.ids.index(b)]
+        # Precomputed groups give the same split without hashing again.
+        same = data.folds(ex.labels, seed=seed, groups=groups)
+        assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, same))
+    with pytest.raises(ValueError, match="not both"):
+        data.folds(ex.labels, images=ex.images, groups=groups)
 
 
 # --------------------------------------------------------------------------- synthetic hands
