@@ -49,6 +49,7 @@ def get_config(arg=None):
     c.train.mode = "cached"     # "cached" (frozen layers once) | "plain" (recompute, as Keras)
     c.train.fold_map = "auto"   # "auto" | "vmap" | "map" | "loop"
     c.train.cache_dtype = "float32"   # or "bfloat16" to halve the cache
+    c.train.checkpoint_secs = 60.0   # save at an epoch end once this long after the last save
     c.train.shard_folds = True  # split the fold axis over devices when there are several
 
     c.svm = ml_collections.ConfigDict(dict(kernel="rbf", C=1.0, class_weight="balanced"))

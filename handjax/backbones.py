@@ -159,8 +159,9 @@ def _kernel_grad(x, g, kernel_shape, pads):
 def conv_mmgrad(x, kernel, pads):
     """Stride-1 ``lax.conv`` whose kernel gradient is :func:`_kernel_grad`'s matmul.
 
-    The forward pass and the input gradient stay ``lax.conv`` (XLA:CPU runs forward-type
-    convolutions near its matmul peak); only the slow kernel gradient is replaced.
+    The forward pass and the input gradient are forward-type ``lax.conv`` calls (XLA:CPU runs
+    those near its matmul peak, also inside ``lax.scan``); only the kernel gradient, slow on
+    XLA:CPU and pathologically slow inside loops, is replaced.
     """
     return _lax_conv(x, kernel, 1, pads)
 
@@ -171,9 +172,14 @@ def _mmgrad_fwd(x, kernel, pads):
 
 def _mmgrad_bwd(pads, res, g):
     x, kernel = res
-    _, vjp_x = jax.vjp(lambda v: _lax_conv(v, kernel, 1, pads), x)
-    (dx,) = vjp_x(g)
-    return dx, _kernel_grad(x, g, kernel.shape, pads).astype(kernel.dtype)
+    kh, kw = kernel.shape[:2]
+    # dL/dx: the "full" correlation of g with the flipped, in/out-swapped kernel, written as
+    # a plain forward conv. (XLA's own transpose rule runs ~4-7x slower inside lax.scan
+    # bodies on XLA:CPU, and its kernel gradient 100x slower there.)
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    dx = _lax_conv(g, flipped, 1, ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)))
+    return dx.astype(x.dtype), _kernel_grad(x, g, kernel.shape, pads).astype(kernel.dtype)
 
 
 conv_mmgrad.defvjp(_mmgrad_fwd, _mmgrad_bwd)

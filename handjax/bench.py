@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from handjax import backbones, data, train
+from handjax import backbones, train
 
 
 def peak_rss_gib() -> float:

@@ -29,10 +29,13 @@ def _flat(tree) -> dict:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-    """Save ``state`` as checkpoint ``step`` and wait, so a kill right after loses nothing."""
+def save(mngr: ocp.CheckpointManager, step: int, state, wait: bool = True) -> None:
+    """Save ``state`` as checkpoint ``step``; by default wait, so a kill right after loses
+    nothing. ``wait=False`` writes in the background (``state`` must then not be donated
+    or deleted before ``close``)."""
     mngr.save(step, args=ocp.args.StandardSave(_flat(state)))
-    mngr.wait_until_finished()
+    if wait:
+        mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, like):

@@ -4,7 +4,7 @@ Data flow (see ARCHITECTURE.md)::
 
     images --(frozen prefix, once for all folds and views)--> cached features [V, N, h, w, c]
     phase 1: backbone frozen  -> pooled features [V, N, C], computed once; K heads trained (vmap)
-    phase 2: top block(s) + head trained per fold on the cached features (lax.map on CPU)
+    phase 2: top block(s) + head trained per fold on the cached features (vmap, or a loop)
     eval:    per-fold logits and pooled features -> metrics (argmax, min expected cost) + SVM
 
 Why the cache is exact: layers frozen in a phase hold the same (pretrained) values in every
@@ -12,14 +12,15 @@ fold, so their outputs are the same for every fold and epoch. Augmentation is ap
 *images*, so it must happen before the frozen prefix: we precompute ``V`` views per image
 (view 0 is the photo itself, views 1..V-1 are random ``data.augment`` draws) and each training
 example draws one view per epoch. ``config.train.mode = "plain"`` turns the cache off and
-recomputes the frozen base at every step, the way the study's Keras code ran; it trains on
-the same views and batches, so both modes give the same results (a test checks it).
+recomputes the frozen base at every step, the way the study's Keras code ran (folds one
+after another, one jitted step per batch from Python); it trains on the same views and
+batches, so both modes give the same results (a test checks it).
 
 The fold axis is the leading axis of every per-fold array. Folds have unequal sizes: batches
 are padded by wrapping round the fold's own examples and the padding is masked out of every
-sum. ``config.train.fold_map`` picks ``vmap`` (dense heads, GPU) or ``lax.map`` (conv layers
-on XLA:CPU, where vmap over fold parameters measured ~7x slower than a loop); with several
-devices the fold axis is sharded across them.
+sum. ``config.train.fold_map`` picks ``vmap`` (dense heads, matmul-form convs, GPU) or an
+unrolled loop (``lax.conv`` layers on XLA:CPU, where vmap over fold parameters measured ~7x
+slower than a loop); with several devices the fold axis is sharded across them.
 """
 from __future__ import annotations
 
@@ -194,15 +195,43 @@ def fold_mapper(kind: str) -> Callable:
     raise ValueError(f"config.train.fold_map={kind!r}: expected 'auto', 'vmap', 'map' or 'loop'")
 
 
-def resolve_fold_map(kind: str, phase: int) -> str:
-    """'auto': vmap for dense-only phase-1 heads and off CPU; for conv layers on XLA:CPU an
-    unrolled loop over folds, which measured fastest there (``python -m handjax.bench folds``:
-    VGG19 112 px phase-2 epoch, loop 13.0 s, vmap 14.3 s, lax.map 18.3 s)."""
+def resolve_fold_map(kind: str, lax_conv: bool) -> str:
+    """'auto': vmap, except on XLA:CPU when the trained layers run ``lax.conv`` (``lax_conv``):
+    vmap over fold parameters turns those into grouped convolutions, ~7x slower there than
+    an unrolled loop over folds. Dense heads and matmul-form convs (im2col, CPU's default
+    for VGG's top block) vmap into batched matmuls: ``python -m handjax.bench folds``,
+    VGG19 112 px, phase-2 epoch: vmap 8.0 s, loop 8.3 s, lax.map 8.8 s, and vmap compiles
+    in 1.6 s against 5.2 s for the loop."""
     if kind != "auto":
         return kind
-    if phase == 1 or jax.default_backend() != "cpu":
-        return "vmap"
-    return "loop"
+    if lax_conv and jax.default_backend() == "cpu":
+        return "loop"
+    return "vmap"
+
+
+def _uses_lax_conv(jaxpr) -> bool:
+    """Whether a (closed) jaxpr or any jaxpr nested in it calls ``conv_general_dilated``."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                is_jaxpr = hasattr(getattr(sub, "jaxpr", sub), "eqns")
+                if is_jaxpr and _uses_lax_conv(sub):
+                    return True
+    return False
+
+
+def trains_lax_conv(states: FoldState, prep: "Prepared") -> bool:
+    """Whether phase 2's trained layers (one fold, one example) run ``lax.conv``."""
+    one = jax.tree.map(lambda a: a[0], states)
+    x = prep.inputs2[0, :1]
+
+    def forward(params):
+        variables = {"params": params, "batch_stats": one.batch_stats}
+        return prep.model.apply(variables, x, train=False, mode="tune")[0]
+    return _uses_lax_conv(jax.make_jaxpr(forward)(one.params))
 
 
 def _fold_keys(key, n_steps: int, n_folds: int):
@@ -246,6 +275,32 @@ def _epoch_scan(states, inputs, labels, batches, keys, *, fold_map: str):
     return jax.lax.scan(one_step, states, (batches, keys))
 
 
+def _plain_batch_step(state, inputs, labels, b, key):
+    batch = {"x": inputs[b["view"], b["idx"]], "y": labels[b["idx"]], "mask": b["mask"]}
+    return train_step(state, batch, key)
+
+
+def plain_epoch(compiled_step):
+    """An ``epoch_fn``-shaped callable that runs the folds one after another and the steps
+    one at a time from Python, each a call of one jitted ``train_step``: how the study's
+    Keras ``fit`` loop ran. Same batches and dropout keys as ``epoch_fn``, so same results."""
+    def run(states, inputs, labels, batches, key):
+        n_steps, n_folds = batches["idx"].shape[:2]
+        keys = _fold_keys(key, n_steps, n_folds)
+        folds, sums = [], []
+        for f in range(n_folds):
+            state, fold_sums = jax.tree.map(lambda a, f=f: a[f], states), []
+            for s in range(n_steps):
+                b = jax.tree.map(lambda a, s=s, f=f: a[s, f], batches)
+                state, out = compiled_step(state, inputs, labels, b, keys[s, f])
+                fold_sums.append(out)
+            folds.append(state)
+            sums.append(jax.tree.map(lambda *a: jnp.stack(a), *fold_sums))
+        stack = lambda axis: lambda *a: jnp.stack(a, axis)  # noqa: E731
+        return jax.tree.map(stack(0), *folds), jax.tree.map(stack(1), *sums)
+    return run
+
+
 def fold_mesh(n_folds: int, enabled: bool):
     """A 1-D device mesh over the fold axis when several devices can split the folds evenly."""
     devices = jax.devices()
@@ -265,6 +320,7 @@ def eval_fn(states, inputs, idx, *, mode: str, fold_map: str, chunk: int = 64):
     """
     mapper = fold_mapper(fold_map)
     m = idx.shape[1]
+    chunk = even_batch(m, chunk)
     n_chunks = max(1, math.ceil(m / chunk))
     pad = n_chunks * chunk - m if m > chunk else 0
     if pad:
@@ -370,13 +426,24 @@ def augmented_views(images: np.ndarray, n_views: int, key) -> np.ndarray:
     return np.stack(views)
 
 
+def even_batch(n: int, most: int) -> int:
+    """The batch size <= ``most`` that covers ``n`` items in the fewest batches with the
+    least padding (300 items, most 32: 10 batches of 30, not 10 of 32)."""
+    return max(1, -(-n // -(-n // most))) if n else most
+
+
 def frozen_features(backbone, variables, name: str, views: np.ndarray, split: str, *,
-                    dtype, batch: int = 32, store_dtype=np.float32) -> np.ndarray:
+                    dtype, batch: int = 10, store_dtype=np.float32) -> np.ndarray:
     """Output of the frozen prefix (up to ``split``) for every view and image, computed once.
 
-    Batches have a fixed size (the last one padded) so that the function compiles once.
+    Batches have one size (at most ``batch``, the last one padded) so that the function
+    compiles once; the size is chosen so that padding wastes the least. Inference-only, so
+    "auto" convs run as ``lax.conv``, which XLA runs fastest forward on every backend.
     """
     flat = views.reshape((-1,) + views.shape[2:])
+    batch = even_batch(len(flat), batch)
+    if backbone.conv_impl == "auto":
+        backbone = backbone.clone(conv_impl="xla")
     fn = jax.jit(lambda v, x: backbone.apply(
         v, backbones.preprocess(name, x).astype(dtype), train=False, stop=split))
     out = []
@@ -506,8 +573,15 @@ def _pooled_features(model, params, stats, feats, batch: int = 64):
 
     fn = jax.jit(pooled)
     flat = feats.reshape((-1,) + feats.shape[2:])
-    out = np.concatenate([np.asarray(fn(flat[i:i + batch]))
-                          for i in range(0, len(flat), batch)])
+    batch = even_batch(len(flat), batch)
+    out = []
+    for i in range(0, len(flat), batch):
+        chunk = flat[i:i + batch]
+        n = len(chunk)
+        if n < batch:  # one shape, one compilation
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        out.append(np.asarray(fn(chunk))[:n])
+    out = np.concatenate(out)
     return out.reshape(feats.shape[:2] + out.shape[1:])
 
 
@@ -565,8 +639,9 @@ def _check_finite(sums, phase: int, epoch: int, steps_per_epoch: int):
         "or check the input data")
 
 
-def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
-    """Train all folds through both phases, checkpointing (and resuming) every epoch."""
+def fit(prep: Prepared, config, workdir: Path, timing: dict, manager=None) -> FoldState:
+    """Train all folds through both phases, checkpointing (and resuming) at epoch ends: the
+    last one, and any that ends ``config.train.checkpoint_secs`` after the previous save."""
     from handjax import checkpoint  # local: orbax import is slow and only needed here
     labels = jnp.asarray(prep.examples.labels)
     train_sets = [tr for tr, _ in prep.folds]
@@ -574,7 +649,8 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
                                       max(len(te) for _, te in prep.folds))
     sched = schedule(config)
     states = initial_states(prep, config)
-    manager = checkpoint.manager(workdir)
+    own_manager = manager is None
+    manager = checkpoint.manager(workdir) if own_manager else manager
     done = checkpoint.latest(manager)
     if done > len(sched):
         raise TrainingError(f"{workdir}: checkpoint is past this config's schedule; "
@@ -587,6 +663,8 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
     log = MetricsLog(workdir / "metrics.jsonl", keep=sched[:done])
     mesh = fold_mesh(config.n_folds, config.train.shard_folds)
     compiled, bar, key = {}, None, jax.random.fold_in(jax.random.key(config.seed), 3)
+    every, last_save = float(config.train.checkpoint_secs), time.perf_counter()
+    lax_conv = trains_lax_conv(states, prep)
     for g, (phase, epoch) in enumerate(sched):
         if g < done:
             continue
@@ -596,16 +674,24 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
         batches = epoch_batches(train_sets, batch_size=config.train.batch_size,
                                 n_views=inputs.shape[0], seed=config.seed, phase=phase,
                                 epoch=epoch)
-        fmap = resolve_fold_map(config.train.fold_map, phase if prep.mode1 == "pooled" else 2)
+        fmap = resolve_fold_map(config.train.fold_map,
+                                (phase == 2 or prep.mode1 != "pooled") and lax_conv)
         epoch_key = jax.random.fold_in(jax.random.fold_in(key, phase), epoch)
         if phase not in compiled:
             if bar is not None:
                 bar.close()
             bar = tqdm(total=_phase_steps(config, phase) * config.n_folds
                        * batches["idx"].shape[0], desc=f"phase {phase}", unit="step")
-            compiled[phase] = _compile(
-                functools.partial(epoch_fn, fold_map=fmap, mesh=mesh), timing, f"phase{phase}",
-                states, inputs, labels, batches, epoch_key)
+            if config.train.mode == "plain":  # Keras-style: one jitted step per call
+                one = jax.tree.map(lambda a: a[0], states)
+                b0 = jax.tree.map(lambda a: a[0, 0], batches)
+                compiled[phase] = plain_epoch(_compile(
+                    _plain_batch_step, timing, f"phase{phase}", one, inputs, labels, b0,
+                    epoch_key))
+            else:
+                compiled[phase] = _compile(
+                    functools.partial(epoch_fn, fold_map=fmap, mesh=mesh), timing,
+                    f"phase{phase}", states, inputs, labels, batches, epoch_key)
         t = time.perf_counter()
         states, sums = compiled[phase](states, inputs, labels, batches, epoch_key)
         _check_finite(sums, phase, epoch, batches["idx"].shape[0])
@@ -614,10 +700,18 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict) -> FoldState:
         log.write_epoch(phase, epoch, states.step, sums, val)
         bar.update(config.n_folds * batches["idx"].shape[0])
         bar.set_postfix(loss=f"{float(np.sum(sums['loss']) / np.sum(sums['count'])):.4f}")
-        checkpoint.save(manager, g + 1, states)
+        # The last epoch always; others once checkpoint_secs have passed since the last save
+        # (saving 5 folds' Adam states every short epoch cost more than the epoch itself).
+        last = g + 1 == len(sched)
+        if last or time.perf_counter() - last_save >= every:
+            # The last save may finish in the background (nothing is donated after it) when
+            # the caller owns the manager and closes it later.
+            checkpoint.save(manager, g + 1, states, wait=own_manager or not last)
+            last_save = time.perf_counter()
     if bar is not None:
         bar.close()
-    checkpoint.close(manager)
+    if own_manager:
+        checkpoint.close(manager)
     return states
 
 
@@ -684,7 +778,7 @@ def fold_outputs(states: FoldState, prep: Prepared, config):
     """Per-fold logits [K, N, C] and pooled features [K, N, D] on every image (view 0)."""
     n = len(prep.examples.labels)
     idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (config.n_folds, n))
-    fmap = resolve_fold_map(config.train.fold_map, 2)
+    fmap = resolve_fold_map(config.train.fold_map, trains_lax_conv(states, prep))
     logits, pooled = _eval_jit("tune", fmap)(states, prep.inputs2[0], idx)
     return np.asarray(logits), np.asarray(pooled)
 
@@ -772,9 +866,12 @@ def run(config, workdir) -> dict:
     timing: dict = {}
     prep = prepare(config)
     timing["prepare_s"] = time.perf_counter() - t0
-    states = fit(prep, config, workdir, timing)
+    from handjax import checkpoint
+    manager = checkpoint.manager(workdir)
+    states = fit(prep, config, workdir, timing, manager)
     t = time.perf_counter()
-    decisions = evaluate(states, prep, config)
+    decisions = evaluate(states, prep, config)  # while the last checkpoint is written
+    checkpoint.close(manager)
     timing["evaluate_s"] = time.perf_counter() - t
     results = {
         "name": config.name, "model": config.model.name, "loss": config.loss.label,

@@ -1,7 +1,6 @@
 """handjax.data: decoding of awkward photos, folder errors, caching, folds, synthetic hands,
 augmentation and the preview CLI. Every folder is built inside its test."""
 import io
-import warnings
 
 import jax
 import numpy as np

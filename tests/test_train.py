@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from handjax import metrics, train
+from handjax import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -95,10 +95,11 @@ def test_resume_after_interruption_equals_uninterrupted(reference, workroot, mon
             raise KeyboardInterrupt
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_config(), workdir)
+        train.run(tiny_config(checkpoint_secs=0.0), workdir)   # a checkpoint every epoch
     monkeypatch.setattr(checkpoint, "save", real_save)
+    assert calls == [1, 2]
     assert not (workdir / "results.json").exists()
-    resumed = train.run(tiny_config(), workdir)
+    resumed = train.run(tiny_config(checkpoint_secs=0.0), workdir)
     assert resumed == reference[1]
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 15                          # no duplicated epochs after resume
@@ -309,3 +310,21 @@ def test_bfloat16_cache_is_close_to_float32(prepared):
     ref = np.asarray(prep.inputs2, np.float32)
     err = np.abs(np.asarray(half.inputs2, np.float32) - ref).max() / np.abs(ref).max()
     assert err < 8e-3                                 # bf16 keeps 8 bits of mantissa
+
+
+def test_auto_fold_map_follows_the_trained_convs():
+    """vmap unless XLA:CPU would batch ``lax.conv`` kernels into grouped convolutions."""
+    c = tiny_config()
+    with c.unlocked():
+        c.model.name = "vgg19"
+        c.data.image_size = 112            # block5 sees 7x7 maps: im2col on CPU
+    prep = train.prepare(c)
+    states = train.initial_states(prep, c)
+    on_cpu = jax.default_backend() == "cpu"
+    assert train.trains_lax_conv(states, prep) is False
+    assert train.resolve_fold_map("auto", False) == "vmap"
+    assert train.resolve_fold_map("auto", True) == ("loop" if on_cpu else "vmap")
+    assert train.resolve_fold_map("map", False) == "map"
+    c.model.conv_impl = "xla"
+    prep = train.prepare(c)
+    assert train.trains_lax_conv(train.initial_states(prep, c), prep) is True
