@@ -197,9 +197,9 @@ def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epoc
     fast.n_folds = n_folds
     fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
     plain = fast.copy_and_resolve_references()
-    plain.train.mode = "plain"
+    plain.train.mode = "plain"       # folds and steps one after another, from Python
     plain.model.conv_impl = "xla"
-    plain.train.fold_map = "map"     # folds one after another
+    plain.train.fold_map = "map"     # its evaluation, too, one fold after another
     return fast, plain
 
 

@@ -88,8 +88,8 @@ def test_resume_after_interruption_equals_uninterrupted(reference, workroot, mon
     real_save = checkpoint.save
     calls = []
 
-    def save_then_die(manager, step, state):
-        real_save(manager, step, state)
+    def save_then_die(manager, step, state, wait=True):
+        real_save(manager, step, state, wait)
         calls.append(step)
         if step == 2:                                # killed after phase 1
             raise KeyboardInterrupt
