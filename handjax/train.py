@@ -410,6 +410,7 @@ def make_loss(config) -> Callable:
     return losses.get(config.loss.name, **kwargs)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def probabilities(loss_name: str, logits):
     """Class probabilities from logits: softmax, or normalised sigmoids for binary CE."""
     if loss_name == "binary":
@@ -592,14 +593,16 @@ def initial_states(prep: Prepared, config) -> FoldState:
     keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), k)
     dim = (prep.inputs1.shape[-1] if prep.mode1 == "pooled" or prep.inputs2 is None
            else _pooled_dim(prep))
-    heads = jax.vmap(lambda key: prep.model.init(key, jnp.zeros((1, dim)), mode="pooled")
-                     ["params"]["head"])(keys)
+    # Jitted (here and below): one compilation instead of one per op of the vmapped init.
+    heads = jax.jit(jax.vmap(lambda key: prep.model.init(key, jnp.zeros((1, dim)),
+                                                         mode="pooled")["params"]["head"]))(keys)
     params = {"backbone": _stack(prep.backbone_params, k), "head": heads}
     stats = {"backbone": _stack(prep.backbone_stats, k)}
-    one = jax.tree.map(lambda a: a[0], params)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
     tx = make_tx(one, config.train.lr1, trainable_layers=())
-    return jax.vmap(lambda p, s: create_state(p, s, model=prep.model, mode=prep.mode1, tx=tx,
-                                              loss_fn=make_loss(config)))(params, stats)
+    loss_fn = make_loss(config)
+    return jax.jit(jax.vmap(lambda p, s: create_state(p, s, model=prep.model, mode=prep.mode1,
+                                                      tx=tx, loss_fn=loss_fn)))(params, stats)
 
 
 def _pooled_dim(prep: Prepared) -> int:
@@ -616,10 +619,10 @@ def _feature_dim(backbone, variables, image_size: int, dtype) -> int:
 
 def to_phase2(states: FoldState, prep: Prepared, config) -> FoldState:
     """Unfreeze the top block(s): a fresh Adam at the lower rate, as Keras's recompile does."""
-    one = jax.tree.map(lambda a: a[0], states.params)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), states.params)
     tx = make_tx(one, config.train.lr2, trainable_layers=prep.trainable)
-    return jax.vmap(lambda st: create_state(st.params, st.batch_stats, model=prep.model,
-                                            mode="tune", tx=tx, loss_fn=st.loss_fn))(states)
+    return jax.jit(jax.vmap(lambda st: create_state(st.params, st.batch_stats, model=prep.model,
+                                                    mode="tune", tx=tx, loss_fn=st.loss_fn)))(states)
 
 
 def schedule(config) -> list[tuple[int, int]]:
@@ -732,13 +735,19 @@ def validate(states, prep: Prepared, inputs, test_idx, test_mask, phase: int, fm
     mode = prep.mode1 if phase == 1 else "tune"
     fn = _eval_jit(mode, fmap)
     logits, _ = fn(states, inputs[0], jnp.asarray(test_idx))
-    y = prep.examples.labels[test_idx]
-    per_ex = jax.vmap(states.loss_fn)(logits, jnp.asarray(y))
-    m = jnp.asarray(test_mask, jnp.float32)
-    n = jnp.maximum(m.sum(1), 1.0)
+    y = jnp.asarray(prep.examples.labels[test_idx])
+    loss, acc = _masked_loss_and_accuracy(states.loss_fn, logits, y,
+                                          jnp.asarray(test_mask, jnp.float32))
+    return {"val_loss": np.asarray(loss), "val_accuracy": np.asarray(acc)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _masked_loss_and_accuracy(loss_fn, logits, y, mask):
+    """Per-fold masked mean loss and accuracy of logits [K, M, C] against labels [K, M]."""
+    n = jnp.maximum(mask.sum(1), 1.0)
+    per_ex = jax.vmap(loss_fn)(logits, y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    return {"val_loss": np.asarray((per_ex * m).sum(1) / n),
-            "val_accuracy": np.asarray((correct * m).sum(1) / n)}
+    return (per_ex * mask).sum(1) / n, (correct * mask).sum(1) / n
 
 
 @functools.lru_cache(maxsize=None)
@@ -783,9 +792,12 @@ def fold_outputs(states: FoldState, prep: Prepared, config):
     return np.asarray(logits), np.asarray(pooled)
 
 
+_fold_metrics = jax.jit(jax.vmap(metrics.all_metrics))  # one compilation, not one per op
+
+
 def decision_summary(cms: np.ndarray) -> dict:
     """Per-fold metrics of stacked confusion matrices [K, C, C], their mean and std (ddof 0)."""
-    per_fold = jax.vmap(metrics.all_metrics)(jnp.asarray(cms))
+    per_fold = _fold_metrics(jnp.asarray(cms))
     per_fold = {k: [float(v) for v in np.asarray(per_fold[k])] for k in METRIC_KEYS}
     return {"per_fold": per_fold,
             "mean": {k: float(np.mean(v)) for k, v in per_fold.items()},
