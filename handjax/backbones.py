@@ -200,8 +200,9 @@ class Conv(nn.Module):
     """2-D convolution with ``nn.Conv``'s parameters ("kernel" (kh, kw, cin, cout), "bias").
 
     ``impl`` picks the algorithm ("xla": ``lax.conv``; "im2col": one matmul; "mmgrad":
-    ``lax.conv`` with a matmul kernel gradient for stride 1, im2col otherwise; "auto":
-    mmgrad on CPU, xla elsewhere); the parameters are identical, so weights load the same way in every mode.
+    ``lax.conv`` with a matmul kernel gradient for stride 1, im2col otherwise; "auto": see
+    :func:`resolve_conv_impl`); the parameters are identical, so weights load the same way
+    in every mode.
     ``depthwise=True`` gives Keras's DepthwiseConv2D (multiplier 1), kernel (kh, kw, 1, C).
     Padding: "SAME", "VALID" or explicit ((lo, hi), (lo, hi)).
     """

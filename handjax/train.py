@@ -445,17 +445,24 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
     batch = even_batch(len(flat), batch)
     if backbone.conv_impl == "auto":
         backbone = backbone.clone(conv_impl="xla")
-    fn = jax.jit(lambda v, x: backbone.apply(
-        v, backbones.preprocess(name, x).astype(dtype), train=False, stop=split))
+    fn = jax.jit(lambda x: backbone.apply(
+        variables, backbones.preprocess(name, x).astype(dtype), train=False, stop=split))
+    feats = _map_batches(fn, flat, batch, store_dtype, desc="frozen features")
+    return feats.reshape(views.shape[:2] + feats.shape[1:])
+
+
+def _map_batches(fn, flat: np.ndarray, batch: int, out_dtype=None, desc: str | None = None):
+    """``fn`` over ``flat`` in batches of one size (the last padded by repeating its final
+    item, the padding dropped from the output): one shape, one compilation."""
     out = []
-    for i in tqdm(range(0, len(flat), batch), desc="frozen features", leave=False):
+    for i in tqdm(range(0, len(flat), batch), desc=desc, leave=False, disable=desc is None):
         chunk = flat[i:i + batch]
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        out.append(np.asarray(fn(variables, chunk)[:n]).astype(store_dtype))
-    feats = np.concatenate(out)
-    return feats.reshape(views.shape[:2] + feats.shape[1:])
+        y = np.asarray(fn(chunk)[:n])
+        out.append(y if out_dtype is None else y.astype(out_dtype))
+    return np.concatenate(out)
 
 
 def top_layers(backbone, split: str, boundary_shape) -> set[str]:
@@ -574,15 +581,7 @@ def _pooled_features(model, params, stats, feats, batch: int = 64):
 
     fn = jax.jit(pooled)
     flat = feats.reshape((-1,) + feats.shape[2:])
-    batch = even_batch(len(flat), batch)
-    out = []
-    for i in range(0, len(flat), batch):
-        chunk = flat[i:i + batch]
-        n = len(chunk)
-        if n < batch:  # one shape, one compilation
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        out.append(np.asarray(fn(chunk))[:n])
-    out = np.concatenate(out)
+    out = _map_batches(fn, flat, even_batch(len(flat), batch))
     return out.reshape(feats.shape[:2] + out.shape[1:])
 
 
@@ -642,9 +641,11 @@ def _check_finite(sums, phase: int, epoch: int, steps_per_epoch: int):
         "or check the input data")
 
 
-def fit(prep: Prepared, config, workdir: Path, timing: dict, manager=None) -> FoldState:
+def fit(prep: Prepared, config, workdir: Path, timing: dict, manager) -> FoldState:
     """Train all folds through both phases, checkpointing (and resuming) at epoch ends: the
-    last one, and any that ends ``config.train.checkpoint_secs`` after the previous save."""
+    last one, and any that ends ``config.train.checkpoint_secs`` after the previous save.
+    The caller owns ``manager`` (``checkpoint.manager(workdir)``) and closes it, which waits
+    for the last checkpoint: that one is written in the background."""
     from handjax import checkpoint  # local: orbax import is slow and only needed here
     labels = jnp.asarray(prep.examples.labels)
     train_sets = [tr for tr, _ in prep.folds]
@@ -652,8 +653,6 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict, manager=None) -> Fo
                                       max(len(te) for _, te in prep.folds))
     sched = schedule(config)
     states = initial_states(prep, config)
-    own_manager = manager is None
-    manager = checkpoint.manager(workdir) if own_manager else manager
     done = checkpoint.latest(manager)
     if done > len(sched):
         raise TrainingError(f"{workdir}: checkpoint is past this config's schedule; "
@@ -707,14 +706,11 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict, manager=None) -> Fo
         # (saving 5 folds' Adam states every short epoch cost more than the epoch itself).
         last = g + 1 == len(sched)
         if last or time.perf_counter() - last_save >= every:
-            # The last save may finish in the background (nothing is donated after it) when
-            # the caller owns the manager and closes it later.
-            checkpoint.save(manager, g + 1, states, wait=own_manager or not last)
+            # The last save finishes in the background (nothing is donated after it).
+            checkpoint.save(manager, g + 1, states, wait=not last)
             last_save = time.perf_counter()
     if bar is not None:
         bar.close()
-    if own_manager:
-        checkpoint.close(manager)
     return states
 
 
@@ -880,10 +876,12 @@ def run(config, workdir) -> dict:
     timing["prepare_s"] = time.perf_counter() - t0
     from handjax import checkpoint
     manager = checkpoint.manager(workdir)
-    states = fit(prep, config, workdir, timing, manager)
-    t = time.perf_counter()
-    decisions = evaluate(states, prep, config)  # while the last checkpoint is written
-    checkpoint.close(manager)
+    try:
+        states = fit(prep, config, workdir, timing, manager)
+        t = time.perf_counter()
+        decisions = evaluate(states, prep, config)  # while the last checkpoint is written
+    finally:
+        checkpoint.close(manager)
     timing["evaluate_s"] = time.perf_counter() - t
     results = {
         "name": config.name, "model": config.model.name, "loss": config.loss.label,
