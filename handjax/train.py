@@ -224,14 +224,16 @@ def _uses_lax_conv(jaxpr) -> bool:
 
 
 def trains_lax_conv(states: FoldState, prep: "Prepared") -> bool:
-    """Whether phase 2's trained layers (one fold, one example) run ``lax.conv``."""
-    one = jax.tree.map(lambda a: a[0], states)
-    x = prep.inputs2[0, :1]
+    """Whether phase 2's trained layers (one fold, one example) run ``lax.conv``: traced on
+    shapes only, nothing runs."""
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                       (states.params, states.batch_stats))
+    x = jax.ShapeDtypeStruct((1,) + prep.inputs2.shape[2:], prep.inputs2.dtype)
 
-    def forward(params):
-        variables = {"params": params, "batch_stats": one.batch_stats}
+    def forward(params, stats, x):
+        variables = {"params": params, "batch_stats": stats}
         return prep.model.apply(variables, x, train=False, mode="tune")[0]
-    return _uses_lax_conv(jax.make_jaxpr(forward)(one.params))
+    return _uses_lax_conv(jax.make_jaxpr(forward)(*one, x))
 
 
 def _fold_keys(key, n_steps: int, n_folds: int):
@@ -313,27 +315,31 @@ def fold_mesh(n_folds: int, enabled: bool):
     return jax.sharding.Mesh(np.array(devices), ("fold",))
 
 
-def eval_fn(states, inputs, idx, *, mode: str, fold_map: str, chunk: int = 64):
-    """Per-fold ``(logits, pooled)`` on ``inputs[idx[k]]`` (``idx`` [K, M]), inference mode.
+def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
+    """Per-fold ``(logits, pooled)`` on ``inputs[idx[k]]`` (``idx`` [K, M]), inference mode."""
+    return fold_mapper(fold_map)(lambda a: eval_step(a[0], inputs[a[1]], mode), (states, idx))
 
-    Examples go through in chunks of ``chunk`` so that memory stays bounded for large sets.
-    """
-    mapper = fold_mapper(fold_map)
+
+EVAL_CHUNK = 64   # at most this many examples per fold go through the model at once
+
+
+def eval_width(test_sets) -> int:
+    """Examples per fold per evaluation call: the test sets in the fewest calls of at most
+    ``EVAL_CHUNK``. Validation (test sets) and the final outputs (every image) then run one
+    compiled shape, and memory stays bounded for large sets."""
+    return even_batch(max(len(s) for s in test_sets), EVAL_CHUNK)
+
+
+def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, width: int):
+    """:func:`eval_fn` over ``idx`` [K, M] in column chunks of ``width`` (the last one
+    filled up by wrapping round, the filler dropped): one compilation per ``width``."""
+    fn = _eval_jit(mode, fold_map)
     m = idx.shape[1]
-    chunk = even_batch(m, chunk)
-    n_chunks = max(1, math.ceil(m / chunk))
-    pad = n_chunks * chunk - m if m > chunk else 0
-    if pad:
-        idx = jnp.concatenate([idx, idx[:, :pad]], axis=1)
-
-    def per_fold(args):
-        state, ix = args
-        if not pad and m <= chunk:
-            return eval_step(state, inputs[ix], mode)
-        out = jax.lax.map(lambda i: eval_step(state, inputs[i], mode), ix.reshape(-1, chunk))
-        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:m], out)
-
-    return mapper(per_fold, (states, idx))
+    n_chunks = max(1, math.ceil(m / width))
+    idx = np.take(np.asarray(idx), np.arange(n_chunks * width) % m, axis=1)
+    outs = [fn(states, inputs, jnp.asarray(idx[:, c * width:(c + 1) * width]))
+            for c in range(n_chunks)]
+    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1)[:, :m], *outs)
 
 
 # --------------------------------------------------------------------------- batches
@@ -641,11 +647,15 @@ def _check_finite(sums, phase: int, epoch: int, steps_per_epoch: int):
         "or check the input data")
 
 
-def fit(prep: Prepared, config, workdir: Path, timing: dict, manager) -> FoldState:
+def fit(prep: Prepared, config, workdir: Path, timing: dict, manager):
     """Train all folds through both phases, checkpointing (and resuming) at epoch ends: the
     last one, and any that ends ``config.train.checkpoint_secs`` after the previous save.
     The caller owns ``manager`` (``checkpoint.manager(workdir)``) and closes it, which waits
-    for the last checkpoint: that one is written in the background."""
+    for the last checkpoint: that one is written in the background.
+
+    Returns ``(states, outputs)``: ``outputs`` is :func:`fold_outputs` of the final states
+    when the last epoch ran here in phase 2 (its validation reads the test splits off them
+    instead of running the same examples twice), else ``None``."""
     from handjax import checkpoint  # local: orbax import is slow and only needed here
     labels = jnp.asarray(prep.examples.labels)
     train_sets = [tr for tr, _ in prep.folds]
@@ -665,6 +675,7 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict, manager) -> FoldSta
     log = MetricsLog(workdir / "metrics.jsonl", keep=sched[:done])
     mesh = fold_mesh(config.n_folds, config.train.shard_folds)
     compiled, bar, key = {}, None, jax.random.fold_in(jax.random.key(config.seed), 3)
+    outputs = None
     every, last_save = float(config.train.checkpoint_secs), time.perf_counter()
     lax_conv = trains_lax_conv(states, prep)
     for g, (phase, epoch) in enumerate(sched):
@@ -697,21 +708,27 @@ def fit(prep: Prepared, config, workdir: Path, timing: dict, manager) -> FoldSta
         t = time.perf_counter()
         states, sums = compiled[phase](states, inputs, labels, batches, epoch_key)
         _check_finite(sums, phase, epoch, batches["idx"].shape[0])
-        val = validate(states, prep, inputs, test_idx, test_mask, phase, fmap)
+        last = g + 1 == len(sched)
+        if last and phase == 2:
+            outputs = fold_outputs(states, prep, config, fmap)
+            test_logits = np.take_along_axis(outputs[0], test_idx[..., None], axis=1)
+            val = split_scores(states.loss_fn, jnp.asarray(test_logits), prep, test_idx,
+                              test_mask)
+        else:
+            val = validate(states, prep, inputs, test_idx, test_mask, phase, fmap)
         timing["run_s"] = timing.get("run_s", 0.0) + time.perf_counter() - t
         log.write_epoch(phase, epoch, states.step, sums, val)
         bar.update(config.n_folds * batches["idx"].shape[0])
         bar.set_postfix(loss=f"{float(np.sum(sums['loss']) / np.sum(sums['count'])):.4f}")
         # The last epoch always; others once checkpoint_secs have passed since the last save
         # (saving 5 folds' Adam states every short epoch cost more than the epoch itself).
-        last = g + 1 == len(sched)
         if last or time.perf_counter() - last_save >= every:
             # The last save finishes in the background (nothing is donated after it).
             checkpoint.save(manager, g + 1, states, wait=not last)
             last_save = time.perf_counter()
     if bar is not None:
         bar.close()
-    return states
+    return states, outputs
 
 
 def _phase_steps(config, phase: int) -> int:
@@ -729,10 +746,15 @@ def _compile(fn, timing: dict, label: str, *args):
 def validate(states, prep: Prepared, inputs, test_idx, test_mask, phase: int, fmap: str):
     """Per-fold loss and accuracy on each fold's test split (view 0, inference mode)."""
     mode = prep.mode1 if phase == 1 else "tune"
-    fn = _eval_jit(mode, fmap)
-    logits, _ = fn(states, inputs[0], jnp.asarray(test_idx))
+    logits, _ = eval_columns(states, inputs[0], test_idx, mode=mode, fold_map=fmap,
+                             width=eval_width([te for _, te in prep.folds]))
+    return split_scores(states.loss_fn, logits, prep, test_idx, test_mask)
+
+
+def split_scores(loss_fn, logits, prep: Prepared, test_idx, test_mask) -> dict:
+    """Masked per-fold loss and accuracy of test-split logits [K, M, C]."""
     y = jnp.asarray(prep.examples.labels[test_idx])
-    loss, acc = _masked_loss_and_accuracy(states.loss_fn, logits, y,
+    loss, acc = _masked_loss_and_accuracy(loss_fn, logits, y,
                                           jnp.asarray(test_mask, jnp.float32))
     return {"val_loss": np.asarray(loss), "val_accuracy": np.asarray(acc)}
 
@@ -779,12 +801,16 @@ class MetricsLog:
 
 
 # --------------------------------------------------------------------------- evaluation
-def fold_outputs(states: FoldState, prep: Prepared, config):
-    """Per-fold logits [K, N, C] and pooled features [K, N, D] on every image (view 0)."""
+def fold_outputs(states: FoldState, prep: Prepared, config, fmap: str | None = None):
+    """Per-fold logits [K, N, C] and pooled features [K, N, D] on every image (view 0).
+
+    ``fmap``: the resolved fold mapping, when the caller already knows it."""
     n = len(prep.examples.labels)
-    idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (config.n_folds, n))
-    fmap = resolve_fold_map(config.train.fold_map, trains_lax_conv(states, prep))
-    logits, pooled = _eval_jit("tune", fmap)(states, prep.inputs2[0], idx)
+    idx = np.broadcast_to(np.arange(n, dtype=np.int32), (config.n_folds, n))
+    if fmap is None:
+        fmap = resolve_fold_map(config.train.fold_map, trains_lax_conv(states, prep))
+    logits, pooled = eval_columns(states, prep.inputs2[0], idx, mode="tune", fold_map=fmap,
+                                  width=eval_width([te for _, te in prep.folds]))
     return np.asarray(logits), np.asarray(pooled)
 
 
@@ -802,9 +828,10 @@ def decision_summary(cms: np.ndarray) -> dict:
             "confusion_sum": np.asarray(cms).sum(0).astype(int).tolist()}
 
 
-def evaluate(states: FoldState, prep: Prepared, config) -> dict:
-    """CNN argmax, CNN minimum-expected-cost and SVM decisions, scored per fold."""
-    logits, pooled = fold_outputs(states, prep, config)
+def evaluate(states: FoldState, prep: Prepared, config, outputs=None) -> dict:
+    """CNN argmax, CNN minimum-expected-cost and SVM decisions, scored per fold
+    (``outputs``: :func:`fold_outputs` of ``states`` if already computed)."""
+    logits, pooled = fold_outputs(states, prep, config) if outputs is None else outputs
     labels = prep.examples.labels
     probs = np.asarray(probabilities(config.loss.name, jnp.asarray(logits)))
     cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
@@ -877,9 +904,9 @@ def run(config, workdir) -> dict:
     from handjax import checkpoint
     manager = checkpoint.manager(workdir)
     try:
-        states = fit(prep, config, workdir, timing, manager)
+        states, outputs = fit(prep, config, workdir, timing, manager)
         t = time.perf_counter()
-        decisions = evaluate(states, prep, config)  # while the last checkpoint is written
+        decisions = evaluate(states, prep, config, outputs)  # while the last checkpoint is written
     finally:
         checkpoint.close(manager)
     timing["evaluate_s"] = time.perf_counter() - t
