@@ -59,7 +59,9 @@ _MMGRAD_MIN_PIXELS = 28 * 28
 def resolve_conv_impl(impl: str, out_pixels: int | None = None) -> str:
     """The algorithm ``impl`` means here: "auto" is "xla" off CPU; on CPU (where XLA's
     kernel gradients are slow) "mmgrad" for maps of at least 28x28 output pixels and
-    "im2col" for smaller ones (or when ``out_pixels`` is unknown)."""
+    "im2col" for smaller ones (or when ``out_pixels`` is unknown). In bfloat16 the same rule
+    holds: "im2col"'s float32-accumulating matmul (:func:`_matmul`) runs on AMX where the
+    CPU has it, but building its patches costs more than that gains on large maps."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
     if impl != "auto":
@@ -100,7 +102,17 @@ def conv_im2col(x, kernel, stride, pads):
     cols = _shifted_slices(x, (kh, kw), stride, pads)
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     # Concatenation order (i, j, c) matches kernel.reshape's row-major (kh, kw, cin) order.
-    return patches @ kernel.reshape(kh * kw * cin, cout)
+    return _matmul(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def _matmul(a, b):
+    """``a @ b``; bfloat16 operands accumulate in float32 (rounded back to bfloat16 after):
+    the accurate form, and the one XLA:CPU runs on AMX tiles where the CPU has them
+    (measured 4-5x its float32 peak on a Sapphire Rapids Xeon, against ~1x for a bfloat16
+    ``lax.conv`` or a bfloat16-accumulating matmul)."""
+    if a.dtype == jnp.float32:
+        return a @ b
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
 
 
 def depthwise_im2col(x, kernel, stride, pads):
@@ -120,11 +132,11 @@ def _kernel_grad_one(x, g, kernel_shape, pads):
     rows, oh, ow = xp.shape[1], g.shape[1], g.shape[2]
     if kh * kw * cin <= kw * cin + kh * cout:  # few input channels (the RGB layer): X^T g
         xs = jnp.stack([xp[:, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=3)
-        return (xs.reshape(-1, kh * kw * cin).T @ g.reshape(-1, cout)).reshape(kernel_shape)
+        return _matmul(xs.reshape(-1, kh * kw * cin).T, g.reshape(-1, cout)).reshape(kernel_shape)
     xs = jnp.stack([xp[:, :, j : j + ow] for j in range(kw)], axis=3)  # b, rows, ow, kw, cin
     gp = jnp.pad(g, ((0, 0), (kh - 1, rows - oh), (0, 0), (0, 0)))
     gs = jnp.stack([gp[:, kh - 1 - i : kh - 1 - i + rows] for i in range(kh)], axis=3)  # g[h - i]
-    dw = xs.reshape(-1, kw * cin).T @ gs.reshape(-1, kh * cout)  # (j, c), (i, o)
+    dw = _matmul(xs.reshape(-1, kw * cin).T, gs.reshape(-1, kh * cout))  # (j, c), (i, o)
     return dw.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
 
 

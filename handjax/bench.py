@@ -4,19 +4,27 @@
     python -m handjax.bench steps      # train-step images/s and GFLOP/s per conv mode
     python -m handjax.bench folds      # phase-1/2 epochs under vmap, lax.map, a fold loop
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
+    python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
 
 ``protocol`` runs the same protocol (model, input size, images, epochs, folds, SVM) twice:
 handjax's fold program (shared frozen-layer cache, compiled epochs, matmul convs on CPU) and
 a plain reference inside handjax that works the way the study's Keras code did (the frozen
 base recomputed at every step, ``lax.conv``, the folds one after another). Both train on the
 same batches, so their results agree; the ratio of wall times is the speed-up.
+With ``--keras`` (also under ``all``) a third run does the same protocol on the same data the
+way the study's code did, in Keras 3 on JAX (``pip install -e '.[test]'``): per fold a fresh
+``keras.applications`` model, ``fit`` with the base frozen then its top block(s) unfrozen,
+``predict``, and an SVM on the pooled features. Its results differ from handjax's (its own
+initialisation and random numbers); only its wall time is compared.
 GFLOP/s figures come from XLA's own cost analysis of the compiled step and are compared
 with a matmul peak measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -28,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from handjax import backbones, train
+from handjax import backbones, data, train
 
 
 def peak_rss_gib() -> float:
@@ -203,9 +211,25 @@ def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epoc
     return fast, plain
 
 
-def bench_protocol(fast, plain, workroot: Path) -> dict:
+def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | None,
+                   cnn_acc: float, svm_acc: float) -> None:
+    compiled = "compile in train" if compile_s is None else f"compile {compile_s:.1f} s"
+    print(f"  {label:12s} wall {wall:7.1f} s  (prepare {timing.get('prepare_s', 0):.1f} s,"
+          f" {compiled}, train {timing.get('run_s', 0):.1f} s, "
+          f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
+          f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
+
+
+def bench_protocol(fast, plain, workroot: Path, keras: bool = False, bf16: bool = False) -> dict:
+    """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
+    with ``bf16``, handjax once more in bfloat16 compute)."""
     out = {}
-    for label, config in (("handjax", fast), ("plain", plain)):
+    runs = [("handjax", fast), ("plain", plain)]
+    if bf16:
+        half = fast.copy_and_resolve_references()
+        half.model.dtype = "bfloat16"
+        runs.insert(1, ("handjax-bf16", half))
+    for label, config in runs:
         t = time.perf_counter()
         results = train.run(config, workroot / label)
         wall = time.perf_counter() - t
@@ -214,14 +238,12 @@ def bench_protocol(fast, plain, workroot: Path) -> dict:
         out[label] = {"wall_s": wall, "compile_s": compile_s, "timing": timing,
                       "results": results, "peak_rss_gib": peak_rss_gib()}
         n = results["data"]["n"]
-        print(f"  {label:8s} wall {wall:7.1f} s  (prepare {timing.get('prepare_s', 0):.1f} s,"
-              f" compile {compile_s:.1f} s, train {timing.get('run_s', 0):.1f} s, "
-              f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
-              f"CNN acc {results['decisions']['cnn']['mean']['accuracy']:.4f}  "
-              f"SVM acc {results['decisions']['svm']['mean']['accuracy']:.4f}", flush=True)
+        _protocol_line(label, wall, timing, compile_s,
+                       results["decisions"]["cnn"]["mean"]["accuracy"],
+                       results["decisions"]["svm"]["mean"]["accuracy"])
         if results["cache_bytes"]:
             views = fast.data.views
-            print(f"           frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} MiB "
+            print(f"               frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} MiB "
                   f"({results['cache_bytes'] / (n * views) / 1024:.1f} KiB per image-view, "
                   f"{n} images x {views} views)", flush=True)
     ratio = out["plain"]["wall_s"] / out["handjax"]["wall_s"]
@@ -233,7 +255,149 @@ def bench_protocol(fast, plain, workroot: Path) -> dict:
           f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     out["ratio"] = ratio
     out["results_identical"] = same
+    if bf16:
+        out["ratio_bf16"] = out["plain"]["wall_s"] / out["handjax-bf16"]["wall_s"]
+        acc = [out[k]["results"]["decisions"]["cnn"]["per_fold"]["accuracy"]
+               for k in ("handjax", "handjax-bf16")]
+        out["bf16_max_fold_accuracy_change"] = float(np.max(np.abs(np.subtract(*acc))))
+        print(f"  speed-up handjax-bf16 vs plain: {out['ratio_bf16']:.1f}x   per-fold CNN "
+              f"accuracy vs float32: max change {out['bf16_max_fold_accuracy_change']:.4f}",
+              flush=True)
+    if keras:
+        k = out["keras"] = keras_protocol(fast)
+        _protocol_line("keras", k["wall_s"], k["timing"], None, k["cnn_acc"], k["svm_acc"])
+        out["ratio_keras"] = k["wall_s"] / out["handjax"]["wall_s"]
+        print(f"  speed-up handjax vs keras: {out['ratio_keras']:.1f}x   "
+              f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     return out
+
+
+# --------------------------------------------------------------------------- keras reference
+# handjax backbone -> (keras.applications constructor, module holding its preprocess_input)
+KERAS_APPS = {"vgg16": ("VGG16", "vgg16"), "vgg19": ("VGG19", "vgg19"),
+              "resnet50": ("ResNet50", "resnet50"),
+              "mobilenetv2": ("MobileNetV2", "mobilenet_v2")}
+
+
+NO_KERAS = "bench protocol --keras: keras is not installed; pip install -e '.[test]'"
+
+
+def import_keras():
+    """Keras 3 on the JAX backend, or a one-line exit when it is not installed."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    try:
+        import keras
+    except ImportError:
+        raise SystemExit(NO_KERAS) from None
+    return keras
+
+
+def keras_data(fast):
+    """Labels [N], folds and views [V, N, H, W, 3] uint8: exactly the arrays handjax uses."""
+    examples = train.load_examples(fast)
+    groups = data.duplicate_groups(examples.images) if fast.data.dedup else None
+    folds = data.folds(examples.labels, n_splits=fast.n_folds, seed=fast.seed, groups=groups)
+    views = train.augmented_views(examples.images, fast.data.views,
+                                  jax.random.fold_in(jax.random.key(fast.seed), 2))
+    return np.asarray(examples.labels), len(examples.class_names), folds, views
+
+
+def keras_model(keras, fast, n_classes: int):
+    """A fresh ``keras.applications`` base + the study's head: global average pooling ->
+    Dense(hidden, relu) -> Dropout -> Dense(classes, softmax). Returns (base, model)."""
+    size = int(fast.data.image_size)
+    weights = None if str(fast.model.weights) == "none" else str(fast.model.weights)
+    base = getattr(keras.applications, KERAS_APPS[fast.model.name][0])(
+        include_top=False, weights=weights, input_shape=(size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="pooled")(base.output)
+    x = keras.layers.Dense(fast.head.hidden, activation="relu")(x)
+    x = keras.layers.Dropout(fast.head.dropout)(x)
+    out = keras.layers.Dense(n_classes, activation="softmax")(x)
+    return base, keras.Model(base.input, out)
+
+
+def keras_fit(keras, model, x_views, y, train_idx, *, lr: float, epochs: int,
+              batch_size: int, rng, val) -> None:
+    """Compile with Adam(lr) and fit ``epochs`` epochs, each training example in one random
+    view per epoch (as handjax draws them), validating on ``val`` after every epoch."""
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    for _ in range(epochs):
+        view = rng.integers(0, len(x_views), size=len(train_idx))
+        model.fit(x_views[view, train_idx], y[train_idx], batch_size=batch_size, epochs=1,
+                  validation_data=val, verbose=0)
+
+
+def keras_evaluate(keras, model, x, labels, train_idx, test_idx, svm) -> tuple[float, float]:
+    """CNN test accuracy, and that of an SVM (standardised like ``handjax.probe``) fitted on
+    the training images' pooled features and scored on the test images'."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    probs = model.predict(x[test_idx], verbose=0)
+    cnn = float(np.mean(probs.argmax(-1) == labels[test_idx]))
+    pooled = keras.Model(model.input, model.get_layer("pooled").output).predict(x, verbose=0)
+    clf = make_pipeline(StandardScaler(), SVC(kernel=svm.kernel, C=svm.C, random_state=0,
+                                              class_weight=svm.class_weight or None))
+    clf.fit(pooled[train_idx].astype(np.float64), labels[train_idx])
+    return cnn, float(clf.score(pooled[test_idx].astype(np.float64), labels[test_idx]))
+
+
+def keras_fold(keras, fast, x_views, labels, n_classes: int, k: int, fold,
+               timing: dict) -> tuple[float, float]:
+    """Fold ``k`` as the study's code ran it: a fresh model, phase 1 with the base frozen,
+    phase 2 with the layers after the split unfrozen, then evaluation (CNN, SVM accuracy).
+    Adds its train and evaluate seconds to ``timing``."""
+    t = time.perf_counter()
+    (train_idx, test_idx), tr, name = fold, fast.train, fast.model.name
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(fast.seed + k)
+    y = np.eye(n_classes, dtype=np.float32)[labels]
+    fit = dict(batch_size=tr.batch_size, rng=np.random.default_rng([fast.seed, k]),
+               val=(x_views[0, test_idx], y[test_idx]))
+    base, model = keras_model(keras, fast, n_classes)
+    base.trainable = False
+    keras_fit(keras, model, x_views, y, train_idx, lr=tr.lr1, epochs=tr.epochs1, **fit)
+    base.trainable = True
+    names = [layer.name for layer in base.layers]
+    split = fast.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
+    for layer in base.layers[: names.index(split) + 1]:
+        layer.trainable = False
+    keras_fit(keras, model, x_views, y, train_idx, lr=tr.lr2, epochs=tr.epochs2, **fit)
+    timing["run_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    accs = keras_evaluate(keras, model, x_views[0], labels, train_idx, test_idx, fast.svm)
+    timing["evaluate_s"] += time.perf_counter() - t
+    return accs
+
+
+def keras_protocol(fast) -> dict:
+    """The study's protocol on ``fast``'s data and folds, written plainly in Keras 3: the
+    frozen base recomputed at every step, the folds one after another, each compiled anew.
+
+    JAX's persistent compilation cache (which handjax's runs switch on) takes no new entries
+    meanwhile: plain Keras has none, so one fold's compilations must not serve the next.
+    """
+    from tqdm import tqdm
+    keras = import_keras()
+    min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        t0 = time.perf_counter()
+        labels, n_classes, folds, views = keras_data(fast)
+        preprocess = getattr(keras.applications, KERAS_APPS[fast.model.name][1]).preprocess_input
+        x_views = preprocess(views.astype(np.float32))
+        timing = {"prepare_s": time.perf_counter() - t0, "run_s": 0.0, "evaluate_s": 0.0}
+        accs = []
+        for k, fold in enumerate(tqdm(folds, desc="keras folds", leave=False)):
+            accs.append(keras_fold(keras, fast, x_views, labels, n_classes, k, fold, timing))
+        wall = time.perf_counter() - t0
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
+    cnn, svm = (list(a) for a in zip(*accs))
+    return {"wall_s": wall, "timing": timing, "keras": keras.__version__,
+            "cnn_acc": float(np.mean(cnn)), "svm_acc": float(np.mean(svm)),
+            "cnn_acc_per_fold": cnn, "svm_acc_per_fold": svm, "peak_rss_gib": peak_rss_gib()}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -251,12 +415,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--weights", default="none", help="'none' (random) or 'imagenet'")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="compute dtype of the 'steps' train step (parameters stay float32)")
+                   help="compute dtype of the 'steps' train step (parameters stay float32); "
+                        "bfloat16 also adds a bfloat16 handjax run to 'protocol'")
     p.add_argument("--peak-tflops", type=float,
                    help="accelerator bf16 peak for MFU (default: looked up by device kind)")
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
+    p.add_argument("--keras", action="store_true",
+                   help="'protocol'/'all': also run the protocol written plainly in Keras 3")
     p.add_argument("--json", help="also write the measurements to this file")
     a = p.parse_args(argv)
+    if a.keras:
+        if a.what not in ("protocol", "all"):
+            p.error("--keras applies to 'protocol' and 'all'")
+        if importlib.util.find_spec("keras") is None:  # fail now, not after the handjax runs
+            raise SystemExit(NO_KERAS)
     if a.quick:
         a.image_size, a.n_per_class, a.batch = 32, 10, 8
     e1, e2 = (int(v) for v in a.epochs.split("+"))
@@ -280,7 +452,8 @@ def main(argv=None) -> int:
         if a.what in ("protocol", "all"):
             print(f"\nprotocol: {a.model} {a.image_size} px, {3 * a.n_per_class} synthetic "
                   f"images, {e1}+{e2} epochs, {a.folds} folds + SVM, weights={a.weights}:")
-            out = bench_protocol(fast, plain, Path(tmp))
+            out = bench_protocol(fast, plain, Path(tmp), keras=a.keras,
+                                 bf16=a.dtype == "bfloat16")
             report["protocol"] = {k: ({kk: vv for kk, vv in v.items() if kk != "results"}
                                       if isinstance(v, dict) else v) for k, v in out.items()}
     print(f"\npeak RSS of this process: {peak_rss_gib():.2f} GiB")

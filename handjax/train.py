@@ -445,15 +445,19 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
 
     Batches have one size (at most ``batch``, the last one padded) so that the function
     compiles once; the size is chosen so that padding wastes the least. Inference-only, so
-    "auto" convs run as ``lax.conv``, which XLA runs fastest forward on every backend.
+    "auto" float32 convs run as ``lax.conv``, which XLA runs fastest forward on every
+    backend (bfloat16 ones keep "auto": on CPU, matmuls that can use AMX).
     """
     flat = views.reshape((-1,) + views.shape[2:])
     batch = even_batch(len(flat), batch)
-    if backbone.conv_impl == "auto":
+    if backbone.conv_impl == "auto" and jnp.dtype(dtype) == jnp.float32:
         backbone = backbone.clone(conv_impl="xla")
-    fn = jax.jit(lambda x: backbone.apply(
-        variables, backbones.preprocess(name, x).astype(dtype), train=False, stop=split))
-    feats = _map_batches(fn, flat, batch, store_dtype, desc="frozen features")
+    # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
+    # constants into the executable (slower compile, huge persistent-cache entries).
+    fn = jax.jit(lambda v, x: backbone.apply(
+        v, backbones.preprocess(name, x).astype(dtype), train=False, stop=split))
+    feats = _map_batches(functools.partial(fn, variables), flat, batch, store_dtype,
+                         desc="frozen features")
     return feats.reshape(views.shape[:2] + feats.shape[1:])
 
 
@@ -580,12 +584,12 @@ def _pooled_features(model, params, stats, feats, batch: int = 64):
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
     variables = {"params": params, "batch_stats": stats}
 
-    def pooled(x):
+    def pooled(variables, x):
         out = model.backbone.apply(variables, x.astype(model.dtype), train=False,
                                    start=model.split)
         return jnp.mean(out.astype(jnp.float32), axis=(1, 2))
 
-    fn = jax.jit(pooled)
+    fn = functools.partial(jax.jit(pooled), variables)   # weights as an argument, as above
     flat = feats.reshape((-1,) + feats.shape[2:])
     out = _map_batches(fn, flat, even_batch(len(flat), batch))
     return out.reshape(feats.shape[:2] + out.shape[1:])
@@ -857,7 +861,8 @@ def _enable_compilation_cache(workdir: Path) -> None:
     """JAX's persistent compilation cache next to the workdir: a rerun need not compile."""
     cache = Path(workdir).absolute().parent / ".jax_cache"
     jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    # Low enough to keep the phase epochs, feature passes and evaluation (0.3-2 s each).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
 
 
 def _config_json(config) -> str:

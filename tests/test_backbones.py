@@ -263,6 +263,25 @@ def test_bfloat16_compute_keeps_float32_params(impl):
     assert err < 3e-2, err
 
 
+def test_bfloat16_im2col_accumulates_in_float32():
+    """bf16 operands, f32 accumulation, one rounding at the end: every output within bf16's
+    unit roundoff (2**-8 relative: half the spacing of its 8-bit significand) of the exact
+    float64 sum of the same bf16 values. Positive inputs avoid cancellation; a sum of 2304
+    terms accumulated in bf16 misses that bound by far."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 1, (2, 6, 6, 256)), jnp.bfloat16)
+    k = jnp.asarray(rng.uniform(0, 1, (3, 3, 256, 8)), jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    y = backbones.conv_im2col(x, k, 1, pads)
+    assert y.dtype == jnp.bfloat16
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+    kd = np.asarray(k, np.float64)
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + 6, j:j + 6], kd[i, j])
+                for i in range(3) for j in range(3))
+    rel = np.abs(np.asarray(y, np.float64) - exact) / exact
+    assert rel.max() <= 2.0**-8, rel.max()
+
+
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown backbone"):
         backbones.build("vgg11")

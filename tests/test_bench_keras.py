@@ -1,0 +1,19 @@
+"""The Keras reference of ``python -m handjax.bench protocol --keras`` runs the protocol."""
+import numpy as np
+import pytest
+
+pytest.importorskip("keras")  # conftest sets KERAS_BACKEND=jax
+
+from handjax import bench  # noqa: E402
+
+
+def test_keras_protocol_tiny():
+    fast, _ = bench.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,
+                                     n_folds=2, weights="none")
+    fast.train.batch_size, fast.head.hidden = 8, 16
+    out = bench.keras_protocol(fast)
+    assert len(out["cnn_acc_per_fold"]) == len(out["svm_acc_per_fold"]) == 2
+    for acc in (*out["cnn_acc_per_fold"], *out["svm_acc_per_fold"], out["cnn_acc"],
+                out["svm_acc"]):
+        assert np.isfinite(acc) and 0.0 <= acc <= 1.0
+    assert out["wall_s"] > 0 and set(out["timing"]) == {"prepare_s", "run_s", "evaluate_s"}
