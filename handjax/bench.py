@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from handjax import backbones, data, train
+from handjax import backbones, train
 
 
 def peak_rss_gib() -> float:
@@ -294,11 +294,7 @@ def import_keras():
 
 def keras_data(fast):
     """Labels [N], folds and views [V, N, H, W, 3] uint8: exactly the arrays handjax uses."""
-    examples = train.load_examples(fast)
-    groups = data.duplicate_groups(examples.images) if fast.data.dedup else None
-    folds = data.folds(examples.labels, n_splits=fast.n_folds, seed=fast.seed, groups=groups)
-    views = train.augmented_views(examples.images, fast.data.views,
-                                  jax.random.fold_in(jax.random.key(fast.seed), 2))
+    examples, _, folds, views = train.protocol_data(fast)
     return np.asarray(examples.labels), len(examples.class_names), folds, views
 
 

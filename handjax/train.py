@@ -513,16 +513,22 @@ def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+def protocol_data(config):
+    """The configured examples, their near-duplicate groups (``None`` without dedup), the
+    folds and the image views [V, N, H, W, 3]: what every run of the protocol trains on."""
+    examples = load_examples(config)
+    groups = data.duplicate_groups(examples.images) if config.data.dedup else None
+    folds = data.folds(examples.labels, n_splits=config.n_folds, seed=config.seed, groups=groups)
+    views = augmented_views(examples.images, config.data.views,
+                            jax.random.fold_in(jax.random.key(config.seed), 2))
+    return examples, groups, folds, views
+
+
 def prepare(config) -> Prepared:
     """Data, folds, backbone split and the shared (frozen-layer) inputs of both phases."""
-    examples = load_examples(config)
-    images = examples.images
-    groups = data.duplicate_groups(images) if config.data.dedup else None
-    folds = data.folds(examples.labels, n_splits=config.n_folds, seed=config.seed, groups=groups)
+    examples, groups, folds, views = protocol_data(config)
     backbone, variables, top, common = model_parts(config, len(examples.class_names))
     name, dtype, split = config.model.name, common["dtype"], common["split"]
-    root = jax.random.key(config.seed)
-    views = augmented_views(images, config.data.views, jax.random.fold_in(root, 2))
     params, stats = variables["params"], variables.get("batch_stats", {})
     desc = describe_data(examples, groups)
     if config.train.mode == "plain":
