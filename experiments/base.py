@@ -34,7 +34,7 @@ def get_config(arg=None):
     c.model.weights = "imagenet"   # "imagenet" | "none" (random) | path to a Keras .h5 file
     c.model.split = ""             # "" -> unfreeze the model's top block(s) in phase 2
     c.model.dtype = "float32"      # "bfloat16" on GPU/TPU
-    c.model.conv_impl = "auto"     # "auto" | "xla" | "im2col" | "mmgrad" (auto: by backend/map size)
+    c.model.conv_impl = "auto"     # "auto" | "xla" | "im2col" | "mmgrad" | "winograd" (auto: by backend/map size)
 
     c.head = ml_collections.ConfigDict(dict(hidden=256, dropout=0.5))
     c.loss = ml_collections.ConfigDict(dict(name="categorical", ce_weight=1.0,

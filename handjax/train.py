@@ -445,13 +445,12 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
 
     Batches have one size (at most ``batch``, the last one padded) so that the function
     compiles once; the size is chosen so that padding wastes the least. Inference-only, so
-    "auto" float32 convs run as ``lax.conv``, which XLA runs fastest forward on every
-    backend (bfloat16 ones keep "auto": on CPU, matmuls that can use AMX).
+    the convs follow :func:`backbones.inference_impl` ("auto" float32: Winograd on maps up
+    to 28x28 on CPU, ``lax.conv`` elsewhere).
     """
     flat = views.reshape((-1,) + views.shape[2:])
     batch = even_batch(len(flat), batch)
-    if backbone.conv_impl == "auto" and jnp.dtype(dtype) == jnp.float32:
-        backbone = backbone.clone(conv_impl="xla")
+    backbone = backbone.clone(conv_impl=backbones.inference_impl(backbone.conv_impl, dtype))
     # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
     # constants into the executable (slower compile, huge persistent-cache entries).
     fn = jax.jit(lambda v, x: backbone.apply(
@@ -589,10 +588,11 @@ def _boundary_shape(backbone, variables, name, image, split, dtype):
 def _pooled_features(model, params, stats, feats, batch: int = 64):
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
     variables = {"params": params, "batch_stats": stats}
+    backbone = model.backbone.clone(
+        conv_impl=backbones.inference_impl(model.backbone.conv_impl, model.dtype))
 
     def pooled(variables, x):
-        out = model.backbone.apply(variables, x.astype(model.dtype), train=False,
-                                   start=model.split)
+        out = backbone.apply(variables, x.astype(model.dtype), train=False, start=model.split)
         return jnp.mean(out.astype(jnp.float32), axis=(1, 2))
 
     fn = functools.partial(jax.jit(pooled), variables)   # weights as an argument, as above

@@ -173,7 +173,7 @@ def test_matches_keras(name, refs, tmp_path):
     assert ref.model.count_params() == PARAM_COUNTS[name]
 
     x = backbones.preprocess(name, ref.images)
-    for impl in ("xla", "im2col", "mmgrad"):
+    for impl in ("xla", "im2col", "mmgrad", "winograd"):
         module, variables = backbones.load(name, weights=ref.path, conv_impl=impl)
         out, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(variables, x)
         _check_close(name, out, ref.features, f"conv_impl={impl}")
@@ -247,7 +247,7 @@ def test_start_stop_split(name):
     assert expected_top_first in top and order.index(expected_top_first) == len(bottom)
 
 
-@pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad"])
+@pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad", "winograd"])
 def test_bfloat16_compute_keeps_float32_params(impl):
     # ResNet50 at init: identity BN and residual adds keep activations O(1).
     module32, variables = backbones.load("resnet50", seed=2, conv_impl=impl)
@@ -286,7 +286,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown backbone"):
         backbones.build("vgg11")
     with pytest.raises(ValueError, match="conv_impl"):
-        backbones.build("vgg16", conv_impl="winograd")
+        backbones.build("vgg16", conv_impl="fft")
     module, variables = backbones.load("vgg16")
     with pytest.raises(ValueError, match="unknown stage boundary"):
         module.apply(variables, jnp.zeros((1, 32, 32, 3)), stop="block9_pool")
@@ -300,6 +300,7 @@ CONV_CASES = [
     # (kernel, stride, padding, depthwise)
     (3, 1, "SAME", False), (3, 2, "SAME", False), (3, 1, "VALID", False), (3, 2, "VALID", False),
     (1, 1, "SAME", False), (1, 2, "VALID", False), (7, 2, ((3, 3), (3, 3)), False),
+    (3, 1, ((0, 2), (2, 1)), False),
     (3, 1, "SAME", True), (3, 2, "SAME", True), (3, 2, "VALID", True),
 ]  # fmt: skip
 
@@ -318,14 +319,14 @@ def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
     @jax.jit
     def value_and_grads(params, x, cot):
         out = {}
-        for impl in ("xla", "im2col", "mmgrad"):
+        for impl in ("xla", "im2col", "mmgrad", "winograd"):
             loss = lambda p, x: jnp.sum(make(impl).apply(p, x) * cot)  # noqa: E731
             out[impl] = make(impl).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
         return out
 
     out = value_and_grads(params, x, cot)
     y_xla, g_xla = out["xla"]
-    for impl in ("im2col", "mmgrad"):
+    for impl in ("im2col", "mmgrad", "winograd"):
         y, g = out[impl]
         np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=1e-5, err_msg=impl)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl), g, g_xla)
@@ -353,6 +354,32 @@ def test_mmgrad_kernel_gradient_in_batch_chunks(k, padding, cin, monkeypatch):
     assert len(scans) == 1 and scans[0].params["length"] == 3
 
 
+@pytest.mark.parametrize("hw,padding", [((8, 8), "SAME"), ((7, 10), "SAME"), ((9, 6), "VALID")])
+def test_winograd_matches_float64_conv(hw, padding):
+    """F(2x2, 3x3) Winograd against an exact float64 correlation, with VGG-sized channels
+    (where float32 rounding of its transforms would show): outputs within 2e-6 of the
+    output's scale, like a direct float32 conv; gradients equal lax.conv's within 1e-5."""
+    rng = np.random.default_rng(sum(hw))
+    x = rng.normal(size=(2, *hw, 256))
+    k = rng.normal(size=(3, 3, 256, 8)) / 48.0
+    pads = backbones._explicit_pads(padding, hw, (3, 3), 1)
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], k[i, j])
+                for i in range(3) for j in range(3))
+    x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+    y = jax.jit(backbones.conv_winograd, static_argnums=2)(x32, k32, pads)
+    assert y.shape == exact.shape and y.dtype == jnp.float32
+    err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
+    assert err < 2e-6, err
+    cot = jnp.asarray(rng.normal(size=exact.shape), jnp.float32)
+    grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1)))(x32, k32)
+             for f in (lambda x, w: backbones.conv_winograd(x, w, pads),
+                       lambda x, w: backbones._lax_conv(x, w, 1, pads))]
+    for ours, ref in zip(*grads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
 def test_max_pool_2x2_matches_flax_values_and_gradient():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 9, 3)), jnp.float32)  # no ties
     ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
@@ -367,8 +394,19 @@ def test_auto_conv_impl_by_backend_and_map_size():
     if jax.default_backend() == "cpu":
         assert backbones.resolve_conv_impl("auto", 56 * 56) == "mmgrad"
         assert backbones.resolve_conv_impl("auto", 14 * 14) == "im2col"
+        assert backbones.resolve_conv_impl("auto", 14 * 14, winograd=True) == "winograd"
+        assert backbones.resolve_conv_impl("auto", 7 * 7, winograd=True) == "im2col"
+        assert backbones.resolve_conv_impl("auto", 28 * 28, winograd=True) == "mmgrad"
+        forward = backbones.inference_impl("auto")  # frozen-feature passes
+        assert backbones.resolve_conv_impl(forward, 28 * 28, winograd=True) == "winograd"
+        assert backbones.resolve_conv_impl(forward, 7 * 7, winograd=True) == "winograd"
+        assert backbones.resolve_conv_impl(forward, 56 * 56, winograd=True) == "xla"
+        assert backbones.resolve_conv_impl(forward, 14 * 14, winograd=False) == "xla"
     else:
         assert backbones.resolve_conv_impl("auto", 56 * 56) == "xla"
+        assert backbones.resolve_conv_impl(backbones.inference_impl("auto"), 7 * 7, True) == "xla"
+    assert backbones.inference_impl("auto", jnp.bfloat16) == "auto"
+    assert backbones.inference_impl("im2col") == "im2col"
 
 
 # ----------------------------------------------------------------------------- files and errors
