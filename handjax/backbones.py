@@ -62,16 +62,20 @@ _WINOGRAD_MIN_PIXELS = 10 * 10
 _WINOGRAD_FORWARD_MAX_PIXELS = 28 * 28
 # "auto" for programs that never differentiate the backbone (see inference_impl).
 _AUTO_FORWARD = "auto_forward"
+_AUTO_FORWARD_FOLDS = "auto_forward_folds"
 
 
-def inference_impl(impl: str, dtype=jnp.float32) -> str:
-    """The conv mode for a program that only runs the backbone forward with one set of
-    weights (the frozen-feature passes): "auto" becomes "auto_forward" in float32 (on CPU:
-    Winograd for 3x3 stride-1 convs on maps up to 28x28, else ``lax.conv``, which XLA runs
-    near its matmul peak forward; off CPU ``lax.conv``). Explicit modes and bfloat16 (whose
-    "auto" matmuls use AMX) are kept. Not for programs vmapped over per-fold weights: there
-    ``lax.conv`` turns into grouped convolutions, which XLA:CPU runs slowly."""
-    return _AUTO_FORWARD if impl == "auto" and jnp.dtype(dtype) == jnp.float32 else impl
+def inference_impl(impl: str, dtype=jnp.float32, per_fold: bool = False) -> str:
+    """The conv mode for a program that only runs the backbone forward: "auto" in float32
+    becomes, on CPU, Winograd for 3x3 stride-1 convs on maps up to 28x28 and, for the other
+    convs, ``lax.conv`` (which XLA runs near its matmul peak forward) with one set of
+    weights (the frozen-feature passes), or "auto"'s choice when ``per_fold`` (programs
+    vmapped over per-fold weights, where ``lax.conv`` would become grouped convolutions,
+    slow on XLA:CPU, and where the fold mapping was chosen for "auto"'s convs). Off CPU
+    ``lax.conv``. Explicit modes and bfloat16 (whose "auto" matmuls use AMX) are kept."""
+    if impl != "auto" or jnp.dtype(dtype) != jnp.float32:
+        return impl
+    return _AUTO_FORWARD_FOLDS if per_fold else _AUTO_FORWARD
 
 
 def resolve_conv_impl(impl: str, out_pixels: int | None = None, winograd: bool = False) -> str:
@@ -79,18 +83,21 @@ def resolve_conv_impl(impl: str, out_pixels: int | None = None, winograd: bool =
     kernel gradients are slow) "mmgrad" for maps of at least 28x28 output pixels,
     "winograd" below that down to 10x10 where the conv allows it (``winograd``: a float32
     3x3 stride-1 conv) and "im2col" otherwise (or when ``out_pixels`` is unknown);
-    "auto_forward": see :func:`inference_impl`. In
+    "auto_forward(_folds)": see :func:`inference_impl`. In
     bfloat16, "im2col"'s float32-accumulating matmul (:func:`_matmul`) runs on AMX where the
     CPU has it, but building its patches costs more than that gains on large maps."""
-    if impl not in CONV_IMPLS and impl != _AUTO_FORWARD:
+    autos = ("auto", _AUTO_FORWARD, _AUTO_FORWARD_FOLDS)
+    if impl not in CONV_IMPLS and impl not in autos:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-    if impl not in ("auto", _AUTO_FORWARD):
+    if impl not in autos:
         return impl
     if jax.default_backend() != "cpu":
         return "xla"
-    if impl == _AUTO_FORWARD:
-        fits = out_pixels is not None and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS
-        return "winograd" if winograd and fits else "xla"
+    if impl != "auto":
+        if winograd and out_pixels is not None and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
+            return "winograd"
+        if impl == _AUTO_FORWARD:
+            return "xla"
     if out_pixels is not None and out_pixels >= _MMGRAD_MIN_PIXELS:
         return "mmgrad"
     if winograd and out_pixels is not None and out_pixels >= _WINOGRAD_MIN_PIXELS:

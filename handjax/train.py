@@ -174,9 +174,13 @@ def train_step(state: FoldState, batch: dict, key: jax.Array):
 
 
 def eval_step(state: FoldState, x: jax.Array, mode: str):
-    """``(logits, pooled)`` of one fold's model on a batch, in inference mode."""
+    """``(logits, pooled)`` of one fold's model on a batch, in inference mode (its convs
+    in :func:`backbones.inference_impl`'s per-fold forward mode)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return state.model.apply(variables, x, train=False, mode=mode)
+    model = state.model
+    impl = backbones.inference_impl(model.backbone.conv_impl, model.dtype, per_fold=True)
+    model = model.clone(backbone=model.backbone.clone(conv_impl=impl))
+    return model.apply(variables, x, train=False, mode=mode)
 
 
 # --------------------------------------------------------------------------- fold mapping
@@ -608,16 +612,24 @@ def initial_states(prep: Prepared, config) -> FoldState:
     keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), k)
     dim = (prep.inputs1.shape[-1] if prep.mode1 == "pooled" or prep.inputs2 is None
            else _pooled_dim(prep))
-    # Jitted (here and below): one compilation instead of one per op of the vmapped init.
-    heads = jax.jit(jax.vmap(lambda key: prep.model.init(key, jnp.zeros((1, dim)),
-                                                         mode="pooled")["params"]["head"]))(keys)
-    params = {"backbone": _stack(prep.backbone_params, k), "head": heads}
-    stats = {"backbone": _stack(prep.backbone_stats, k)}
-    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+
+    def head(key):
+        return prep.model.init(key, jnp.zeros((1, dim)), mode="pooled")["params"]["head"]
+
+    one = {"backbone": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                    prep.backbone_params),
+           "head": jax.eval_shape(head, keys[0])}
     tx = make_tx(one, config.train.lr1, trainable_layers=())
     loss_fn = make_loss(config)
-    return jax.jit(jax.vmap(lambda p, s: create_state(p, s, model=prep.model, mode=prep.mode1,
-                                                      tx=tx, loss_fn=loss_fn)))(params, stats)
+
+    def fold_state(key, backbone_params, backbone_stats):
+        return create_state({"backbone": backbone_params, "head": head(key)},
+                            {"backbone": backbone_stats}, model=prep.model, mode=prep.mode1,
+                            tx=tx, loss_fn=loss_fn)
+    # One compiled program (heads, the backbone values broadcast to K real copies, the
+    # optimiser states) instead of one compilation per eager op.
+    return jax.jit(jax.vmap(fold_state, in_axes=(0, None, None)))(
+        keys, prep.backbone_params, prep.backbone_stats)
 
 
 def _pooled_dim(prep: Prepared) -> int:

@@ -402,6 +402,10 @@ def test_auto_conv_impl_by_backend_and_map_size():
         assert backbones.resolve_conv_impl(forward, 7 * 7, winograd=True) == "winograd"
         assert backbones.resolve_conv_impl(forward, 56 * 56, winograd=True) == "xla"
         assert backbones.resolve_conv_impl(forward, 14 * 14, winograd=False) == "xla"
+        folds = backbones.inference_impl("auto", per_fold=True)  # evaluation of fold models
+        assert backbones.resolve_conv_impl(folds, 7 * 7, winograd=True) == "winograd"
+        assert backbones.resolve_conv_impl(folds, 7 * 7, winograd=False) == "im2col"
+        assert backbones.resolve_conv_impl(folds, 56 * 56, winograd=True) == "mmgrad"
     else:
         assert backbones.resolve_conv_impl("auto", 56 * 56) == "xla"
         assert backbones.resolve_conv_impl(backbones.inference_impl("auto"), 7 * 7, True) == "xla"
