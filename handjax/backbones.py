@@ -78,6 +78,11 @@ def inference_impl(impl: str, dtype=jnp.float32, per_fold: bool = False) -> str:
     return _AUTO_FORWARD_FOLDS if per_fold else _AUTO_FORWARD
 
 
+def for_inference(backbone: nn.Module, dtype, per_fold: bool = False) -> nn.Module:
+    """``backbone`` with its convs in :func:`inference_impl`'s mode (same parameters)."""
+    return backbone.clone(conv_impl=inference_impl(backbone.conv_impl, dtype, per_fold))
+
+
 def resolve_conv_impl(impl: str, out_pixels: int | None = None, winograd: bool = False) -> str:
     """The algorithm ``impl`` means here: "auto" is "xla" off CPU; on CPU (where XLA's
     kernel gradients are slow) "mmgrad" for maps of at least 28x28 output pixels,
@@ -238,16 +243,17 @@ conv_mmgrad.defvjp(_mmgrad_fwd, _mmgrad_bwd)
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input
 # tile d and 2x2 output tile Y; 16 multiplies per output tile instead of 36.
 _WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 _WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): G g G^T on a flattened 3x3 g
 
 
 def _combine(coefs, items):
-    """sum(c * item) for the nonzero integer coefficients c (the transforms' adds)."""
+    """sum(c * item) over the coefficients c in {-1, 0, 1} of B^T and A^T: adds only."""
     out = None
     for c, item in zip(coefs, items):
         if c:
-            term = item if c == 1 else -item if c == -1 else item * c
+            term = item if c > 0 else -item
             out = term if out is None else out + term
     return out
 
@@ -278,8 +284,7 @@ def conv_winograd(x, kernel, pads):
     e = [bt_rows[:, :, :, j // 2: j // 2 + tw, j % 2] for j in range(4)]
     v = jnp.stack([_combine(c, e) for c in _WINOGRAD_BT], axis=1)  # (4, 4, n, th, tw, cin)
     v = v.reshape(16, n * th * tw, cin).astype(dtype)
-    gg = jnp.asarray(np.kron(_WINOGRAD_G, _WINOGRAD_G))  # (16, 9)
-    u = (gg @ kernel.astype(jnp.float32).reshape(9, cin * cout)).reshape(16, cin, cout)
+    u = (jnp.asarray(_WINOGRAD_GG) @ kernel.astype(jnp.float32).reshape(9, cin * cout)).reshape(16, cin, cout)
     m = _matmul_f32(v, u.astype(dtype)).reshape(4, 4, n, th, tw, cout)
     s = [_combine(c, [m[r] for r in range(4)]) for c in _WINOGRAD_AT]  # p: (4, n, th, tw, cout)
     y = [jnp.stack([_combine(c, [sp[q] for q in range(4)]) for c in _WINOGRAD_AT], axis=3)

@@ -178,8 +178,8 @@ def eval_step(state: FoldState, x: jax.Array, mode: str):
     in :func:`backbones.inference_impl`'s per-fold forward mode)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     model = state.model
-    impl = backbones.inference_impl(model.backbone.conv_impl, model.dtype, per_fold=True)
-    model = model.clone(backbone=model.backbone.clone(conv_impl=impl))
+    model = model.clone(backbone=backbones.for_inference(model.backbone, model.dtype,
+                                                         per_fold=True))
     return model.apply(variables, x, train=False, mode=mode)
 
 
@@ -454,7 +454,7 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
     """
     flat = views.reshape((-1,) + views.shape[2:])
     batch = even_batch(len(flat), batch)
-    backbone = backbone.clone(conv_impl=backbones.inference_impl(backbone.conv_impl, dtype))
+    backbone = backbones.for_inference(backbone, dtype)
     # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
     # constants into the executable (slower compile, huge persistent-cache entries).
     fn = jax.jit(lambda v, x: backbone.apply(
@@ -592,8 +592,7 @@ def _boundary_shape(backbone, variables, name, image, split, dtype):
 def _pooled_features(model, params, stats, feats, batch: int = 64):
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
     variables = {"params": params, "batch_stats": stats}
-    backbone = model.backbone.clone(
-        conv_impl=backbones.inference_impl(model.backbone.conv_impl, model.dtype))
+    backbone = backbones.for_inference(model.backbone, model.dtype)
 
     def pooled(variables, x):
         out = backbone.apply(variables, x.astype(model.dtype), train=False, start=model.split)
