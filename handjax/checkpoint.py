@@ -3,6 +3,7 @@
 The state's pytree (params, batch stats, optimiser state with optax's named tuples and empty
 nodes) is saved as a flat, ordered dict of its leaves and unflattened into the structure of a
 freshly built state on restore: robust to optax state types orbax cannot rebuild on its own.
+The checkpoint after the last epoch leaves the optimiser state out (``train.saved_states``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import orbax.checkpoint as ocp
 def manager(workdir: Path, max_to_keep: int = 1) -> ocp.CheckpointManager:
     """A CheckpointManager on ``<workdir>/checkpoints`` (keeps the latest ``max_to_keep``)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+    # The handler named up front: a fresh manager can then read an existing checkpoint's
+    # metadata (n_arrays) before any save or restore.
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def latest(mngr: ocp.CheckpointManager) -> int:
@@ -45,6 +49,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, like):
                 for i, l in enumerate(leaves)}
     restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     return jax.tree.unflatten(treedef, [restored[f"{i:05d}"] for i in range(len(leaves))])
+
+
+def n_arrays(mngr: ocp.CheckpointManager, step: int) -> int:
+    """How many arrays (state leaves) checkpoint ``step`` holds."""
+    return len(mngr.item_metadata(step))
 
 
 def close(mngr: ocp.CheckpointManager) -> None:

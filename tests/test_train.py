@@ -105,6 +105,43 @@ def test_resume_after_interruption_equals_uninterrupted(reference, workroot, mon
     assert len(lines) == 15                          # no duplicated epochs after resume
 
 
+def test_final_checkpoint_holds_no_optimiser_state_and_a_rerun_restores_it(
+        reference, prepared, workroot):
+    import shutil
+    from handjax import checkpoint
+    workdir, results = reference
+    config, prep = prepared
+    states = train.to_phase2(train.initial_states(prep, config), prep, config)
+    full = len(jax.tree.leaves(states))
+    light = len(jax.tree.leaves(train.saved_states(states, final=True)))
+    assert light < full
+    finished = workroot / "finished"
+    shutil.copytree(workdir, finished)
+    (finished / "results.json").unlink()
+    manager = checkpoint.manager(finished)
+    assert checkpoint.n_arrays(manager, checkpoint.latest(manager)) == light
+    checkpoint.close(manager)
+    assert train.run(tiny_config(), finished) == results    # evaluates the restored folds
+    assert len((finished / "metrics.jsonl").read_text().splitlines()) == 15
+
+
+def test_per_image_prefix_equals_one_batched_pass():
+    from handjax import backbones
+    module, variables = backbones.load("vgg16", None, seed=0)
+    views = (np.random.default_rng(0).random((1, 3, 56, 56, 3)) * 255).astype(np.uint8)
+    # 56 px: block1_pool's output is 28x28, the last map that large
+    assert train.per_image_boundary(module, variables, (56, 56), "block4_pool",
+                                    jnp.float32) == "block1_pool"
+    kw = dict(dtype=jnp.float32)
+    batched = train.frozen_features(module, variables, "vgg16", views, "block4_pool",
+                                    per_image=False, **kw)
+    per_image = train.frozen_features(module, variables, "vgg16", views, "block4_pool",
+                                      per_image=True, **kw)
+    assert batched.shape == (1, 3, 3, 3, 512)
+    np.testing.assert_allclose(per_image, batched, rtol=1e-5,
+                               atol=1e-5 * np.abs(batched).max())
+
+
 def test_other_config_in_same_workdir_is_refused(reference):
     workdir, _ = reference
     c = tiny_config(lr1=0.5)
