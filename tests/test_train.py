@@ -362,6 +362,10 @@ def test_auto_fold_map_follows_the_trained_convs():
     assert train.resolve_fold_map("auto", False) == "vmap"
     assert train.resolve_fold_map("auto", True) == ("loop" if on_cpu else "vmap")
     assert train.resolve_fold_map("map", False) == "map"
+    # forward-only programs of the trained layers: lax.map over folds on CPU under "auto"
+    assert train.resolve_eval_fold_map("auto", "vmap") == ("map" if on_cpu else "vmap")
+    assert train.resolve_eval_fold_map("auto", "loop") == "loop"
+    assert train.resolve_eval_fold_map("vmap", "vmap") == "vmap"   # an explicit choice holds
     c.model.conv_impl = "xla"
     prep = train.prepare(c)
     assert train.trains_lax_conv(train.initial_states(prep, c), prep) is True
