@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import resource
 import sys
@@ -36,7 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from handjax import backbones, train
+from handjax import backbones
+
+# handjax.train is imported inside the functions that need it: ``steps`` needs only the
+# backbones, and so runs where tensorflow-datasets (imported by the data pipeline) is not
+# installed, e.g. a GPU box's stock JAX image.
 
 
 def peak_rss_gib() -> float:
@@ -54,17 +59,39 @@ def _best_time(fn, *args, repeat: int = 3) -> float:
     return best
 
 
-def matmul_peak(n: int = 2048) -> float:
-    """float32 GFLOP/s of one jitted n x n matmul: the machine's practical peak."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
+    """GFLOP/s of one jitted n x n matmul in ``dtype``: the machine's practical peak."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     fn = jax.jit(lambda x, y: x @ y)
     return 2 * n**3 / _best_time(fn, a, a) / 1e9
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+def jaxpr_flops(jaxpr) -> float:
+    """Multiply-add FLOPs (2 per multiply-add) of the convolutions and matrix products in a
+    (closed) jaxpr, nested ones included (a scan's body counts ``length`` times): the
+    model's work, counted the same on every backend. XLA's own cost analysis cannot serve
+    across backends: on GPU it leaves out the convolutions that run as cuDNN calls (it
+    counted ~1% of VGG19's train step there)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+            window = math.prod(rhs[d] for d in spec[2:])
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * window * rhs[spec[1]]
+        elif name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+                lhs[d] for d in contract)
+        times = eqn.params.get("length", 1) if name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+                    total += times * jaxpr_flops(sub)
+    return total
 
 
 # --------------------------------------------------------------------------- steps
@@ -93,7 +120,7 @@ def full_train_step(name: str, conv_impl: str, size: int, batch: int, dtype=jnp.
     args = (params, tx.init(params), stats, x, y)
     t = time.perf_counter()
     compiled = jax.jit(step).lower(*args).compile()
-    return compiled, args, time.perf_counter() - t
+    return compiled, args, time.perf_counter() - t, jaxpr_flops(jax.make_jaxpr(step)(*args))
 
 
 def module_channels(module, variables, size: int) -> int:
@@ -116,7 +143,7 @@ def bf16_peak_tflops(device_kind: str) -> float | None:
 
 
 def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, rounds: int = 3,
-                peak_tflops: float | None = None) -> list[dict]:
+                peak_tflops: float | None = None, impls=STEP_IMPLS) -> list[dict]:
     """Whole-network train step per conv implementation. All variants are compiled first,
     then timed in interleaved rounds (best of each), so machine noise hits them alike.
 
@@ -128,13 +155,14 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
     kind = jax.devices()[0].device_kind
     peak_tflops = peak_tflops or (bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None)
     for name in models:
-        steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in STEP_IMPLS}
-        flops = _flops(steps["xla"][0])
-        best = dict.fromkeys(STEP_IMPLS, float("inf"))
+        impls = ("xla",) + tuple(i for i in impls if i != "xla")  # xla: the FLOP count
+        steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in impls}
+        flops = steps["xla"][3]
+        best = dict.fromkeys(impls, float("inf"))
         for _ in range(rounds):
-            for impl, (compiled, args, _) in steps.items():
+            for impl, (compiled, args, _, _) in steps.items():
                 best[impl] = min(best[impl], _best_time(compiled, *args, repeat=1))
-        for impl, (_, _, compile_s) in steps.items():
+        for impl, (_, _, compile_s, _) in steps.items():
             sec = best[impl]
             row = {"model": name, "conv": impl, "size": size, "batch": batch,
                    "dtype": jnp.dtype(dtype).name, "step_s": sec, "images_per_s": batch / sec,
@@ -149,9 +177,10 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
                   f"GFLOP/s ({100 * flops / sec / 1e9 / peak:5.1f}% of matmul peak)  step "
                   f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
                   f"{mfu}", flush=True)
-        auto = backbones.resolve_conv_impl("auto", size * size)
-        print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
-              f"{best['xla'] / best['auto']:.2f}x", flush=True)
+        if "auto" in best:
+            auto = backbones.resolve_conv_impl("auto", size * size)
+            print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
+                  f"{best['xla'] / best['auto']:.2f}x", flush=True)
         del steps
     return rows
 
@@ -159,6 +188,7 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
 # --------------------------------------------------------------------------- folds
 def bench_folds(config) -> list[dict]:
     """Phase-1 and phase-2 epochs of the fold program under each fold mapping."""
+    from handjax import train
     prep = train.prepare(config)
     labels = jnp.asarray(prep.examples.labels)
     rows = []
@@ -225,6 +255,7 @@ def warm_up(config) -> float:
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
     here) and the later ones get them free."""
+    from handjax import train
     t = time.perf_counter()
     examples = train.protocol_data(config)[0]
     train.model_parts(config, len(examples.class_names))
@@ -235,6 +266,7 @@ def warm_up(config) -> float:
 def bench_protocol(fast, plain, workroot: Path, keras: bool = False, bf16: bool = False) -> dict:
     """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
     with ``bf16``, handjax once more in bfloat16 compute)."""
+    from handjax import train
     out = {"warmup_s": warm_up(fast)}
     print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
     runs = [("handjax", fast), ("plain", plain)]
@@ -307,6 +339,7 @@ def import_keras():
 
 def keras_data(fast):
     """Labels [N], folds and views [V, N, H, W, 3] uint8: exactly the arrays handjax uses."""
+    from handjax import train
     examples, _, folds, views = train.protocol_data(fast)
     return np.asarray(examples.labels), len(examples.class_names), folds, views
 
@@ -426,6 +459,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of the 'steps' train step (parameters stay float32); "
                         "bfloat16 also adds a bfloat16 handjax run to 'protocol'")
+    p.add_argument("--convs", default=",".join(STEP_IMPLS),
+                   help="comma list of conv implementations for 'steps' (xla always runs)")
     p.add_argument("--peak-tflops", type=float,
                    help="accelerator bf16 peak for MFU (default: looked up by device kind)")
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
@@ -438,6 +473,11 @@ def main(argv=None) -> int:
             p.error("--keras applies to 'protocol' and 'all'")
         if importlib.util.find_spec("keras") is None:  # fail now, not after the handjax runs
             raise SystemExit(NO_KERAS)
+    impls = tuple(i for i in a.convs.split(",") if i)
+    unknown = set(impls) - set(STEP_IMPLS)
+    if unknown:
+        p.error(f"--convs: unknown {', '.join(sorted(unknown))}; choose from "
+                f"{','.join(STEP_IMPLS)}")
     if a.quick:
         a.image_size, a.n_per_class, a.batch = 32, 10, 8
     e1, e2 = (int(v) for v in a.epochs.split("+"))
@@ -446,15 +486,20 @@ def main(argv=None) -> int:
     peak = matmul_peak()
     print(f"matmul peak (float32, 2048^3, jitted): {peak:.1f} GFLOP/s", flush=True)
     report = {"device": jax.devices()[0].device_kind, "matmul_peak_gflops": peak}
+    if jax.default_backend() != "cpu":
+        # An accelerator's train steps are held against its measured bf16 matrix rate.
+        peak = report["bf16_matmul_peak_gflops"] = matmul_peak(8192, jnp.bfloat16)
+        print(f"matmul peak (bfloat16, 8192^3, jitted): {peak / 1e3:.1f} TFLOP/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="handjax-bench-") as tmp:
         if a.what in ("steps", "all"):
             print(f"\nwhole-network train step, {a.image_size} px, batch {a.batch}, {a.dtype}:")
             models = [m for m in a.models.split(",") if m]
             report["steps"] = bench_steps(models, a.image_size, a.batch, peak, jnp.dtype(a.dtype),
-                                          peak_tflops=a.peak_tflops)
-        fast, plain = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2,
-                                       a.folds, a.weights)
-        fast.train.batch_size = plain.train.batch_size = a.batch
+                                          peak_tflops=a.peak_tflops, impls=impls)
+        if a.what in ("folds", "protocol", "all"):
+            fast, plain = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2,
+                                           a.folds, a.weights)
+            fast.train.batch_size = plain.train.batch_size = a.batch
         if a.what in ("folds", "all"):
             print(f"\nfold mapping, {a.model} {a.image_size} px, {a.folds} folds:")
             report["folds"] = bench_folds(fast)

@@ -1,0 +1,48 @@
+"""``handjax.bench``: its FLOP count (a hand count) and the ``steps`` command line."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from handjax import bench
+
+CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def test_jaxpr_flops_counts_convs_dots_and_scan_bodies():
+    def f(x, k, a, b):
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=CONV_DIMS)
+        z, _ = jax.lax.scan(lambda c, _: (c @ b, None), a, None, length=3)
+        return y.sum() + z.sum()
+    x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    a, b = jnp.ones((5, 6)), jnp.ones((6, 6))
+    conv = 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)       # 2 x outputs x (window x in-channels)
+    dots = 3 * 2 * (5 * 6) * 6                       # scanned 3 times
+    assert bench.jaxpr_flops(jax.make_jaxpr(f)(x, k, a, b)) == conv + dots
+
+
+def test_train_step_flops_are_three_forward_passes():
+    """VGG16 at 32 px, batch 2: forward, kernel gradients and input gradients (all but the
+    first layer's, whose input is no parameter), plus the head's three small matmuls."""
+    size, batch = 32, 2
+    _, args, _, flops = bench.full_train_step("vgg16", "xla", size, batch)
+    convs = [(64, 3), (64, 64), (128, 64), (128, 128)] + [(256, 128)] + [(256, 256)] * 2 \
+        + [(512, 256)] + [(512, 512)] * 5
+    sides = [32] * 2 + [16] * 2 + [8] * 3 + [4] * 3 + [2] * 3
+    fwd = [2 * batch * s * s * 9 * cin * cout for (cout, cin), s in zip(convs, sides)]
+    head = 3 * 2 * batch * 512 * 3
+    assert flops == pytest.approx(3 * sum(fwd) - fwd[0] + head, rel=1e-9)
+
+
+def test_steps_command_writes_rows(tmp_path):
+    out = tmp_path / "steps.json"
+    assert bench.main(["steps", "--quick", "--convs", "xla", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["steps"]
+    assert [r["conv"] for r in rows] == ["xla"]
+    assert rows[0]["gflops"] > 0 and rows[0]["images_per_s"] > 0
+
+
+def test_steps_command_rejects_unknown_conv():
+    with pytest.raises(SystemExit):
+        bench.main(["steps", "--convs", "fft"])
