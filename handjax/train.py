@@ -456,7 +456,7 @@ def even_batch(n: int, most: int) -> int:
 
 # On CPU the frozen prefix runs its stages with large maps one image at a time: up to the
 # last boundary whose output still has this many pixels (VGG19 at 112 px: blocks 1-2, their
-# 56x56-112x112 maps then stay in cache). Measured on VGG19's prefix, batch 10: 8-17% faster
+# 56x56-112x112 maps then stay in cache). Measured on VGG19's prefix, batch 10: 9-17% faster
 # at 112 px, 18% at 224 px; ResNet50 ~5%, MobileNetV2 unchanged.
 PER_IMAGE_MIN_PIXELS = 28 * 28
 
