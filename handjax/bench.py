@@ -154,8 +154,8 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
     rows = []
     kind = jax.devices()[0].device_kind
     peak_tflops = peak_tflops or (bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None)
+    impls = ("xla",) + tuple(i for i in impls if i != "xla")  # xla: the FLOP count
     for name in models:
-        impls = ("xla",) + tuple(i for i in impls if i != "xla")  # xla: the FLOP count
         steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in impls}
         flops = steps["xla"][3]
         best = dict.fromkeys(impls, float("inf"))

@@ -636,8 +636,8 @@ def _weights(config):
 
 
 def _boundary_shape(backbone, variables, name, image, split, dtype):
-    x = backbones.preprocess(name, image).astype(dtype)
-    return jax.eval_shape(lambda: backbone.apply(variables, x, train=False, stop=split)).shape
+    return jax.eval_shape(
+        lambda: frozen_forward(backbone, variables, name, image, split, dtype)).shape
 
 
 def _pooled_features(model, params, stats, feats, batch: int = 64):
