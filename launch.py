@@ -7,6 +7,8 @@
 Any config field can be overridden: ``--config.train.lr2=3e-5`` (a misspelt key is an
 error). Outputs (config.json, metrics.jsonl, results.json/.md, plots, checkpoints) go to
 ``--workdir`` (default ``runs/<config name>``); rerunning the same command resumes.
+The console shows progress bars, a few lines and a closing summary; ``-v`` (``--verbosity=1``)
+brings back the libraries' INFO logs. ``HANDJAX_DEBUG=1`` shows tracebacks of user errors.
 """
 import os
 import sys
@@ -18,6 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/vgg19_custom.py[:smoke].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
+_RESTART = flags.DEFINE_bool("restart", False, "Discard a previous run in --workdir first "
+                             "(its checkpoints, metrics and results).")
 
 
 def parse_flags(argv):
@@ -50,7 +54,8 @@ def _fail(message: str, code: int = 1):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from handjax import run, user_errors
+    from handjax import console, run, user_errors
+    console.quiet(verbose=flags.FLAGS["verbosity"].present)
     try:
         config = _CONFIG.value
         name = config.name
@@ -58,7 +63,7 @@ def main(argv):
         _fail(_one_line(e), code=2)
     workdir = _WORKDIR.value or os.path.join("runs", name)
     try:
-        run.main(config, workdir)
+        run.main(config, workdir, restart=_RESTART.value)
     except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
         if os.environ.get("HANDJAX_DEBUG"):
             raise

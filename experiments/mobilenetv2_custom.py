@@ -3,12 +3,8 @@
     python launch.py --config experiments/mobilenetv2_custom.py
     python launch.py --config experiments/mobilenetv2_custom.py:smoke
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from handjax.config import cell
 
 
 def get_config(arg=None):
-    return base.cell("mobilenetv2", "custom", arg)
+    return cell("mobilenetv2", "custom", arg)

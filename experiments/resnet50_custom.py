@@ -3,12 +3,8 @@
     python launch.py --config experiments/resnet50_custom.py
     python launch.py --config experiments/resnet50_custom.py:smoke
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from handjax.config import cell
 
 
 def get_config(arg=None):
-    return base.cell("resnet50", "custom", arg)
+    return cell("resnet50", "custom", arg)

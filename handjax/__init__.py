@@ -1,16 +1,28 @@
 """handjax: transfer learning for hand-photo triage in JAX/Flax.
 
-Stages, one module each: ``data`` (photos -> arrays, folds), ``backbones`` (Keras
-ImageNet CNNs ported to Flax), ``losses`` and ``metrics`` (severity-aware objectives),
-``train`` (the 5-fold program), ``probe`` (SVM on frozen features), ``report``
-(tables, plots), ``predict`` (a photo + Grad-CAM), ``bench`` (speed figures).
+One stage, one module:
+
+- ``config``: the protocol's settings and the one place that reads them (-> frozen specs);
+- ``data/``: photos -> arrays (``decode``, ``sources``), ``splits`` (near-duplicate groups,
+  folds), ``augment``, ``synthetic`` hands;
+- ``models/``: ``convs`` (conv algorithms and the one conv policy), ``backbones`` (Keras
+  ImageNet CNNs ported to Flax), ``keras_weights`` (h5 files, download + hash),
+  ``classifier`` (backbone + head); ``backbones`` re-exports their public API;
+- ``losses`` and ``metrics``: severity-aware objectives (optax-shaped; pure jnp);
+- ``features``: what every fold shares (views, the frozen-feature cache);
+- ``folds``: the K-fold program (states, steps, fold mapping, epoch programs, batches);
+- ``train``: the fit loop and ``run()``; ``checkpoint``: orbax checkpoints; ``workdir``;
+- ``evaluate``: decision rules, the SVM probe, per-fold metrics;
+- ``report``: tables and plots; ``sweep``: the study's table; ``run``: the entry point;
+- ``inference`` + ``predict``: a trained run -> ensemble predictions and Grad-CAM;
+- ``bench`` (+ ``bench_keras``): speed figures side by side; ``console``: what the terminal shows.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or setup, reported to users as one line."""
-    from handjax import backbones, data, train
-    extra = tuple(getattr(backbones, n) for n in ("WeightsError",) if hasattr(backbones, n))
-    return (data.DataError, train.TrainingError, ValueError, FileNotFoundError) + extra
+    """The project's own error types: bad input or setup, reported to users as one line.
+    Anything else is a bug and keeps its traceback."""
+    from handjax.errors import USER_ERRORS
+    return USER_ERRORS

@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import resource
 import sys
 import tempfile
@@ -186,22 +185,20 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
 
 
 # --------------------------------------------------------------------------- folds
-def bench_folds(config) -> list[dict]:
+def bench_folds(spec) -> list[dict]:
     """Phase-1 and phase-2 epochs of the fold program under each fold mapping."""
-    from handjax import train
-    prep = train.prepare(config)
+    from handjax import features, folds
+    prep = features.prepare(spec)
     labels = jnp.asarray(prep.examples.labels)
     rows = []
     for phase in (1, 2):
         inputs = prep.inputs1 if phase == 1 else prep.inputs2
-        batches = train.epoch_batches([tr for tr, _ in prep.folds],
-                                      batch_size=config.train.batch_size,
+        batches = folds.epoch_batches([tr for tr, _ in prep.folds],
+                                      batch_size=spec.train.batch_size,
                                       n_views=inputs.shape[0], seed=0, phase=phase, epoch=0)
         for kind in ("vmap", "map", "loop"):
-            states = train.initial_states(prep, config)
-            if phase == 2:
-                states = train.to_phase2(states, prep, config)
-            fn = jax.jit(lambda s, x, y, b, k, kind=kind: train.epoch_fn(
+            states = folds.states_for(phase, prep, spec)
+            fn = jax.jit(lambda s, x, y, b, k, kind=kind: folds.epoch_fn(
                 s, x, y, b, k, fold_map=kind))
             t = time.perf_counter()
             compiled = fn.lower(states, inputs, labels, batches, jax.random.key(0)).compile()
@@ -212,33 +209,33 @@ def bench_folds(config) -> list[dict]:
             rows.append({"phase": phase, "fold_map": kind, "epoch_s": sec,
                          "step_ms": 1e3 * sec / steps, "compile_s": compile_s})
             print(f"  phase {phase}  {kind:5s} epoch {sec:7.3f} s  "
-                  f"({1e3 * sec / steps:7.1f} ms per step of {config.n_folds} folds)  "
+                  f"({1e3 * sec / steps:7.1f} ms per step of {spec.n_folds} folds)  "
                   f"compile {compile_s:5.1f} s", flush=True)
     return rows
 
 
 # --------------------------------------------------------------------------- protocol
 def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
-                     n_folds: int, weights: str):
-    """The two configs of the protocol comparison: handjax's way and the plain way."""
-    experiments = Path(__file__).resolve().parents[1] / "experiments"
-    if not (experiments / "base.py").exists():
-        raise SystemExit(f"bench protocol: {experiments / 'base.py'} not found; run it from a "
-                         "source checkout of handjax (git clone, then pip install -e .)")
-    sys.path.insert(0, str(experiments))
-    import base  # noqa: E402  (the experiments folder of a source checkout)
-    fast = base.cell(model, "categorical")
+                     n_folds: int, weights: str, batch: int = 16):
+    """The specs of the protocol comparison: handjax's way, the plain way, and handjax in
+    bfloat16 compute (``{"handjax": ..., "plain": ..., "handjax-bf16": ...}``)."""
+    from handjax import config as configs
+    fast = configs.cell(model, "categorical")
     fast.model.weights = weights
     fast.data.image_size = size
     fast.data.n_per_class = n_per_class
     fast.data.views = 2
     fast.n_folds = n_folds
     fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
+    fast.train.batch_size = batch
     plain = fast.copy_and_resolve_references()
     plain.train.mode = "plain"       # folds and steps one after another, from Python
     plain.model.conv_impl = "xla"
     plain.train.fold_map = "map"     # its evaluation, too, one fold after another
-    return fast, plain
+    half = fast.copy_and_resolve_references()
+    half.model.dtype = "bfloat16"
+    return {"handjax": configs.parse_run(fast), "plain": configs.parse_run(plain),
+            "handjax-bf16": configs.parse_run(half)}
 
 
 def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | None,
@@ -250,33 +247,33 @@ def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | Non
           f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
 
 
-def warm_up(config) -> float:
+def warm_up(spec) -> float:
     """Pay the process's one-time costs before any timed run: JAX's backend start, the
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
     here) and the later ones get them free."""
-    from handjax import train
+    from handjax import features
+    from handjax.models import classifier
     t = time.perf_counter()
-    examples = train.protocol_data(config)[0]
-    train.model_parts(config, len(examples.class_names))
+    examples = features.protocol_data(spec.data, spec.seed, spec.n_folds)[0]
+    classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
+                           len(examples.class_names))
     importlib.import_module("handjax.checkpoint")  # imports orbax
     return time.perf_counter() - t
 
 
-def bench_protocol(fast, plain, workroot: Path, keras: bool = False, bf16: bool = False) -> dict:
+def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
+                   bf16: bool = False) -> dict:
     """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
-    with ``bf16``, handjax once more in bfloat16 compute)."""
-    from handjax import train
+    with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs."""
+    from handjax import evaluate, train
+    fast = specs["handjax"]
     out = {"warmup_s": warm_up(fast)}
     print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
-    runs = [("handjax", fast), ("plain", plain)]
-    if bf16:
-        half = fast.copy_and_resolve_references()
-        half.model.dtype = "bfloat16"
-        runs.insert(1, ("handjax-bf16", half))
-    for label, config in runs:
+    labels = ["handjax", "handjax-bf16", "plain"] if bf16 else ["handjax", "plain"]
+    for label in labels:
         t = time.perf_counter()
-        results = train.run(config, workroot / label)
+        results = train.run(specs[label], workroot / label)
         wall = time.perf_counter() - t
         timing = json.loads((workroot / label / "timing.json").read_text())
         compile_s = sum(v for k, v in timing.items() if k.startswith("compile"))
@@ -295,7 +292,7 @@ def bench_protocol(fast, plain, workroot: Path, keras: bool = False, bf16: bool 
     same = all(np.allclose(out["plain"]["results"]["decisions"][d]["per_fold"][m],
                            out["handjax"]["results"]["decisions"][d]["per_fold"][m],
                            atol=1e-6)
-               for d in ("cnn", "cnn_mec") for m in train.METRIC_KEYS)
+               for d in ("cnn", "cnn_mec") for m in evaluate.METRIC_KEYS)
     print(f"  speed-up handjax vs plain: {ratio:.1f}x   CNN results identical: {same}  "
           f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     out["ratio"] = ratio
@@ -309,137 +306,13 @@ def bench_protocol(fast, plain, workroot: Path, keras: bool = False, bf16: bool 
               f"accuracy vs float32: max change {out['bf16_max_fold_accuracy_change']:.4f}",
               flush=True)
     if keras:
+        from handjax.bench_keras import keras_protocol
         k = out["keras"] = keras_protocol(fast)
         _protocol_line("keras", k["wall_s"], k["timing"], None, k["cnn_acc"], k["svm_acc"])
         out["ratio_keras"] = k["wall_s"] / out["handjax"]["wall_s"]
         print(f"  speed-up handjax vs keras: {out['ratio_keras']:.1f}x   "
               f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     return out
-
-
-# --------------------------------------------------------------------------- keras reference
-# handjax backbone -> (keras.applications constructor, module holding its preprocess_input)
-KERAS_APPS = {"vgg16": ("VGG16", "vgg16"), "vgg19": ("VGG19", "vgg19"),
-              "resnet50": ("ResNet50", "resnet50"),
-              "mobilenetv2": ("MobileNetV2", "mobilenet_v2")}
-
-
-NO_KERAS = "bench protocol --keras: keras is not installed; pip install -e '.[test]'"
-
-
-def import_keras():
-    """Keras 3 on the JAX backend, or a one-line exit when it is not installed."""
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    try:
-        import keras
-    except ImportError:
-        raise SystemExit(NO_KERAS) from None
-    return keras
-
-
-def keras_data(fast):
-    """Labels [N], folds and views [V, N, H, W, 3] uint8: exactly the arrays handjax uses."""
-    from handjax import train
-    examples, _, folds, views = train.protocol_data(fast)
-    return np.asarray(examples.labels), len(examples.class_names), folds, views
-
-
-def keras_model(keras, fast, n_classes: int):
-    """A fresh ``keras.applications`` base + the study's head: global average pooling ->
-    Dense(hidden, relu) -> Dropout -> Dense(classes, softmax). Returns (base, model)."""
-    size = int(fast.data.image_size)
-    weights = None if str(fast.model.weights) == "none" else str(fast.model.weights)
-    base = getattr(keras.applications, KERAS_APPS[fast.model.name][0])(
-        include_top=False, weights=weights, input_shape=(size, size, 3))
-    x = keras.layers.GlobalAveragePooling2D(name="pooled")(base.output)
-    x = keras.layers.Dense(fast.head.hidden, activation="relu")(x)
-    x = keras.layers.Dropout(fast.head.dropout)(x)
-    out = keras.layers.Dense(n_classes, activation="softmax")(x)
-    return base, keras.Model(base.input, out)
-
-
-def keras_fit(keras, model, x_views, y, train_idx, *, lr: float, epochs: int,
-              batch_size: int, rng, val) -> None:
-    """Compile with Adam(lr) and fit ``epochs`` epochs, each training example in one random
-    view per epoch (as handjax draws them), validating on ``val`` after every epoch."""
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
-    for _ in range(epochs):
-        view = rng.integers(0, len(x_views), size=len(train_idx))
-        model.fit(x_views[view, train_idx], y[train_idx], batch_size=batch_size, epochs=1,
-                  validation_data=val, verbose=0)
-
-
-def keras_evaluate(keras, model, x, labels, train_idx, test_idx, svm) -> tuple[float, float]:
-    """CNN test accuracy, and that of an SVM (standardised like ``handjax.probe``) fitted on
-    the training images' pooled features and scored on the test images'."""
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-    probs = model.predict(x[test_idx], verbose=0)
-    cnn = float(np.mean(probs.argmax(-1) == labels[test_idx]))
-    pooled = keras.Model(model.input, model.get_layer("pooled").output).predict(x, verbose=0)
-    clf = make_pipeline(StandardScaler(), SVC(kernel=svm.kernel, C=svm.C, random_state=0,
-                                              class_weight=svm.class_weight or None))
-    clf.fit(pooled[train_idx].astype(np.float64), labels[train_idx])
-    return cnn, float(clf.score(pooled[test_idx].astype(np.float64), labels[test_idx]))
-
-
-def keras_fold(keras, fast, x_views, labels, n_classes: int, k: int, fold,
-               timing: dict) -> tuple[float, float]:
-    """Fold ``k`` as the study's code ran it: a fresh model, phase 1 with the base frozen,
-    phase 2 with the layers after the split unfrozen, then evaluation (CNN, SVM accuracy).
-    Adds its train and evaluate seconds to ``timing``."""
-    t = time.perf_counter()
-    (train_idx, test_idx), tr, name = fold, fast.train, fast.model.name
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(fast.seed + k)
-    y = np.eye(n_classes, dtype=np.float32)[labels]
-    fit = dict(batch_size=tr.batch_size, rng=np.random.default_rng([fast.seed, k]),
-               val=(x_views[0, test_idx], y[test_idx]))
-    base, model = keras_model(keras, fast, n_classes)
-    base.trainable = False
-    keras_fit(keras, model, x_views, y, train_idx, lr=tr.lr1, epochs=tr.epochs1, **fit)
-    base.trainable = True
-    names = [layer.name for layer in base.layers]
-    split = fast.model.split or backbones.DEFAULT_TRAINABLE_FROM[name]
-    for layer in base.layers[: names.index(split) + 1]:
-        layer.trainable = False
-    keras_fit(keras, model, x_views, y, train_idx, lr=tr.lr2, epochs=tr.epochs2, **fit)
-    timing["run_s"] += time.perf_counter() - t
-    t = time.perf_counter()
-    accs = keras_evaluate(keras, model, x_views[0], labels, train_idx, test_idx, fast.svm)
-    timing["evaluate_s"] += time.perf_counter() - t
-    return accs
-
-
-def keras_protocol(fast) -> dict:
-    """The study's protocol on ``fast``'s data and folds, written plainly in Keras 3: the
-    frozen base recomputed at every step, the folds one after another, each compiled anew.
-
-    JAX's persistent compilation cache (which handjax's runs switch on) takes no new entries
-    meanwhile: plain Keras has none, so one fold's compilations must not serve the next.
-    """
-    from tqdm import tqdm
-    keras = import_keras()
-    min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
-    try:
-        t0 = time.perf_counter()
-        labels, n_classes, folds, views = keras_data(fast)
-        preprocess = getattr(keras.applications, KERAS_APPS[fast.model.name][1]).preprocess_input
-        x_views = preprocess(views.astype(np.float32))
-        timing = {"prepare_s": time.perf_counter() - t0, "run_s": 0.0, "evaluate_s": 0.0}
-        accs = []
-        for k, fold in enumerate(tqdm(folds, desc="keras folds", leave=False)):
-            accs.append(keras_fold(keras, fast, x_views, labels, n_classes, k, fold, timing))
-        wall = time.perf_counter() - t0
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
-    cnn, svm = (list(a) for a in zip(*accs))
-    return {"wall_s": wall, "timing": timing, "keras": keras.__version__,
-            "cnn_acc": float(np.mean(cnn)), "svm_acc": float(np.mean(svm)),
-            "cnn_acc_per_fold": cnn, "svm_acc_per_fold": svm, "peak_rss_gib": peak_rss_gib()}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -472,6 +345,7 @@ def main(argv=None) -> int:
         if a.what not in ("protocol", "all"):
             p.error("--keras applies to 'protocol' and 'all'")
         if importlib.util.find_spec("keras") is None:  # fail now, not after the handjax runs
+            from handjax.bench_keras import NO_KERAS
             raise SystemExit(NO_KERAS)
     impls = tuple(i for i in a.convs.split(",") if i)
     unknown = set(impls) - set(STEP_IMPLS)
@@ -497,16 +371,15 @@ def main(argv=None) -> int:
             report["steps"] = bench_steps(models, a.image_size, a.batch, peak, jnp.dtype(a.dtype),
                                           peak_tflops=a.peak_tflops, impls=impls)
         if a.what in ("folds", "protocol", "all"):
-            fast, plain = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2,
-                                           a.folds, a.weights)
-            fast.train.batch_size = plain.train.batch_size = a.batch
+            specs = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2, a.folds,
+                                     a.weights, a.batch)
         if a.what in ("folds", "all"):
             print(f"\nfold mapping, {a.model} {a.image_size} px, {a.folds} folds:")
-            report["folds"] = bench_folds(fast)
+            report["folds"] = bench_folds(specs["handjax"])
         if a.what in ("protocol", "all"):
             print(f"\nprotocol: {a.model} {a.image_size} px, {3 * a.n_per_class} synthetic "
                   f"images, {e1}+{e2} epochs, {a.folds} folds + SVM, weights={a.weights}:")
-            out = bench_protocol(fast, plain, Path(tmp), keras=a.keras,
+            out = bench_protocol(specs, Path(tmp), keras=a.keras,
                                  bf16=a.dtype == "bfloat16")
             report["protocol"] = {k: ({kk: vv for kk, vv in v.items() if kk != "results"}
                                       if isinstance(v, dict) else v) for k, v in out.items()}

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the stacked fold states, one per finished epoch, in the workdir.
 
-The state's pytree (params, batch stats, optimiser state with optax's named tuples and empty
-nodes) is saved as a flat, ordered dict of its leaves and unflattened into the structure of a
-freshly built state on restore: robust to optax state types orbax cannot rebuild on its own.
+A checkpoint is a nested dict keyed by the state's pytree paths, so anyone can read it
+(``params/head/head_dense/kernel``, ``opt_state/inner_states/train/inner_state/0/mu/...``)
+and a restore matches leaves by name, not by position: a leaf missing from the file, or of
+another shape, is one clear error naming it. Checkpoints written before this layout (flat,
+keyed by leaf index ``"00000"``) still restore into an identically built state.
 The checkpoint after the last epoch leaves the optimiser state out (``train.saved_states``).
 """
 from __future__ import annotations
@@ -13,12 +15,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from handjax.errors import TrainingError
+
 
 def manager(workdir: Path, max_to_keep: int = 1) -> ocp.CheckpointManager:
     """A CheckpointManager on ``<workdir>/checkpoints`` (keeps the latest ``max_to_keep``)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     # The handler named up front: a fresh manager can then read an existing checkpoint's
-    # metadata (n_arrays) before any save or restore.
+    # metadata before any save or restore.
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
                                  item_handlers=ocp.StandardCheckpointHandler())
 
@@ -29,31 +33,118 @@ def latest(mngr: ocp.CheckpointManager) -> int:
     return 0 if step is None else int(step)
 
 
-def _flat(tree) -> dict:
-    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+# ----------------------------------------------------------------------------- path keys
+def _name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
 
 
+def leaf_paths(tree) -> list[tuple[tuple[str, ...], object]]:
+    """``[(path, leaf)]`` with each path a tuple of readable names."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(tuple(_name(e) for e in path), leaf) for path, leaf in flat]
+
+
+def to_nested(tree, fn=lambda leaf: leaf) -> dict:
+    """The leaves of ``tree`` (through ``fn``) in a nested dict keyed by their path names."""
+    out: dict = {}
+    for path, leaf in leaf_paths(tree):
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = fn(leaf)
+    return out
+
+
+def _lookup(nested: dict, path):
+    for part in path:
+        nested = nested[part]
+    return nested
+
+
+# ----------------------------------------------------------------------------- save/restore
 def save(mngr: ocp.CheckpointManager, step: int, state, wait: bool = True) -> None:
     """Save ``state`` as checkpoint ``step``; by default wait, so a kill right after loses
     nothing. ``wait=False`` writes in the background (``state`` must then not be donated
     or deleted before ``close``)."""
-    mngr.save(step, args=ocp.args.StandardSave(_flat(state)))
+    mngr.save(step, args=ocp.args.StandardSave(to_nested(state)))
     if wait:
         mngr.wait_until_finished()
 
 
+def _metadata(mngr, step: int) -> dict:
+    try:
+        meta = mngr.item_metadata(step)
+    except Exception as e:  # orbax raises many types for a damaged checkpoint
+        raise _damaged(mngr, step, e) from e
+    return dict(meta) if meta is not None else {}
+
+
+def _damaged(mngr, step: int, e: BaseException) -> TrainingError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return TrainingError(f"{Path(mngr.directory) / str(step)}: checkpoint cannot be read "
+                         f"({first[:200]}); delete that folder to resume from scratch, or use "
+                         "a fresh --workdir")
+
+
+def is_legacy(meta: dict) -> bool:
+    """A checkpoint of the old layout: a flat dict keyed by leaf index."""
+    return bool(meta) and all(k.isdigit() for k in meta)
+
+
+def has_opt_state(mngr, step: int, like) -> bool:
+    """Whether checkpoint ``step`` holds an optimiser state (``like``: the full state)."""
+    meta = _metadata(mngr, step)
+    if is_legacy(meta):
+        return len(meta) == len(jax.tree.leaves(like))
+    return "opt_state" in meta
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, like):
     """Restore checkpoint ``step`` into the structure (and static fields) of ``like``."""
+    meta = _metadata(mngr, step)
+    if is_legacy(meta):
+        return _restore_legacy(mngr, step, like, meta)
+    paths = leaf_paths(like)
+    missing = [p for p, _ in paths if not _has(meta, p)]
+    if missing:
+        raise TrainingError(f"{Path(mngr.directory) / str(step)}: checkpoint lacks "
+                            f"{len(missing)} arrays this config needs (first: "
+                            f"{'/'.join(missing[0])}); it was written by another model or "
+                            "config: use a fresh --workdir")
+    abstract = to_nested(like, lambda l: jax.ShapeDtypeStruct(np.shape(l), l.dtype))
+    restored = _restore(mngr, step, abstract)
+    leaves = [_lookup(restored, p) for p, _ in paths]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _has(meta: dict, path) -> bool:
+    try:
+        _lookup(meta, path)
+        return True
+    except (KeyError, TypeError):
+        return False
+
+
+def _restore(mngr, step: int, abstract):
+    try:
+        return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, OSError) as e:
+        raise _damaged(mngr, step, e) from e
+
+
+def _restore_legacy(mngr, step: int, like, meta: dict):
     leaves, treedef = jax.tree.flatten(like)
+    if len(meta) != len(leaves):
+        raise TrainingError(f"{Path(mngr.directory) / str(step)}: an old-layout checkpoint "
+                            f"with {len(meta)} arrays, this config's state has {len(leaves)}; "
+                            "use a fresh --workdir")
     abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(l), l.dtype)
                 for i, l in enumerate(leaves)}
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored = _restore(mngr, step, abstract)
     return jax.tree.unflatten(treedef, [restored[f"{i:05d}"] for i in range(len(leaves))])
-
-
-def n_arrays(mngr: ocp.CheckpointManager, step: int) -> int:
-    """How many arrays (state leaves) checkpoint ``step`` holds."""
-    return len(mngr.item_metadata(step))
 
 
 def close(mngr: ocp.CheckpointManager) -> None:

@@ -28,7 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from handjax import backbones, data, losses, metrics, train
+from handjax import backbones, data, losses, metrics
+from handjax.evaluate import probabilities
+from handjax.inference import TrainedRun, load_run
+from handjax.models.classifier import Classifier
 
 CHUNK = 8          # photos per forward pass (padded, so every chunk reuses one compilation)
 MAX_SIDE = 1024    # overlays of big phone photos are written at most this large
@@ -60,7 +63,7 @@ def grad_cam(score_fn: Callable, feats) -> jax.Array:
     return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-def fold_forward(model: train.Classifier, loss_name: str) -> Callable:
+def fold_forward(model: Classifier, loss_name: str) -> Callable:
     """``f(v, x) -> (probs [B, n], cams [B, n, h, w])`` for one fold's variables ``v``.
 
     ``x`` are raw RGB images in [0, 255]; ``cams[:, c]`` is the Grad-CAM of class ``c``.
@@ -76,7 +79,7 @@ def fold_forward(model: train.Classifier, loss_name: str) -> Callable:
             pooled = jnp.mean(f, axis=(0, 1))[None]
             return model.apply(v, pooled, train=False, mode="pooled")[0][0]
 
-        probs = train.probabilities(loss_name, jax.vmap(logits_of)(feats))
+        probs = probabilities(loss_name, jax.vmap(logits_of)(feats))
         classes = jnp.arange(model.num_classes)
         cams = jax.vmap(lambda f: jax.vmap(
             lambda c: grad_cam(lambda g: logits_of(g)[c], f))(classes))(feats)
@@ -85,7 +88,7 @@ def fold_forward(model: train.Classifier, loss_name: str) -> Callable:
     return jax.jit(forward)
 
 
-def ensemble(run: train.TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST):
+def ensemble(run: TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST):
     """``(probs [B, n], argmax [B], min_cost [B], cam [B, h, w])`` of the fold ensemble.
 
     ``probs`` is the mean of the folds' probabilities; ``cam`` the mean of the folds' own
@@ -93,7 +96,7 @@ def ensemble(run: train.TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST
     class, rescaled to [0, 1]. ``min_cost`` is the minimum-expected-cost decision on
     ``probs`` under ``cost``.
     """
-    forward = fold_forward(run.model, run.config.loss.name)
+    forward = fold_forward(run.model, run.spec.loss.name)
     n_folds = jax.tree.leaves(run.variables)[0].shape[0]
     probs, cams = [], []
     for k in range(n_folds):  # a loop: vmap over conv weights is slow on XLA:CPU
@@ -122,13 +125,13 @@ def _chunked(forward, v, images):
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
-def predict(run: train.TrainedRun, photos) -> list[Prediction]:
+def predict(run: TrainedRun, photos) -> list[Prediction]:
     """Decodes ``photos`` (paths) like the data loader and runs the fold ensemble on them.
 
     Every photo is decoded first, so an unreadable one raises ``data.DataError`` before
     any model runs.
     """
-    size = int(run.config.data.image_size)
+    size = run.spec.data.image_size
     images = np.stack([data.decode_image(p, size) for p in photos])
     probs, chosen, mec, cams = ensemble(run, images)
     return [Prediction(str(p), probs[i], int(chosen[i]), int(mec[i]), cams[i])
@@ -206,7 +209,7 @@ def disclaimer(results: dict) -> str:
             f"with class counts {counts}. See a doctor about any concern for your hands.")
 
 
-def as_json(run: train.TrainedRun, preds, overlays) -> dict:
+def as_json(run: TrainedRun, preds, overlays) -> dict:
     """The machine-readable form of the output (``--json``)."""
     names = list(run.results["data"]["class_names"])
     r = run.results
@@ -225,7 +228,7 @@ def as_json(run: train.TrainedRun, preds, overlays) -> dict:
     }
 
 
-def as_table(run: train.TrainedRun, preds, overlays) -> str:
+def as_table(run: TrainedRun, preds, overlays) -> str:
     """The human-readable form: header, one row per photo, disclaimer."""
     r = run.results
     names = display_names(r["data"]["class_names"])
@@ -263,7 +266,7 @@ def main(argv=None) -> int:
     try:
         for photo in args.photos:  # fail on a bad photo before the models load
             data.decode_image(photo, 8)
-        run = train.load_run(args.workdir)
+        run = load_run(args.workdir)
         preds = predict(run, args.photos)
         out = Path(args.out) if args.out else Path(args.workdir) / "gradcam"
         overlays = write_overlays(preds, out)

@@ -1,17 +1,20 @@
 """The Keras reference of ``python -m handjax.bench protocol --keras`` runs the protocol."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 pytest.importorskip("keras")  # conftest sets KERAS_BACKEND=jax
 
-from handjax import bench  # noqa: E402
+from handjax import bench, bench_keras  # noqa: E402
 
 
 def test_keras_protocol_tiny():
-    fast, _ = bench.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,
-                                     n_folds=2, weights="none")
-    fast.train.batch_size, fast.head.hidden = 8, 16
-    out = bench.keras_protocol(fast)
+    specs = bench.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,
+                                   n_folds=2, weights="none", batch=8)
+    fast = specs["handjax"]
+    fast = dataclasses.replace(fast, model=dataclasses.replace(fast.model, hidden=16))
+    out = bench_keras.keras_protocol(fast)
     assert len(out["cnn_acc_per_fold"]) == len(out["svm_acc_per_fold"]) == 2
     for acc in (*out["cnn_acc_per_fold"], *out["svm_acc_per_fold"], out["cnn_acc"],
                 out["svm_acc"]):

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handjax import data, predict, train
+from cells import run, tiny_config
+from handjax import data, evaluate, inference, predict
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-import base  # noqa: E402
 
 QUADRANTS = {"top_left": (0, 0), "top_right": (0, 1), "bottom_left": (1, 0),
              "bottom_right": (1, 1)}
@@ -102,7 +101,7 @@ def test_grad_cam_without_evidence_is_zero_not_nan():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run") / "vgg16"
-    train.run(base.cell("vgg16", "categorical", "smoke"), workdir)
+    run(tiny_config(), workdir)
     return workdir
 
 
@@ -146,13 +145,13 @@ def test_json_probabilities_are_the_fold_average(json_output, run_dir, photos):
     assert list(preds[0]["probabilities"]) == ["normal", "heberden", "ra"]
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     # Independently: each fold's full Classifier on the decoded photos, averaged.
-    run = train.load_run(run_dir)
+    run = inference.load_run(run_dir)
     x = np.stack([data.decode_image(p, 32) for p in photos])
     per_fold = []
     for k in range(5):
         v = jax.tree.map(lambda a, k=k: a[k], run.variables)
         logits, _ = run.model.apply(v, x, train=False, mode="tune")
-        per_fold.append(np.asarray(train.probabilities("categorical", logits)))
+        per_fold.append(np.asarray(evaluate.probabilities("categorical", logits)))
     np.testing.assert_allclose(probs, np.mean(per_fold, 0), rtol=1e-4, atol=1e-6)
     names = ["normal", "heberden", "ra"]
     assert [p["argmax"] for p in preds] == [names[i] for i in probs.argmax(-1)]

@@ -1,15 +1,14 @@
 """The study sweep: cells in sub-workdirs, skipped when done, table with every cell."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from handjax import run
+from cells import experiment
+from handjax import config as configs
+from handjax import run, sweep
+from handjax.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-import study  # noqa: E402
+study = experiment("study")
 
 
 def test_study_smoke_end_to_end(tmp_path, monkeypatch):
@@ -33,7 +32,7 @@ def test_study_smoke_end_to_end(tmp_path, monkeypatch):
     # A rerun skips finished cells: training must not be called again.
     def no_training(*a, **k):
         raise AssertionError("a finished cell was trained again")
-    monkeypatch.setattr(run.train, "run", no_training)
+    monkeypatch.setattr(sweep.train, "run", no_training)
     again = run.main(config, tmp_path)
     assert again.keys() == cells.keys()
 
@@ -41,13 +40,13 @@ def test_study_smoke_end_to_end(tmp_path, monkeypatch):
 def test_unknown_model_in_selection_is_a_clear_error(tmp_path):
     config = study.get_config("smoke")
     config.models = "vgg16,alexnet"
-    with pytest.raises(ValueError, match="config.models"):
+    with pytest.raises(ConfigError, match="config.models"):
         run.main(config, tmp_path)
 
 
 def test_cell_config_sets_model_and_loss():
-    c = run.cell_config(study.get_config(), "resnet50", "custom")
+    c = configs.cell_config(study.get_config(), "resnet50", "custom")
     assert (c.model.name, c.loss.name, c.loss.ce_weight, c.loss.label) == (
         "resnet50", "severity", 0.0, "custom")
     assert "models" not in c and c.name == "resnet50_custom"
-    assert run.cell_config(study.get_config("smoke"), "vgg16", "binary").name == "vgg16_binary_smoke"
+    assert configs.cell_config(study.get_config("smoke"), "vgg16", "binary").name == "vgg16_binary_smoke"

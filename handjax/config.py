@@ -1,0 +1,345 @@
+"""The protocol's settings, and the one place that reads them.
+
+``get_config()`` is the study's protocol as an ``ml_collections.ConfigDict`` (what
+``experiments/*.py`` return, overridable from the command line: ``--config.train.lr2=3e-5``).
+:func:`parse` turns a ConfigDict into small frozen specs, checking every value; everything
+below this module takes those specs or plain arguments, never the ConfigDict::
+
+    spec = parse(config)          # RunSpec (one cell) or SweepSpec (the study's table)
+    train.run(spec, workdir)      # or sweep.run(spec, workdir)
+
+Which protocol choices come from the study and which are ours: README, "The protocol".
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import ml_collections
+
+from handjax.errors import ConfigError
+
+# The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
+LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
+          "custom": ("severity", 0.0), "severity": ("severity", 1.0)}
+MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
+STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
+STUDY_LOSSES = "categorical,binary,custom"
+CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd")
+DTYPES = ("float32", "bfloat16")
+MAX_IMAGE_SIZE = 1024
+
+
+# ----------------------------------------------------------------------------- the protocol
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    """The shared protocol; ``arg="smoke"`` gives tiny CPU settings."""
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0
+    c.n_folds = 5
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""            # "" -> the embedded synthetic hands; else an ImageFolder root
+    c.data.class_map = ""       # e.g. "healthy:normal,nodes:heberden,rheuma:ra"
+    c.data.on_error = "raise"   # or "skip": leave unreadable photos out, with a warning
+    c.data.n_per_class = 50     # synthetic set size (ours: the study's count is not given)
+    c.data.image_size = 224
+    c.data.dedup = True         # near-duplicate photos share a fold (no train/test leak)
+    c.data.views = 4            # precomputed views per image: the photo + 3 augmented draws
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "vgg19"
+    c.model.weights = "imagenet"   # "imagenet" | "none" (random) | path to a Keras .h5 file
+    c.model.split = ""             # "" -> unfreeze the model's top block(s) in phase 2
+    c.model.dtype = "float32"      # "bfloat16" on GPU/TPU
+    c.model.conv_impl = "auto"     # "auto" | "xla" | "im2col" | "mmgrad" | "winograd"
+
+    c.head = ml_collections.ConfigDict(dict(hidden=256, dropout=0.5))
+    c.loss = ml_collections.ConfigDict(dict(name="categorical", ce_weight=1.0,
+                                            label="categorical"))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 16
+    c.train.epochs1 = 10        # phase 1: head only, backbone frozen
+    c.train.lr1 = 1e-3
+    c.train.epochs2 = 10        # phase 2: top block(s) + head
+    c.train.lr2 = 1e-5
+    c.train.mode = "cached"     # "cached" (frozen layers once) | "plain" (recompute, as Keras)
+    c.train.fold_map = "auto"   # "auto" | "vmap" | "map" | "loop"
+    c.train.cache_dtype = "float32"   # or "bfloat16" to halve the cache
+    c.train.checkpoint_secs = 60.0   # save at an epoch end once this long after the last save
+    c.train.shard_folds = True  # split the fold axis over devices when there are several
+
+    c.svm = ml_collections.ConfigDict(dict(kernel="rbf", C=1.0, class_weight="balanced"))
+
+    if arg == "smoke":
+        apply_smoke(c)
+    elif arg:
+        raise ConfigError(f"unknown config variant {arg!r}: expected ':smoke' or nothing")
+    return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+    """Tiny settings: random weights, 32 px, 30 images, 2+1 epochs (a CPU in < 2 min)."""
+    c.data.n_per_class = 10
+    c.data.image_size = 32
+    c.data.views = 2
+    c.model.weights = "none"
+    c.train.batch_size = 8
+    c.train.epochs1 = 2
+    c.train.epochs2 = 1
+    c.head.hidden = 32
+
+
+def cell_config(config, model: str, loss: str) -> ml_collections.ConfigDict:
+    """``config`` specialised to one study cell (the sweep fields, if any, removed)."""
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        for key in ("models", "losses"):
+            if key in c:
+                del c[key]
+        c.model.name = model
+        c.loss.name, c.loss.ce_weight = LOSSES[loss]
+        c.loss.label = loss
+        c.name = f"{model}_{loss}" + ("_smoke" if config.name.endswith("_smoke") else "")
+    return c
+
+
+def cell(model: str, loss: str, arg=None) -> ml_collections.ConfigDict:
+    """One study cell: the protocol with this backbone and loss (see :data:`LOSSES`)."""
+    c = get_config(arg)
+    c.name = "cell" + ("_smoke" if arg == "smoke" else "")
+    return cell_config(c, model, loss)
+
+
+def study_config(arg=None) -> ml_collections.ConfigDict:
+    """The study's whole table: every backbone x loss, each cell in its own sub-workdir."""
+    c = get_config(arg)
+    c.name = "study" + ("_smoke" if arg == "smoke" else "")
+    c.models = STUDY_MODELS
+    c.losses = STUDY_LOSSES
+    return c
+
+
+# ----------------------------------------------------------------------------- specs
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    root: str                       # "" -> synthetic hands
+    class_map: tuple | None         # ((folder, class), ...) or None
+    on_error: str
+    n_per_class: int
+    image_size: int
+    dedup: bool
+    views: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    weights: str | None             # None (random), "imagenet" or a path
+    split: str                      # "" -> the backbone's default boundary
+    dtype: str
+    conv_impl: str
+    hidden: int
+    dropout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    name: str
+    ce_weight: float
+    label: str                      # the study's name of the loss (table rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    batch_size: int
+    epochs1: int
+    lr1: float
+    epochs2: int
+    lr2: float
+    mode: str
+    fold_map: str
+    cache_dtype: str
+    checkpoint_secs: float
+    shard_folds: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SvmSpec:
+    kernel: str
+    C: float
+    class_weight: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One cell: everything a run needs, checked. ``config_json`` is the ConfigDict as
+    written to ``config.json`` (what a rerun compares against)."""
+    name: str
+    seed: int
+    n_folds: int
+    data: DataSpec
+    model: ModelSpec
+    loss: LossSpec
+    train: TrainSpec
+    svm: SvmSpec
+    config_json: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """The study's table: ``cells[(loss, model)]`` is each cell's RunSpec."""
+    name: str
+    models: tuple
+    losses: tuple
+    cells: dict
+
+
+# ----------------------------------------------------------------------------- parsing
+def config_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def parse(config) -> RunSpec | SweepSpec:
+    """The checked specs of ``config``: a sweep when it names ``models`` (the study's
+    table, ``study_config``), else one cell. Any bad value is a one-line ConfigError."""
+    if "models" in config:
+        return _parse_sweep(config)
+    return parse_run(config)
+
+
+def _parse_sweep(config) -> SweepSpec:
+    models = _names(config.models, MODEL_NAMES, "models")
+    losses = _names(config.get("losses", STUDY_LOSSES), tuple(LOSSES), "losses")
+    cells = {(l, m): parse_run(cell_config(config, m, l)) for l in losses for m in models}
+    return SweepSpec(config.name, tuple(models), tuple(losses), cells)
+
+
+def _names(text, allowed, key: str) -> list[str]:
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise ConfigError(f"config.{key}={text!r}: expected a comma list of "
+                          f"{', '.join(allowed)}")
+    return names
+
+
+def parse_run(config) -> RunSpec:
+    """The specs of one cell (see :func:`parse`)."""
+    _check_int(config, "seed", lo=0)
+    _check_int(config, "n_folds", lo=2, hi=20)
+    return RunSpec(name=str(config.name), seed=int(config.seed),
+                   n_folds=int(config.n_folds), data=_data(config), model=_model(config),
+                   loss=_loss(config), train=_train(config), svm=_svm(config),
+                   config_json=config_json(config))
+
+
+def _data(c) -> DataSpec:
+    d = c.data
+    _check_choice(c, "data.on_error", ("raise", "skip"))
+    _check_int(c, "data.n_per_class", lo=2, hi=100_000)
+    _check_int(c, "data.image_size", lo=32, hi=MAX_IMAGE_SIZE)
+    _check_int(c, "data.views", lo=1, hi=64)
+    class_map = parse_class_map(d.class_map) if d.class_map else None
+    if class_map and not d.root:
+        raise ConfigError("config.data.class_map is set but config.data.root is empty: the "
+                          "synthetic hands have fixed classes; set data.root to your folder")
+    return DataSpec(str(d.root), class_map, d.on_error, int(d.n_per_class),
+                    int(d.image_size), bool(d.dedup), int(d.views))
+
+
+def parse_class_map(text: str) -> tuple:
+    """``"folderA:normal,folderB:ra"`` -> ``(("folderA", "normal"), ("folderB", "ra"))``."""
+    pairs = [p.split(":", 1) for p in str(text).split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"config.data.class_map={text!r}: expected 'folder:class,...' "
+                          "with class one of normal, heberden, ra")
+    return tuple((k.strip(), v.strip()) for k, v in pairs)
+
+
+def _model(c) -> ModelSpec:
+    m = c.model
+    _check_choice(c, "model.name", MODEL_NAMES)
+    _check_choice(c, "model.dtype", DTYPES)
+    _check_choice(c, "model.conv_impl", CONV_IMPLS)
+    _check_int(c, "head.hidden", lo=1, hi=65536)
+    _check_float(c, "head.dropout", lo=0.0, hi=1.0, hi_open=True)
+    weights = None if m.weights in ("none", "", None) else str(m.weights)
+    return ModelSpec(m.name, weights, str(m.split or ""), m.dtype, m.conv_impl,
+                     int(c.head.hidden), float(c.head.dropout))
+
+
+def _loss(c) -> LossSpec:
+    known = ("categorical", "binary", "severity")
+    _check_choice(c, "loss.name", known)
+    _check_float(c, "loss.ce_weight", lo=0.0)
+    return LossSpec(c.loss.name, float(c.loss.ce_weight), str(c.loss.get("label", c.loss.name)))
+
+
+def _train(c) -> TrainSpec:
+    t = c.train
+    _check_int(c, "train.batch_size", lo=1, hi=4096)
+    for key in ("train.epochs1", "train.epochs2"):
+        _check_int(c, key, lo=0, hi=100_000)
+    if t.epochs1 + t.epochs2 == 0:
+        raise ConfigError("config.train.epochs1 and train.epochs2 are both 0: nothing would "
+                          "be trained; set at least one to 1 or more")
+    for key in ("train.lr1", "train.lr2"):
+        _check_float(c, key, lo=0.0, lo_open=True)
+    _check_choice(c, "train.mode", ("cached", "plain"))
+    _check_choice(c, "train.fold_map", ("auto", "vmap", "map", "loop"))
+    _check_choice(c, "train.cache_dtype", DTYPES)
+    _check_float(c, "train.checkpoint_secs", lo=0.0)
+    return TrainSpec(int(t.batch_size), int(t.epochs1), float(t.lr1), int(t.epochs2),
+                     float(t.lr2), t.mode, t.fold_map, t.cache_dtype,
+                     float(t.checkpoint_secs), bool(t.shard_folds))
+
+
+def _svm(c) -> SvmSpec:
+    _check_choice(c, "svm.kernel", ("rbf", "linear", "poly", "sigmoid"))
+    _check_float(c, "svm.C", lo=0.0, lo_open=True)
+    weight = c.svm.class_weight or None
+    if weight not in (None, "balanced"):
+        raise ConfigError(f"config.svm.class_weight={weight!r}: expected 'balanced' or ''")
+    return SvmSpec(c.svm.kernel, float(c.svm.C), weight)
+
+
+# ----------------------------------------------------------------------------- checks
+def _get(c, key: str):
+    for part in key.split("."):
+        c = c[part]
+    return c
+
+
+def _check_choice(c, key: str, allowed) -> None:
+    value = _get(c, key)
+    if value not in allowed:
+        raise ConfigError(f"config.{key}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _check_int(c, key: str, lo: int, hi: int | None = None) -> None:
+    value = _get(c, key)
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"config.{key}={value!r}: expected an integer in {span}")
+
+
+def _check_float(c, key: str, lo: float, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    value = _get(c, key)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    bad = not v == v or (v <= lo if lo_open else v < lo)
+    if hi is not None:
+        bad = bad or (v >= hi if hi_open else v > hi)
+    if bad:
+        left = "(" if lo_open else "["
+        right = (")" if hi_open else "]") if hi is not None else ")"
+        raise ConfigError(f"config.{key}={value!r}: expected a number in "
+                          f"{left}{lo}, {hi if hi is not None else 'inf'}{right}")

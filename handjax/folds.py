@@ -1,0 +1,369 @@
+"""The fold program: K stacked fold states trained as one array program.
+
+The fold axis is the leading axis of every per-fold array. Folds have unequal sizes: batches
+are padded by wrapping round the fold's own examples and the padding is masked out of every
+sum. ``fold_map`` picks how a step maps over the folds: ``vmap`` (dense heads, matmul-form
+convs, GPU), ``lax.map``, or an unrolled loop (``lax.conv`` layers on XLA:CPU, where vmap over
+fold parameters measured ~7x slower than a loop); with several devices the fold axis is
+sharded across them. ``train.mode = "plain"`` runs the folds one after another and the steps
+one at a time from Python (:func:`plain_epoch`), the way the study's Keras code ran; it
+trains on the same views and batches, so both give the same results (a test checks it).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+
+from handjax import backbones, losses
+from handjax.features import Prepared, even_batch
+
+
+class FoldState(struct.PyTreeNode):
+    """One fold's training state; stacked along a leading fold axis for K folds.
+
+    ``model`` and ``mode`` say how the step runs the ``Classifier`` (see its docstring);
+    ``tx`` and ``loss_fn`` are the phase's optimiser and optax-shaped per-example loss.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    model: nn.Module = struct.field(pytree_node=False)
+    mode: str = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    loss_fn: Callable = struct.field(pytree_node=False)
+
+
+def param_labels(params, trainable_layers) -> Any:
+    """'train' / 'freeze' label per leaf: the head always trains, backbone layers if listed."""
+    backbone = {layer: jax.tree.map(lambda _, l=layer: "train" if l in trainable_layers
+                                    else "freeze", sub)
+                for layer, sub in params.get("backbone", {}).items()}
+    head = jax.tree.map(lambda _: "train", params["head"])
+    return {"backbone": backbone, "head": head}
+
+
+def make_tx(params, lr: float, trainable_layers) -> optax.GradientTransformation:
+    """Adam on the trainable leaves, ``set_to_zero`` on the frozen ones."""
+    return optax.multi_transform({"train": optax.adam(lr), "freeze": optax.set_to_zero()},
+                                 param_labels(params, trainable_layers))
+
+
+def create_state(params, batch_stats, *, model, mode, tx, loss_fn) -> FoldState:
+    """A fresh fold state (one fold; vmap it for K)."""
+    return FoldState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params), model=model, mode=mode, tx=tx,
+                     loss_fn=loss_fn)
+
+
+def train_step(state: FoldState, batch: dict, key: jax.Array):
+    """One optimiser step on a masked batch ``{"x", "y", "mask"}``; returns (state, sums).
+
+    Padding examples (mask 0) count in no sum; the loss is the masked mean.
+    """
+    mask = batch["mask"].astype(jnp.float32)
+
+    def objective(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        (logits, _), updates = state.model.apply(
+            variables, batch["x"], train=True, mode=state.mode, rngs={"dropout": key},
+            mutable=["batch_stats"])
+        per_example = state.loss_fn(logits, batch["y"])
+        loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    sums = {"loss": loss * jnp.sum(mask), "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask), "finite": jnp.isfinite(loss)}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, sums
+
+
+def eval_step(state: FoldState, x: jax.Array, mode: str):
+    """``(logits, pooled)`` of one fold's model on a batch, in inference mode (its convs
+    in :func:`backbones.inference_impl`'s per-fold forward mode)."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    model = state.model
+    model = model.clone(backbone=backbones.for_inference(model.backbone, model.dtype,
+                                                         per_fold=True))
+    return model.apply(variables, x, train=False, mode=mode)
+
+
+# --------------------------------------------------------------------------- fold mapping
+def fold_mapper(kind: str) -> Callable:
+    """``f(fn, xs)`` mapping ``fn`` over the leading fold axis of the pytree ``xs``."""
+    if kind == "vmap":
+        return lambda fn, xs: jax.vmap(fn)(xs)
+    if kind == "map":
+        return lambda fn, xs: jax.lax.map(fn, xs)
+    if kind == "loop":  # unrolled Python loop inside the trace: a reference for the bench
+        def loop(fn, xs):
+            k = jax.tree.leaves(xs)[0].shape[0]
+            outs = [fn(jax.tree.map(lambda a, i=i: a[i], xs)) for i in range(k)]
+            return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        return loop
+    raise ValueError(f"config.train.fold_map={kind!r}: expected 'auto', 'vmap', 'map' or 'loop'")
+
+
+def resolve_fold_map(kind: str, lax_conv: bool) -> str:
+    """'auto': vmap, except on XLA:CPU when the trained layers run ``lax.conv`` (``lax_conv``):
+    vmap over fold parameters turns those into grouped convolutions, ~7x slower there than
+    an unrolled loop over folds. Dense heads and matmul-form convs (im2col, CPU's default
+    for VGG's top block) vmap into batched matmuls: ``python -m handjax.bench folds``,
+    VGG19 112 px, phase-2 epoch: vmap 8.0 s, loop 8.3 s, lax.map 8.8 s, and vmap compiles
+    in 1.6 s against 5.2 s for the loop."""
+    if kind != "auto":
+        return kind
+    if lax_conv and jax.default_backend() == "cpu":
+        return "loop"
+    return "vmap"
+
+
+def resolve_eval_fold_map(kind: str, train_map: str) -> str:
+    """The fold mapping of programs that run trained backbone layers forward only (phase-2
+    validation, the final outputs): "auto" on XLA:CPU maps the folds one after another
+    (``lax.map``) where training vmaps them. Forward only, per-fold matmuls ran faster one
+    fold at a time than batched over folds: VGG19 112 px, outputs of 5 folds x 150 images,
+    2.5-2.8 s against 3.4-3.7 s. Otherwise the training mapping."""
+    if kind == "auto" and train_map == "vmap" and jax.default_backend() == "cpu":
+        return "map"
+    return train_map
+
+
+def _uses_lax_conv(jaxpr) -> bool:
+    """Whether a (closed) jaxpr or any jaxpr nested in it calls ``conv_general_dilated``."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                is_jaxpr = hasattr(getattr(sub, "jaxpr", sub), "eqns")
+                if is_jaxpr and _uses_lax_conv(sub):
+                    return True
+    return False
+
+
+def trains_lax_conv(states: FoldState, prep: Prepared) -> bool:
+    """Whether phase 2's trained layers (one fold, one example) run ``lax.conv``: traced on
+    shapes only, nothing runs."""
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                       (states.params, states.batch_stats))
+    x = jax.ShapeDtypeStruct((1,) + prep.inputs2.shape[2:], prep.inputs2.dtype)
+
+    def forward(params, stats, x):
+        variables = {"params": params, "batch_stats": stats}
+        return prep.model.apply(variables, x, train=False, mode="tune")[0]
+    return _uses_lax_conv(jax.make_jaxpr(forward)(*one, x))
+
+
+def _fold_keys(key, n_steps: int, n_folds: int):
+    """Per (step, fold) dropout keys: fold_in(fold_in(key, step), fold)."""
+    steps = jnp.arange(n_steps)
+    folds = jnp.arange(n_folds)
+    per_step = jax.vmap(lambda s: jax.random.fold_in(key, s))(steps)
+    return jax.vmap(lambda k: jax.vmap(lambda f: jax.random.fold_in(k, f))(folds))(per_step)
+
+
+def epoch_fn(states, inputs, labels, batches, key, *, fold_map: str, mesh=None):
+    """One epoch for all folds: ``lax.scan`` over steps, ``fold_map`` over folds.
+
+    ``inputs`` [V, N, ...] are shared by all folds; ``batches`` holds ``idx``, ``view`` and
+    ``mask`` of shape [steps, K, B]. Returns the new states and per-step sums [steps, K].
+    With a ``mesh`` (axis "fold"), each device runs its share of the folds.
+    """
+    n_steps, n_folds = batches["idx"].shape[:2]
+    keys = _fold_keys(key, n_steps, n_folds)
+    scan = functools.partial(_epoch_scan, fold_map=fold_map)
+    if mesh is not None:
+        from jax.sharding import PartitionSpec as P
+        fold, step_fold = P("fold"), P(None, "fold")
+        scan = jax.shard_map(scan, mesh=mesh, in_specs=(fold, P(), P(), step_fold, step_fold),
+                             out_specs=(fold, step_fold), check_vma=False)
+    return scan(states, inputs, labels, batches, keys)
+
+
+def _epoch_scan(states, inputs, labels, batches, keys, *, fold_map: str):
+    mapper = fold_mapper(fold_map)
+
+    def per_fold(args):
+        state, b, k = args
+        batch = {"x": inputs[b["view"], b["idx"]], "y": labels[b["idx"]], "mask": b["mask"]}
+        return train_step(state, batch, k)
+
+    def one_step(states, xs):
+        b, k = xs
+        return mapper(per_fold, (states, b, k))
+
+    return jax.lax.scan(one_step, states, (batches, keys))
+
+
+def plain_batch_step(state, inputs, labels, b, key):
+    batch = {"x": inputs[b["view"], b["idx"]], "y": labels[b["idx"]], "mask": b["mask"]}
+    return train_step(state, batch, key)
+
+
+def plain_epoch(compiled_step):
+    """An ``epoch_fn``-shaped callable that runs the folds one after another and the steps
+    one at a time from Python, each a call of one jitted ``train_step``: how the study's
+    Keras ``fit`` loop ran. Same batches and dropout keys as ``epoch_fn``, so same results."""
+    def run(states, inputs, labels, batches, key):
+        n_steps, n_folds = batches["idx"].shape[:2]
+        keys = _fold_keys(key, n_steps, n_folds)
+        folds, sums = [], []
+        for f in range(n_folds):
+            state, fold_sums = jax.tree.map(lambda a, f=f: a[f], states), []
+            for s in range(n_steps):
+                b = jax.tree.map(lambda a, s=s, f=f: a[s, f], batches)
+                state, out = compiled_step(state, inputs, labels, b, keys[s, f])
+                fold_sums.append(out)
+            folds.append(state)
+            sums.append(jax.tree.map(lambda *a: jnp.stack(a), *fold_sums))
+        stack = lambda axis: lambda *a: jnp.stack(a, axis)  # noqa: E731
+        return jax.tree.map(stack(0), *folds), jax.tree.map(stack(1), *sums)
+    return run
+
+
+def fold_mesh(n_folds: int, enabled: bool):
+    """A 1-D device mesh over the fold axis when several devices can split the folds evenly."""
+    devices = jax.devices()
+    if not enabled or len(devices) < 2:
+        return None
+    if n_folds % len(devices):
+        logging.warning("%d folds do not split evenly over %d devices: not sharding",
+                        n_folds, len(devices))
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("fold",))
+
+
+def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
+    """Per-fold ``(logits, pooled)`` on ``inputs[idx[k]]`` (``idx`` [K, M]), inference mode."""
+    return fold_mapper(fold_map)(lambda a: eval_step(a[0], inputs[a[1]], mode), (states, idx))
+
+
+EVAL_CHUNK = 64   # at most this many examples per fold go through the model at once
+
+
+def eval_width(test_sets) -> int:
+    """Examples per fold per evaluation call: the test sets in the fewest calls of at most
+    ``EVAL_CHUNK``. Validation (test sets) and the final outputs (every image) then run one
+    compiled shape, and memory stays bounded for large sets."""
+    return even_batch(max(len(s) for s in test_sets), EVAL_CHUNK)
+
+
+def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, width: int):
+    """:func:`eval_fn` over ``idx`` [K, M] in column chunks of ``width`` (the last one
+    filled up by wrapping round, the filler dropped): one compilation per ``width``."""
+    fn = _eval_jit(mode, fold_map)
+    m = idx.shape[1]
+    n_chunks = max(1, math.ceil(m / width))
+    idx = np.take(np.asarray(idx), np.arange(n_chunks * width) % m, axis=1)
+    outs = [fn(states, inputs, jnp.asarray(idx[:, c * width:(c + 1) * width]))
+            for c in range(n_chunks)]
+    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1)[:, :m], *outs)
+
+
+
+def pad_indices(index_sets, length: int):
+    """Stack unequal index sets to [K, length] by wrapping round; mask marks the real ones."""
+    idx = np.stack([np.resize(np.asarray(s), length) for s in index_sets]).astype(np.int32)
+    mask = np.stack([np.arange(length) < len(s) for s in index_sets])
+    return idx, mask
+
+
+def epoch_batches(train_sets, *, batch_size: int, n_views: int, seed: int, phase: int,
+                  epoch: int):
+    """Shuffled, padded batches for one epoch: ``idx``, ``view``, ``mask`` [steps, K, B].
+
+    Deterministic in (seed, phase, epoch, fold), so a resumed run sees the same batches.
+    """
+    longest = max(len(s) for s in train_sets)
+    n_steps = max(1, math.ceil(longest / batch_size))
+    length = n_steps * batch_size
+    idx, mask, views = [], [], []
+    for k, s in enumerate(train_sets):
+        rng = np.random.default_rng([seed, phase, epoch, k])
+        perm = rng.permutation(np.asarray(s))
+        idx.append(np.resize(perm, length))
+        mask.append(np.arange(length) < len(s))
+        views.append(rng.integers(0, n_views, size=length))
+    shape = (len(train_sets), n_steps, batch_size)
+
+    def arrange(a, dtype):
+        return np.asarray(a, dtype).reshape(shape).transpose(1, 0, 2)
+
+    return {"idx": arrange(idx, np.int32), "view": arrange(views, np.int32),
+            "mask": arrange(mask, np.float32)}
+
+
+
+
+# --------------------------------------------------------------------------- states per phase
+def make_loss(spec) -> Callable:
+    """The optax-shaped per-example loss of ``spec`` (a LossSpec)."""
+    kwargs = {"ce_weight": spec.ce_weight} if spec.name == "severity" else {}
+    return losses.get(spec.name, **kwargs)
+
+
+def initial_states(prep: Prepared, *, n_folds: int, seed: int, lr: float,
+                   loss_fn: Callable) -> FoldState:
+    """K phase-1 states: shared backbone values, a differently seeded head per fold."""
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), n_folds)
+
+    def head(key):
+        return prep.model.init(key, jnp.zeros((1, prep.head_dim)), mode="pooled")["params"]["head"]
+
+    one = {"backbone": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                    prep.backbone_params),
+           "head": jax.eval_shape(head, keys[0])}
+    tx = make_tx(one, lr, trainable_layers=())
+
+    def fold_state(key, backbone_params, backbone_stats):
+        return create_state({"backbone": backbone_params, "head": head(key)},
+                            {"backbone": backbone_stats}, model=prep.model, mode=prep.mode1,
+                            tx=tx, loss_fn=loss_fn)
+    # One compiled program (heads, the backbone values broadcast to K real copies, the
+    # optimiser states) instead of one compilation per eager op.
+    return jax.jit(jax.vmap(fold_state, in_axes=(0, None, None)))(
+        keys, prep.backbone_params, prep.backbone_stats)
+
+
+def to_phase2(states: FoldState, prep: Prepared, lr: float) -> FoldState:
+    """Unfreeze the top block(s): a fresh Adam at the lower rate, as Keras's recompile does."""
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), states.params)
+    tx = make_tx(one, lr, trainable_layers=prep.trainable)
+    return jax.jit(jax.vmap(lambda st: create_state(st.params, st.batch_stats, model=prep.model,
+                                                    mode="tune", tx=tx, loss_fn=st.loss_fn)))(states)
+
+
+def states_for(phase: int, prep: Prepared, spec) -> FoldState:
+    """Fresh K-fold states as they stand at the start of ``phase`` (1 or 2) for the RunSpec
+    ``spec``: the structure a checkpoint of that phase restores into."""
+    states = initial_states(prep, n_folds=spec.n_folds, seed=spec.seed, lr=spec.train.lr1,
+                            loss_fn=make_loss(spec.loss))
+    return to_phase2(states, prep, spec.train.lr2) if phase == 2 else states
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_jit(mode: str, fmap: str):
+    return jax.jit(functools.partial(eval_fn, mode=mode, fold_map=fmap))
+
+
+def eval_fold_map(states: FoldState, prep: Prepared, kind: str) -> str:
+    """The fold mapping of the forward-only programs for ``train.fold_map=kind``."""
+    return resolve_eval_fold_map(kind, resolve_fold_map(kind, trains_lax_conv(states, prep)))

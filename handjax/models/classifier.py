@@ -1,0 +1,128 @@
+"""The classifier trained in every fold: a backbone (from a stage boundary), global average
+pooling and the head; and :func:`model_parts`, which builds it from a :class:`ModelSpec`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from handjax import backbones
+from handjax.errors import ConfigError
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Head(nn.Module):
+    """Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes). The study names no head;
+    this is the usual Keras transfer-learning head (README, "The protocol")."""
+
+    hidden: int = 256
+    dropout: float = 0.5
+    num_classes: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled, train: bool = False):
+        x = nn.Dense(self.hidden, dtype=self.dtype, name="head_dense")(pooled)
+        x = nn.relu(x)
+        x = nn.Dropout(self.dropout, deterministic=not train, name="head_dropout")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head_logits")(x)
+        return x.astype(jnp.float32)
+
+
+class Classifier(nn.Module):
+    """Backbone (from ``start``) -> global average pooling -> ``Head``.
+
+    ``start`` is the stage boundary whose output the classifier receives; ``None`` means raw
+    RGB images in [0, 255], in which case the frozen prefix up to ``split`` is recomputed on
+    every call under ``stop_gradient`` (the plain path). ``mode`` selects what trains:
+    ``"pooled"``: ``x`` is already pooled features, only the head runs; ``"frozen"``: the
+    backbone runs in inference mode without gradient; ``"tune"``: layers after ``split`` run
+    in the given ``train`` mode and receive gradients. Returns ``(logits, pooled)``.
+    """
+
+    backbone: nn.Module
+    backbone_name: str
+    split: str
+    start: str | None = None
+    hidden: int = 256
+    dropout: float = 0.5
+    num_classes: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mode: str = "tune"):
+        if mode == "pooled":
+            pooled = x.astype(jnp.float32)
+        else:
+            if self.start is None:
+                x = backbones.preprocess(self.backbone_name, x).astype(self.dtype)
+                x = jax.lax.stop_gradient(self.backbone(x, train=False, stop=self.split))
+            feats = self.backbone(x.astype(self.dtype), train=train and mode == "tune",
+                                  start=self.split)
+            pooled = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
+            if mode == "frozen":
+                pooled = jax.lax.stop_gradient(pooled)
+        head = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="head")
+        return head(pooled, train=train), pooled
+
+
+def load_backbone(spec, seed: int):
+    """The backbone of ``spec`` (a ModelSpec) and its weights; offline ImageNet gets a way out."""
+    try:
+        return backbones.load(spec.name, spec.weights, seed=seed,
+                              dtype=COMPUTE_DTYPES[spec.dtype], conv_impl=spec.conv_impl)
+    except backbones.WeightsError as e:
+        raise backbones.WeightsError(
+            f"{e} -- or train from random weights: --config.model.weights=none") from e
+
+
+def top_layers(backbone, split: str, boundary_shape) -> set[str]:
+    """Names of the layers after ``split``: the parameter subtree an init from there makes."""
+    shapes = jax.eval_shape(
+        lambda: backbone.init(jax.random.key(0), jnp.zeros(boundary_shape), start=split))
+    return set(shapes.get("params", {})) | set(shapes.get("batch_stats", {}))
+
+
+def boundary_shape(backbone, variables, image_size: int, split: str, dtype) -> tuple:
+    """Shape of the prefix's output at ``split`` for one image (preprocessing keeps shapes)."""
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
+    return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False, stop=split),
+                          variables, x).shape
+
+
+def feature_dim(backbone, variables, image_size: int, dtype) -> int:
+    """Channels of the backbone's final feature map (the head's input width)."""
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
+    return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), variables,
+                          x).shape[-1]
+
+
+def model_parts(spec, image_size: int, seed: int, num_classes: int):
+    """Backbone, its variables, the layer names after the split, and the ``Classifier``
+    fields shared by training and inference."""
+    dtype = COMPUTE_DTYPES[spec.dtype]
+    backbone, variables = load_backbone(spec, seed)
+    split = spec.split or backbones.DEFAULT_TRAINABLE_FROM[spec.name]
+    if split not in backbone.stages:
+        raise ConfigError(f"config.model.split={split!r} is not a stage of {spec.name}; "
+                          f"choose one of {', '.join(backbone.stages)}")
+    shape = boundary_shape(backbone, variables, image_size, split, dtype)
+    common = dict(backbone=backbone, backbone_name=spec.name, split=split,
+                  hidden=spec.hidden, dropout=spec.dropout, num_classes=num_classes,
+                  dtype=dtype)
+    return backbone, variables, top_layers(backbone, split, shape), common
+
+
+def subtree(tree: dict, keys) -> dict:
+    """The entries of ``tree`` whose key is in ``keys``."""
+    return {k: v for k, v in tree.items() if k in keys}
+
+
+def stack(tree, n: int):
+    """Repeat a pytree along a new leading fold axis (a real copy: states are donated)."""
+    return jax.tree.map(lambda a: jnp.array(jnp.broadcast_to(a, (n,) + np.shape(a))), tree)

@@ -1,0 +1,94 @@
+"""The config boundary: protocol defaults, cells, the sweep, and one clear line per bad value."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cells import experiment
+from handjax import config as configs
+from handjax.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_protocol_defaults_parse_into_frozen_specs():
+    spec = configs.parse(configs.cell("vgg19", "custom"))
+    assert isinstance(spec, configs.RunSpec)
+    assert (spec.model.name, spec.loss.name, spec.loss.ce_weight, spec.loss.label) == (
+        "vgg19", "severity", 0.0, "custom")
+    assert spec.data.image_size == 224 and spec.train.epochs1 == 10 and spec.n_folds == 5
+    assert spec.model.weights == "imagenet" and spec.svm.class_weight == "balanced"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.train.lr1 = 1.0
+
+
+def test_smoke_variant_and_random_weights():
+    spec = configs.parse(configs.cell("vgg16", "binary", "smoke"))
+    assert spec.name == "vgg16_binary_smoke"
+    assert spec.model.weights is None and spec.data.image_size == 32
+
+
+def test_study_config_is_a_sweep_of_twelve_cells():
+    spec = configs.parse(configs.study_config("smoke"))
+    assert isinstance(spec, configs.SweepSpec)
+    assert len(spec.cells) == 12
+    assert spec.cells[("custom", "resnet50")].name == "resnet50_custom_smoke"
+
+
+def test_every_experiment_file_loads_without_path_edits():
+    for path in sorted((ROOT / "experiments").glob("*.py")):
+        module = experiment(path.stem)
+        spec = configs.parse(module.get_config("smoke"))
+        assert spec is not None
+    assert not [p for p in ROOT.rglob("*.py") if "sys.path" in p.read_text()
+                and p.name != "test_config.py" and ".git" not in p.parts]
+
+
+BAD = [
+    ("train.batch_size", 0, "train.batch_size=0"),
+    ("train.batch_size", -4, "train.batch_size=-4"),
+    ("data.image_size", 100000, "data.image_size=100000"),
+    ("model.dtype", "garbage", "model.dtype='garbage'"),
+    ("train.epochs1", -1, "train.epochs1=-1"),
+    ("head.dropout", 1.5, "head.dropout=1.5"),
+    ("data.views", 0, "data.views=0"),
+    ("train.cache_dtype", "garbage", "train.cache_dtype='garbage'"),
+    ("seed", -1, "seed=-1"),
+    ("train.lr1", 0.0, "train.lr1=0.0"),
+    ("model.conv_impl", "fft", "model.conv_impl='fft'"),
+    ("train.fold_map", "pmap", "train.fold_map='pmap'"),
+]
+
+
+@pytest.mark.parametrize("key,value,needle", BAD)
+def test_bad_value_is_one_line_naming_the_key(key, value, needle):
+    c = configs.cell("vgg16", "categorical", "smoke")
+    *parents, leaf = key.split(".")
+    node = c
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ConfigError) as err:
+        configs.parse(c)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg and "expected" in msg
+
+
+def test_no_training_at_all_is_refused():
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.train.epochs1 = c.train.epochs2 = 0
+    with pytest.raises(ConfigError, match="both 0"):
+        configs.parse(c)
+
+
+def test_class_map_on_synthetic_data_is_refused():
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.data.class_map = "a:normal"
+    with pytest.raises(ConfigError, match="data.root"):
+        configs.parse(c)
+
+
+def test_class_map_parses():
+    assert configs.parse_class_map("x:normal, y:ra") == (("x", "normal"), ("y", "ra"))
+    with pytest.raises(ConfigError, match="class_map"):
+        configs.parse_class_map("oops")

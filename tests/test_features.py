@@ -1,0 +1,56 @@
+"""What the folds share: the per-image prefix, the bf16 cache, and the offline message."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cells import tiny_config, tiny_spec
+from handjax import backbones, features
+from handjax import config as configs
+
+
+def test_per_image_prefix_equals_one_batched_pass():
+    module, variables = backbones.load("vgg16", None, seed=0)
+    views = (np.random.default_rng(0).random((1, 3, 56, 56, 3)) * 255).astype(np.uint8)
+    # 56 px: block1_pool's output is 28x28, the last map that large
+    assert features.per_image_boundary(module, variables, (56, 56), "block4_pool",
+                                       jnp.float32) == "block1_pool"
+    kw = dict(dtype=jnp.float32)
+    batched = features.frozen_features(module, variables, "vgg16", views, "block4_pool",
+                                       per_image=False, **kw)
+    per_image = features.frozen_features(module, variables, "vgg16", views, "block4_pool",
+                                         per_image=True, **kw)
+    assert batched.shape == (1, 3, 3, 3, 512)
+    np.testing.assert_allclose(per_image, batched, rtol=1e-5,
+                               atol=1e-5 * np.abs(batched).max())
+
+
+def test_even_batch_wastes_the_least_padding():
+    assert features.even_batch(300, 32) == 30
+    assert features.even_batch(10, 64) == 10
+    assert features.even_batch(0, 8) == 8
+
+
+def test_bfloat16_cache_is_close_to_float32():
+    """The optional bf16 feature cache halves memory at ~3 significant digits."""
+    full = features.prepare(tiny_spec())
+    half = features.prepare(tiny_spec(cache_dtype="bfloat16"))
+    assert half.inputs2.dtype == jnp.bfloat16
+    assert half.cache_bytes * 2 == full.cache_bytes
+    ref = np.asarray(full.inputs2, np.float32)
+    err = np.abs(np.asarray(half.inputs2, np.float32) - ref).max() / np.abs(ref).max()
+    assert err < 8e-3                                 # bf16 keeps 8 bits of mantissa
+
+
+def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
+    def offline(url, dest):
+        raise OSError("network is unreachable")
+    monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(backbones, "_download", offline)
+    c = tiny_config()
+    c.model.weights = "imagenet"
+    with pytest.raises(backbones.WeightsError) as err:
+        features.prepare(configs.parse_run(c))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert "--config.model.weights=none" in msg

@@ -1,0 +1,109 @@
+"""The fold program: vmap / lax.map / loop agree, frozen layers stay frozen, one trace per
+phase, and the "auto" fold mapping follows the trained convs."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cells import tiny_config, tiny_spec
+from handjax import config as configs
+from handjax import features, folds
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    spec = tiny_spec()
+    return spec, features.prepare(spec)
+
+
+def _one_epoch(states, prep, phase, fold_map):
+    inputs = prep.inputs1 if phase == 1 else prep.inputs2
+    batches = folds.epoch_batches([tr for tr, _ in prep.folds], batch_size=8,
+                                  n_views=inputs.shape[0], seed=0, phase=phase, epoch=0)
+    fn = jax.jit(lambda s, x, y, b, k: folds.epoch_fn(s, x, y, b, k, fold_map=fold_map))
+    return fn(states, inputs, jnp.asarray(prep.examples.labels), batches,
+              jax.random.key(1))
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_vmap_map_and_loop_agree(prepared, phase):
+    spec, prep = prepared
+    outs = {}
+    for kind in ("vmap", "map", "loop"):
+        outs[kind], _ = _one_epoch(folds.states_for(phase, prep, spec), prep, phase, kind)
+    for kind in ("map", "loop"):
+        # Same math, different batching of the kernels: float32 rounding only.
+        chex.assert_trees_all_close(outs[kind].params, outs["vmap"].params,
+                                    rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_parameters_stay_bit_identical(prepared):
+    spec, prep = prepared
+    states = folds.states_for(1, prep, spec)
+    before = jax.tree.map(np.asarray, states.params)
+    states, _ = _one_epoch(states, prep, 1, "vmap")
+    # Phase 1: the backbone top is frozen, heads train.
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, states.params["backbone"]),
+                                before["backbone"])
+    assert not np.array_equal(np.asarray(states.params["head"]["head_logits"]["kernel"]),
+                              before["head"]["head_logits"]["kernel"])
+    # Phase 2, plain path: the prefix (in the state there) stays bit-identical, top trains.
+    plain_spec = tiny_spec(mode="plain")
+    plain = features.prepare(plain_spec)
+    st = folds.states_for(2, plain, plain_spec)
+    before = jax.tree.map(np.asarray, st.params["backbone"])
+    st, _ = _one_epoch(st, plain, 2, "map")
+    after = jax.tree.map(np.asarray, st.params["backbone"])
+    for layer in before:
+        same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after[layer]),
+                                                         jax.tree.leaves(before[layer])))
+        assert same == (layer not in plain.trainable), layer
+
+
+def test_step_compiles_once_per_phase(prepared, monkeypatch):
+    spec, prep = prepared
+    counted = chex.assert_max_traces(folds.train_step, n=1)
+    monkeypatch.setattr(folds, "train_step", counted)
+    states = folds.states_for(1, prep, spec)
+    fn = jax.jit(lambda s, x, y, b, k: folds.epoch_fn(s, x, y, b, k, fold_map="vmap"))
+    inputs = prep.inputs1
+    for epoch in range(3):   # three epochs, new batches each time: one trace
+        batches = folds.epoch_batches([tr for tr, _ in prep.folds], batch_size=8,
+                                      n_views=inputs.shape[0], seed=0, phase=1, epoch=epoch)
+        states, _ = fn(states, inputs, jnp.asarray(prep.examples.labels), batches,
+                       jax.random.key(epoch))
+
+
+def test_epoch_batches_cover_each_training_set_once_and_mask_padding():
+    sets = [np.arange(0, 7), np.arange(10, 22)]
+    b = folds.epoch_batches(sets, batch_size=5, n_views=3, seed=0, phase=1, epoch=0)
+    assert b["idx"].shape == (3, 2, 5)                 # ceil(12 / 5) steps, 2 folds
+    for k, s in enumerate(sets):
+        real = b["idx"][:, k][b["mask"][:, k] > 0]
+        assert sorted(real.tolist()) == sorted(s.tolist())
+    again = folds.epoch_batches(sets, batch_size=5, n_views=3, seed=0, phase=1, epoch=0)
+    assert all(np.array_equal(b[k], again[k]) for k in b)
+
+
+def test_auto_fold_map_follows_the_trained_convs():
+    """vmap unless XLA:CPU would batch ``lax.conv`` kernels into grouped convolutions."""
+    c = tiny_config()
+    with c.unlocked():
+        c.model.name = "vgg19"
+        c.data.image_size = 112            # block5 sees 7x7 maps: im2col on CPU
+    spec = configs.parse_run(c)
+    prep = features.prepare(spec)
+    on_cpu = jax.default_backend() == "cpu"
+    assert folds.trains_lax_conv(folds.states_for(1, prep, spec), prep) is False
+    assert folds.resolve_fold_map("auto", False) == "vmap"
+    assert folds.resolve_fold_map("auto", True) == ("loop" if on_cpu else "vmap")
+    assert folds.resolve_fold_map("map", False) == "map"
+    # forward-only programs of the trained layers: lax.map over folds on CPU under "auto"
+    assert folds.resolve_eval_fold_map("auto", "vmap") == ("map" if on_cpu else "vmap")
+    assert folds.resolve_eval_fold_map("auto", "loop") == "loop"
+    assert folds.resolve_eval_fold_map("vmap", "vmap") == "vmap"   # an explicit choice holds
+    c.model.conv_impl = "xla"
+    spec = configs.parse_run(c)
+    prep = features.prepare(spec)
+    assert folds.trains_lax_conv(folds.states_for(1, prep, spec), prep) is True

@@ -1,0 +1,98 @@
+"""The workdir guards: the ledger refuses changed data or weights, one run at a time,
+--restart, and clear lines for a workdir that is a file."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cells import run, tiny_config
+from handjax import checkpoint, workdir as workdirs
+from handjax.errors import TrainingError
+
+
+def test_ledger_records_then_refuses_other_data(tmp_path):
+    workdirs.check_ledger(tmp_path, {"data": "a", "weights": "w"})
+    (tmp_path / "checkpoints").mkdir()
+    workdirs.check_ledger(tmp_path, {"data": "a", "weights": "w"})       # same: fine
+    with pytest.raises(TrainingError, match="other data") as err:
+        workdirs.check_ledger(tmp_path, {"data": "b", "weights": "w"})
+    assert "--restart" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(TrainingError, match="weights"):
+        workdirs.check_ledger(tmp_path, {"data": "a", "weights": "v"})
+
+
+def test_damaged_ledger_is_one_clear_line(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "ledger.json").write_text("{trunc")
+    with pytest.raises(TrainingError, match="ledger.json is damaged"):
+        workdirs.check_ledger(tmp_path, {"data": "a"})
+
+
+def test_data_fingerprint_sees_one_pixel():
+    class Ex:
+        ids, labels = ["a", "b"], np.array([0, 1])
+        images = np.zeros((2, 4, 4, 3), np.uint8)
+    a = workdirs.data_fingerprint(Ex)
+    Ex.images = Ex.images.copy()
+    Ex.images[1, 2, 2, 0] = 1
+    assert workdirs.data_fingerprint(Ex) != a
+
+
+def test_second_run_into_a_locked_workdir_stops_at_once(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from handjax import workdir as w\n"
+         f"with w.Lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TrainingError, match=f"in use by pid {holder.pid}"):
+            with workdirs.Lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with workdirs.Lock(tmp_path):      # a killed holder's lock is taken over
+        pass
+
+
+def test_workdir_that_is_a_file_is_one_clear_line(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(TrainingError, match="is a file"):
+        workdirs.open_workdir(f)
+
+
+def _photo_folder(root, n=5, size=32):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("normal", "heberden", "ra")):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 255, (size, size, 3), np.uint8)
+            img[..., c] = 255
+            Image.fromarray(img).save(root / name / f"{i}.png")
+
+
+def test_kill_mid_run_then_changed_folder_is_refused_and_restart_works(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    _photo_folder(photos)
+    c = tiny_config(checkpoint_secs=0.0)
+    c.data.root = str(photos)
+    workdir = tmp_path / "run"
+    real_save = checkpoint.save
+
+    def save_then_die(manager, step, state, wait=True):
+        real_save(manager, step, state, wait)
+        raise KeyboardInterrupt                      # killed after the first epoch
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(c, workdir)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    img = np.full((32, 32, 3), 7, np.uint8)
+    Image.fromarray(img).save(photos / "ra" / "new.png")
+    with pytest.raises(TrainingError, match="other data"):
+        run(c, workdir)
+    from handjax import config as configs, train
+    results = train.run(configs.parse_run(c), workdir, restart=True)
+    assert results["data"]["n"] == 16
