@@ -35,6 +35,7 @@ MEC_RULE = "cnn_mec"  # minimum-expected-cost decisions on the cnn probabilities
 BASE_COLUMNS = ("file", "subject", "fold", "label")
 PROB_TOLERANCE = 1e-3  # |sum_k p_k - 1| allowed in a predictions.csv row
 ECE_BINS = 10
+_BOOT_CHUNK = 2 ** 21  # photo weights per batched bootstrap chunk (16 MiB of float64)
 
 
 class PredictionsError(ValueError):
@@ -87,6 +88,12 @@ def write_predictions(path, preds: Predictions) -> Path:
     recomputation from the file equals the in-memory figures)."""
     rules = _present_rules(preds.pred)
     n = len(preds.file)
+    columns = {"subject": preds.subject, "fold": preds.fold, "label": preds.label,
+               **{f"p_{r}": p for r, p in preds.probs.items()},
+               **{f"pred_{r}": p for r, p in preds.pred.items()}, **preds.extra}
+    for name, values in columns.items():
+        if len(values) != n:
+            raise PredictionsError(f"{path}: column {name} has {len(values)} rows, file has {n}")
     probs = {r: _normalised(np.asarray(p, np.float64), f"probs[{r!r}]", path)
              for r, p in preds.probs.items()}
     extra_cols = list(preds.extra)
@@ -94,7 +101,8 @@ def write_predictions(path, preds: Predictions) -> Path:
         w = csv.writer(f)
         w.writerow(prediction_columns(rules) + extra_cols)
         for i in range(n):
-            row = [preds.file[i], preds.subject[i], int(preds.fold[i]), CLASSES[int(preds.label[i])]]
+            row = [preds.file[i], preds.subject[i], int(preds.fold[i]),
+                   CLASSES[int(preds.label[i])]]
             for r in rules:
                 if r != MEC_RULE:
                     row += [repr(float(v)) for v in probs[r][i]]
@@ -152,6 +160,8 @@ def read_predictions(path) -> Predictions:
     missing += [c for c in prediction_columns(rules) if c not in header and c not in missing]
     if missing:
         raise PredictionsError(f"{path}: missing column {missing[0]} (header: {', '.join(header)})")
+    if not rows:
+        raise PredictionsError(f"{path}: no rows (a run writes one row per photo)")
     try:
         fold = np.array([int(r["fold"]) for r in rows], np.int64)
     except ValueError as e:
@@ -209,6 +219,11 @@ def _top_label(prob):
     return conf, bins
 
 
+def _arrays(y, prob, pred):
+    """Labels and decisions as int64, probabilities as float64."""
+    return np.asarray(y, np.int64), np.asarray(prob, np.float64), np.asarray(pred, np.int64)
+
+
 def _auroc(positive, score):
     """sklearn's binary AUROC, NaN when a class is absent."""
     positive = np.asarray(positive, bool)
@@ -237,7 +252,7 @@ def clinical_metrics(y, prob, pred) -> dict[str, float]:
     probabilities' own top label, not ``pred``), ``sum_b n_b/N |acc_b - conf_b|``; ``log_loss``
     (sklearn's, ``labels=[0, 1, 2]``). Undefined values (0/0, a class absent) are NaN.
     """
-    y, prob, pred = np.asarray(y, np.int64), np.asarray(prob, np.float64), np.asarray(pred, np.int64)
+    y, prob, pred = _arrays(y, prob, pred)
     labels = list(range(len(CLASSES)))
     cm = skm.confusion_matrix(y, pred, labels=labels)
     out = {"accuracy": float(skm.accuracy_score(y, pred))}
@@ -278,6 +293,12 @@ def _weighted_auroc(positive, score, w):
     return _ratio(num, wp.sum(1) * wn.sum(1))
 
 
+def ovr_aurocs_batched(y, prob, w) -> np.ndarray:
+    """``(B, K)`` one-vs-rest AUROCs (class k scored by p_k) under each row of photo weights
+    ``w``; their row mean is sklearn's ovr macro AUROC."""
+    return np.stack([_weighted_auroc(y == c, prob[:, c], w) for c in range(prob.shape[1])], 1)
+
+
 def _ece_weighted(y, prob, w):
     conf, bins = _top_label(prob)
     correct = (prob.argmax(-1) == y).astype(np.float64)
@@ -290,7 +311,7 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
     """:func:`clinical_metrics` for each row of photo weights ``w`` ``(B, N)`` at once (a
     bootstrap resample is a weight row: photo i drawn ``w[b, i]`` times). Tested equal to
     sklearn on the repeated photos."""
-    y, prob, pred = np.asarray(y, np.int64), np.asarray(prob, np.float64), np.asarray(pred, np.int64)
+    y, prob, pred = _arrays(y, prob, pred)
     k = len(CLASSES)
     w = np.asarray(w, np.float64)
     n = w.sum(1)
@@ -302,7 +323,7 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)
         out["balanced_accuracy"] = np.nanmean(recall, 1)
     out.update(_rates_from_cm(cm))
-    ovr = np.stack([_weighted_auroc(y == c, prob[:, c], w) for c in range(k)], 1)
+    ovr = ovr_aurocs_batched(y, prob, w)
     out["auroc_macro"] = ovr.mean(1)  # NaN as soon as one class is absent, as sklearn raises
     out["auroc_any_disease"] = _weighted_auroc(y != 0, prob[:, 1] + prob[:, 2], w)
     out["auroc_ra"] = ovr[:, 2]
@@ -386,11 +407,17 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     Returns ``{name: {"value": x, "ci95": [lo, hi], "n_finite": k}}`` (the key is ``ci<level>``
     for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none.
     """
-    y, prob, pred = np.asarray(y, np.int64), np.asarray(prob, np.float64), np.asarray(pred, np.int64)
+    y, prob, pred = _arrays(y, prob, pred)
     value = metric_fn(y, prob, pred)
     w = subject_bootstrap_weights(subjects, n_boot, seed)
     batched = getattr(metric_fn, "batched", None)
-    samples = batched(y, prob, pred, w) if batched else _resample_loop(metric_fn, y, prob, pred, w)
+    if batched is None:
+        samples = _resample_loop(metric_fn, y, prob, pred, w)
+    else:  # chunks of ~2M weights bound the (resamples, photos) intermediates on large N
+        rows = max(1, _BOOT_CHUNK // max(len(y), 1))
+        parts = [batched(y, prob, pred, w[i:i + rows]) for i in range(0, n_boot, rows)]
+        samples = {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts])
+                   for k in parts[0]}
     return {k: _interval(v, samples[k], alpha) for k, v in value.items()}
 
 
@@ -399,7 +426,7 @@ def _interval(value, samples, alpha) -> dict:
     key = f"ci{100 * (1 - alpha):g}"
     ci = (np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)]).tolist()
           if len(finite) else [math.nan, math.nan])
-    return {"value": float(value), key: ci, "n_finite": int(len(finite))}
+    return {"value": float(value), key: ci, "n_finite": len(finite)}
 
 
 def per_fold_metrics(y, prob, pred, folds, metric_fn=clinical_metrics) -> dict[int, dict]:
@@ -425,7 +452,7 @@ def subgroup_table(y, prob, pred, subjects, groups: dict, n_boot: int = 2000,
         table[column] = {}
         for v in np.unique(values):
             m = values == v
-            row = {"n": int(m.sum()), "n_subjects": int(len(np.unique(subjects[m].astype(str))))}
+            row = {"n": int(m.sum()), "n_subjects": len(np.unique(subjects[m].astype(str)))}
             row.update(bootstrap_ci(any_disease_metrics, y[m], prob[m], pred[m], subjects[m],
                                     n_boot=n_boot, seed=seed))
             table[column][str(v)] = row

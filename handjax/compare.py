@@ -76,21 +76,22 @@ def compare_runs(pred_a: clinical.Predictions, pred_b: clinical.Predictions, rul
     y = pred_a.label
     prob_a, prob_b = pred_a.probs_for(rule), pred_b.probs_for(rule)[order]
     dec_a, dec_b = pred_a.pred[rule], pred_b.pred[rule][order]
-    ma, mb = clinical.clinical_metrics(y, prob_a, dec_a), clinical.clinical_metrics(y, prob_b, dec_b)
+    ma = clinical.clinical_metrics(y, prob_a, dec_a)
+    mb = clinical.clinical_metrics(y, prob_b, dec_b)
 
-    def difference(yy, pa, _pred):
-        return {"auroc_macro_difference": _macro(yy, pa[:, :3]) - _macro(yy, pa[:, 3:])}
+    def difference(yy, both, _):  # the resampled metric: macro AUROC of A minus B's
+        return {"auroc_macro_difference": _macro(yy, both[:, :3]) - _macro(yy, both[:, 3:])}
 
-    def difference_batched(yy, pa, _pred, w):
-        auc = [clinical._clinical_metrics_batched(yy, pa[:, s], _pred, w)["auroc_macro"]
-               for s in (slice(0, 3), slice(3, 6))]
-        return {"auroc_macro_difference": auc[0] - auc[1]}
+    def difference_batched(yy, both, _, w):
+        return {"auroc_macro_difference":
+                clinical.ovr_aurocs_batched(yy, both[:, :3], w).mean(1)
+                - clinical.ovr_aurocs_batched(yy, both[:, 3:], w).mean(1)}
 
     difference.batched = difference_batched
     both = np.concatenate([prob_a, prob_b], 1)  # one resample draws the subject for A and B
     diff = clinical.bootstrap_ci(difference, y, both, dec_a, pred_a.subject,
                                  n_boot=n_boot, seed=seed, alpha=alpha)
-    return {"n": int(len(y)), "rule": rule, "accuracy_a": ma["accuracy"],
+    return {"n": len(y), "rule": rule, "accuracy_a": ma["accuracy"],
             "accuracy_b": mb["accuracy"], "mcnemar": mcnemar(y, dec_a, dec_b),
             "auroc_macro_a": ma["auroc_macro"], "auroc_macro_b": mb["auroc_macro"], **diff}
 
@@ -111,19 +112,24 @@ def _csv_path(run: str) -> Path:
 def _format(r: dict, a: str, b: str) -> str:
     m, d = r["mcnemar"], r["auroc_macro_difference"]
     ci = next(v for k, v in d.items() if k.startswith("ci"))
-    fmt = lambda x: "nan" if not math.isfinite(x) else f"{x:.4f}"  # noqa: E731
+
+    def fmt(x):
+        return f"{x:.4f}" if math.isfinite(x) else "nan"
+
+    mcnemar_line = (f"McNemar       right only in A: {m['a_only_correct']}, right only in B: "
+                    f"{m['b_only_correct']}, exact two-sided p = {m['p_value']:.4g}")
+    auroc_line = (f"AUROC macro   A {fmt(r['auroc_macro_a'])}   B {fmt(r['auroc_macro_b'])}   "
+                  f"A - B {fmt(d['value'])}  95% CI [{fmt(ci[0])}, {fmt(ci[1])}] "
+                  f"(subject bootstrap, {d['n_finite']} finite resamples)")
     return "\n".join([
         f"A = {a}\nB = {b}\nrule {r['rule']}, {r['n']} photos (pooled out-of-fold)",
         f"accuracy      A {fmt(r['accuracy_a'])}   B {fmt(r['accuracy_b'])}",
-        f"McNemar       right only in A: {m['a_only_correct']}, right only in B: "
-        f"{m['b_only_correct']}, exact two-sided p = {m['p_value']:.4g}",
-        f"AUROC macro   A {fmt(r['auroc_macro_a'])}   B {fmt(r['auroc_macro_b'])}   "
-        f"A - B {fmt(d['value'])}  95% CI [{fmt(ci[0])}, {fmt(ci[1])}] "
-        f"(subject bootstrap, {d['n_finite']} finite resamples)"])
+        mcnemar_line, auroc_line])
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handjax.compare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m handjax.compare",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("run_a", help="run workdir (or its predictions.csv)")
     ap.add_argument("run_b")
     ap.add_argument("--rule", default="cnn", choices=clinical.RULES + (clinical.MEC_RULE,))

@@ -75,6 +75,17 @@ def test_read_predictions_rejects_malformed_files(tmp_path, old, new, column):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_empty_files_and_ragged_columns_are_refused(tmp_path):
+    path = clinical.write_predictions(tmp_path / "predictions.csv", _predictions())
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(clinical.PredictionsError, match="no rows"):
+        clinical.read_predictions(path)
+    p = _predictions()
+    p.pred["svm"] = p.pred["svm"][:-1]
+    with pytest.raises(clinical.PredictionsError, match="pred_svm has 59 rows"):
+        clinical.write_predictions(tmp_path / "bad.csv", p)
+
+
 def test_read_predictions_rejects_probabilities_not_summing_to_one(tmp_path):
     path = tmp_path / "predictions.csv"
     clinical.write_predictions(path, _predictions())
@@ -130,7 +141,8 @@ def _ece_reference(y, prob, n_bins=10):
     total = 0.0
     for j in range(n_bins):
         lo, hi = j / n_bins, (j + 1) / n_bins
-        members = [i for i in range(len(y)) if (lo < prob[i].max() <= hi) or (j == 0 and prob[i].max() == 0)]
+        members = [i for i in range(len(y))
+                   if lo < prob[i].max() <= hi or (j == 0 and prob[i].max() == 0)]
         if members:
             acc = np.mean([prob[i].argmax() == y[i] for i in members])
             conf = np.mean([prob[i].max() for i in members])
@@ -200,7 +212,7 @@ def test_subject_bootstrap_weights_draw_whole_subjects():
     np.testing.assert_array_equal(w, clinical.subject_bootstrap_weights(subjects, 500, seed=0))
 
 
-def test_bootstrap_ci_batched_equals_the_loop_and_counts_finite_resamples():
+def test_bootstrap_ci_batched_equals_the_loop_and_counts_finite_resamples(monkeypatch):
     y, prob, pred, subjects = _data(30, seed=6)
     y[y == 2] = 1
     y[:2] = 2  # ra only in subject 0: absent from ~(1 - 1/15)^15 = 36% of resamples
@@ -211,6 +223,9 @@ def test_bootstrap_ci_batched_equals_the_loop_and_counts_finite_resamples():
     for name in fast:
         assert fast[name]["n_finite"] == slow[name]["n_finite"], name
         np.testing.assert_allclose(fast[name]["ci95"], slow[name]["ci95"], atol=1e-12)
+    monkeypatch.setattr(clinical, "_BOOT_CHUNK", 7 * 30)  # chunks of 7 resamples: same result
+    assert clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, subjects,
+                                 n_boot=25, seed=3) == fast
     assert fast["accuracy"]["n_finite"] == 25
     assert 8 <= fast["auroc_ra"]["n_finite"] < 25
     lo, hi = fast["accuracy"]["ci95"]
@@ -314,7 +329,7 @@ def test_reliability_curve_and_ece_agree():
     assert curve["accuracy"][j] == pytest.approx(np.mean(prob[members].argmax(1) == y[members]))
 
 
-# ---------------------------------------------------------------------------------- operating points
+# ------------------------------------------------------------------------- operating points
 
 
 def test_choose_threshold_hand_computed_cases_with_ties():
@@ -386,7 +401,7 @@ def test_metrics_from_predictions_equal_direct_sklearn_calls(tmp_path):
 
 
 def test_plots_write_png_files(tmp_path):
-    y, prob, pred, _ = _data(seed=11, signal=1.0)
+    y, prob, _, _ = _data(seed=11, signal=1.0)
     ops = {"any_disease": {"sens>=0.9": clinical.operating_point(1 - prob[:, 0], y > 0, 0.5)},
            "ra": {"spec>=0.9": clinical.operating_point(prob[:, 2], y == 2, 0.6)}}
     roc = plots_clinical.plot_roc(tmp_path / "roc.png", y, prob, ops)

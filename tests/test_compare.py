@@ -28,7 +28,8 @@ def test_mcnemar_against_a_hand_count_and_exact_binomial():
     b = np.array([0, 0, 0, 1, 1, 2, 0, 1, 0, 1])  # right on 0, 4, 5, 6, 7
     m = compare.mcnemar(y, a, b)
     # A only: 1, 2, 3 (3 photos); B only: 7 (1); both right: 0, 4, 5, 6; both wrong: 8, 9
-    assert (m["a_only_correct"], m["b_only_correct"], m["both_correct"], m["both_wrong"]) == (3, 1, 4, 2)
+    counts = (m["a_only_correct"], m["b_only_correct"], m["both_correct"], m["both_wrong"])
+    assert counts == (3, 1, 4, 2)
     # exact two-sided: 2 * P(X <= 1), X ~ Bin(4, 1/2) = 2 * (1 + 4) / 16
     assert m["p_value"] == pytest.approx(2 * (math.comb(4, 0) + math.comb(4, 1)) / 2 ** 4)
     assert compare.mcnemar(y, a, a)["p_value"] == 1.0
@@ -51,7 +52,7 @@ def test_paired_bootstrap_uses_the_same_subjects_for_both_runs():
                             pred={"cnn": b.pred["cnn"][shuffled]})
     r = compare.compare_runs(a, b, n_boot=30, seed=4)
     unshuffled = _run(2, noise=2.0)
-    macro = lambda y, p: skm.roc_auc_score(y, p, multi_class="ovr")  # noqa: E731
+    macro = lambda y, p: skm.roc_auc_score(y, p, multi_class="ovr")
     assert r["auroc_macro_a"] == pytest.approx(macro(a.label, a.probs["cnn"]))
     assert r["auroc_macro_b"] == pytest.approx(macro(a.label, unshuffled.probs["cnn"]))
     # the same 30 subject resamples, scored with sklearn on the repeated photos of both runs
@@ -69,7 +70,8 @@ def test_paired_bootstrap_uses_the_same_subjects_for_both_runs():
 
 def test_runs_on_different_photos_or_folds_are_refused(tmp_path):
     a = _run(1)
-    other_files = dataclasses.replace(a, file=np.array([f"q{i}.jpg" for i in range(60)], dtype=object))
+    other_files = dataclasses.replace(
+        a, file=np.array([f"q{i}.jpg" for i in range(60)], dtype=object))
     with pytest.raises(clinical.PredictionsError, match="different photos"):
         compare.compare_runs(a, other_files)
     other_folds = dataclasses.replace(a, fold=(a.fold + 1) % 5)
