@@ -94,6 +94,10 @@ def write_predictions(path, preds: Predictions) -> Path:
     for name, values in columns.items():
         if len(values) != n:
             raise PredictionsError(f"{path}: column {name} has {len(values)} rows, file has {n}")
+    lacking = [r for r in rules if ("cnn" if r == MEC_RULE else r) not in preds.probs]
+    if lacking:
+        raise PredictionsError(f"{path}: decisions pred_{lacking[0]} come without the "
+                               "probabilities behind them (probs['cnn'] for cnn_mec)")
     probs = {r: _normalised(np.asarray(p, np.float64), f"probs[{r!r}]", path)
              for r, p in preds.probs.items()}
     extra_cols = list(preds.extra)
@@ -118,7 +122,7 @@ def _normalised(p: np.ndarray, column: str, path) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise PredictionsError(
-            f"{path}: column {column}: row {i + 1} probabilities sum to {s[i]:.6g} (or are "
+            f"{path}: column {column}: data row {i + 1} probabilities sum to {s[i]:.6g} (or are "
             f"negative / not finite); each row must sum to 1 within {PROB_TOLERANCE}")
     return p / s[:, None]
 
@@ -135,7 +139,7 @@ def _class_ids(values, column: str, path) -> np.ndarray:
 def _float_column(rows, column: str, path) -> np.ndarray:
     try:
         return np.array([float(r[column]) for r in rows], np.float64)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # TypeError: a short row's missing cell
         raise PredictionsError(f"{path}: column {column}: not a number ({e})") from None
 
 
@@ -162,9 +166,13 @@ def read_predictions(path) -> Predictions:
         raise PredictionsError(f"{path}: missing column {missing[0]} (header: {', '.join(header)})")
     if not rows:
         raise PredictionsError(f"{path}: no rows (a run writes one row per photo)")
+    ragged = [i for i, r in enumerate(rows) if None in r or None in r.values()]
+    if ragged:  # DictReader: None keys hold surplus cells, None values stand for missing ones
+        raise PredictionsError(f"{path}: data row {ragged[0] + 1} has a different number of "
+                               f"cells than the header's {len(header)} columns")
     try:
         fold = np.array([int(r["fold"]) for r in rows], np.int64)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise PredictionsError(f"{path}: column fold: not an integer ({e})") from None
     probs = {}
     for r in rules:

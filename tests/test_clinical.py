@@ -84,6 +84,15 @@ def test_empty_files_and_ragged_columns_are_refused(tmp_path):
     p.pred["svm"] = p.pred["svm"][:-1]
     with pytest.raises(clinical.PredictionsError, match="pred_svm has 59 rows"):
         clinical.write_predictions(tmp_path / "bad.csv", p)
+    p = _predictions()
+    del p.probs["svm"]
+    with pytest.raises(clinical.PredictionsError, match="pred_svm come without"):
+        clinical.write_predictions(tmp_path / "bad.csv", p)
+    path = clinical.write_predictions(tmp_path / "short.csv", _predictions())
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 9)[0]] + lines[3:]) + "\n")
+    with pytest.raises(clinical.PredictionsError, match="short.csv: data row 2 has a different"):
+        clinical.read_predictions(path)
 
 
 def test_read_predictions_rejects_probabilities_not_summing_to_one(tmp_path):
@@ -93,7 +102,7 @@ def test_read_predictions_rejects_probabilities_not_summing_to_one(tmp_path):
     cells = lines[3].split(",")
     cells[4] = str(float(cells[4]) + 0.01)  # p_cnn_normal of row 3
     path.write_text("\n".join(lines[:3] + [",".join(cells)] + lines[4:]) + "\n")
-    with pytest.raises(clinical.PredictionsError, match=r"p_cnn_\*.*row 3") as e:
+    with pytest.raises(clinical.PredictionsError, match=r"p_cnn_\*.*data row 3") as e:
         clinical.read_predictions(path)
     assert str(path) in str(e.value)
     cells[4] = str(float(cells[4]) - 0.0105)  # within 1e-3: accepted and renormalised
