@@ -69,6 +69,67 @@ def severity(logits, labels, *, cost=None, ce_weight=1.0, class_weights=None):
     return loss
 
 
+# ---- ordinal losses (CORN, CORAL) -----------------------------------------------------
+# Ordinal heads emit K-1 logits, one binary task "y > k" per threshold k = 0..K-2 (classes
+# in severity order). Heads, class probabilities and decisions: handjax/ordinal.py.
+
+def _threshold_bce(logits, labels):
+    """``(bce, targets)``, each ``(..., K-1)``: BCE of task ``k`` against ``1[y > k]``."""
+    tasks = jnp.arange(logits.shape[-1])
+    targets = (labels[..., None] > tasks).astype(logits.dtype)
+    return optax.losses.sigmoid_binary_cross_entropy(logits, targets), tasks
+
+
+def coral_loss(logits, labels):
+    """CORAL (Cao, Mirjalili & Raschka 2020): ``sum_k BCE(z_k, 1[y > k])`` per example.
+
+    ``logits`` ``(..., K-1)`` from :class:`handjax.ordinal.CoralLayer`; every example
+    takes part in every task. coral-pytorch averages this over the batch, which is what
+    the trainer's masked mean does.
+    """
+    bce, _ = _threshold_bce(logits, labels)
+    return bce.sum(-1)
+
+
+def _corn_terms(logits, labels):
+    """``(bce masked to the conditional subsets, subset indicator)``, each ``(..., K-1)``.
+
+    Task ``k`` trains only on examples with ``y >= k`` (CORN's conditional subset), so
+    its logit estimates ``P(y > k | y >= k)``.
+    """
+    bce, tasks = _threshold_bce(logits, labels)
+    member = (labels[..., None] >= tasks).astype(logits.dtype)
+    return bce * member, member
+
+
+def corn_loss(logits, labels):
+    """CORN (Shi, Cao & Raschka 2021, arXiv 2111.08851), per example.
+
+    ``sum_{k <= min(y, K-2)} BCE(z_k, 1[y > k])``: the sum over the tasks whose
+    conditional subset the example belongs to. Its masked mean over the batch (the
+    trainer's reduction) is the mean of the per-example sums: every example weighs the
+    same whatever the batch's label mix, and a higher grade (more tasks) weighs more.
+    :func:`corn_loss_batch` is the paper's / coral-pytorch's normalisation instead.
+    """
+    terms, _ = _corn_terms(logits, labels)
+    return terms.sum(-1)
+
+
+def corn_loss_batch(logits, labels, mask=None):
+    """CORN normalised as in the paper and coral-pytorch's ``corn_loss``: a scalar.
+
+    ``sum over tasks of the task's summed BCE / the number of (example, task) pairs``,
+    counting only examples with ``mask`` 1 (``None``: all); a masked example adds nothing
+    to either sum. It equals ``corn_loss``'s masked mean times ``n / n_pairs``, a factor
+    in ``[1/(K-1), 1]`` that changes with each batch's label mix.
+    """
+    terms, member = _corn_terms(logits, labels)
+    if mask is not None:
+        keep = jnp.asarray(mask, logits.dtype)[..., None] > 0
+        terms, member = jnp.where(keep, terms, 0.0), jnp.where(keep, member, 0.0)
+    return terms.sum() / jnp.maximum(member.sum(), 1.0)
+
+
 _LOSSES = {"categorical": categorical, "binary": binary, "severity": severity}
 
 
