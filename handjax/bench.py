@@ -255,7 +255,7 @@ def warm_up(spec) -> float:
     from handjax import features
     from handjax.models import classifier
     t = time.perf_counter()
-    examples = features.protocol_data(spec.data, spec.seed, spec.n_folds)[0]
+    examples = features.protocol_data(spec.data, spec.seed, spec.n_folds).examples
     classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
                            len(examples.class_names))
     importlib.import_module("handjax.checkpoint")  # imports orbax

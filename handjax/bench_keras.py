@@ -36,7 +36,9 @@ def import_keras():
 def keras_data(fast):
     """Labels [N], folds and views [V, N, H, W, 3] uint8: exactly the arrays handjax uses."""
     from handjax import features
-    examples, _, folds, views = features.protocol_data(fast.data, fast.seed, fast.n_folds)
+    pd = features.protocol_data(fast.data, fast.seed, fast.n_folds, fast.train.inner_val)
+    examples, views = pd.examples, pd.views
+    folds = [(np.setdiff1d(tr, inner), te) for (tr, te), inner in zip(pd.folds, pd.inner)]
     return np.asarray(examples.labels), len(examples.class_names), folds, views
 
 

@@ -29,6 +29,8 @@ import numpy as np
 from scipy import optimize
 from sklearn import metrics as skm
 
+from handjax.errors import HandjaxError
+
 CLASSES = ("normal", "heberden", "ra")  # == handjax.data.CLASSES (kept here: no tfds import)
 RULES = ("cnn", "cnn_calibrated", "svm")  # decision rules that carry probabilities
 MEC_RULE = "cnn_mec"  # minimum-expected-cost decisions on the cnn probabilities
@@ -38,7 +40,7 @@ ECE_BINS = 10
 _BOOT_CHUNK = 2 ** 21  # photo weights per batched bootstrap chunk (16 MiB of float64)
 
 
-class PredictionsError(ValueError):
+class PredictionsError(HandjaxError, ValueError):
     """A predictions.csv (or a pair of them) that cannot be read or compared."""
 
 
@@ -279,7 +281,9 @@ def clinical_metrics(y, prob, pred) -> dict[str, float]:
     onehot = np.eye(len(CLASSES))[y]
     out["brier"] = float(np.mean(((prob - onehot) ** 2).sum(-1)))
     out["ece"] = float(_ece_weighted(y, prob, np.ones((1, len(y))))[0])
-    out["log_loss"] = float(skm.log_loss(y, prob, labels=labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float32 rows sum to 1 within 1e-7, not sklearn's 1e-8
+        out["log_loss"] = float(skm.log_loss(y, prob, labels=labels))
     return out
 
 

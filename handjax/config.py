@@ -20,8 +20,10 @@ import ml_collections
 from handjax.errors import ConfigError
 
 # The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
+# "corn" / "coral" are ordinal heads (handjax.ordinal), beyond the study.
 LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
-          "custom": ("severity", 0.0), "severity": ("severity", 1.0)}
+          "custom": ("severity", 0.0), "severity": ("severity", 1.0),
+          "corn": ("corn", 0.0), "coral": ("coral", 0.0)}
 MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
 STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
 STUDY_LOSSES = "categorical,binary,custom"
@@ -46,6 +48,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.data.image_size = 224
     c.data.dedup = True         # near-duplicate photos share a fold (no train/test leak)
     c.data.views = 4            # precomputed views per image: the photo + 3 augmented draws
+    c.data.metadata = ""        # optional CSV: file (relative to data.root), subject, columns
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vgg19"
@@ -69,6 +72,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.cache_dtype = "float32"   # or "bfloat16" to halve the cache
     c.train.checkpoint_secs = 60.0   # save at an epoch end once this long after the last save
     c.train.shard_folds = True  # split the fold axis over devices when there are several
+    # Inner validation split of each training fold (stratified, subject-aware): fits the
+    # CNN's temperature and the operating points, never touching the test fold. Ours; 0 keeps
+    # the study's protocol exactly (the whole training fold trains; no calibration).
+    c.train.inner_val = 0.2
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.bootstrap = 2000       # subject-level bootstrap resamples for every 95% CI
+    c.eval.sensitivity = 0.90     # operating points: sensitivity >= this on the inner split
+    c.eval.specificity = 0.90     # ... and specificity >= this
 
     c.svm = ml_collections.ConfigDict(dict(kernel="rbf", C=1.0, class_weight="balanced"))
 
@@ -133,6 +145,7 @@ class DataSpec:
     image_size: int
     dedup: bool
     views: int
+    metadata: str = ""              # CSV path, "" -> each photo its own subject
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +178,7 @@ class TrainSpec:
     cache_dtype: str
     checkpoint_secs: float
     shard_folds: bool
+    inner_val: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +186,13 @@ class SvmSpec:
     kernel: str
     C: float
     class_weight: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    bootstrap: int = 2000
+    sensitivity: float = 0.90
+    specificity: float = 0.90
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +208,7 @@ class RunSpec:
     train: TrainSpec
     svm: SvmSpec
     config_json: str
+    eval: EvalSpec = EvalSpec()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +256,7 @@ def parse_run(config) -> RunSpec:
     return RunSpec(name=str(config.name), seed=int(config.seed),
                    n_folds=int(config.n_folds), data=_data(config), model=_model(config),
                    loss=_loss(config), train=_train(config), svm=_svm(config),
-                   config_json=config_json(config))
+                   config_json=config_json(config), eval=_eval(config))
 
 
 def _data(c) -> DataSpec:
@@ -248,7 +270,7 @@ def _data(c) -> DataSpec:
         raise ConfigError("config.data.class_map is set but config.data.root is empty: the "
                           "synthetic hands have fixed classes; set data.root to your folder")
     return DataSpec(str(d.root), class_map, d.on_error, int(d.n_per_class),
-                    int(d.image_size), bool(d.dedup), int(d.views))
+                    int(d.image_size), bool(d.dedup), int(d.views), str(d.get("metadata", "")))
 
 
 def parse_class_map(text: str) -> tuple:
@@ -273,7 +295,7 @@ def _model(c) -> ModelSpec:
 
 
 def _loss(c) -> LossSpec:
-    known = ("categorical", "binary", "severity")
+    known = ("categorical", "binary", "severity", "corn", "coral")
     _check_choice(c, "loss.name", known)
     _check_float(c, "loss.ce_weight", lo=0.0)
     return LossSpec(c.loss.name, float(c.loss.ce_weight), str(c.loss.get("label", c.loss.name)))
@@ -293,9 +315,22 @@ def _train(c) -> TrainSpec:
     _check_choice(c, "train.fold_map", ("auto", "vmap", "map", "loop"))
     _check_choice(c, "train.cache_dtype", DTYPES)
     _check_float(c, "train.checkpoint_secs", lo=0.0)
+    if "inner_val" in t:
+        _check_float(c, "train.inner_val", lo=0.0, hi=0.5)
     return TrainSpec(int(t.batch_size), int(t.epochs1), float(t.lr1), int(t.epochs2),
                      float(t.lr2), t.mode, t.fold_map, t.cache_dtype,
-                     float(t.checkpoint_secs), bool(t.shard_folds))
+                     float(t.checkpoint_secs), bool(t.shard_folds),
+                     float(t.get("inner_val", 0.0)))
+
+
+def _eval(c) -> EvalSpec:
+    if "eval" not in c:         # config.json of runs from before the clinical metrics
+        return EvalSpec()
+    _check_int(c, "eval.bootstrap", lo=0, hi=1_000_000)
+    for key in ("eval.sensitivity", "eval.specificity"):
+        _check_float(c, key, lo=0.0, hi=1.0, lo_open=True)
+    e = c.eval
+    return EvalSpec(int(e.bootstrap), float(e.sensitivity), float(e.specificity))
 
 
 def _svm(c) -> SvmSpec:

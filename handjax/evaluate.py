@@ -1,9 +1,22 @@
-"""Scoring the trained folds: the decision rules (CNN argmax, minimum expected cost, the
-SVM probe on pooled features) and their per-fold metrics.
+"""Scoring the trained folds: out-of-fold predictions for every decision rule, the study's
+per-fold metrics, and the clinical figures with subject-level bootstrap CIs.
 
-The study's SVM columns: per fold, the pooled features of that fold's fine-tuned backbone
-(the head's input) go through ``Pipeline([StandardScaler(), SVC(...)])`` fitted on the fold's
-training split and scored on its test split.
+Decision rules, each photo scored by the one fold model that never saw it:
+
+- ``cnn``: the network's decision (argmax; for ordinal heads the count of P(y > k) > 0.5);
+- ``cnn_calibrated``: the CNN's probabilities with one temperature per fold, fitted on that
+  fold's inner validation split (``train.inner_val``), never on its test photos; with
+  ``inner_val=0`` the temperature is 1 and the columns equal ``cnn``;
+- ``cnn_mec``: the minimum-expected-cost decision on the calibrated probabilities;
+- ``svm``: the study's SVM columns: per fold, the pooled features of that fold's fine-tuned
+  backbone (the head's input) go through ``Pipeline([StandardScaler(), SVC(...)])`` fitted on
+  the fold's training split. Its probabilities are SVC's own Platt scaling
+  (``probability=True``: 5-fold cross-validation inside the training split only); its
+  decisions stay SVC's ``predict`` (so they may differ from the argmax of its probabilities).
+
+Operating points ("any disease": score p(heberden) + p(ra); "ra": score p(ra)) are chosen per
+fold on the inner split's calibrated probabilities, for sensitivity >= ``eval.sensitivity``
+and for specificity >= ``eval.specificity``, then frozen and applied to the test fold.
 """
 from __future__ import annotations
 
@@ -16,6 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from handjax import clinical, ordinal
 from handjax import folds as fold_program
 from handjax import losses, metrics
 from handjax.features import Prepared
@@ -27,9 +41,10 @@ METRIC_KEYS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
 
 # --------------------------------------------------------------------------- SVM probe
 def make_svm(*, kernel: str = "rbf", C: float = 1.0, class_weight=None,
-             seed: int = 0) -> Pipeline:
+             seed: int = 0, probability: bool = False) -> Pipeline:
     """StandardScaler + SVC, the features standardised on the training split only."""
-    svc = SVC(kernel=kernel, C=C, class_weight=class_weight or None, random_state=seed)
+    svc = SVC(kernel=kernel, C=C, class_weight=class_weight or None, random_state=seed,
+              probability=probability)
     return Pipeline([("scale", StandardScaler()), ("svc", svc)])
 
 
@@ -49,9 +64,23 @@ def svm_fold_predictions(pooled, labels, folds, **svm_kwargs) -> list[np.ndarray
 
 
 # --------------------------------------------------------------------------- CNN outputs
+def svm_fold_probabilities(pooled, labels, folds, **svm_kwargs):
+    """Per fold: (test decisions, test probabilities) of an SVM fitted on the training split."""
+    out = []
+    for k, (tr, te) in enumerate(folds):
+        model = make_svm(probability=True, **svm_kwargs)
+        model.fit(np.asarray(pooled[k][tr], np.float64), np.asarray(labels)[tr])
+        x = np.asarray(pooled[k][te], np.float64)
+        out.append((model.predict(x).astype(np.int32), model.predict_proba(x)))
+    return out
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def probabilities(loss_name: str, logits):
-    """Class probabilities from logits: softmax, or normalised sigmoids for binary CE."""
+    """Class probabilities from logits: softmax, normalised sigmoids for binary CE, and the
+    chained (CORN) or cumulative (CORAL) conditionals of the ordinal heads."""
+    if loss_name in ordinal.ORDINAL:
+        return ordinal.ORDINAL[loss_name].probabilities(logits)
     if loss_name == "binary":
         p = jax.nn.sigmoid(logits)
         return p / jnp.sum(p, axis=-1, keepdims=True)
@@ -70,6 +99,9 @@ def fold_outputs(states, prep: Prepared, fmap: str):
     return np.asarray(logits), np.asarray(pooled)
 
 
+decide = ordinal.decide
+
+
 # --------------------------------------------------------------------------- metrics
 _fold_metrics = jax.jit(jax.vmap(metrics.all_metrics))  # one compilation, not one per op
 
@@ -85,25 +117,146 @@ def decision_summary(cms: np.ndarray) -> dict:
             "confusion_sum": np.asarray(cms).sum(0).astype(int).tolist()}
 
 
-def evaluate(outputs, prep: Prepared, *, loss_name: str, svm, seed: int) -> dict:
-    """CNN argmax, CNN minimum-expected-cost and SVM decisions, scored per fold.
+def calibrate(probs: np.ndarray, labels: np.ndarray, inner: np.ndarray) -> tuple[float, np.ndarray]:
+    """One fold's temperature, fitted on its inner-split photos ``inner`` only, and its
+    calibrated probabilities for every photo. ``log p`` serves as logits, so softmax, sigmoid
+    and ordinal heads calibrate alike; no inner split -> temperature 1."""
+    if len(inner) == 0:
+        return 1.0, probs
+    z = np.log(np.clip(probs, 1e-12, 1.0))
+    t = clinical.fit_temperature(z[inner], labels[inner])
+    return t, clinical.apply_temperature(z, t)
 
-    ``outputs``: :func:`fold_outputs` (logits, pooled); ``svm``: an SvmSpec."""
+
+TASKS = {"any_disease": lambda p: p[:, 1] + p[:, 2], "ra": lambda p: p[:, 2]}
+TASK_POSITIVE = {"any_disease": lambda y: y != 0, "ra": lambda y: y == 2}
+
+
+def fold_thresholds(probs: np.ndarray, labels: np.ndarray, inner: np.ndarray,
+                    targets: dict) -> dict:
+    """``{task: {kind: threshold}}`` chosen on the inner-split photos ``inner`` only (NaN
+    when the inner split lacks positives or negatives)."""
+    out = {}
+    for task, score in TASKS.items():
+        s, pos = score(probs[inner]), TASK_POSITIVE[task](labels[inner])
+        out[task] = {}
+        for kind, target in targets.items():
+            ok = len(inner) and pos.any() and not pos.all()
+            out[task][kind] = (clinical.choose_threshold(s, pos, target=target, kind=kind)
+                               if ok else float("nan"))
+    return out
+
+
+def out_of_fold(outputs, prep: Prepared, *, loss_name: str, svm, seed: int,
+                targets: dict) -> tuple[clinical.Predictions, dict]:
+    """Every photo's prediction by the fold model that held it out, for every rule, plus
+    the per-fold temperatures and frozen thresholds. ``targets``:
+    ``{"sensitivity": 0.9, "specificity": 0.9}``."""
     logits, pooled = outputs
-    labels = prep.examples.labels
-    probs = np.asarray(probabilities(loss_name, jnp.asarray(logits)))
+    labels = np.asarray(prep.examples.labels)
+    n = len(labels)
+    probs_all = np.asarray(probabilities(loss_name, jnp.asarray(logits)), np.float64)
+    fold_of = np.full(n, -1)
+    probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
+    pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
     cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
-    mec = np.asarray(jax.vmap(lambda p: metrics.min_expected_cost(p, cost))(jnp.asarray(probs)))
-    svm_pred = svm_fold_predictions(pooled, labels, prep.folds, kernel=svm.kernel, C=svm.C,
-                                    class_weight=svm.class_weight, seed=seed)
-    c = len(prep.examples.class_names)
-
-    def cm(y, p):
-        return np.asarray(metrics.confusion_matrix(jnp.asarray(y), jnp.asarray(p), c))
-
-    cms = {"cnn": [], "cnn_mec": [], "svm": []}
+    svm_out = svm_fold_probabilities(pooled, labels, prep.folds, kernel=svm.kernel, C=svm.C,
+                                     class_weight=svm.class_weight, seed=seed)
+    temps, thresholds = [], []
     for k, (_, te) in enumerate(prep.folds):
-        cms["cnn"].append(cm(labels[te], logits[k, te].argmax(-1)))
-        cms["cnn_mec"].append(cm(labels[te], mec[k, te]))
-        cms["svm"].append(cm(labels[te], svm_pred[k]))
-    return {name: decision_summary(np.stack(v)) for name, v in cms.items()}
+        fold_of[te] = k
+        t, cal = calibrate(probs_all[k], labels, prep.inner[k])
+        temps.append(t)
+        thresholds.append(fold_thresholds(cal, labels, prep.inner[k], targets))
+        probs["cnn"][te], probs["cnn_calibrated"][te] = probs_all[k, te], cal[te]
+        pred["cnn"][te] = np.asarray(decide(loss_name, jnp.asarray(logits[k, te])))
+        pred["cnn_calibrated"][te] = cal[te].argmax(-1)
+        pred["cnn_mec"][te] = np.asarray(metrics.min_expected_cost(
+            jnp.asarray(cal[te], jnp.float32), cost))
+        pred["svm"][te], probs["svm"][te] = svm_out[k]
+    probs = {r: p / p.sum(-1, keepdims=True) for r, p in probs.items()}  # exact in float64
+    preds = clinical.Predictions(file=np.asarray(prep.examples.ids, str),
+                                 subject=np.asarray(prep.subjects, str), fold=fold_of,
+                                 label=labels, probs=probs, pred=pred,
+                                 extra=dict(prep.metadata),
+                                 class_names=tuple(prep.examples.class_names))
+    return preds, {"temperatures": temps, "thresholds": thresholds}
+
+
+def decisions_per_fold(preds: clinical.Predictions, n_classes: int) -> dict:
+    """The study's per-fold metrics of the cnn, cnn_mec and svm decisions (out of fold)."""
+    out = {}
+    for name in DECISIONS:
+        cms = [np.asarray(metrics.confusion_matrix(
+            jnp.asarray(preds.label[preds.fold == k]),
+            jnp.asarray(preds.pred[name][preds.fold == k]), n_classes))
+            for k in range(int(preds.fold.max()) + 1)]
+        out[name] = decision_summary(np.stack(cms))
+    return out
+
+
+def operating_points(preds: clinical.Predictions, thresholds: list, targets: dict,
+                     n_boot: int, seed: int) -> dict:
+    """Sensitivity and specificity reached on the test folds by each fold's frozen threshold
+    (chosen on its inner split), pooled out of fold, with subject-bootstrap CIs."""
+    p = preds.probs["cnn_calibrated"]
+    out = {}
+    for task, score in TASKS.items():
+        out[task] = {}
+        for kind, target in targets.items():
+            thr = np.array([thresholds[k][task][kind] for k in preds.fold], np.float64)
+            entry = {"target": f"{kind} >= {target}",
+                     "thresholds": [thresholds[k][task][kind] for k in range(len(thresholds))]}
+            if np.isfinite(thr).all():
+                pair = np.stack([score(p), thr], 1)
+                entry.update(clinical.bootstrap_ci(
+                    _point_metric(task), preds.label, pair, preds.label, preds.subject,
+                    n_boot=n_boot, seed=seed))
+            out[task][kind] = entry
+    return out
+
+
+def _point_metric(task: str):
+    def fn(y, pair, _):
+        return {k: v for k, v in clinical.operating_point(
+            pair[:, 0], TASK_POSITIVE[task](y), pair[:, 1]).items() if k != "threshold"}
+    return fn
+
+
+def evaluate(outputs, prep: Prepared, *, loss_name: str, svm, seed: int,
+             targets: dict | None = None) -> tuple[dict, clinical.Predictions, dict]:
+    """Out-of-fold predictions (:func:`out_of_fold`) and the study's per-fold metrics of the
+    cnn, cnn_mec and svm decisions. Returns ``(decisions, predictions, calibration)``."""
+    targets = targets or {"sensitivity": 0.9, "specificity": 0.9}
+    preds, calib = out_of_fold(outputs, prep, loss_name=loss_name, svm=svm, seed=seed,
+                               targets=targets)
+    return decisions_per_fold(preds, len(prep.examples.class_names)), preds, calib
+
+
+def clinical_results(csv_path, preds: clinical.Predictions, calib: dict, eval_spec,
+                     seed: int) -> dict:
+    """The clinical figures of a run, each with a subject-bootstrap 95% CI: pooled out of
+    fold per rule (recomputed from ``predictions.csv`` itself, so anyone can reproduce them
+    with sklearn), per fold, per subgroup (each metadata column), and the operating points.
+    """
+    targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
+    n_boot = eval_spec.bootstrap
+    rule = "cnn_calibrated"
+    prob, pred = preds.probs[rule], preds.pred[rule]
+    return {
+        "clinical": clinical.metrics_from_predictions(csv_path, n_boot=n_boot, seed=seed),
+        "clinical_per_fold": {r: {str(k): v for k, v in clinical.per_fold_metrics(
+            preds.label, preds.probs_for(r), preds.pred[r], preds.fold).items()}
+            for r in preds.pred},
+        "subgroups": clinical.subgroup_table(preds.label, prob, pred, preds.subject,
+                                             dict(preds.extra), n_boot=n_boot, seed=seed),
+        "operating_points": operating_points(preds, calib["thresholds"], targets, n_boot,
+                                             seed),
+        "calibration": {"temperatures": [float(t) for t in calib["temperatures"]],
+                        "fitted_on": "each fold's inner validation split"
+                        if any(t != 1.0 for t in calib["temperatures"]) else
+                        "nothing: train.inner_val=0, so cnn_calibrated equals cnn",
+                        "ece_bins": f"{clinical.ECE_BINS} equal-width bins of top-label "
+                                    "confidence"},
+        "bootstrap": {"resamples": n_boot, "unit": "subject", "seed": seed},
+    }

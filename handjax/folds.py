@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from handjax import backbones, losses
+from handjax import backbones, losses, ordinal
 from handjax.features import Prepared, even_batch
 
 
@@ -42,6 +42,7 @@ class FoldState(struct.PyTreeNode):
     mode: str = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     loss_fn: Callable = struct.field(pytree_node=False)
+    decide: Callable = struct.field(pytree_node=False, default=None)  # logits -> classes
 
 
 def param_labels(params, trainable_layers) -> Any:
@@ -59,11 +60,11 @@ def make_tx(params, lr: float, trainable_layers) -> optax.GradientTransformation
                                  param_labels(params, trainable_layers))
 
 
-def create_state(params, batch_stats, *, model, mode, tx, loss_fn) -> FoldState:
+def create_state(params, batch_stats, *, model, mode, tx, loss_fn, decide=None) -> FoldState:
     """A fresh fold state (one fold; vmap it for K)."""
     return FoldState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=tx.init(params), model=model, mode=mode, tx=tx,
-                     loss_fn=loss_fn)
+                     loss_fn=loss_fn, decide=decide)
 
 
 def train_step(state: FoldState, batch: dict, key: jax.Array):
@@ -86,7 +87,8 @@ def train_step(state: FoldState, batch: dict, key: jax.Array):
         state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+    decide = state.decide or (lambda z: jnp.argmax(z, -1))
+    correct = (decide(logits) == batch["y"]).astype(jnp.float32)
     sums = {"loss": loss * jnp.sum(mask), "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask), "finite": jnp.isfinite(loss)}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -321,7 +323,7 @@ def make_loss(spec) -> Callable:
 
 
 def initial_states(prep: Prepared, *, n_folds: int, seed: int, lr: float,
-                   loss_fn: Callable) -> FoldState:
+                   loss_fn: Callable, decide: Callable | None = None) -> FoldState:
     """K phase-1 states: shared backbone values, a differently seeded head per fold."""
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), n_folds)
 
@@ -336,7 +338,7 @@ def initial_states(prep: Prepared, *, n_folds: int, seed: int, lr: float,
     def fold_state(key, backbone_params, backbone_stats):
         return create_state({"backbone": backbone_params, "head": head(key)},
                             {"backbone": backbone_stats}, model=prep.model, mode=prep.mode1,
-                            tx=tx, loss_fn=loss_fn)
+                            tx=tx, loss_fn=loss_fn, decide=decide)
     # One compiled program (heads, the backbone values broadcast to K real copies, the
     # optimiser states) instead of one compilation per eager op.
     return jax.jit(jax.vmap(fold_state, in_axes=(0, None, None)))(
@@ -347,15 +349,18 @@ def to_phase2(states: FoldState, prep: Prepared, lr: float) -> FoldState:
     """Unfreeze the top block(s): a fresh Adam at the lower rate, as Keras's recompile does."""
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), states.params)
     tx = make_tx(one, lr, trainable_layers=prep.trainable)
-    return jax.jit(jax.vmap(lambda st: create_state(st.params, st.batch_stats, model=prep.model,
-                                                    mode="tune", tx=tx, loss_fn=st.loss_fn)))(states)
+    return jax.jit(jax.vmap(lambda st: create_state(
+        st.params, st.batch_stats, model=prep.model, mode="tune", tx=tx, loss_fn=st.loss_fn,
+        decide=st.decide)))(states)
 
 
 def states_for(phase: int, prep: Prepared, spec) -> FoldState:
     """Fresh K-fold states as they stand at the start of ``phase`` (1 or 2) for the RunSpec
     ``spec``: the structure a checkpoint of that phase restores into."""
+    decide = (functools.partial(ordinal.decide, spec.loss.name)
+              if spec.loss.name in ordinal.ORDINAL else None)
     states = initial_states(prep, n_folds=spec.n_folds, seed=spec.seed, lr=spec.train.lr1,
-                            loss_fn=make_loss(spec.loss))
+                            loss_fn=make_loss(spec.loss), decide=decide)
     return to_phase2(states, prep, spec.train.lr2) if phase == 2 else states
 
 

@@ -88,7 +88,7 @@ def _template(spec, num_classes: int):
     """The final fold states' structure (to restore into), a stub Prepared whose model takes
     raw images, and the backbone's full variables."""
     backbone, variables, top, common = classifier.model_parts(
-        spec.model, spec.data.image_size, spec.seed, num_classes)
+        spec.model, spec.data.image_size, spec.seed, num_classes, loss_name=spec.loss.name)
     params, stats = variables["params"], variables.get("batch_stats", {})
     plain = spec.train.mode == "plain"
     if not plain:

@@ -130,7 +130,8 @@ def corn_loss_batch(logits, labels, mask=None):
     return terms.sum() / jnp.maximum(member.sum(), 1.0)
 
 
-_LOSSES = {"categorical": categorical, "binary": binary, "severity": severity}
+_LOSSES = {"categorical": categorical, "binary": binary, "severity": severity,
+           "corn": corn_loss, "coral": coral_loss}
 
 
 def get(name: str, **kwargs):

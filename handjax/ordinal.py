@@ -149,3 +149,10 @@ ORDINAL = {
     "corn": Ordinal(losses.corn_loss, corn_probabilities, corn_decision, num_outputs),
     "coral": Ordinal(losses.coral_loss, coral_probabilities, coral_decision, num_outputs),
 }
+
+
+def decide(loss_name: str, logits):
+    """A network's own decision: the ordinal rule for an ordinal head, else the argmax."""
+    if loss_name in ORDINAL:
+        return ORDINAL[loss_name].decision(logits)
+    return jnp.argmax(logits, -1)

@@ -79,10 +79,15 @@ def fold_forward(model: Classifier, loss_name: str) -> Callable:
             pooled = jnp.mean(f, axis=(0, 1))[None]
             return model.apply(v, pooled, train=False, mode="pooled")[0][0]
 
+        def score(g, c):  # class c's score: its logit, or its log-probability (ordinal)
+            if model.ordinal:
+                return jnp.log(probabilities(loss_name, logits_of(g)[None])[0, c] + 1e-12)
+            return logits_of(g)[c]
+
         probs = probabilities(loss_name, jax.vmap(logits_of)(feats))
         classes = jnp.arange(model.num_classes)
         cams = jax.vmap(lambda f: jax.vmap(
-            lambda c: grad_cam(lambda g: logits_of(g)[c], f))(classes))(feats)
+            lambda c: grad_cam(lambda g: score(g, c), f))(classes))(feats)
         return probs, cams
 
     return jax.jit(forward)

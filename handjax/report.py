@@ -27,12 +27,18 @@ DECISION_PREFIX = {"cnn": "CNN", "svm": "SVM", "cnn_mec": "MEC"}
 DECISION_TITLES = {"cnn": "CNN (argmax)", "cnn_mec": "CNN, minimum expected cost",
                    "svm": "SVM probe on pooled features"}
 MODEL_NAMES = {"vgg16": "VGG16", "vgg19": "VGG19", "resnet50": "ResNet50",
-               "mobilenetv2": "MobileNetV2"}
+               "mobilenetv2": "MobileNetV2", "convnexttiny": "ConvNeXt-Tiny",
+               "efficientnetv2b0": "EfficientNetV2-B0"}
 # The study's row-group labels; other losses (e.g. "severity" = CE + expected cost,
 # which the study did not have) keep their own name as their label.
 LOSS_GROUPS = {"categorical": "categorical", "binary": "binary", "custom": "custom_loss"}
 STUDY_COLUMNS = tuple(f"{DECISION_PREFIX[d]}_{METRIC_COLUMNS[m]}"
                       for d in ("cnn", "svm", "cnn_mec") for m in METRICS)
+# Clinical columns beside the seed's, from the calibrated CNN's pooled out-of-fold figures.
+CLINICAL_COLUMNS = {"CNN_auroc_macro [95% CI]": "auroc_macro", "CNN_qwk": "qwk",
+                    "CNN_sens_ra": "sensitivity_ra", "CNN_ece": "ece"}
+STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
+STUDY_LOSSES = ("categorical", "binary", "custom")
 
 
 # ------------------------------------------------------------------------ numbers
@@ -113,8 +119,11 @@ def run_markdown(results: dict) -> str:
         header.append(f"Wall time: {results['wall_time_s']:.1f} s")
     header.append("mean ± std over folds; std is the population std (ddof=0).")
     decisions = results.get("decisions", {})
-    parts = ["\n\n".join(header)]
+    parts = [headline(results), "\n\n".join(header)] if "clinical" in results else [
+        "\n\n".join(header)]
     parts += [_decision_markdown(k, decisions[k], class_names) for k in _decision_order(decisions)]
+    if "clinical" in results:
+        parts += [clinical_markdown(results)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -147,8 +156,9 @@ def read_metrics_jsonl(path) -> list[dict]:
 
 
 def plot_curves(records: list[dict], path) -> Path:
-    """Loss and accuracy per fold against epochs (phase 1 then phase 2), with the
-    validation values dashed when recorded and a dotted line where phase 2 starts."""
+    """Loss and accuracy per fold against epochs (phase 1 then phase 2): training solid,
+    the test fold dashed (``test_*``, shown, never used for tuning), the inner validation
+    split dotted (``val_*``), and a thin dotted line where phase 2 starts."""
     fig = Figure(figsize=(9, 3.6), dpi=100)
     axes = fig.subplots(1, 2)
     folds = sorted({r["fold"] for r in records if "fold" in r})
@@ -159,24 +169,35 @@ def plot_curves(records: list[dict], path) -> Path:
         color = colors[fold % len(colors)]
         for ax, key in zip(axes, ("loss", "accuracy")):
             ax.plot(x, [r.get(key, np.nan) for r in rows], color=color, label=f"fold {fold}")
-            if any(f"val_{key}" in r for r in rows):
-                ax.plot(x, [r.get(f"val_{key}", np.nan) for r in rows], "--", color=color)
+            for prefix, style in (("test_", "--"), ("val_", ":")):
+                if any(f"{prefix}{key}" in r for r in rows):
+                    ax.plot(x, [r.get(f"{prefix}{key}", np.nan) for r in rows], style,
+                            color=color)
         starts = [i + 1 for i, r in enumerate(rows) if r.get("phase") == 2]
         if starts:
             for ax in axes:
                 ax.axvline(starts[0] - 0.5, color=color, linestyle=":", linewidth=0.8)
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.set(xlabel="epoch (phase 1, then phase 2)", ylabel=key,
-               title=f"training {key} (dashed: validation)")
+               title=f"{key}: train (solid), test fold (dashed, not for tuning), "
+                     "inner val (dotted)")
     axes[0].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
 
 
-def write_run(workdir, results: dict) -> list[Path]:
+def write_predictions(workdir, preds) -> Path:
+    """``predictions.csv``: one row per photo, every rule's out-of-fold probabilities and
+    decisions (:func:`handjax.clinical.write_predictions`)."""
+    from handjax import clinical
+    return clinical.write_predictions(Path(workdir) / "predictions.csv", preds)
+
+
+def write_run(workdir, results: dict, preds=None) -> list[Path]:
     """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
-    min-expected-cost) and ``curves.png`` if ``metrics.jsonl`` exists. Returns the paths."""
+    min-expected-cost), ``curves.png`` if ``metrics.jsonl`` exists and, given the out-of-fold
+    ``preds``, ``roc.png`` and ``reliability.png``. Returns the paths."""
     workdir = Path(workdir)
     md = workdir / "results.md"
     md.write_text(run_markdown(results), encoding="utf-8")
@@ -191,7 +212,93 @@ def write_run(workdir, results: dict) -> list[Path]:
         records = read_metrics_jsonl(jsonl)
         if records:
             written.append(plot_curves(records, workdir / "curves.png"))
+    if preds is not None:
+        written += _clinical_plots(workdir, results, preds)
     return written
+
+
+def _clinical_plots(workdir: Path, results: dict, preds) -> list[Path]:
+    from handjax import plots_clinical
+    points = {task: {f"{kind} >= target": {
+        "sensitivity": e["sensitivity"]["value"], "specificity": e["specificity"]["value"]}
+        for kind, e in kinds.items() if e.get("sensitivity")}
+        for task, kinds in results.get("operating_points", {}).items()}
+    return [plots_clinical.plot_roc(workdir / "roc.png", preds.label,
+                                    preds.probs["cnn_calibrated"], points),
+            plots_clinical.plot_reliability(workdir / "reliability.png", preds.label,
+                                            preds.probs["cnn"], preds.probs["cnn_calibrated"])]
+
+
+# ------------------------------------------------------------------------ clinical
+CLINICAL_RULE = "cnn_calibrated"   # the headline's and the study table's clinical figures
+CLINICAL_ROWS = ("accuracy", "balanced_accuracy", "auroc_macro", "auroc_any_disease",
+                 "auroc_ra", "sensitivity_ra", "specificity_ra", "sensitivity_heberden",
+                 "specificity_heberden", "qwk", "mae_grade", "under_severity_rate", "brier",
+                 "ece", "log_loss")
+
+
+def format_ci(entry, digits: int = 3) -> str:
+    """``"0.852 [0.802, 0.896]"``; ``"n/a"`` where undefined."""
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    lo, hi = entry.get("ci95") or (None, None)
+    ci = (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None
+          else " [n/a]")
+    return f"{entry['value']:.{digits}f}{ci}"
+
+
+def headline(results: dict) -> str:
+    """The opening block: photos and subjects, AUROC, RA sensitivity/specificity and
+    calibration error, each with its subject-bootstrap 95% CI."""
+    c = results["clinical"].get(CLINICAL_RULE, {})
+    data = results.get("data", {})
+    boot = results.get("bootstrap", {})
+    return "\n".join([
+        f"# {results.get('name', 'run')}: headline",
+        "",
+        f"- **{data.get('n', '?')} photos of {data.get('n_subjects', '?')} subjects**, "
+        f"{results.get('n_folds', '?')}-fold out-of-fold predictions (calibrated CNN)",
+        f"- AUROC (macro, one-vs-rest): **{format_ci(c.get('auroc_macro'))}**",
+        f"- RA sensitivity {format_ci(c.get('sensitivity_ra'))}, specificity "
+        f"{format_ci(c.get('specificity_ra'))} (argmax decision)",
+        f"- calibration error (ECE, 10 bins): {format_ci(c.get('ece'))}",
+        f"- 95% CIs: percentile bootstrap over {boot.get('unit', 'subject')}s "
+        f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); every "
+        "figure is recomputable from predictions.csv",
+    ])
+
+
+def clinical_markdown(results: dict) -> str:
+    """Clinical metrics per rule, the operating points and the subgroup tables."""
+    clinical = results["clinical"]
+    rules = [r for r in ("cnn", "cnn_calibrated", "cnn_mec", "svm") if r in clinical]
+    rows = [[m] + [format_ci(clinical[r].get(m)) for r in rules] for m in CLINICAL_ROWS]
+    parts = ["## Clinical metrics (pooled out of fold, 95% CI)",
+             _md_table(["metric", *rules], rows),
+             f"Calibration: {results.get('calibration', {}).get('fitted_on', '?')}; "
+             f"temperatures per fold {results.get('calibration', {}).get('temperatures')}."]
+    parts += [_operating_markdown(results.get("operating_points", {}))]
+    for column, values in results.get("subgroups", {}).items():
+        rows = [[v, e["n"], e["n_subjects"], format_ci(e.get("accuracy")),
+                 format_ci(e.get("sensitivity_any_disease")),
+                 format_ci(e.get("auroc_any_disease"))] for v, e in values.items()]
+        parts += [f"### Subgroups by {column}",
+                  _md_table([column, "n", "subjects", "accuracy", "sensitivity (any disease)",
+                             "AUROC (any disease)"], rows)]
+    return "\n\n".join(parts)
+
+
+def _operating_markdown(points: dict) -> str:
+    rows = []
+    for task, kinds in points.items():
+        for kind, e in kinds.items():
+            thr = ", ".join("n/a" if t is None else f"{t:.3f}" for t in e.get("thresholds", []))
+            rows.append([task, e.get("target", kind), thr, format_ci(e.get("sensitivity")),
+                         format_ci(e.get("specificity"))])
+    return "\n\n".join([
+        "## Operating points (chosen on each fold's inner split, then frozen)",
+        _md_table(["task", "chosen for", "thresholds per fold", "sensitivity on test folds",
+                   "specificity on test folds"], rows) if rows else "None (no inner split)."])
 
 
 # ------------------------------------------------------------------------ study
@@ -237,6 +344,30 @@ def _cell_stats(cell: dict) -> dict:
     return out
 
 
+def _clinical_cells(cell: dict) -> list[str]:
+    """The clinical columns of one cell ("n/a" for cells run before they existed)."""
+    c = cell.get("clinical", {}).get("cnn_calibrated", {})
+    out = []
+    for column, metric in CLINICAL_COLUMNS.items():
+        entry = c.get(metric)
+        if "[95% CI]" in column:
+            out.append(format_ci(entry))
+        else:
+            out.append("n/a" if not entry or entry.get("value") is None
+                       else f"{entry['value']:.3f}")
+    return out
+
+
+def _clinical_means(cells: list) -> list[str]:
+    out = []
+    for metric in CLINICAL_COLUMNS.values():
+        v = [c["clinical"]["cnn_calibrated"][metric]["value"] for c in cells
+             if c.get("clinical", {}).get("cnn_calibrated", {}).get(metric, {}).get("value")
+             is not None]
+        out.append(f"{np.mean(v):.3f}" if v else "n/a")
+    return out
+
+
 def _study_rows(cells: dict, models, losses):
     """Rows (lists of strings) in the study's layout, and the missing (loss, model)."""
     rows, missing = [], []
@@ -247,20 +378,39 @@ def _study_rows(cells: dict, models, losses):
             cell = cells.get((loss, model))
             if cell is None:
                 missing.append((loss, model))
-                rows.append([group, display_model(model)] + ["missing"] * len(STUDY_COLUMNS))
+                rows.append([group, display_model(model)]
+                            + ["missing"] * (len(STUDY_COLUMNS) + len(CLINICAL_COLUMNS)))
                 continue
             stats = _cell_stats(cell)
             for col, (mean, _) in stats.items():
                 model_means[col].append(mean)
             rows.append([group, display_model(model)]
-                        + [format_pm(*stats[c]) if c in stats else "n/a" for c in STUDY_COLUMNS])
+                        + [format_pm(*stats[c]) if c in stats else "n/a" for c in STUDY_COLUMNS]
+                        + _clinical_cells(cell))
         n_present = len(models) - sum(1 for lm in missing if lm[0] == loss)
         label = (f"mean ({n_present} models)" if n_present == len(models)
                  else f"mean ({n_present} of {len(models)} models)")
+        present = [cells[(loss, m)] for m in models if cells.get((loss, m))]
         rows.append([group, label] + [
             format_pm(np.mean(model_means[c]), np.std(model_means[c])) if model_means[c]
-            else "n/a" for c in STUDY_COLUMNS])
+            else "n/a" for c in STUDY_COLUMNS] + _clinical_means(present))
     return rows, missing
+
+
+def _blocks(models, losses) -> dict:
+    """The study's own cells first, then the cells beyond it (other backbones or losses)."""
+    s_models = [m for m in models if m in STUDY_MODELS]
+    s_losses = [lo for lo in losses if lo in STUDY_LOSSES]
+    blocks = {}
+    if s_models and s_losses:
+        blocks["## The study's cells"] = (s_models, s_losses)
+    new_models = [m for m in models if m not in STUDY_MODELS]
+    new_losses = [lo for lo in losses if lo not in STUDY_LOSSES]
+    if new_losses:
+        blocks["## Beyond the study: other losses"] = (list(models), new_losses)
+    if new_models and s_losses:
+        blocks["## Beyond the study: other backbones"] = (new_models, s_losses)
+    return blocks
 
 
 def study_table(cells: dict, models, losses) -> tuple[str, str, list]:
@@ -280,12 +430,17 @@ def study_table(cells: dict, models, losses) -> tuple[str, str, list]:
       their row, are listed under the table and returned as ``[(loss, model), ...]``.
     """
     present = [cells[(lo, m)] for lo in losses for m in models if cells.get((lo, m))]
-    rows, missing = _study_rows(cells, models, losses)
-    header = ["loss", "model", *STUDY_COLUMNS]
+    header = ["loss", "model", *STUDY_COLUMNS, *CLINICAL_COLUMNS]
+    blocks, rows, missing = [], [], []
+    for title, (b_models, b_losses) in _blocks(models, losses).items():
+        b_rows, b_missing = _study_rows(cells, b_models, b_losses)
+        rows += b_rows
+        missing += b_missing
+        blocks += [title, _md_table(header, b_rows)]
     missing_line = ("Missing cells (not run or not finished): "
                     + ", ".join(f"{LOSS_GROUPS.get(lo, lo)}/{display_model(m)}"
                                 for lo, m in missing)) if missing else "Missing cells: none."
-    markdown = "\n\n".join([_study_header(present), _md_table(header, rows), missing_line]) + "\n"
+    markdown = "\n\n".join([_study_header(present), *blocks, missing_line]) + "\n"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)

@@ -90,19 +90,22 @@ class Plan:
     """What every epoch of a run shares: labels, splits, the device mesh, fold mappings."""
 
     labels: jax.Array
-    train_sets: list
-    test_idx: np.ndarray
-    test_mask: np.ndarray
+    train_sets: list             # per fold: the training photos less its inner split
+    score_sets: dict             # "test" (and "val": the inner split) -> (idx, mask) [K, M]
     mesh: object
     key: jax.Array
     lax_conv: bool
 
     @classmethod
     def build(cls, prep: features.Prepared, spec, states) -> "Plan":
-        test_sets = [te for _, te in prep.folds]
-        test_idx, test_mask = folds.pad_indices(test_sets, max(len(s) for s in test_sets))
-        return cls(jnp.asarray(prep.examples.labels), [tr for tr, _ in prep.folds],
-                   test_idx, test_mask, folds.fold_mesh(spec.n_folds, spec.train.shard_folds),
+        sets = {"test": [te for _, te in prep.folds]}
+        if any(len(v) for v in prep.inner):
+            sets["val"] = list(prep.inner)
+        score_sets = {k: folds.pad_indices(v, max(len(s) for s in v)) for k, v in sets.items()}
+        train_sets = [np.asarray(tr)[~np.isin(tr, inner)]
+                      for (tr, _), inner in zip(prep.folds, prep.inner)]
+        return cls(jnp.asarray(prep.examples.labels), train_sets, score_sets,
+                   folds.fold_mesh(spec.n_folds, spec.train.shard_folds),
                    jax.random.fold_in(jax.random.key(spec.seed), 3),
                    folds.trains_lax_conv(states, prep))
 
@@ -148,29 +151,40 @@ def check_finite(sums, phase: int, epoch: int, steps_per_epoch: int) -> None:
         "or check the input data")
 
 
-# --------------------------------------------------------------------------- test-split scores
-def test_scores(states, prep, plan: Plan, inputs, phase: int, emap: str, outputs=None):
-    """Per-fold loss and accuracy on each fold's test split (view 0, inference mode); with
-    ``outputs`` (:func:`evaluate.fold_outputs` of ``states``) read off them instead."""
+# --------------------------------------------------------------------------- per-epoch scores
+def epoch_scores(states, prep, plan: "Plan", inputs, phase: int, emap: str,
+                 outputs=None) -> dict:
+    """Per-fold loss and accuracy on each fold's test split (``test_*``: for the curves
+    only, never for tuning) and, with an inner split, on it (``val_*``)."""
+    out = {}
+    for name, (idx, mask) in plan.score_sets.items():
+        loss, acc = _split_scores(states, prep, inputs, idx, mask, phase, emap, outputs)
+        out[f"{name}_loss"], out[f"{name}_accuracy"] = loss, acc
+    return out
+
+
+def _split_scores(states, prep, inputs, idx, mask, phase: int, emap: str, outputs):
+    """Masked per-fold loss and accuracy of the fold models on ``idx`` [K, M] (view 0,
+    inference mode); read off ``outputs`` (:func:`evaluate.fold_outputs`) when given."""
     if outputs is not None:
-        logits = np.take_along_axis(outputs[0], plan.test_idx[..., None], axis=1)
+        logits = np.take_along_axis(outputs[0], idx[..., None], axis=1)
     else:
         mode = prep.mode1 if phase == 1 else "tune"
-        logits, _ = folds.eval_columns(states, inputs[0], plan.test_idx, mode=mode,
-                                       fold_map=emap,
+        logits, _ = folds.eval_columns(states, inputs[0], idx, mode=mode, fold_map=emap,
                                        width=folds.eval_width([te for _, te in prep.folds]))
-    y = jnp.asarray(prep.examples.labels[plan.test_idx])
-    loss, acc = _masked_loss_and_accuracy(states.loss_fn, jnp.asarray(logits), y,
-                                          jnp.asarray(plan.test_mask, jnp.float32))
-    return {"val_loss": np.asarray(loss), "val_accuracy": np.asarray(acc)}
+    y = jnp.asarray(prep.examples.labels[idx])
+    loss, acc = _masked_loss_and_accuracy(states.loss_fn, states.decide, jnp.asarray(logits),
+                                          y, jnp.asarray(mask, jnp.float32))
+    return np.asarray(loss), np.asarray(acc)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _masked_loss_and_accuracy(loss_fn, logits, y, mask):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _masked_loss_and_accuracy(loss_fn, decide, logits, y, mask):
     """Per-fold masked mean loss and accuracy of logits [K, M, C] against labels [K, M]."""
     n = jnp.maximum(mask.sum(1), 1.0)
     per_ex = jax.vmap(loss_fn)(logits, y)
-    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    pred = decide(logits) if decide is not None else jnp.argmax(logits, -1)
+    correct = (pred == y).astype(jnp.float32)
     return (per_ex * mask).sum(1) / n, (correct * mask).sum(1) / n
 
 
@@ -188,16 +202,17 @@ class MetricsLog:
                     lines.append(line)
         path.write_text("".join(l + "\n" for l in lines))
 
-    def write_epoch(self, phase, epoch, steps, sums, val):
+    def write_epoch(self, phase, epoch, steps, sums, scores):
+        """One line per fold: training loss/accuracy, then ``scores`` (``test_*`` on the
+        fold's test split, for the curves only; ``val_*`` on its inner split)."""
         count = np.maximum(np.asarray(sums["count"]).sum(0), 1.0)
         loss = np.asarray(sums["loss"]).sum(0) / count
         acc = np.asarray(sums["correct"]).sum(0) / count
         with self.path.open("a") as f:
             for k in range(len(loss)):
                 rec = {"fold": k, "phase": phase, "epoch": epoch, "step": int(steps[k]),
-                       "loss": float(loss[k]), "accuracy": float(acc[k]),
-                       "val_loss": float(val["val_loss"][k]),
-                       "val_accuracy": float(val["val_accuracy"][k])}
+                       "loss": float(loss[k]), "accuracy": float(acc[k])}
+                rec.update({name: float(v[k]) for name, v in scores.items()})
                 f.write(json.dumps(rec) + "\n")
 
 
@@ -235,9 +250,9 @@ def fit(prep: features.Prepared, spec, workdir: Path, timing: dict, manager):
         last = g + 1 == len(sched)
         if last and phase == 2:
             outputs = evaluate.fold_outputs(states, prep, emap)
-        val = test_scores(states, prep, plan, inputs, phase, emap, outputs)
+        scores = epoch_scores(states, prep, plan, inputs, phase, emap, outputs)
         timing["run_s"] = timing.get("run_s", 0.0) + time.perf_counter() - t
-        log.write_epoch(phase, epoch, states.step, sums, val)
+        log.write_epoch(phase, epoch, states.step, sums, scores)
         bar.update(spec.n_folds * batches["idx"].shape[0])
         bar.set_postfix(loss=f"{float(np.sum(sums['loss']) / np.sum(sums['count'])):.4f}")
         saver.after_epoch(g + 1, states, last)
@@ -303,15 +318,20 @@ def _run_locked(spec, workdir: Path) -> dict:
             emap = folds.eval_fold_map(states, prep, spec.train.fold_map)
             outputs = evaluate.fold_outputs(states, prep, emap)
         # ... while the last checkpoint is written in the background
-        decisions = evaluate.evaluate(outputs, prep, loss_name=spec.loss.name, svm=spec.svm,
-                                      seed=spec.seed)
+        targets = {"sensitivity": spec.eval.sensitivity, "specificity": spec.eval.specificity}
+        decisions, preds, calib = evaluate.evaluate(
+            outputs, prep, loss_name=spec.loss.name, svm=spec.svm, seed=spec.seed,
+            targets=targets)
     finally:
         checkpoint.close(manager)
-    timing["evaluate_s"] = time.perf_counter() - t
+    csv_path = report.write_predictions(workdir, preds)
     results = results_record(spec, prep, decisions)
+    results.update(evaluate.clinical_results(csv_path, preds, calib, spec.eval, spec.seed))
+    results = json_safe(results)
+    timing["evaluate_s"] = time.perf_counter() - t
     timing["wall_time_s"] = time.perf_counter() - t0
     write_results(workdir, results, timing)
-    report.write_run(workdir, results)
+    report.write_run(workdir, results, preds)
     console.summary(results, METRIC_KEYS, str(workdir / "results.md"))
     return results
 
@@ -326,7 +346,20 @@ def results_record(spec, prep: features.Prepared, decisions: dict) -> dict:
     }
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinity replaced by None (``null``: strict JSON, and
+    equal to itself when a rerun is compared with a first run)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_results(workdir: Path, results: dict, timing: dict) -> None:
+    """``results.json`` (null where a figure is undefined) and ``timing.json``."""
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (workdir / "timing.json").write_text(
         json.dumps({k: round(v, 3) for k, v in timing.items()}, indent=2) + "\n")

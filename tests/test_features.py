@@ -54,3 +54,57 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
     assert "\n" not in msg
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
     assert "--config.model.weights=none" in msg
+
+
+# --------------------------------------------------------------------------- subjects
+def test_merge_groups_joins_subjects_and_duplicates():
+    subjects = np.array(["a", "a", "b", "c", "d"])
+    dups = np.array([0, 1, 1, 3, 4])          # photo 2 duplicates photo 1
+    g = features.merge_groups(subjects, dups)
+    assert g[0] == g[1] == g[2] and len({g[0], g[3], g[4]}) == 3
+
+
+def test_metadata_csv_alignment_and_clear_errors(tmp_path):
+    from handjax import data
+    ids = ["normal/a.png", "normal/b.png", "ra/c.png"]
+    good = tmp_path / "meta.csv"
+    good.write_text("file,subject,sex\nra/c.png,s2,f\nnormal/a.png,s1,m\nnormal/b.png,s1,m\n")
+    subjects, cols = features.load_metadata(good, ids)
+    assert subjects.tolist() == ["s1", "s1", "s2"] and cols["sex"].tolist() == ["m", "m", "f"]
+    cases = {"twice": "file\nnormal/a.png\nnormal/a.png\nnormal/b.png\nra/c.png\n",
+             "not a photo": "file\nnormal/a.png\nnormal/b.png\nra/c.png\nra/zz.png\n",
+             "no row for photo": "file\nnormal/a.png\nnormal/b.png\n"}
+    for needle, text in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(data.DataError, match=needle) as err:
+            features.load_metadata(bad, ids)
+        assert "\n" not in str(err.value) and "bad.csv" in str(err.value)
+
+
+def test_folds_never_split_a_subject(tmp_path):
+    """A folder with two photos per subject and a metadata CSV: every subject's photos land
+    in one test fold, and in one inner split."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    rows = ["file,subject,tone"]
+    for c, name in enumerate(("normal", "heberden", "ra")):
+        (tmp_path / name).mkdir()
+        for s in range(6):
+            for hand in ("left", "right"):
+                img = rng.integers(0, 255, (32, 32, 3), np.uint8)
+                Image.fromarray(img).save(tmp_path / name / f"{s}_{hand}.png")
+                rows.append(f"{name}/{s}_{hand}.png,{name}{s},t{s % 2}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    c = tiny_config()
+    c.data.root, c.data.metadata = str(tmp_path), str(tmp_path / "meta.csv")
+    spec = configs.parse_run(c)
+    pd = features.protocol_data(spec.data, spec.seed, spec.n_folds, inner_val=0.25)
+    assert len(np.unique(pd.subjects)) == 18 and set(pd.metadata) == {"tone"}
+    fold_of = {}
+    for k, (tr, te) in enumerate(pd.folds):
+        for i in te:
+            fold_of.setdefault(pd.subjects[i], set()).add(k)
+        inner_subjects = set(pd.subjects[pd.inner[k]])
+        assert not inner_subjects & set(pd.subjects[np.setdiff1d(tr, pd.inner[k])])
+    assert all(len(v) == 1 for v in fold_of.values())

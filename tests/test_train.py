@@ -184,3 +184,33 @@ def test_fold_axis_sharded_over_four_devices_matches_one(tmp_path):
         for key in train.METRIC_KEYS:
             np.testing.assert_allclose(res["True"][name]["per_fold"][key],
                                        res["False"][name]["per_fold"][key], atol=1e-6)
+
+
+def test_clinical_figures_equal_sklearn_on_predictions_csv(reference):
+    """Every clinical figure in results.json is recomputable from predictions.csv."""
+    import csv
+    from sklearn.metrics import cohen_kappa_score, log_loss, roc_auc_score
+    workdir, results = reference
+    rows = list(csv.DictReader((workdir / "predictions.csv").open()))
+    assert len(rows) == 30 and {r["fold"] for r in rows} == {"0", "1", "2", "3", "4"}
+    names = ["normal", "heberden", "ra"]
+    y = np.array([names.index(r["label"]) for r in rows])
+    for rule in ("cnn", "cnn_calibrated", "svm"):
+        p = np.array([[float(r[f"p_{rule}_{c}"]) for c in names] for r in rows])
+        pred = np.array([names.index(r[f"pred_{rule}"]) for r in rows])
+        got = results["clinical"][rule]
+        assert got["auroc_macro"]["value"] == pytest.approx(
+            roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-9)
+        assert got["auroc_ra"]["value"] == pytest.approx(roc_auc_score(y == 2, p[:, 2]),
+                                                         abs=1e-9)
+        assert got["qwk"]["value"] == pytest.approx(
+            cohen_kappa_score(y, pred, weights="quadratic"), abs=1e-9)
+        assert got["log_loss"]["value"] == pytest.approx(log_loss(y, p, labels=[0, 1, 2]),
+                                                         abs=1e-9)
+        assert got["accuracy"]["value"] == pytest.approx(np.mean(y == pred), abs=1e-12)
+        lo, hi = got["accuracy"]["ci95"]
+        assert lo <= got["accuracy"]["value"] <= hi
+    for f in ("roc.png", "reliability.png", "predictions.csv"):
+        assert (workdir / f).stat().st_size > 500
+    md = (workdir / "results.md").read_text()
+    assert "headline" in md and "AUROC" in md and "Operating points" in md

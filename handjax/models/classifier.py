@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handjax import backbones
+from handjax import backbones, ordinal
 from handjax.errors import ConfigError
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -18,19 +18,25 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class Head(nn.Module):
     """Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes). The study names no head;
-    this is the usual Keras transfer-learning head (README, "The protocol")."""
+    this is the usual Keras transfer-learning head (README, "The protocol"). With
+    ``ordinal="corn"`` / ``"coral"`` the last layer gives the K-1 ordinal logits instead
+    (:mod:`handjax.ordinal`)."""
 
     hidden: int = 256
     dropout: float = 0.5
     num_classes: int = 3
     dtype: Any = jnp.float32
+    ordinal: str | None = None
 
     @nn.compact
     def __call__(self, pooled, train: bool = False):
         x = nn.Dense(self.hidden, dtype=self.dtype, name="head_dense")(pooled)
         x = nn.relu(x)
         x = nn.Dropout(self.dropout, deterministic=not train, name="head_dropout")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head_logits")(x)
+        if self.ordinal:
+            x = ordinal.logits_layer(self.ordinal, self.num_classes, self.dtype)(x)
+        else:
+            x = nn.Dense(self.num_classes, dtype=self.dtype, name="head_logits")(x)
         return x.astype(jnp.float32)
 
 
@@ -53,6 +59,7 @@ class Classifier(nn.Module):
     dropout: float = 0.5
     num_classes: int = 3
     dtype: Any = jnp.float32
+    ordinal: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, mode: str = "tune"):
@@ -67,7 +74,8 @@ class Classifier(nn.Module):
             pooled = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
             if mode == "frozen":
                 pooled = jax.lax.stop_gradient(pooled)
-        head = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="head")
+        head = Head(self.hidden, self.dropout, self.num_classes, self.dtype, self.ordinal,
+                    name="head")
         return head(pooled, train=train), pooled
 
 
@@ -102,9 +110,9 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
                           x).shape[-1]
 
 
-def model_parts(spec, image_size: int, seed: int, num_classes: int):
+def model_parts(spec, image_size: int, seed: int, num_classes: int, loss_name: str = ""):
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
-    fields shared by training and inference."""
+    fields shared by training and inference (an ordinal loss gets its ordinal head)."""
     dtype = COMPUTE_DTYPES[spec.dtype]
     backbone, variables = load_backbone(spec, seed)
     split = spec.split or backbones.DEFAULT_TRAINABLE_FROM[spec.name]
@@ -114,7 +122,7 @@ def model_parts(spec, image_size: int, seed: int, num_classes: int):
     shape = boundary_shape(backbone, variables, image_size, split, dtype)
     common = dict(backbone=backbone, backbone_name=spec.name, split=split,
                   hidden=spec.hidden, dropout=spec.dropout, num_classes=num_classes,
-                  dtype=dtype)
+                  dtype=dtype, ordinal=loss_name if loss_name in ordinal.ORDINAL else None)
     return backbone, variables, top_layers(backbone, split, shape), common
 
 
