@@ -5,7 +5,8 @@ One module per job, in the order photos flow through them:
 * ``decode``: one photo file -> a padded square (``decode_image``).
 * ``sources``: your ImageFolder and the synthetic set as TFDS builders, cached under
   ``$HANDJAX_CACHE/tfds`` (``load_folder``, ``load_synthetic``, ``describe``).
-* ``splits``: near-duplicate groups and stratified folds (``duplicate_groups``, ``folds``).
+* ``splits``: near-duplicate and subject groups, stratified folds (``duplicate_groups``,
+  ``merge_groups``, ``folds``).
 * ``augment``: random flips, warps and colour changes in pure JAX (``augment``).
 * ``synthetic``: the procedural hand renderer (``render_hand``); synthetic and medically
   meaningless.
@@ -21,12 +22,12 @@ from handjax.data.decode import decode_image
 from handjax.data.preview import contact_sheet, main
 from handjax.data.sources import (IMAGE_EXTENSIONS, HandConditions, SyntheticHands, describe,
                                   load_folder, load_synthetic)
-from handjax.data.splits import duplicate_groups, folds
+from handjax.data.splits import duplicate_groups, folds, merge_groups
 from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand
 
 __all__ = [
     "CLASSES", "DISPLAY_NAMES", "IMAGE_EXTENSIONS", "N_FOLDS", "SYNTHETIC_SIZE", "DataError",
     "Examples", "HandConditions", "SyntheticHands", "augment", "contact_sheet", "decode_image",
     "describe", "duplicate_groups", "folds", "load_folder", "load_synthetic", "main",
-    "render_hand",
+    "merge_groups", "render_hand",
 ]
