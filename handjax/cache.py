@@ -1,0 +1,8 @@
+"""The one place handjax keeps downloaded weights and prepared data sets."""
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """``$HANDJAX_CACHE`` if set and non-empty, else ``~/.cache/handjax``; read at call time."""
+    return Path(os.environ.get("HANDJAX_CACHE") or "~/.cache/handjax").expanduser()
