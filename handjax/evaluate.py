@@ -10,9 +10,10 @@ Decision rules, each photo scored by the one fold model that never saw it:
 - ``cnn_mec``: the minimum-expected-cost decision on the calibrated probabilities;
 - ``svm``: the study's SVM columns: per fold, the pooled features of that fold's fine-tuned
   backbone (the head's input) go through ``Pipeline([StandardScaler(), SVC(...)])`` fitted on
-  the fold's training split. Its probabilities are SVC's own Platt scaling
-  (``probability=True``: 5-fold cross-validation inside the training split only); its
-  decisions stay SVC's ``predict`` (so they may differ from the argmax of its probabilities).
+  the fold's training split; its decisions stay SVC's ``predict`` (so they may differ from
+  the argmax of its probabilities). Its probabilities: Platt scaling by
+  ``CalibratedClassifierCV(SVC, method="sigmoid", ensemble=False)`` fitted inside the
+  training split (sklearn 1.9 deprecates SVC's own ``probability=True``).
 
 Operating points ("any disease": score p(heberden) + p(ra); "ra": score p(ra)) are chosen per
 fold on the inner split's calibrated probabilities, for sensitivity >= ``eval.sensitivity``
@@ -41,10 +42,9 @@ METRIC_KEYS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
 
 # --------------------------------------------------------------------------- SVM probe
 def make_svm(*, kernel: str = "rbf", C: float = 1.0, class_weight=None,
-             seed: int = 0, probability: bool = False) -> Pipeline:
+             seed: int = 0) -> Pipeline:
     """StandardScaler + SVC, the features standardised on the training split only."""
-    svc = SVC(kernel=kernel, C=C, class_weight=class_weight or None, random_state=seed,
-              probability=probability)
+    svc = SVC(kernel=kernel, C=C, class_weight=class_weight or None, random_state=seed)
     return Pipeline([("scale", StandardScaler()), ("svc", svc)])
 
 
@@ -65,13 +65,24 @@ def svm_fold_predictions(pooled, labels, folds, **svm_kwargs) -> list[np.ndarray
 
 # --------------------------------------------------------------------------- CNN outputs
 def svm_fold_probabilities(pooled, labels, folds, **svm_kwargs):
-    """Per fold: (test decisions, test probabilities) of an SVM fitted on the training split."""
+    """Per fold: (test decisions, test probabilities) of SVMs fitted on the training split.
+
+    Decisions: the study's SVC ``predict``. Probabilities: Platt scaling fitted by
+    ``CalibratedClassifierCV(SVC(...), method="sigmoid", ensemble=False)`` inside the
+    training split (cross-validated, at most 5 folds), never on the test photos."""
+    from sklearn.calibration import CalibratedClassifierCV
+    labels = np.asarray(labels)
     out = []
     for k, (tr, te) in enumerate(folds):
-        model = make_svm(probability=True, **svm_kwargs)
-        model.fit(np.asarray(pooled[k][tr], np.float64), np.asarray(labels)[tr])
-        x = np.asarray(pooled[k][te], np.float64)
-        out.append((model.predict(x).astype(np.int32), model.predict_proba(x)))
+        x_tr, y_tr = np.asarray(pooled[k][tr], np.float64), labels[tr]
+        x_te = np.asarray(pooled[k][te], np.float64)
+        decide = make_svm(**svm_kwargs).fit(x_tr, y_tr)
+        cv = int(min(5, np.bincount(y_tr).min()))
+        platt = make_svm(**svm_kwargs)
+        platt.steps[-1] = ("svc", CalibratedClassifierCV(platt.steps[-1][1], method="sigmoid",
+                                                         cv=cv, ensemble=False))
+        platt.fit(x_tr, y_tr)
+        out.append((decide.predict(x_te).astype(np.int32), platt.predict_proba(x_te)))
     return out
 
 

@@ -9,17 +9,14 @@ training example draws one view per epoch.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from handjax import backbones, data
@@ -57,74 +54,6 @@ def augmented_views(images: np.ndarray, n_views: int, key) -> np.ndarray:
     return np.stack(views)
 
 
-def load_metadata(path, ids) -> tuple[np.ndarray, dict]:
-    """Subjects and subgroup columns from a metadata CSV (``file`` relative to the data root,
-    optional ``subject``, any other categorical columns), aligned to the photos ``ids``.
-    A photo named twice, a name that is not a photo, or a photo left out is one DataError."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise data.DataError(f"config.data.metadata={path}: cannot read it ({e})") from e
-    if not rows or "file" not in rows[0]:
-        raise data.DataError(f"{path}: expected a header with a 'file' column (and optionally "
-                             "'subject' and other columns) and one row per photo")
-    by_file: dict = {}
-    for row in rows:
-        name = row["file"].strip()
-        if name in by_file:
-            raise data.DataError(f"{path}: {name!r} is named twice; one row per photo")
-        by_file[name] = row
-    unknown = sorted(set(by_file) - set(ids))
-    if unknown:
-        raise data.DataError(f"{path}: {unknown[0]!r} is not a photo of the data folder "
-                             f"({len(unknown)} such rows); names are relative to data.root")
-    missing = [i for i in ids if i not in by_file]
-    if missing:
-        raise data.DataError(f"{path}: no row for photo {missing[0]!r} ({len(missing)} photos "
-                             "left out); every photo needs a row")
-    columns = [c for c in rows[0] if c not in ("file", "subject")]
-    subjects = np.array([by_file[i].get("subject") or i for i in ids], str)
-    return subjects, {c: np.array([by_file[i][c] for i in ids], str) for c in columns}
-
-
-def merge_groups(*labelings) -> np.ndarray:
-    """One group id per photo such that photos sharing a label in any of ``labelings``
-    (subjects, near-duplicate groups, ...) share a group: connected components."""
-    n = len(labelings[0])
-    parent = np.arange(n)
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-    for labels in labelings:
-        first: dict = {}
-        for i, g in enumerate(np.asarray(labels).tolist()):
-            j = first.setdefault(g, i)
-            parent[find(i)] = find(j)
-    roots = np.array([find(i) for i in range(n)])
-    return np.unique(roots, return_inverse=True)[1]
-
-
-def inner_splits(folds, labels, groups, fraction: float, seed: int) -> list[np.ndarray]:
-    """Per fold, an inner validation split of its training photos: about ``fraction`` of
-    them, stratified by class and never splitting a group (subject or duplicate). Empty
-    when ``fraction`` is 0 (the study's protocol)."""
-    if fraction <= 0:
-        return [np.zeros(0, np.int64) for _ in folds]
-    out = []
-    for k, (train, _) in enumerate(folds):
-        n_splits = max(2, round(1 / fraction))
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True,
-                                        random_state=seed + 1000 + k)
-        _, val = next(splitter.split(train, labels[train], groups[train]))
-        out.append(np.sort(np.asarray(train)[val]))
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class ProtocolData:
     """What every run of the protocol trains on: photos, subjects, splits, image views."""
@@ -143,15 +72,14 @@ def protocol_data(spec, seed: int, n_folds: int, inner_val: float = 0.0) -> Prot
     examples = load_examples(spec, seed)
     dup = data.duplicate_groups(examples.images) if spec.dedup else None
     if spec.metadata:
-        subjects, metadata = load_metadata(spec.metadata, examples.ids)
+        subjects, metadata = data.load_metadata(spec.metadata, examples.ids)
     else:
         subjects, metadata = np.asarray(examples.ids, str), {}
-    singletons = np.arange(len(subjects))
-    groups = (merge_groups(subjects, dup if dup is not None else singletons)
-              if spec.metadata else dup)
-    folds = data.folds(examples.labels, n_splits=n_folds, seed=seed, groups=groups)
-    inner = inner_splits(folds, np.asarray(examples.labels),
-                         singletons if groups is None else groups, inner_val, seed)
+    known = subjects if spec.metadata else None
+    folds = data.folds(examples.labels, n_splits=n_folds, seed=seed, groups=dup,
+                       subjects=known)
+    inner = data.inner_splits(folds, np.asarray(examples.labels),
+                              data.merge_groups(dup, subjects), inner_val, seed)
     views = augmented_views(examples.images, spec.views,
                             jax.random.fold_in(jax.random.key(seed), 2))
     return ProtocolData(examples, dup, subjects, metadata, folds, inner, views)

@@ -5,7 +5,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from cells import tiny_spec
-from handjax import evaluate, features, folds
+from handjax import data, evaluate, features, folds
 
 
 def test_svm_stage_equals_sklearn_directly():
@@ -42,7 +42,7 @@ def _fake_prep(n_per_class=12, k=3, inner_frac=0.25, seed=0):
     n = len(labels)
     folds_ = [(tr, te) for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed)
               .split(np.zeros(n), labels)]
-    inner = features.inner_splits(folds_, labels, np.arange(n), inner_frac, seed)
+    inner = data.inner_splits(folds_, labels, np.arange(n), inner_frac, seed)
     examples = SimpleNamespace(labels=labels, ids=[f"p{i}" for i in range(n)],
                                class_names=("normal", "heberden", "ra"))
     return SimpleNamespace(examples=examples, folds=folds_, inner=inner,

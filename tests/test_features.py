@@ -57,19 +57,12 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- subjects
-def test_merge_groups_joins_subjects_and_duplicates():
-    subjects = np.array(["a", "a", "b", "c", "d"])
-    dups = np.array([0, 1, 1, 3, 4])          # photo 2 duplicates photo 1
-    g = features.merge_groups(subjects, dups)
-    assert g[0] == g[1] == g[2] and len({g[0], g[3], g[4]}) == 3
-
-
 def test_metadata_csv_alignment_and_clear_errors(tmp_path):
     from handjax import data
     ids = ["normal/a.png", "normal/b.png", "ra/c.png"]
     good = tmp_path / "meta.csv"
     good.write_text("file,subject,sex\nra/c.png,s2,f\nnormal/a.png,s1,m\nnormal/b.png,s1,m\n")
-    subjects, cols = features.load_metadata(good, ids)
+    subjects, cols = data.load_metadata(good, ids)
     assert subjects.tolist() == ["s1", "s1", "s2"] and cols["sex"].tolist() == ["m", "m", "f"]
     cases = {"twice": "file\nnormal/a.png\nnormal/a.png\nnormal/b.png\nra/c.png\n",
              "not a photo": "file\nnormal/a.png\nnormal/b.png\nra/c.png\nra/zz.png\n",
@@ -78,7 +71,7 @@ def test_metadata_csv_alignment_and_clear_errors(tmp_path):
         bad = tmp_path / "bad.csv"
         bad.write_text(text)
         with pytest.raises(data.DataError, match=needle) as err:
-            features.load_metadata(bad, ids)
+            data.load_metadata(bad, ids)
         assert "\n" not in str(err.value) and "bad.csv" in str(err.value)
 
 

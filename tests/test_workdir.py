@@ -43,7 +43,7 @@ def test_data_fingerprint_sees_one_pixel():
 def test_second_run_into_a_locked_workdir_stops_at_once(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from handjax import workdir as w\n"
-         f"with w.Lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)",
+         "with w.Lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -6,12 +6,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from handjax.errors import HandjaxError
+
 CLASSES = ("normal", "heberden", "ra")
 DISPLAY_NAMES = ("Normal", "Heberden's nodes", "Rheumatoid arthritis")
 N_FOLDS = 5  # the study's 5-fold protocol: every class needs at least this many photos
 
 
-class DataError(ValueError):
+class DataError(HandjaxError, ValueError):
     """Bad input data: a missing or malformed folder, an unreadable photo, too few images."""
 
 

@@ -13,6 +13,7 @@ no TensorFlow):
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
 import io
@@ -333,3 +334,34 @@ def describe(examples: Examples, *, source: str | None = None) -> dict:
         "class_counts": {c: int(n) for c, n in zip(examples.class_names, counts)},
     }
 
+
+def load_metadata(path, ids) -> tuple[np.ndarray, dict]:
+    """Subjects and subgroup columns from a metadata CSV (``file`` relative to the data root,
+    optional ``subject``, any other categorical columns), aligned to the photos ``ids``.
+    A photo named twice, a name that is not a photo, or a photo left out is one DataError."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"config.data.metadata={path}: cannot read it ({e})") from e
+    if not rows or "file" not in rows[0]:
+        raise DataError(f"{path}: expected a header with a 'file' column (and optionally "
+                             "'subject' and other columns) and one row per photo")
+    by_file: dict = {}
+    for row in rows:
+        name = row["file"].strip()
+        if name in by_file:
+            raise DataError(f"{path}: {name!r} is named twice; one row per photo")
+        by_file[name] = row
+    unknown = sorted(set(by_file) - set(ids))
+    if unknown:
+        raise DataError(f"{path}: {unknown[0]!r} is not a photo of the data folder "
+                             f"({len(unknown)} such rows); names are relative to data.root")
+    missing = [i for i in ids if i not in by_file]
+    if missing:
+        raise DataError(f"{path}: no row for photo {missing[0]!r} ({len(missing)} photos "
+                             "left out); every photo needs a row")
+    columns = [c for c in rows[0] if c not in ("file", "subject")]
+    subjects = np.array([by_file[i].get("subject") or i for i in ids], str)
+    return subjects, {c: np.array([by_file[i][c] for i in ids], str) for c in columns}

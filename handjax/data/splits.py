@@ -165,3 +165,27 @@ def _log_groups(groups, subjects, merged) -> None:
     if subjects is not None:
         log.info("folds: %d subject(s); with near-duplicates, %d groups kept in one fold each",
                  len(np.unique(np.asarray(subjects))), int(merged.max() + 1))
+
+
+def inner_splits(folds, labels, groups, fraction: float, seed: int) -> list[np.ndarray]:
+    """Per fold, an inner validation split of its training photos: about ``fraction`` of
+    them (one of ``round(1 / fraction)`` stratified group folds, fewer when a class has
+    fewer training photos), stratified by class and never splitting a group (subject or
+    duplicate). Empty when ``fraction`` is 0 (the study's protocol)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    if fraction <= 0:
+        return [np.zeros(0, np.int64) for _ in folds]
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    out = []
+    for k, (train, _) in enumerate(folds):
+        train = np.asarray(train)
+        smallest = np.bincount(labels[train]).min() if len(train) else 0
+        n_splits = min(max(2, round(1 / fraction)), smallest, len(np.unique(groups[train])))
+        if n_splits < 2:
+            raise DataError(f"fold {k}: too few training photos per class ({smallest}) for "
+                            "an inner validation split; set --config.train.inner_val=0")
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True,
+                                        random_state=seed + 1000 + k)
+        _, val = next(splitter.split(train, labels[train], groups[train]))
+        out.append(np.sort(train[val]))
+    return out
