@@ -37,7 +37,9 @@ def parse_flags(argv):
 def _one_line(e: BaseException) -> str:
     """The gist of an error whose text may embed a traceback (ml_collections does)."""
     msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
-    lines = [l.strip() for l in msg.splitlines() if l.strip()]
+    # ml_collections nests a KeyError's repr in another: unescape it into plain lines
+    msg = msg.replace("\\n", "\n").replace("\\'", "'")
+    lines = [l.strip().strip("'") for l in msg.splitlines() if l.strip().strip("'")]
     if "No such file or directory" in msg:
         paths = [l for l in lines if l.endswith(".py")]
         return f"config file not found: {paths[-1] if paths else lines[-1]}"

@@ -69,9 +69,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state, wait: bool = True) -> No
     """Save ``state`` as checkpoint ``step``; by default wait, so a kill right after loses
     nothing. ``wait=False`` writes in the background (``state`` must then not be donated
     or deleted before ``close``)."""
-    mngr.save(step, args=ocp.args.StandardSave(to_nested(state)))
-    if wait:
-        mngr.wait_until_finished()
+    try:
+        mngr.save(step, args=ocp.args.StandardSave(to_nested(state)))
+        if wait:
+            mngr.wait_until_finished()
+    except (OSError, ValueError) as e:  # a full disk, a folder made read-only
+        raise TrainingError(f"{mngr.directory}: cannot write checkpoint {step} "
+                            f"({getattr(e, 'strerror', None) or e}); free space or fix "
+                            "permissions, then rerun the same command") from e
 
 
 def _metadata(mngr, step: int) -> dict:

@@ -24,12 +24,13 @@ from handjax.models import classifier
 
 
 # --------------------------------------------------------------------------- photos
-def load_examples(spec, seed: int) -> data.Examples:
+def load_examples(spec, seed: int, n_folds: int = data.N_FOLDS) -> data.Examples:
     """The configured photos: the user's folder if ``spec.root`` is set, else synthetic hands."""
     if spec.root:
         return data.load_folder(spec.root, image_size=spec.image_size,
                                 on_error=spec.on_error,
-                                class_map=dict(spec.class_map) if spec.class_map else None)
+                                class_map=dict(spec.class_map) if spec.class_map else None,
+                                min_per_class=n_folds)
     return data.load_synthetic(n_per_class=spec.n_per_class, image_size=spec.image_size,
                                seed=seed)
 
@@ -69,13 +70,15 @@ class ProtocolData:
 def protocol_data(spec, seed: int, n_folds: int, inner_val: float = 0.0) -> ProtocolData:
     """Photos, subjects and metadata, folds grouped by subject and near-duplicate group, the
     inner validation splits and the image views (``spec``: a DataSpec)."""
-    examples = load_examples(spec, seed)
+    examples = load_examples(spec, seed, n_folds)
     dup = data.duplicate_groups(examples.images) if spec.dedup else None
     if spec.metadata:
         subjects, metadata = data.load_metadata(spec.metadata, examples.ids)
-    else:
+    elif not spec.root:     # synthetic: two photos (left and right hand) per person
+        subjects, metadata = data.synthetic_metadata(examples.ids, seed)
+    else:                   # a folder without a CSV: each photo its own subject
         subjects, metadata = np.asarray(examples.ids, str), {}
-    known = subjects if spec.metadata else None
+    known = subjects if spec.metadata or not spec.root else None
     folds = data.folds(examples.labels, n_splits=n_folds, seed=seed, groups=dup,
                        subjects=known)
     inner = data.inner_splits(folds, np.asarray(examples.labels),

@@ -274,7 +274,11 @@ def main(argv=None) -> int:
         run = load_run(args.workdir)
         preds = predict(run, args.photos)
         out = Path(args.out) if args.out else Path(args.workdir) / "gradcam"
-        overlays = write_overlays(preds, out)
+        try:
+            overlays = write_overlays(preds, out)
+        except OSError as e:
+            raise data.DataError(f"cannot write the overlays into {out} ({e.strerror}); "
+                                 "choose a folder you can write to with --out") from e
     except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
         if os.environ.get("HANDJAX_DEBUG"):
             raise

@@ -324,14 +324,23 @@ def _run_locked(spec, workdir: Path) -> dict:
             targets=targets)
     finally:
         checkpoint.close(manager)
-    csv_path = report.write_predictions(workdir, preds)
+    try:
+        csv_path = report.write_predictions(workdir, preds)
+    except OSError as e:
+        raise TrainingError(f"cannot write {workdir / 'predictions.csv'} ({e.strerror}); "
+                            "free space or fix permissions, then rerun") from e
     results = results_record(spec, prep, decisions)
     results.update(evaluate.clinical_results(csv_path, preds, calib, spec.eval, spec.seed))
     results = json_safe(results)
     timing["evaluate_s"] = time.perf_counter() - t
     timing["wall_time_s"] = time.perf_counter() - t0
-    write_results(workdir, results, timing)
-    report.write_run(workdir, results, preds)
+    try:
+        write_results(workdir, results, timing)
+        report.write_run(workdir, results, preds)
+    except OSError as e:  # a full disk or a folder made read-only under the run
+        raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
+                            "space or fix permissions, then rerun the same command (it "
+                            "resumes from the last checkpoint)") from e
     console.summary(results, METRIC_KEYS, str(workdir / "results.md"))
     return results
 

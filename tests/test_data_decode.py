@@ -137,3 +137,12 @@ def test_decode_image_error_is_one_line_naming_the_file(tmp_path):
         data.decode_image(tmp_path / "mine.jpg", SIZE)
     with pytest.raises(data.DataError, match="file not found"):
         data.decode_image(tmp_path / "missing.jpg", SIZE)
+
+
+def test_a_pipe_is_refused_at_once_not_read(tmp_path):
+    """``mkfifo f.jpg`` would block a read forever: only regular files are photos."""
+    import os
+    fifo = tmp_path / "f.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(data.DataError, match="not a regular file"):
+        data.decode_image(fifo, 32)

@@ -1,5 +1,7 @@
 """handjax.data.sources: folder structure errors, the bad-file policy, class maps, the TFDS
 cache (reuse, rebuild, pruning), the synthetic set's loader and the cache location."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -154,3 +156,28 @@ def test_data_caches_under_cache_dir(tmp_path, monkeypatch):
     data.load_synthetic(n_per_class=1, image_size=8)
     prepared = tmp_path / ".cache" / "handjax" / "tfds" / "synthetic_hands" / "n1_seed0"
     assert (prepared / str(sources.SyntheticHands.VERSION) / "dataset_info.json").is_file()
+
+
+def test_fewer_folds_need_fewer_photos(tmp_path, image_folder):
+    image_folder(tmp_path)
+    for i in (3, 4):
+        (tmp_path / "ra" / f"img{i}.png").unlink()
+    ex = data.load_folder(tmp_path, image_size=SIZE, min_per_class=3)
+    assert list(np.bincount(ex.labels)) == [5, 5, 3]
+
+
+def test_class_folder_symlinked_to_another_is_refused(tmp_path, image_folder, no_decoding):
+    image_folder(tmp_path)
+    import shutil
+    shutil.rmtree(tmp_path / "ra")
+    (tmp_path / "ra").symlink_to(tmp_path / "normal", target_is_directory=True)
+    with pytest.raises(data.DataError, match="same file under classes") as err:
+        data.load_folder(tmp_path, image_size=SIZE)
+    assert "\n" not in str(err.value)
+
+
+def test_preparing_leaves_no_temp_litter(tmp_path, image_folder, monkeypatch):
+    import tempfile
+    before = set(Path(tempfile.gettempdir()).glob("tmp*tfds"))
+    data.load_folder(image_folder(tmp_path / "photos"), image_size=SIZE)
+    assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) <= before

@@ -20,6 +20,9 @@ def test_launch_misspelt_key_is_one_clear_line(tmp_path):
     assert out.returncode != 0
     assert "trian" in out.stderr
     assert "Traceback" not in out.stderr
+    out = _launch("--config", str(ROOT / "experiments/vgg19_custom.py:smoke"),
+                  "--config.train.lr=0.1", cwd=tmp_path)
+    assert 'Did you mean "lr2"' in out.stderr and "\\n" not in out.stderr
 
 
 def test_launch_missing_data_folder_is_one_clear_line(tmp_path):

@@ -231,3 +231,13 @@ def test_missing_inputs_are_one_clear_line(what, photos, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("handjax: error:")
     assert ("nope.jpg" if what == "missing_photo" else "norun") in err[0]
+
+
+def test_out_into_a_missing_or_read_only_folder_is_one_clear_line(run_dir, photos, tmp_path,
+                                                                  capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")                         # --out under a file: cannot be created
+    assert predict.main(["--workdir", str(run_dir), "--out", str(blocker / "cams"),
+                         str(photos[0])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the overlays" in err[0] and "--out" in err[0]

@@ -24,11 +24,11 @@ from handjax.data.preview import contact_sheet, main
 from handjax.data.sources import (IMAGE_EXTENSIONS, HandConditions, SyntheticHands, describe,
                                   load_folder, load_metadata, load_synthetic)
 from handjax.data.splits import duplicate_groups, folds, inner_splits, merge_groups
-from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand
+from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, synthetic_metadata
 
 __all__ = [
     "CLASSES", "DISPLAY_NAMES", "IMAGE_EXTENSIONS", "N_FOLDS", "SYNTHETIC_SIZE", "DataError",
     "Examples", "HandConditions", "SyntheticHands", "augment", "contact_sheet", "decode_image",
     "describe", "duplicate_groups", "folds", "inner_splits", "load_folder", "load_metadata",
-    "load_synthetic", "main", "merge_groups", "render_hand",
+    "load_synthetic", "main", "merge_groups", "render_hand", "synthetic_metadata",
 ]

@@ -28,8 +28,11 @@ def decode_image(path, image_size: int) -> np.ndarray:
     Raises DataError naming the file and the reason.
     """
     _check_size(image_size)
+    p = Path(path)
+    if p.exists() and not p.is_file():  # a FIFO or device would block the read forever
+        raise DataError(f"{path}: not a regular file (a folder, pipe or device); give a photo")
     try:
-        return _fit_square(_open_rgb(Path(path), image_size), image_size)
+        return _fit_square(_open_rgb(p, image_size), image_size)
     except DataError:
         raise
     except FileNotFoundError:

@@ -51,7 +51,10 @@ def _preview(args) -> Path:
         labels = np.array([r["label"] for r in records])
         captions = [f"severity {float(r['severity']):.2f}" for r in records]
     out = Path(args.out)
-    contact_sheet(images, labels, captions, per_class=args.n).save(out)
+    try:
+        contact_sheet(images, labels, captions, per_class=args.n).save(out)
+    except OSError as e:
+        raise DataError(f"cannot write {out} ({e.strerror}); choose a writable --out") from e
     return out
 
 

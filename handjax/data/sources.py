@@ -29,7 +29,7 @@ from PIL import Image
 from handjax.cache import cache_dir
 from handjax.data.base import CLASSES, N_FOLDS, DataError, Examples
 from handjax.data.decode import _DECODER_VERSION, _check_size, decode_image
-from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand
+from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, subject_traits
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _class_mapping(class_map) -> dict:
     return mapping
 
 
-def _scan_folder(root: Path, class_map) -> list:
+def _scan_folder(root: Path, class_map, min_per_class: int = N_FOLDS) -> list:
     """Sorted (relative path, label) of every image file; structure errors raised up front."""
     if not root.exists():
         raise DataError(f"image folder not found: {root}")
@@ -70,33 +70,46 @@ def _scan_folder(root: Path, class_map) -> list:
         raise DataError(
             f"unknown class folder(s) {', '.join(unknown)} in {root}: expected "
             f"{', '.join(CLASSES)}, or map them with class_map={{folder: class}}")
-    files = []
+    files, seen = [], {}
     for d in dirs:
         label = _folder_label(d.name, mapping)
         for p in sorted(d.rglob("*")):
             hidden = any(part.startswith(".") for part in p.relative_to(root).parts)
             if p.suffix.lower() in IMAGE_EXTENSIONS and not hidden and p.is_file():
-                files.append((p.relative_to(root).as_posix(), label))
-    _check_counts([label for _, label in files], root, "image files")
+                rel = p.relative_to(root).as_posix()
+                _check_one_label(p, rel, label, seen)
+                files.append((rel, label))
+    _check_counts([label for _, label in files], root, "image files", min_per_class)
     return files
+
+
+def _check_one_label(path: Path, rel: str, label: int, seen: dict) -> None:
+    """One file (through symlinks: a class folder linked to another) under two labels is
+    refused: the same photo would train and test under conflicting classes."""
+    real = path.resolve()
+    first = seen.setdefault(real, (rel, label))
+    if first[1] != label:
+        raise DataError(f"{rel} and {first[0]} are the same file under classes "
+                        f"{CLASSES[label]} and {CLASSES[first[1]]} (a symlinked folder?); "
+                        "keep each photo in one class folder")
 
 
 def _folder_label(name: str, mapping: dict):
     return mapping.get(name, mapping.get(name.lower()))
 
 
-def _check_counts(labels, root, what: str) -> None:
+def _check_counts(labels, root, what: str, least: int = N_FOLDS) -> None:
     counts = np.bincount(np.asarray(labels, np.int64), minlength=len(CLASSES))
     empty = [CLASSES[i] for i in range(len(CLASSES)) if counts[i] == 0]
     if empty:
         raise DataError(
             f"empty class(es) {', '.join(empty)} in {root}: no {what} "
             f"({'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
-    few = [f"{CLASSES[i]} has {counts[i]}" for i in range(len(CLASSES)) if counts[i] < N_FOLDS]
+    few = [f"{CLASSES[i]} has {counts[i]}" for i in range(len(CLASSES)) if counts[i] < least]
     if few:
         raise DataError(
-            f"too few {what} in {root} for {N_FOLDS}-fold cross-validation: {', '.join(few)} "
-            f"(need at least {N_FOLDS} per class)")
+            f"too few {what} in {root} for {least}-fold cross-validation: {', '.join(few)} "
+            f"(need at least {least} per class; --config.n_folds sets the fold count)")
 
 
 def _fingerprint(root: Path, files, image_size: int, class_map) -> str:
@@ -155,7 +168,9 @@ class HandConditions(_Builder, skip_registration=_SKIP):
     """A user's ImageFolder of hand photos, decoded once; unreadable files are recorded in
     ``info.metadata["bad_files"]`` as [relative path, reason] and left out."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.2.0": "two photos per person (left and right hand: severity, skin "
+                              "tone, palm size and finger spread shared)"}
 
     def _info(self):
         cfg = self.builder_config
@@ -186,7 +201,9 @@ class SyntheticHands(_Builder, skip_registration=_SKIP):
     """Procedural photo-like hands, SYNTHETIC_SIZE px, balanced, deterministic for a seed.
     Synthetic and medically meaningless; see the module docstring."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.2.0": "two photos per person (left and right hand: severity, skin "
+                              "tone, palm size and finger spread shared)"}
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -198,11 +215,15 @@ class SyntheticHands(_Builder, skip_registration=_SKIP):
         for label, name in enumerate(CLASSES):
             for i in range(cfg.n_per_class):
                 # One stream per (seed, class, index): the first k hands do not depend on n.
+                # Photos 2j and 2j+1 are one person's left and right hand.
                 rng = np.random.default_rng([cfg.seed, label, i])
-                severity = float(rng.uniform() ** 0.8) if label else 0.0
+                traits = subject_traits(cfg.seed, label, i // 2)
+                severity = traits["severity"]
                 key = f"synthetic/{name}/{i:04d}"
-                yield key, {"image": render_hand(rng, label, severity, SYNTHETIC_SIZE),
-                            "label": label, "id": key, "severity": np.float32(severity)}
+                image = render_hand(rng, label, severity, SYNTHETIC_SIZE, traits=traits,
+                                    hand="left" if i % 2 == 0 else "right")
+                yield key, {"image": image, "label": label, "id": key,
+                            "severity": np.float32(severity)}
 
 
 
@@ -230,13 +251,27 @@ def _read(builder_cls, config) -> tuple:
         prepared = builder.is_prepared()
     if not prepared:
         log.info("preparing %s/%s in %s", builder.name, config.name, builder.data_dir)
-        with _quiet():
+        with _quiet(), _private_tempdir():
             builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split="train")
     records = list(source.__getitems__(range(len(source))))
     for r in records:
         r["id"] = r["id"].decode() if isinstance(r["id"], bytes) else str(r["id"])
     return builder, sorted(records, key=lambda r: (int(r["label"]), r["id"]))
+
+
+@contextlib.contextmanager
+def _private_tempdir():
+    """TFDS leaves an empty ``tmp*tfds`` folder in the system temp dir per preparation (its
+    GCS metadata probe): point ``tempfile`` at a folder of ours meanwhile, then delete it."""
+    import tempfile
+    old = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="handjax-tfds-") as tmp:
+        tempfile.tempdir = tmp
+        try:
+            yield
+        finally:
+            tempfile.tempdir = old
 
 
 def _prune_stale_copies(builder_root: Path, prefix: str, keep: str) -> None:
@@ -262,7 +297,8 @@ def _examples(records, source: str, resize_to: int | None = None) -> Examples:
 # --------------------------------------------------------------------------- loaders
 
 
-def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=None) -> Examples:
+def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=None,
+                min_per_class: int = N_FOLDS) -> Examples:
     """Loads a user's ImageFolder of hand photos (see the module docstring for the layout).
 
     on_error: "raise" (default) raises one DataError listing every unreadable file and why;
@@ -275,7 +311,7 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     _check_size(image_size)
     path = Path(root).expanduser()
-    files = _scan_folder(path, class_map)
+    files = _scan_folder(path, class_map, min_per_class)
     resolved = path.resolve()
     # s<size>_<folder>_<state>: a changed folder gets a new copy; older copies of the same
     # folder at the same size are deleted once the new one is prepared.
@@ -295,7 +331,7 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
                 f"on_error='skip'): {listing}")
         warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root}: {listing}",
                       stacklevel=2)
-        _check_counts([r["label"] for r in records], root, "readable images")
+        _check_counts([r["label"] for r in records], root, "readable images", min_per_class)
     return _examples(records, source=str(root))
 
 

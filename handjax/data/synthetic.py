@@ -140,18 +140,34 @@ class _Canvas:
         self.crease[sl] += strength * envelope * np.cos(np.pi * n * (u + 0.08 * v * v)) ** 8
 
 
+def subject_traits(seed: int, label: int, subject: int) -> dict:
+    """What a synthetic person's two hands share: severity (0 for normal), skin tone (an
+    index into the skin palette), palm size and finger spread; one stream per subject."""
+    rng = np.random.default_rng([seed, label, subject, 7])
+    return {"severity": float(rng.uniform() ** 0.8) if label else 0.0,
+            "tone": float(rng.uniform(0, len(_SKIN) - 1)),
+            "scale": float(rng.uniform(0.30, 0.38)), "spread": float(rng.uniform(0.6, 1.6))}
+
+
 def render_hand(rng: np.random.Generator, label: int, severity: float,
-                size: int = SYNTHETIC_SIZE) -> np.ndarray:
+                size: int = SYNTHETIC_SIZE, traits: dict | None = None,
+                hand: str | None = None) -> np.ndarray:
     """One synthetic photo (uint8 [size, size, 3]) of a hand of class ``label``.
 
     normal: straight slim fingers (with the small crooks and knobbly joints of real hands);
     heberden: paired nodules on the back of the DIP joint of 1-4 fingers, fingertip bent
     sideways; ra: spindle swelling and redness at PIP and MCP joints, ulnar drift at the MCPs.
     Sign sizes scale with ``severity`` in [0, 1]; near 0 they are within normal variation.
+    ``traits`` (:func:`subject_traits`) fix the person's skin tone, palm size and finger
+    spread, ``hand`` ("left"/"right") the side; otherwise ``rng`` draws them.
     """
     s = severity
     scale = size * rng.uniform(0.30, 0.38)  # pixels per palm width
     mirror = -1.0 if rng.random() < 0.5 else 1.0  # left or right hand
+    if traits is not None:
+        scale = size * traits["scale"]
+    if hand is not None:
+        mirror = -1.0 if hand == "left" else 1.0
     a = np.deg2rad(rng.uniform(-25, 25))
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], np.float32)
     center = (np.array([0.5, 0.52]) + rng.uniform(-0.06, 0.06, 2)) * size
@@ -170,10 +186,10 @@ def render_hand(rng: np.random.Generator, label: int, severity: float,
     _thumb(rng, canvas, px, vec, scale)
     affected = _affected_fingers(rng, label, s)
     drift = (8 + 20 * s) * rng.uniform(0.7, 1.1) if label == 2 else rng.uniform(-2, 3)
-    spread = rng.uniform(0.6, 1.6)
+    spread = rng.uniform(0.6, 1.6) if traits is None else traits["spread"]
     for i, finger in enumerate(_FINGERS):
         _finger(rng, canvas, px, vec, scale, finger, i, label, s, i in affected, spread, drift)
-    return _photograph(rng, canvas, size)
+    return _photograph(rng, canvas, size, None if traits is None else traits["tone"])
 
 
 def _affected_fingers(rng, label, s) -> set:
@@ -245,11 +261,12 @@ def _finger(rng, canvas, px, vec, scale, finger, i, label, s, sick, spread, drif
         canvas.paint(canvas.red, px(m), r * 1.4 * scale, 0.35 * s)
 
 
-def _photograph(rng, canvas: _Canvas, size: int) -> np.ndarray:
+def _photograph(rng, canvas: _Canvas, size: int, tone: float | None = None) -> np.ndarray:
     """Shades the hand, lays it on a cluttered table with its shadow, adds camera effects."""
     f32 = np.float32
     background = _background(rng, size)
-    tone = rng.uniform(0, len(_SKIN) - 1)
+    drawn = rng.uniform(0, len(_SKIN) - 1)
+    tone = drawn if tone is None else tone
     lo = int(tone)
     skin = (_SKIN[lo] + (tone - lo) * (_SKIN[min(lo + 1, len(_SKIN) - 1)] - _SKIN[lo]))
     skin = (skin * rng.uniform(0.95, 1.05, 3)).astype(f32)
@@ -381,3 +398,27 @@ def _clutter(rng, pil: Image.Image) -> None:
                          fill=tuple(int(c * 0.7) for c in color))
         else:
             draw.line(xy, fill=color, width=int(rng.integers(3, 8)))
+
+
+TONE_BANDS = ("light", "medium", "dark")
+SEVERITY_BANDS = ((0.0, "none"), (0.34, "mild"), (0.67, "moderate"), (1.01, "marked"))
+
+
+def synthetic_metadata(ids, seed: int) -> tuple[np.ndarray, dict]:
+    """Subjects and subgroup columns of synthetic photos ``synthetic/<class>/<i>``: photos
+    2j and 2j+1 of a class are one person's left and right hand (:func:`subject_traits`);
+    columns ``skin_tone`` (light / medium / dark palette thirds), ``severity_band`` and
+    ``hand``."""
+    from handjax.data.base import CLASSES
+    subjects, tones, bands, hands = [], [], [], []
+    for key in ids:
+        _, name, i = str(key).rsplit("/", 2)
+        label, j = CLASSES.index(name), int(i) // 2
+        t = subject_traits(seed, label, j)
+        subjects.append(f"synthetic/{name}/subject{j:04d}")
+        tones.append(TONE_BANDS[min(int(3 * t["tone"] / (len(_SKIN) - 1)), 2)])
+        bands.append("none" if label == 0 else next(
+            b for hi, b in SEVERITY_BANDS[1:] if t["severity"] < hi))
+        hands.append("left" if int(i) % 2 == 0 else "right")
+    return np.array(subjects), {"skin_tone": np.array(tones), "severity_band": np.array(bands),
+                                "hand": np.array(hands)}
