@@ -198,9 +198,10 @@ def test_batch_loss_padding_contributes_nothing(name):
     garbage = logits.copy()
     garbage[~mask] = np.array([np.nan, np.inf, -1e30])        # padding rows: anything
     labels_g = np.where(mask, labels, -7)                         # and any label
-    value, grad = jax.value_and_grad(fn)(jnp.asarray(garbage, jnp.float32), labels_g, mask)
-    ref, ref_grad = jax.value_and_grad(fn)(jnp.asarray(logits[mask], jnp.float32),
-                                           labels[mask], np.ones(mask.sum(), bool))
+    value_and_grad = jax.jit(jax.value_and_grad(fn))
+    value, grad = value_and_grad(jnp.asarray(garbage, jnp.float32), labels_g, mask)
+    ref, ref_grad = value_and_grad(jnp.asarray(logits[mask], jnp.float32),
+                                   labels[mask], np.ones(mask.sum(), bool))
     assert float(value) == pytest.approx(float(ref), rel=1e-6)
     np.testing.assert_array_equal(np.asarray(grad)[~mask], 0.0)
     np.testing.assert_allclose(np.asarray(grad)[mask], ref_grad, rtol=1e-5, atol=1e-7)
@@ -212,7 +213,7 @@ def test_batch_loss_gradient_matches_central_differences_float64(name):
     logits, labels, mask = _masked_batch(13, n=6)
     with jax.enable_x64(True):
         x = jnp.asarray(logits, jnp.float64)
-        total = lambda z: fn(z, labels, mask)
+        total = jax.jit(lambda z: fn(z, labels, mask))
         grad = np.asarray(jax.grad(total)(x))
         assert grad.dtype == np.float64
         fd = _central_differences(total, x)
