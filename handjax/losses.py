@@ -1,9 +1,26 @@
-"""Training objectives, optax-shaped: ``fn(logits, labels, ...) -> per-example loss``.
+"""Training objectives: per-example (optax-shaped) and batch-level.
 
 ``logits`` are ``(..., K)`` floats, ``labels`` integer class ids ``(...)`` in severity
-order (0 normal, 1 Heberden's nodes, 2 rheumatoid arthritis). Each loss returns one
-value per example; the trainer takes masked means (folds have unequal sizes). All are
-stable for logits of magnitude 1e4 and differentiable everywhere.
+order (0 normal, 1 Heberden's nodes, 2 rheumatoid arthritis).
+
+* Per-example losses (``categorical``, ``binary``, ``severity``): ``fn(logits, labels)
+  -> (n,)``; the trainer takes masked means (folds have unequal sizes). Stable for logits
+  of magnitude 1e4 and differentiable everywhere.
+* Batch-level losses (:data:`BATCH_LOSSES`: ``soft_plus``, ``soft_multi``,
+  ``soft_custom``): ``fn(logits, labels, mask) -> scalar``, the study's custom metrics
+  (``handjax.metrics``) evaluated on a *soft* confusion matrix (:func:`soft_confusion`).
+  Padding examples (``mask`` 0) contribute exactly nothing, to the value and to the
+  gradient, whatever their logits.
+
+The study says only that its ``custom_loss`` was "a loss based on the custom metrics".
+handjax's reading is :func:`soft_custom`: ``soft_plus + soft_multi + (1 - soft_precision)``,
+all three metrics with their better direction made lower. Two facts to keep in mind:
+the study's own table shows its custom-loss CNNs made *more* under-severity errors than
+cross-entropy (mean cus_plus 1.02 against 0.24 for categorical CE), and an
+under-severity-only penalty has a degenerate minimum: calling every photo RA makes
+``soft_plus`` and ``soft_multi`` exactly 0 (tested). The precision term, which weighs the
+over-severity false positives, is what keeps :func:`soft_custom` away from that minimum.
+``severity`` is handjax's own objective, not the study's.
 """
 from __future__ import annotations
 
@@ -13,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from handjax import metrics
 
 # cost[i, j]: cost of predicting j when the truth is i (rows true, columns predicted).
 # Under-severity (i > j, the dangerous miss) costs the number of grades too mild:
@@ -43,7 +62,10 @@ def binary(logits, labels):
 
 
 def severity(logits, labels, *, cost=None, ce_weight=1.0, class_weights=None):
-    """Cross-entropy plus the expected misclassification cost.
+    """Cross-entropy plus the expected misclassification cost (handjax's own objective).
+
+    Not the study's custom_loss (see :func:`soft_custom` for a reading of that): the cost
+    matrix is handjax's choice (:data:`DEFAULT_COST`).
 
     ``loss = w_y * (ce_weight * CE(logits, y) + sum_j softmax(logits)_j * cost[y, j])``
 
@@ -130,21 +152,89 @@ def corn_loss_batch(logits, labels, mask=None):
     return terms.sum() / jnp.maximum(member.sum(), 1.0)
 
 
+def _masked_probs(logits, mask):
+    """Softmax probabilities with padding rows set to exactly 0 (value and gradient)."""
+    keep = jnp.asarray(mask).astype(bool)[..., None]
+    # Sanitise first: a NaN/inf padding logit would otherwise poison softmax's VJP.
+    probs = jax.nn.softmax(jnp.where(keep, logits, 0.0), axis=-1)
+    return jnp.where(keep, probs, 0.0)
+
+
+def soft_confusion(logits, labels, mask, num_classes: int = 3):
+    """Soft confusion matrix ``cm[i, j] = sum_n mask_n [y_n = i] softmax(logits_n)_j``.
+
+    Row sums are the (hard) true counts; at one-hot probabilities it equals
+    :func:`handjax.metrics.confusion_matrix`. Labels outside ``[0, K)`` count nothing.
+
+    Args:
+      logits: ``(..., n, K)``.
+      labels: ``(..., n)`` integer class ids.
+      mask: ``(..., n)`` bool/0-1, 0 for padding.
+      num_classes: K.
+
+    Returns:
+      ``(..., K, K)`` float matrix, differentiable in ``logits``.
+    """
+    probs = _masked_probs(logits, mask)
+    truth = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)
+    return jnp.einsum("...ni,...nj->...ij", truth, probs)
+
+
+def soft_plus(logits, labels, mask):
+    """custom_plus of the soft confusion matrix: the expected under-severity rates."""
+    return metrics.custom_plus(soft_confusion(logits, labels, mask, logits.shape[-1]))
+
+
+def soft_multi(logits, labels, mask):
+    """custom_multi (the adopted reading, :func:`handjax.metrics.custom_multi`) of the soft
+    confusion matrix."""
+    return metrics.custom_multi(soft_confusion(logits, labels, mask, logits.shape[-1]))
+
+
+def soft_precision(logits, labels, mask):
+    """custom_precision (default weights) of the soft confusion matrix (higher is better).
+
+    Unlike the hard metric's 0/0 := 0, a class that receives only vanishing probability
+    keeps the ratio of its tiny masses (e.g. 1/3 for N when every photo is called RA with
+    the same confidence): the soft precision is continuous, the hard one is not there."""
+    return metrics.custom_precision(soft_confusion(logits, labels, mask, logits.shape[-1]))
+
+
+def soft_custom(logits, labels, mask):
+    """handjax's reading of the study's custom_loss: ``soft_plus + soft_multi +
+    (1 - soft_precision)``, all three custom metrics made lower-is-better, from one soft
+    confusion matrix. 0 only for a perfect, confident batch."""
+    cm = soft_confusion(logits, labels, mask, logits.shape[-1])
+    return metrics.custom_plus(cm) + metrics.custom_multi(cm) + 1.0 - metrics.custom_precision(cm)
+
+
 _LOSSES = {"categorical": categorical, "binary": binary, "severity": severity,
            "corn": corn_loss, "coral": coral_loss}
 
+# Batch-level losses: fn(logits (n, K), labels (n,), mask (n,)) -> scalar (vmap over folds).
+BATCH_LOSSES = {"soft_plus": soft_plus, "soft_multi": soft_multi, "soft_custom": soft_custom}
+
+
+def is_batch_level(fn) -> bool:
+    """Whether ``fn`` (as :func:`get` returns it) is a batch-level loss
+    ``fn(logits, labels, mask) -> scalar`` rather than a per-example one."""
+    return getattr(fn, "func", fn) in BATCH_LOSSES.values()
+
 
 def get(name: str, **kwargs):
-    """The loss called ``name`` with ``kwargs`` bound: ``fn(logits, labels) -> (n,)``.
+    """The loss called ``name`` with ``kwargs`` bound.
 
-    Names: ``"categorical"``, ``"binary"``, ``"severity"`` (which takes ``cost``,
-    ``ce_weight``, ``class_weights``). Unknown names or arguments raise at once rather
-    than at the first training step.
+    Per-example names: ``"categorical"``, ``"binary"``, ``"severity"`` (which takes
+    ``cost``, ``ce_weight``, ``class_weights``) give ``fn(logits, labels) -> (n,)``.
+    Batch-level names (``name in BATCH_LOSSES``: ``"soft_plus"``, ``"soft_multi"``,
+    ``"soft_custom"``, no arguments) give ``fn(logits, labels, mask) -> scalar``.
+    Unknown names or arguments raise at once rather than at the first training step.
     """
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(_LOSSES)}")
+    known = {**_LOSSES, **BATCH_LOSSES}
+    if name not in known:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(known)}")
     allowed = {"cost", "ce_weight", "class_weights"} if name == "severity" else set()
     unexpected = set(kwargs) - allowed
     if unexpected:
         raise TypeError(f"loss {name!r} takes no arguments {sorted(unexpected)}")
-    return functools.partial(_LOSSES[name], **kwargs)
+    return functools.partial(known[name], **kwargs)

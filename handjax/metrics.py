@@ -11,8 +11,11 @@ broadcasts over leading axes, so ``jax.vmap`` over a fold axis and a direct call
 stacked ``(folds, K, K)`` array both work. A ratio whose denominator is zero (an empty
 row or column) counts as 0: an absent class contributes nothing rather than NaN.
 
-Worked example (the study's): ``cm = [[6,0,0],[4,4,1],[3,3,3]]`` gives accuracy 0.5417,
-custom_plus 1.1111, custom_multi 0.3565, custom_precision 0.5824.
+The study lost the formula images of custom_plus and custom_multi; the readings here are
+handjax's (custom_multi's is chosen against the study's table, see ``docs/custom_multi.md``).
+Worked example, the study's example matrix with our readings: ``cm = [[6,0,0],[4,4,1],
+[3,3,3]]`` gives accuracy 0.5417, custom_plus 1.1111, custom_multi 0.4074 (33/81),
+custom_precision 0.5824.
 """
 from __future__ import annotations
 
@@ -83,22 +86,57 @@ def custom_plus(cm):
     Each term is the fraction of true class ``i`` called the milder class ``j``; an
     empty row (``n_i = 0``) contributes 0. Lower is better.
     """
+    return under_severity_rates(cm).sum((-2, -1))
+
+
+def under_severity_rates(cm):
+    """``r[i, j] = cm[i, j] / n_i`` below the diagonal (``i > j``), 0 elsewhere.
+
+    The fraction of true class ``i`` called the milder class ``j``; an empty row gives 0.
+    """
     cm = _as_float(cm)
     rates = _safe_div(cm, cm.sum(-1, keepdims=True))
-    return (rates * _under_severity_mask(cm.shape[-1])).sum((-2, -1))
+    return rates * _under_severity_mask(cm.shape[-1])
 
 
-def custom_multi(cm):
+def custom_multi_per_class(cm):
+    """The product over the classes that have a milder class (H and R) of their
+    under-severity rates: ``u_H * u_R`` with ``u_i = sum_{j<i} cm[i, j] / n_i``.
+
+    The runner-up reading of custom_multi; for K = 3 it is :func:`custom_multi` less
+    ``r_RN * r_RH``."""
+    u = under_severity_rates(cm).sum(-1)[..., 1:]
+    return jnp.prod(u, axis=-1)
+
+
+def custom_multi_weighted(cm):
     """Under-severity rates weighted by their share of the milder prediction.
 
     ``sum_{i>j} (cm[i, j] / n_i) * (cm[i, j] / m_j)``: the rate at which true class
     ``i`` is called ``j``, times the fraction of all ``j`` predictions that are such
-    misses. Empty rows or columns contribute 0. Lower is better.
+    misses. Empty rows or columns contribute 0. handjax's first reading of custom_multi;
+    it is 0 only when custom_plus is, so it cannot produce the study's table (see
+    ``docs/custom_multi.md``).
     """
     cm = _as_float(cm)
-    row_rates = _safe_div(cm, cm.sum(-1, keepdims=True))
     col_rates = _safe_div(cm, cm.sum(-2, keepdims=True))
-    return (row_rates * col_rates * _under_severity_mask(cm.shape[-1])).sum((-2, -1))
+    return (under_severity_rates(cm) * col_rates).sum((-2, -1))
+
+
+def custom_multi(cm):
+    """The sum of the pairwise products of the under-severity rates (handjax's reading).
+
+    For 3 classes ``r_HN r_RN + r_HN r_RH + r_RN r_RH`` with ``r_ij = cm[i, j] / n_i``;
+    in general ``((sum r)^2 - sum r^2) / 2`` over the cells ``i > j``. It is 0 whenever at
+    most one kind of under-severity error occurs, so, unlike custom_plus, it can be 0 with
+    under-severity errors present, as four rows of the study's table are. Of the readings
+    tried it is the one best supported by all 24 (plus, multi) pairs of that table, computed
+    per whole test fold (``docs/custom_multi.md``, ``python -m handjax.readings``).
+    Range 0 … 1.25 for K = 3 (every H called N, R split evenly between N and H).
+    Lower is better.
+    """
+    r = under_severity_rates(cm)
+    return 0.5 * (r.sum((-2, -1)) ** 2 - (r ** 2).sum((-2, -1)))
 
 
 def custom_precision(cm, weights=None):

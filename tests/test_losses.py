@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from handjax import losses
+from handjax import losses, metrics
 
 K = 3
 
@@ -92,6 +92,15 @@ def test_default_cost_shape_and_order():
 
 
 # ---- gradients: central differences in float64 ---------------------------------------
+def _central_differences(total, x, eps=1e-6):
+    """d total / d x by central differences, one coordinate at a time (float64)."""
+    fd = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        step = jnp.zeros_like(x).at[idx].set(eps)
+        fd[idx] = (float(total(x + step)) - float(total(x - step))) / (2 * eps)
+    return fd
+
+
 _LOSS_FNS = {
     "categorical": losses.categorical,
     "binary": losses.binary,
@@ -111,11 +120,7 @@ def test_gradient_matches_central_differences_float64(name):
         total = lambda z: fn(z, y).sum()
         grad = np.asarray(jax.grad(total)(x))
         assert grad.dtype == np.float64
-        eps = 1e-6
-        fd = np.zeros_like(grad)
-        for idx in np.ndindex(*x.shape):
-            step = jnp.zeros_like(x).at[idx].set(eps)
-            fd[idx] = (float(total(x + step)) - float(total(x - step))) / (2 * eps)
+        fd = _central_differences(total, x)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
     assert jnp.ones(1).dtype == jnp.float32
 
@@ -153,3 +158,109 @@ def test_get_binds_arguments_and_rejects_unknowns():
         losses.get("categorical", cost=cost)
     with pytest.raises(TypeError):
         losses.get("severity", temperature=2.0)
+
+
+# ---- batch-level losses on a soft confusion matrix ----------------------------------
+def _masked_batch(seed, n=12):
+    rng = np.random.default_rng(seed)
+    logits = 2.0 * rng.standard_normal((n, K))
+    labels = rng.integers(0, K, size=n)
+    mask = rng.random(n) < 0.75
+    mask[:3] = True
+    return logits, labels, mask
+
+
+_HARD = {"soft_plus": metrics.custom_plus, "soft_multi": metrics.custom_multi,
+         "soft_precision": metrics.custom_precision}
+
+
+def test_soft_metrics_at_one_hot_equal_hard_metrics():
+    logits, labels, mask = _masked_batch(10, n=40)
+    preds = np.random.default_rng(11).integers(0, K, size=40)
+    with jax.enable_x64(True):
+        hard_logits = jnp.asarray(100.0 * np.eye(K)[preds])   # softmax one-hot to 1e-43
+        soft_cm = losses.soft_confusion(hard_logits, labels, mask, K)
+        hard_cm = metrics.confusion_matrix(labels, preds, K, mask)
+        np.testing.assert_allclose(soft_cm, hard_cm, atol=1e-12)
+        for name, metric in _HARD.items():
+            got = float(getattr(losses, name)(hard_logits, labels, mask))
+            assert got == pytest.approx(float(metric(hard_cm.astype(jnp.float64))), abs=1e-12)
+        custom = float(losses.soft_custom(hard_logits, labels, mask))
+        want = (metrics.custom_plus(hard_cm) + metrics.custom_multi(hard_cm)
+                + 1 - metrics.custom_precision(hard_cm))
+        assert custom == pytest.approx(float(want), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(losses.BATCH_LOSSES))
+def test_batch_loss_padding_contributes_nothing(name):
+    fn = losses.BATCH_LOSSES[name]
+    logits, labels, mask = _masked_batch(12)
+    garbage = logits.copy()
+    garbage[~mask] = np.array([np.nan, np.inf, -1e30])        # padding rows: anything
+    labels_g = np.where(mask, labels, -7)                         # and any label
+    value_and_grad = jax.jit(jax.value_and_grad(fn))
+    value, grad = value_and_grad(jnp.asarray(garbage, jnp.float32), labels_g, mask)
+    ref, ref_grad = value_and_grad(jnp.asarray(logits[mask], jnp.float32),
+                                   labels[mask], np.ones(mask.sum(), bool))
+    assert float(value) == pytest.approx(float(ref), rel=1e-6)
+    np.testing.assert_array_equal(np.asarray(grad)[~mask], 0.0)
+    np.testing.assert_allclose(np.asarray(grad)[mask], ref_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(losses.BATCH_LOSSES))
+def test_batch_loss_gradient_matches_central_differences_float64(name):
+    fn = losses.BATCH_LOSSES[name]
+    logits, labels, mask = _masked_batch(13, n=6)
+    with jax.enable_x64(True):
+        x = jnp.asarray(logits, jnp.float64)
+        total = jax.jit(lambda z: fn(z, labels, mask))
+        grad = np.asarray(jax.grad(total)(x))
+        assert grad.dtype == np.float64
+        fd = _central_differences(total, x)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
+    assert np.any(grad != 0)
+
+
+def test_batch_losses_vmap_over_masked_unequal_folds():
+    rng = np.random.default_rng(14)
+    logits = rng.standard_normal((4, 10, K)).astype(np.float32)
+    labels = rng.integers(0, K, size=(4, 10))
+    mask = np.arange(10)[None, :] < np.array([10, 7, 9, 5])[:, None]
+    for fn in losses.BATCH_LOSSES.values():
+        batched = jax.jit(jax.vmap(fn))(logits, labels, mask)
+        loop = [float(fn(logits[f, :m], labels[f, :m], np.ones(m, bool)))
+                for f, m in enumerate(mask.sum(1))]
+        np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-7)
+
+
+def test_under_severity_only_loss_has_degenerate_always_ra_minimum():
+    """Calling every photo RA makes soft_plus (and soft_multi) 0, their minimum, as low as a
+    perfect model; only the precision term of soft_custom tells the two apart."""
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    mask = np.ones(9, bool)
+    with jax.enable_x64(True):
+        always_ra = jnp.tile(jnp.array([0.0, 0.0, 50.0]), (9, 1))
+        perfect = jnp.asarray(50.0 * np.eye(K)[labels])
+        for fn in (losses.soft_plus, losses.soft_multi):
+            assert float(fn(always_ra, labels, mask)) < 1e-20
+            assert float(fn(perfect, labels, mask)) < 1e-20
+        # Any other model scores worse on soft_plus: the minimum is degenerate.
+        rng = np.random.default_rng(15)
+        assert min(float(losses.soft_plus(jnp.asarray(rng.standard_normal((9, K))), labels,
+                                          mask)) for _ in range(20)) > 0.05
+        # soft_custom: ~0 when perfect, 0.71 for always-RA. N and H keep equal tiny masses
+        # e^-50 per photo, so their soft precisions are ratios of them, not 0/0:
+        # N 3/(3 + 3 + 3), H 3/(3 + 1.5*3 + 3), R 3/(3 + 2*3 + 1.2*3).
+        assert float(losses.soft_custom(perfect, labels, mask)) < 1e-12
+        precision = (3 / 9 + 3 / 10.5 + 3 / 12.6) / 3
+        assert float(losses.soft_custom(always_ra, labels, mask)) == pytest.approx(
+            1 - precision, abs=1e-12)
+
+
+def test_get_returns_batch_losses():
+    logits, labels, mask = _masked_batch(16)
+    for name, fn in losses.BATCH_LOSSES.items():
+        assert float(losses.get(name)(logits, labels, mask)) == float(fn(logits, labels, mask))
+    with pytest.raises(TypeError):
+        losses.get("soft_custom", cost=np.eye(K))
+    assert "categorical" not in losses.BATCH_LOSSES

@@ -32,7 +32,26 @@ def ref_custom_plus(cm):
     return total
 
 
+def _ref_rates(cm):
+    """{(i, j): cm[i][j] / n_i} over the under-severity cells i > j."""
+    return {(i, j): _div(cm[i][j], sum(cm[i])) for i in range(len(cm)) for j in range(i)}
+
+
 def ref_custom_multi(cm):
+    """Sum over unordered pairs of distinct under-severity cells of their rate product."""
+    cells = list(_ref_rates(cm).items())
+    return sum(a * b for x, (_, a) in enumerate(cells) for _, b in cells[x + 1:])
+
+
+def ref_custom_multi_per_class(cm):
+    rates = _ref_rates(cm)
+    total = 1.0
+    for i in range(1, len(cm)):
+        total *= sum(rates[i, j] for j in range(i))
+    return total
+
+
+def ref_custom_multi_weighted(cm):
     k = len(cm)
     total = 0.0
     for i in range(k):
@@ -65,18 +84,40 @@ def _random_cms(seed, n=40, k=3):
 # ---- tests ------------------------------------------------------------------------
 def test_study_worked_example():
     got = {k: float(v) for k, v in metrics.all_metrics(jnp.array(STUDY_CM)).items()}
-    # The study's numbers, rounded to 4 digits.
-    expected = {"accuracy": 0.5417, "custom_plus": 1.1111,
-                "custom_multi": 0.3565, "custom_precision": 0.5824}
+    # The study's example matrix; the values are ours, by hand (README), under our readings:
+    # r_HN = 4/9, r_RN = r_RH = 3/9.
+    expected = {"accuracy": 13 / 24, "custom_plus": 10 / 9,
+                "custom_multi": (4 * 3 + 4 * 3 + 3 * 3) / 81,
+                "custom_precision": (6 / 13 + 4 / 7 + 3 / 4.2) / 3}
     assert set(got) == set(expected)
     for key, value in expected.items():
-        assert got[key] == pytest.approx(value, abs=5e-5), key
+        assert got[key] == pytest.approx(value, rel=1e-6), key
+    assert float(metrics.custom_multi_per_class(jnp.array(STUDY_CM))) == pytest.approx(
+        (4 / 9) * (6 / 9), rel=1e-6)
+    assert float(metrics.custom_multi_weighted(jnp.array(STUDY_CM))) == pytest.approx(
+        (4 / 9) * (4 / 13) + (3 / 9) * (3 / 13) + (3 / 9) * (3 / 7), rel=1e-6)
+
+
+@pytest.mark.parametrize("cm,plus,multi", [
+    ([[8, 0, 0], [2, 6, 0], [0, 0, 8]], 2 / 8, 0.0),              # only H->N misses
+    ([[8, 0, 0], [0, 8, 0], [1, 2, 5]], 3 / 8, (1 / 8) * (2 / 8)),  # R->N and R->H
+    ([[5, 0, 0], [1, 4, 0], [0, 2, 8]], 1 / 5 + 2 / 10, (1 / 5) * (2 / 10)),
+    ([[3, 3, 3], [0, 5, 5], [0, 0, 10]], 0.0, 0.0),               # only over-severity
+    ([[4, 0, 0], [4, 0, 0], [2, 2, 0]], 1 + 0.5 + 0.5, 0.5 + 0.5 + 0.25),  # all called milder
+])
+def test_custom_multi_hand_computed(cm, plus, multi):
+    """custom_multi is 0 with a single kind of under-severity error although plus is not:
+    the property the study's table needs (four rows with multi 0.0000, plus > 0)."""
+    assert float(metrics.custom_plus(jnp.array(cm))) == pytest.approx(plus, rel=1e-6)
+    assert float(metrics.custom_multi(jnp.array(cm))) == pytest.approx(multi, rel=1e-6, abs=1e-7)
 
 
 @pytest.mark.parametrize("name,ref", [
     ("accuracy", ref_accuracy),
     ("custom_plus", ref_custom_plus),
     ("custom_multi", ref_custom_multi),
+    ("custom_multi_per_class", ref_custom_multi_per_class),
+    ("custom_multi_weighted", ref_custom_multi_weighted),
     ("custom_precision",
      lambda cm: ref_custom_precision(cm, metrics.DEFAULT_PRECISION_WEIGHTS.tolist())),
 ])
@@ -84,6 +125,14 @@ def test_random_matrices_match_python_loops(name, ref):
     fn = jax.jit(getattr(metrics, name))
     for cm in _random_cms(0):
         np.testing.assert_allclose(float(fn(cm)), ref(cm.tolist()), rtol=RTOL, atol=ATOL)
+
+
+def test_custom_multi_4_classes_matches_pair_loop():
+    rng = np.random.default_rng(9)
+    for _ in range(10):
+        cm = rng.integers(0, 9, size=(4, 4))
+        np.testing.assert_allclose(float(metrics.custom_multi(cm)), ref_custom_multi(cm.tolist()),
+                                   rtol=RTOL, atol=ATOL)
 
 
 def test_custom_precision_custom_weights_and_4_classes():
