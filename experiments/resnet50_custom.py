@@ -1,4 +1,4 @@
-"""Study cell: resnet50 fine-tuned with the study's custom severity loss (expected misclassification cost, no cross-entropy).
+"""Study cell: resnet50 fine-tuned with the study's custom_loss, read as its three metrics on a soft confusion matrix (losses.soft_custom).
 
     python launch.py --config experiments/resnet50_custom.py
     python launch.py --config experiments/resnet50_custom.py:smoke

@@ -20,9 +20,11 @@ import ml_collections
 from handjax.errors import ConfigError
 
 # The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
+# "custom" is our reading of the study's custom_loss: its three metrics on a soft confusion
+# matrix (losses.soft_custom); "severity" is handjax's own expected-cost objective;
 # "corn" / "coral" are ordinal heads (handjax.ordinal), beyond the study.
 LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
-          "custom": ("severity", 0.0), "severity": ("severity", 1.0),
+          "custom": ("soft_custom", 0.0), "severity": ("severity", 1.0),
           "corn": ("corn", 0.0), "coral": ("coral", 0.0)}
 MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
 STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
@@ -295,7 +297,8 @@ def _model(c) -> ModelSpec:
 
 
 def _loss(c) -> LossSpec:
-    known = ("categorical", "binary", "severity", "corn", "coral")
+    known = ("categorical", "binary", "severity", "corn", "coral", "soft_custom",
+             "soft_plus", "soft_multi")
     _check_choice(c, "loss.name", known)
     _check_float(c, "loss.ce_weight", lo=0.0)
     return LossSpec(c.loss.name, float(c.loss.ce_weight), str(c.loss.get("label", c.loss.name)))

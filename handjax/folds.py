@@ -67,6 +67,15 @@ def create_state(params, batch_stats, *, model, mode, tx, loss_fn, decide=None) 
                      loss_fn=loss_fn, decide=decide)
 
 
+def masked_loss(loss_fn: Callable, logits, labels, mask):
+    """The batch's loss with padding (mask 0) left out: the masked mean of a per-example
+    loss, or a batch-level loss (:data:`handjax.losses.BATCH_LOSSES`) given the mask."""
+    if losses.is_batch_level(loss_fn):
+        return loss_fn(logits, labels, mask)
+    per_example = loss_fn(logits, labels)
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def train_step(state: FoldState, batch: dict, key: jax.Array):
     """One optimiser step on a masked batch ``{"x", "y", "mask"}``; returns (state, sums).
 
@@ -79,8 +88,7 @@ def train_step(state: FoldState, batch: dict, key: jax.Array):
         (logits, _), updates = state.model.apply(
             variables, batch["x"], train=True, mode=state.mode, rngs={"dropout": key},
             mutable=["batch_stats"])
-        per_example = state.loss_fn(logits, batch["y"])
-        loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        loss = masked_loss(state.loss_fn, logits, batch["y"], mask)
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(

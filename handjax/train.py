@@ -182,10 +182,10 @@ def _split_scores(states, prep, inputs, idx, mask, phase: int, emap: str, output
 def _masked_loss_and_accuracy(loss_fn, decide, logits, y, mask):
     """Per-fold masked mean loss and accuracy of logits [K, M, C] against labels [K, M]."""
     n = jnp.maximum(mask.sum(1), 1.0)
-    per_ex = jax.vmap(loss_fn)(logits, y)
+    loss = jax.vmap(functools.partial(folds.masked_loss, loss_fn))(logits, y, mask)
     pred = decide(logits) if decide is not None else jnp.argmax(logits, -1)
     correct = (pred == y).astype(jnp.float32)
-    return (per_ex * mask).sum(1) / n, (correct * mask).sum(1) / n
+    return loss, (correct * mask).sum(1) / n
 
 
 class MetricsLog:

@@ -15,7 +15,7 @@ def test_protocol_defaults_parse_into_frozen_specs():
     spec = configs.parse(configs.cell("vgg19", "custom"))
     assert isinstance(spec, configs.RunSpec)
     assert (spec.model.name, spec.loss.name, spec.loss.ce_weight, spec.loss.label) == (
-        "vgg19", "severity", 0.0, "custom")
+        "vgg19", "soft_custom", 0.0, "custom")
     assert spec.data.image_size == 224 and spec.train.epochs1 == 10 and spec.n_folds == 5
     assert spec.model.weights == "imagenet" and spec.svm.class_weight == "balanced"
     with pytest.raises(dataclasses.FrozenInstanceError):

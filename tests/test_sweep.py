@@ -47,6 +47,6 @@ def test_unknown_model_in_selection_is_a_clear_error(tmp_path):
 def test_cell_config_sets_model_and_loss():
     c = configs.cell_config(study.get_config(), "resnet50", "custom")
     assert (c.model.name, c.loss.name, c.loss.ce_weight, c.loss.label) == (
-        "resnet50", "severity", 0.0, "custom")
+        "resnet50", "soft_custom", 0.0, "custom")
     assert "models" not in c and c.name == "resnet50_custom"
     assert configs.cell_config(study.get_config("smoke"), "vgg16", "binary").name == "vgg16_binary_smoke"
