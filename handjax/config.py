@@ -128,12 +128,23 @@ def cell(model: str, loss: str, arg=None) -> ml_collections.ConfigDict:
     return cell_config(c, model, loss)
 
 
+EXTENDED_MODELS = STUDY_MODELS + ",convnext_tiny,efficientnetv2_b0"
+EXTENDED_LOSSES = STUDY_LOSSES + ",corn,coral"
+
+
 def study_config(arg=None) -> ml_collections.ConfigDict:
-    """The study's whole table: every backbone x loss, each cell in its own sub-workdir."""
-    c = get_config(arg)
-    c.name = "study" + ("_smoke" if arg == "smoke" else "")
-    c.models = STUDY_MODELS
-    c.losses = STUDY_LOSSES
+    """The study's whole table: every backbone x loss, each cell in its own sub-workdir.
+    ``arg``: "smoke" (tiny), "extended" (plus two current backbones and the ordinal heads;
+    study.md shows them in blocks of their own) or "extended_smoke"."""
+    extended = str(arg or "").startswith("extended")
+    smoke = arg in ("smoke", "extended_smoke")
+    if arg not in (None, "", "smoke", "extended", "extended_smoke"):
+        raise ConfigError(f"unknown study variant {arg!r}: expected ':smoke', ':extended' "
+                          "or ':extended_smoke'")
+    c = get_config("smoke" if smoke else None)
+    c.name = ("study_extended" if extended else "study") + ("_smoke" if smoke else "")
+    c.models = EXTENDED_MODELS if extended else STUDY_MODELS
+    c.losses = EXTENDED_LOSSES if extended else STUDY_LOSSES
     return c
 
 

@@ -54,9 +54,13 @@ def param_labels(params, trainable_layers) -> Any:
     return {"backbone": backbone, "head": head}
 
 
+KERAS_ADAM_EPS = 1e-7   # Keras's Adam epsilon (optax's default is 1e-8)
+
+
 def make_tx(params, lr: float, trainable_layers) -> optax.GradientTransformation:
     """Adam on the trainable leaves, ``set_to_zero`` on the frozen ones."""
-    return optax.multi_transform({"train": optax.adam(lr), "freeze": optax.set_to_zero()},
+    return optax.multi_transform({"train": optax.adam(lr, eps=KERAS_ADAM_EPS),
+                                  "freeze": optax.set_to_zero()},
                                  param_labels(params, trainable_layers))
 
 

@@ -107,3 +107,17 @@ def test_auto_fold_map_follows_the_trained_convs():
     spec = configs.parse_run(c)
     prep = features.prepare(spec)
     assert folds.trains_lax_conv(folds.states_for(1, prep, spec), prep) is True
+
+
+def test_batch_level_loss_trains_with_masked_unequal_folds(prepared):
+    """soft_custom (a loss on the batch's soft confusion matrix) in the fold program: padding
+    is masked out, so vmap over folds equals mapping them one by one, and the loss is finite."""
+    from handjax import losses
+    spec, prep = prepared
+    soft = losses.get("soft_custom")
+    outs = {}
+    for kind in ("vmap", "map"):
+        states = folds.states_for(1, prep, spec).replace(loss_fn=soft)
+        outs[kind], sums = _one_epoch(states, prep, 1, kind)
+        assert np.isfinite(np.asarray(sums["loss"])).all()
+    chex.assert_trees_all_close(outs["map"].params, outs["vmap"].params, rtol=1e-4, atol=1e-5)

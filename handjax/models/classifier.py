@@ -16,9 +16,14 @@ from handjax.errors import ConfigError
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# Keras's Dense defaults (the study's framework): glorot_uniform kernels, zero biases.
+KERAS_DENSE = dict(kernel_init=nn.initializers.glorot_uniform(), bias_init=nn.initializers.zeros)
+
+
 class Head(nn.Module):
-    """Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes). The study names no head;
-    this is the usual Keras transfer-learning head (README, "The protocol"). With
+    """Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes), initialised as Keras's Dense
+    is. The study names no head; this is the usual Keras transfer-learning head (README,
+    "The protocol"). With
     ``ordinal="corn"`` / ``"coral"`` the last layer gives the K-1 ordinal logits instead
     (:mod:`handjax.ordinal`)."""
 
@@ -30,13 +35,14 @@ class Head(nn.Module):
 
     @nn.compact
     def __call__(self, pooled, train: bool = False):
-        x = nn.Dense(self.hidden, dtype=self.dtype, name="head_dense")(pooled)
+        x = nn.Dense(self.hidden, dtype=self.dtype, name="head_dense", **KERAS_DENSE)(pooled)
         x = nn.relu(x)
         x = nn.Dropout(self.dropout, deterministic=not train, name="head_dropout")(x)
         if self.ordinal:
             x = ordinal.logits_layer(self.ordinal, self.num_classes, self.dtype)(x)
         else:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, name="head_logits")(x)
+            x = nn.Dense(self.num_classes, dtype=self.dtype, name="head_logits",
+                         **KERAS_DENSE)(x)
         return x.astype(jnp.float32)
 
 
