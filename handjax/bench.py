@@ -228,6 +228,7 @@ def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epoc
     fast.n_folds = n_folds
     fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
     fast.train.batch_size = batch
+    fast.train.inner_val = 0.0       # the study's protocol: whole training folds
     plain = fast.copy_and_resolve_references()
     plain.train.mode = "plain"       # folds and steps one after another, from Python
     plain.model.conv_impl = "xla"
