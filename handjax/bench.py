@@ -16,8 +16,8 @@ way the study's code did, in Keras 3 on JAX (``pip install -e '.[test]'``): per 
 ``keras.applications`` model, ``fit`` with the base frozen then its top block(s) unfrozen,
 ``predict``, and an SVM on the pooled features. Its results differ from handjax's (its own
 initialisation and random numbers); only its wall time is compared.
-GFLOP/s figures come from XLA's own cost analysis of the compiled step and are compared
-with a matmul peak measured in the same run.
+GFLOP/s figures count the convolutions and matrix products in the step's jaxpr
+(``bench.jaxpr_flops``) and are compared with a matmul peak measured in the same run.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
     """Whole-network train step per conv implementation. All variants are compiled first,
     then timed in interleaved rounds (best of each), so machine noise hits them alike.
 
-    GFLOP/s use one FLOP count for every variant (XLA's cost analysis of the ``lax.conv``
+    GFLOP/s use one FLOP count for every variant (:func:`jaxpr_flops` of the ``lax.conv``
     step: the model's work, not each variant's bookkeeping). On an accelerator with a known
     (or given) bf16 peak, MFU = that work per second / the peak.
     """
@@ -177,7 +177,8 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
                   f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
                   f"{mfu}", flush=True)
         if "auto" in best:
-            auto = backbones.resolve_conv_impl("auto", size * size)
+            auto = backbones.conv_policy(jax.default_backend(), size * size, jnp.float32,
+                                         "train", winograd_ok=False)
             print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
                   f"{best['xla'] / best['auto']:.2f}x", flush=True)
         del steps

@@ -152,13 +152,13 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
 
     Batches have one size (at most ``batch``, the last one padded) so that the function
     compiles once; the size is chosen so that padding wastes the least. Inference-only, so
-    the convs follow :func:`backbones.inference_impl` ("auto" float32: Winograd on maps up
-    to 28x28 on CPU, ``lax.conv`` elsewhere). ``per_image`` (default: on CPU) runs the
+    the convs are chosen for the "frozen" purpose (``conv_impl="auto"`` in float32: Winograd
+    on maps up to 28x28 on CPU, ``lax.conv`` elsewhere; see :mod:`handjax.models.convs`). ``per_image`` (default: on CPU) runs the
     large-map stages one image at a time (see ``PER_IMAGE_MIN_PIXELS``).
     """
     flat = views.reshape((-1,) + views.shape[2:])
     batch = even_batch(len(flat), batch)
-    backbone = backbones.for_inference(backbone, dtype)
+    backbone = backbones.for_purpose(backbone, "frozen")
     if per_image is None:
         per_image = jax.default_backend() == "cpu"
     cut = (per_image_boundary(backbone, variables, flat.shape[1:3], split, dtype)
@@ -174,7 +174,7 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
 def pooled_features(model, params, stats, feats, batch: int = 64):
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
     variables = {"params": params, "batch_stats": stats}
-    backbone = backbones.for_inference(model.backbone, model.dtype)
+    backbone = backbones.for_purpose(model.backbone, "frozen")
 
     def pooled(variables, x):
         out = backbone.apply(variables, x.astype(model.dtype), train=False, start=model.split)

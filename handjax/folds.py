@@ -110,11 +110,10 @@ def train_step(state: FoldState, batch: dict, key: jax.Array):
 
 def eval_step(state: FoldState, x: jax.Array, mode: str):
     """``(logits, pooled)`` of one fold's model on a batch, in inference mode (its convs
-    in :func:`backbones.inference_impl`'s per-fold forward mode)."""
+    chosen for the "eval_folds" purpose, see :mod:`handjax.models.convs`)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     model = state.model
-    model = model.clone(backbone=backbones.for_inference(model.backbone, model.dtype,
-                                                         per_fold=True))
+    model = model.clone(backbone=backbones.for_purpose(model.backbone, "eval_folds"))
     return model.apply(variables, x, train=False, mode=mode)
 
 
@@ -159,31 +158,14 @@ def resolve_eval_fold_map(kind: str, train_map: str) -> str:
     return train_map
 
 
-def _uses_lax_conv(jaxpr) -> bool:
-    """Whether a (closed) jaxpr or any jaxpr nested in it calls ``conv_general_dilated``."""
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            return True
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                is_jaxpr = hasattr(getattr(sub, "jaxpr", sub), "eqns")
-                if is_jaxpr and _uses_lax_conv(sub):
-                    return True
-    return False
-
-
 def trains_lax_conv(states: FoldState, prep: Prepared) -> bool:
-    """Whether phase 2's trained layers (one fold, one example) run ``lax.conv``: traced on
-    shapes only, nothing runs."""
-    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
-                       (states.params, states.batch_stats))
-    x = jax.ShapeDtypeStruct((1,) + prep.inputs2.shape[2:], prep.inputs2.dtype)
-
-    def forward(params, stats, x):
-        variables = {"params": params, "batch_stats": stats}
-        return prep.model.apply(variables, x, train=False, mode="tune")[0]
-    return _uses_lax_conv(jax.make_jaxpr(forward)(*one, x))
+    """Whether phase 2's trained layers (from the model's ``start``) run ``lax.conv``: the
+    conv policy's choices, traced on shapes only (nothing runs)."""
+    del states  # the layers and their convs follow from the model and the input shape
+    model = prep.model
+    x = jax.ShapeDtypeStruct((1,) + prep.inputs2.shape[2:], model.dtype)
+    algorithms = backbones.conv_algorithms(model.backbone, x, start=model.start)
+    return any(map(backbones.runs_lax_conv, algorithms.values()))
 
 
 def _fold_keys(key, n_steps: int, n_folds: int):

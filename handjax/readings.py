@@ -122,7 +122,6 @@ def _folds(rng, s):
 
 def _predictions(rng, p, conc, labels):
     """Sample one prediction per slot from its fold's Dirichlet-scattered matrix."""
-    s = len(p)
     alpha = np.repeat(conc[:, None, None, None] * p[:, None] + 1e-9, 5, 1)
     pf = rng.gamma(alpha) + 1e-30        # (s, 5, 3, 3); + tiny: rows of underflowed draws
     pf /= pf.sum(-1, keepdims=True)

@@ -45,7 +45,8 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
     def offline(url, dest):
         raise OSError("network is unreachable")
     monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(backbones, "_download", offline)
+    from handjax.models import keras_weights
+    monkeypatch.setattr(keras_weights, "_download", offline)
     c = tiny_config()
     c.model.weights = "imagenet"
     with pytest.raises(backbones.WeightsError) as err:

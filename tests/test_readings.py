@@ -1,6 +1,5 @@
 """The custom_multi study (handjax.readings): its criterion and its key conclusion."""
 import numpy as np
-import pytest
 
 from handjax import metrics, readings
 

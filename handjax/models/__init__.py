@@ -1,0 +1,4 @@
+"""Backbone models: ``convs`` (every conv algorithm and the one policy that picks among
+them), ``base`` (the ``Backbone`` driver and its per-architecture hooks), ``backbones``
+(the architectures and the ``MODELS`` registry), ``keras_weights`` (Keras HDF5 files,
+ImageNet downloads, ``load``). ``handjax.backbones`` re-exports the public API."""

@@ -1,0 +1,404 @@
+"""Every 2-D convolution algorithm handjax runs, and the one policy that picks among them.
+
+Algorithms (all take the same parameters, so weights load the same way in every mode):
+
+    "xla"       ``lax.conv`` (``conv_general_dilated``); depthwise: grouped
+    "im2col"    one matmul over the kh*kw shifted windows (depthwise: their weighted sum)
+    "mmgrad"    ``lax.conv`` forward and input gradient, the kernel gradient as matmuls
+                (stride-1 dense convs only)
+    "winograd"  Winograd's F(2x2, 3x3) (3x3 stride-1 dense convs only)
+
+A conv that the chosen algorithm cannot compute runs "im2col" (:func:`conv_algorithm`).
+
+``conv_impl="auto"`` (the default) is decided by :func:`conv_policy` alone, from the backend,
+the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
+stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of ``Conv`` and
+``Backbone``; :func:`for_purpose` clones a module into another)::
+
+    purpose       the program                      CPU, float32
+    "train"       may differentiate the backbone   P >= 784: mmgrad; w and P >= 100: winograd;
+                                                   else im2col
+    "frozen"      forward, one set of weights      w and P <= 784: winograd; else xla
+    "eval_folds"  forward, vmapped or mapped over  w and P <= 784: winograd; else as "train"
+                  per-fold weights
+
+    CPU, bfloat16, every purpose: P >= 784: mmgrad; else im2col (never winograd).
+    Off CPU, every purpose, every dtype: xla.
+
+Why (measured on this project's CPU, VGG19 at 112 px, batch 16): XLA:CPU runs forward convs
+near its matmul peak, but its conv *gradients* are slow (and 50-150x slower inside
+``lax.scan`` bodies). Training: below 28x28 the im2col matmul beat mmgrad, above it mmgrad
+won by 1.1-1.7x; from 10x10 to 28x28 Winograd's train step beat both for float32 3x3 stride-1
+convs (14x14x512: 1.6x) and tied with im2col on 7x7. Forward only, Winograd beat ``lax.conv``
+on maps up to 28x28 (VGG19 blocks 3/4/5: 1.1x/1.7x/1.4x) and lost on larger ones (0.5-0.8x).
+Under vmap over per-fold weights ``lax.conv`` becomes grouped convolutions, slow on XLA:CPU,
+hence "eval_folds" keeps "train"'s matmul forms. In bfloat16 "im2col"'s float32-accumulating
+matmul runs on AMX where the CPU has it. Off CPU ``lax.conv`` is cuDNN's.
+
+:func:`record_impls` collects, at trace time, the algorithm each ``Conv`` resolved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd")
+PURPOSES = ("train", "frozen", "eval_folds")
+
+# Thresholds of conv_policy (output pixels per image); see the module docstring.
+_MMGRAD_MIN_PIXELS = 28 * 28
+_WINOGRAD_MIN_PIXELS = 10 * 10
+_WINOGRAD_FORWARD_MAX_PIXELS = 28 * 28
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+def check_conv_impl(impl: str) -> None:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise ValueError(f"conv purpose must be one of {PURPOSES}, got {purpose!r}")
+
+
+def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_ok: bool) -> str:
+    """What ``conv_impl="auto"`` means for one conv (the table in the module docstring).
+
+    ``backend``: ``jax.default_backend()``; ``out_pixels``: output pixels per image;
+    ``dtype``: the compute dtype; ``purpose``: one of :data:`PURPOSES`; ``winograd_ok``:
+    the conv is 3x3, stride 1, not depthwise. Returns "xla", "im2col", "mmgrad" or
+    "winograd" (:func:`conv_algorithm` then falls back to "im2col" where "mmgrad" does not
+    apply).
+    """
+    check_purpose(purpose)
+    if backend != "cpu":
+        return "xla"
+    float32 = jnp.dtype(dtype) == jnp.float32
+    winograd = winograd_ok and float32
+    if purpose != "train" and float32:  # forward only
+        if winograd and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
+            return "winograd"
+        if purpose == "frozen":
+            return "xla"
+    if out_pixels >= _MMGRAD_MIN_PIXELS:
+        return "mmgrad"
+    if winograd and out_pixels >= _WINOGRAD_MIN_PIXELS:
+        return "winograd"
+    return "im2col"
+
+
+def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
+                   kernel_size=(3, 3), strides: int = 1, depthwise: bool = False) -> str:
+    """The algorithm a conv runs: ``impl`` ("auto": :func:`conv_policy`'s choice) where it
+    applies, else "im2col" ("mmgrad" needs a stride-1 dense conv, "winograd" a 3x3 one)."""
+    check_conv_impl(impl)
+    check_purpose(purpose)
+    stride1_dense = strides == 1 and not depthwise
+    plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
+    if impl == "auto":
+        impl = conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
+    if (impl == "mmgrad" and not stride1_dense) or (impl == "winograd" and not plain3x3):
+        return "im2col"
+    return impl
+
+
+def runs_lax_conv(algorithm: str) -> bool:
+    """Whether ``algorithm`` calls ``lax.conv`` in its forward pass ("xla", and "mmgrad"'s
+    forward): the convs that ``vmap`` over per-fold kernels turns into grouped convs."""
+    return algorithm in ("xla", "mmgrad")
+
+
+_RECORDERS: list[list[tuple[str, str]]] = []
+
+
+@contextlib.contextmanager
+def record_impls():
+    """Collects ``(layer name, algorithm)`` for every ``Conv`` traced inside the block.
+
+    Trace-time Python, so shapes suffice: ``with record_impls() as seen:
+    jax.eval_shape(fn, ...)``. A call that hits a jit cache traces nothing: trace a fresh
+    function (``jax.eval_shape`` of a new lambda does).
+    """
+    seen: list[tuple[str, str]] = []
+    _RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:  # by identity: list.remove would match an equal (e.g. empty) outer list
+        del _RECORDERS[next(i for i, r in enumerate(_RECORDERS) if r is seen)]
+
+
+def for_purpose(module: nn.Module, purpose: str) -> nn.Module:
+    """``module`` (a ``Backbone`` or ``Conv``) cloned with its convs resolved for
+    ``purpose`` (same parameters)."""
+    check_purpose(purpose)
+    return module.clone(purpose=purpose)
+
+
+# ----------------------------------------------------------------------------- im2col
+
+
+def _explicit_pads(padding, spatial, kernel_size, stride):
+    """(lo, hi) pads per spatial dim; "SAME" follows XLA/TF (extra pixel at the end)."""
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(spatial, kernel_size, (stride, stride), padding))
+    return tuple(tuple(p) for p in padding)
+
+
+def _shifted_slices(x, kernel_size, stride, pads):
+    """The kh*kw strided windows of the padded input, each shaped like the conv output."""
+    kh, kw = kernel_size
+    if any(p for pair in pads for p in pair):
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh = (x.shape[1] - kh) // stride + 1
+    ow = (x.shape[2] - kw) // stride + 1
+    return [
+        x[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def conv_im2col(x, kernel, stride, pads):
+    """Convolution as one matmul over the concatenated shifted windows.
+
+    Autodiff of this form is matmuls and slices, which XLA:CPU runs ~2x faster than
+    the gradient of ``lax.conv`` (measured on VGG19 train steps).
+    """
+    kh, kw, cin, cout = kernel.shape
+    cols = _shifted_slices(x, (kh, kw), stride, pads)
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    # Concatenation order (i, j, c) matches kernel.reshape's row-major (kh, kw, cin) order.
+    return _matmul(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def _matmul_f32(a, b):
+    """``a @ b`` accumulated and returned in float32, whatever the operands' dtype: for
+    bfloat16 operands the accurate form, and the one XLA:CPU runs on AMX tiles where the
+    CPU has them (measured 4-5x its float32 peak on a Sapphire Rapids Xeon, against ~1x for
+    a bfloat16 ``lax.conv`` or a bfloat16-accumulating matmul)."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def _matmul(a, b):
+    """:func:`_matmul_f32` rounded back to the operands' dtype."""
+    return _matmul_f32(a, b).astype(a.dtype)
+
+
+def depthwise_im2col(x, kernel, stride, pads):
+    """Depthwise convolution (kernel (kh, kw, 1, C)) as a weighted sum of shifted windows."""
+    kh, kw, _, _ = kernel.shape
+    cols = _shifted_slices(x, (kh, kw), stride, pads)
+    taps = kernel.reshape(kh * kw, -1)
+    return sum(col * taps[t] for t, col in enumerate(cols))
+
+
+# ----------------------------------------------------------------------------- mmgrad
+
+_KERNEL_GRAD_CHUNK_BYTES = 8 * 2**20
+
+
+def _kernel_grad_one(x, g, kernel_shape, pads):
+    """dL/dkernel for one batch chunk (see :func:`_kernel_grad`), in float32."""
+    kh, kw, cin, cout = kernel_shape
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    rows, oh, ow = xp.shape[1], g.shape[1], g.shape[2]
+    if kh * kw * cin <= kw * cin + kh * cout:  # few input channels (the RGB layer): X^T g
+        xs = jnp.stack([xp[:, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=3)
+        return _matmul_f32(xs.reshape(-1, kh * kw * cin).T, g.reshape(-1, cout)).reshape(kernel_shape)
+    xs = jnp.stack([xp[:, :, j : j + ow] for j in range(kw)], axis=3)  # b, rows, ow, kw, cin
+    gp = jnp.pad(g, ((0, 0), (kh - 1, rows - oh), (0, 0), (0, 0)))
+    gs = jnp.stack([gp[:, kh - 1 - i : kh - 1 - i + rows] for i in range(kh)], axis=3)  # g[h - i]
+    dw = _matmul_f32(xs.reshape(-1, kw * cin).T, gs.reshape(-1, kh * cout))  # (j, c), (i, o)
+    return dw.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
+
+
+def _kernel_grad(x, g, kernel_shape, pads):
+    """dL/dkernel of a stride-1 conv as matmuls: (kw*cin, K) @ (K, kh*cout).
+
+    dW[i, j] = sum_{b,h,w} xpad[b, h+i, w+j] g[b, h, w]. Put the kw column shifts of xpad
+    on channels (X) and the kh row shifts of g on channels (G), both on the grid of xpad's
+    rows x the output's columns; then X^T G holds every (i, j) tap block. Only kw + kh
+    shifted copies are built instead of kh*kw, and the matmul is wide enough to run near
+    peak. The batch is scanned in chunks whose copies (~8 MiB) stay in cache, which
+    measured 1.3-1.5x faster than one big matmul on VGG's 112-28 px maps.
+    """
+    b = x.shape[0]
+    kh, kw, cin, _ = kernel_shape
+    xp_rows = x.shape[1] + sum(pads[0])
+    per_image = xp_rows * g.shape[2] * kw * cin * x.dtype.itemsize
+    want = max(2, min(b, round(_KERNEL_GRAD_CHUNK_BYTES / per_image)))
+    chunk = max(d for d in range(1, want + 1) if b % d == 0)
+    if chunk == b:
+        return _kernel_grad_one(x, g, kernel_shape, pads)
+    split = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])  # noqa: E731
+
+    def body(acc, xg):  # float32 partial sums (_kernel_grad_one never rounds them)
+        return acc + _kernel_grad_one(*xg, kernel_shape, pads), None
+
+    acc = jnp.zeros(kernel_shape, jnp.float32)
+    return lax.scan(body, acc, (split(x), split(g)))[0]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_mmgrad(x, kernel, pads):
+    """Stride-1 ``lax.conv`` whose kernel gradient is :func:`_kernel_grad`'s matmul.
+
+    The forward pass and the input gradient are forward-type ``lax.conv`` calls (XLA:CPU runs
+    those near its matmul peak, also inside ``lax.scan``); only the kernel gradient, slow on
+    XLA:CPU and pathologically slow inside loops, is replaced.
+    """
+    return _lax_conv(x, kernel, 1, pads)
+
+
+def _mmgrad_fwd(x, kernel, pads):
+    return _lax_conv(x, kernel, 1, pads), (x, kernel)
+
+
+def _mmgrad_bwd(pads, res, g):
+    x, kernel = res
+    kh, kw = kernel.shape[:2]
+    # dL/dx: the "full" correlation of g with the flipped, in/out-swapped kernel, written as
+    # a plain forward conv. (XLA's own transpose rule runs ~4-7x slower inside lax.scan
+    # bodies on XLA:CPU, and its kernel gradient 100x slower there.)
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    dx = _lax_conv(g, flipped, 1, ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)))
+    return dx.astype(x.dtype), _kernel_grad(x, g, kernel.shape, pads).astype(kernel.dtype)
+
+
+conv_mmgrad.defvjp(_mmgrad_fwd, _mmgrad_bwd)
+
+
+# ----------------------------------------------------------------------------- Winograd
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input
+# tile d and 2x2 output tile Y; 16 multiplies per output tile instead of 36.
+_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): G g G^T on a flattened 3x3 g
+
+
+def _combine(coefs, items):
+    """sum(c * item) over the coefficients c in {-1, 0, 1} of B^T and A^T: adds only."""
+    out = None
+    for c, item in zip(coefs, items):
+        if c:
+            term = item if c > 0 else -item
+            out = term if out is None else out + term
+    return out
+
+
+def conv_winograd(x, kernel, pads):
+    """Stride-1 3x3 convolution by Winograd's F(2x2, 3x3): 2.25x fewer multiplies.
+
+    The input is cut into overlapping 4x4 tiles (stride 2, read as contiguous slices of
+    its even/odd rows and columns), each transformed by B^T d B; the kernel by G g G^T (one
+    (16, 9) matmul); the 16 transformed positions are then 16 matmuls [tiles, cin] x
+    [cin, cout] done as one batched matmul, and A^T m A turns each product tile back into
+    2x2 outputs. Its autodiff is the same kind of program (transposed adds, and matmuls of
+    the same size), so gradients get the same saving. Transforms and sums run in float32;
+    the error measured ~1e-6 of the output's scale, like a direct float32 conv.
+    """
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    dtype = x.dtype
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    oh, ow = h + lo_h + hi_h - 2, w + lo_w + hi_w - 2
+    th, tw = -(-oh // 2), -(-ow // 2)
+    # Zero rows/columns past the requested padding only feed outputs that are cropped.
+    xp = jnp.pad(x.astype(jnp.float32),
+                 ((0, 0), (lo_h, 2 * th + 2 - h - lo_h), (lo_w, 2 * tw + 2 - w - lo_w), (0, 0)))
+    rows = xp.reshape(n, th + 1, 2, 2 * tw + 2, cin)  # tile row a, row i: rows[:, a + i//2, i%2]
+    d = [rows[:, i // 2: i // 2 + th, i % 2] for i in range(4)]
+    bt_rows = jnp.stack([_combine(c, d) for c in _WINOGRAD_BT]).reshape(4, n, th, tw + 1, 2, cin)
+    e = [bt_rows[:, :, :, j // 2: j // 2 + tw, j % 2] for j in range(4)]
+    v = jnp.stack([_combine(c, e) for c in _WINOGRAD_BT], axis=1)  # (4, 4, n, th, tw, cin)
+    v = v.reshape(16, n * th * tw, cin).astype(dtype)
+    u = (jnp.asarray(_WINOGRAD_GG) @ kernel.astype(jnp.float32).reshape(9, cin * cout)).reshape(16, cin, cout)
+    m = _matmul_f32(v, u.astype(dtype)).reshape(4, 4, n, th, tw, cout)
+    s = [_combine(c, [m[r] for r in range(4)]) for c in _WINOGRAD_AT]  # p: (4, n, th, tw, cout)
+    y = [jnp.stack([_combine(c, [sp[q] for q in range(4)]) for c in _WINOGRAD_AT], axis=3)
+         for sp in s]  # p: (n, th, tw, 2, cout)
+    y = jnp.stack(y, axis=2).reshape(n, 2 * th, 2 * tw, cout)[:, :oh, :ow]
+    return y.astype(dtype)
+
+
+# ----------------------------------------------------------------------------- lax.conv
+
+
+def _lax_conv(x, kernel, stride, pads, groups=1):
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+class Conv(nn.Module):
+    """2-D convolution with ``nn.Conv``'s parameters ("kernel" (kh, kw, cin, cout), "bias").
+
+    ``impl`` is one of :data:`CONV_IMPLS` and ``purpose`` one of :data:`PURPOSES`; the
+    algorithm that runs is :func:`conv_algorithm`'s. The parameters are identical in every
+    mode, so weights load the same way.
+    ``depthwise=True`` gives Keras's DepthwiseConv2D (multiplier 1), kernel (kh, kw, 1, C).
+    Padding: "SAME", "VALID" or explicit ((lo, hi), (lo, hi)).
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    padding: Any = "SAME"
+    use_bias: bool = True
+    depthwise: bool = False
+    impl: str = "auto"
+    dtype: Any = jnp.float32
+    purpose: str = "train"
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        if self.depthwise and self.features != cin:
+            raise ValueError(f"depthwise conv needs features == input channels, got {self.features} vs {cin}")
+        shape = (*self.kernel_size, 1 if self.depthwise else cin, self.features)
+        # Keras's default initialisers (glorot_uniform kernel, zero bias), so seeded random
+        # inits are statistically like Keras's weights=None.
+        kernel = self.param("kernel", nn.initializers.glorot_uniform(), shape, jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        pads = _explicit_pads(self.padding, x.shape[1:3], self.kernel_size, self.strides)
+        out_pixels = -(-x.shape[1] // self.strides) * -(-x.shape[2] // self.strides)
+        algorithm = conv_algorithm(self.impl, jax.default_backend(), out_pixels, self.dtype,
+                                   self.purpose, kernel_size=self.kernel_size,
+                                   strides=self.strides, depthwise=self.depthwise)
+        for seen in _RECORDERS:
+            seen.append((self.name, algorithm))
+        if algorithm == "mmgrad":
+            y = conv_mmgrad(x, kernel, pads)
+        elif algorithm == "winograd":
+            y = conv_winograd(x, kernel, pads)
+        elif algorithm == "im2col":
+            fn = depthwise_im2col if self.depthwise else conv_im2col
+            y = fn(x, kernel, self.strides, pads)
+        else:
+            y = _lax_conv(x, kernel, self.strides, pads, cin if self.depthwise else 1)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y

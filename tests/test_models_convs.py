@@ -1,0 +1,207 @@
+"""handjax.models.convs: every conv algorithm against lax.conv or an exact float64 conv
+(values and gradients), and conv_policy's whole table, pinned."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from handjax.models import convs
+
+# ----------------------------------------------------------------------------- conv_policy's table
+
+F32, BF16 = jnp.float32, jnp.bfloat16
+# Output pixels per image at every threshold: 7x7, 99, 10x10, 783, 28x28, 785, 56x56.
+PIXELS = (49, 99, 100, 783, 784, 785, 3136)
+I, M, W, X = "im2col", "mmgrad", "winograd", "xla"
+# (purpose, dtype, winograd_ok) -> conv_policy's choice on CPU at each of PIXELS. Written
+# from the code before the policy was one function (resolve_conv_impl + inference_impl).
+CPU_TABLE = {
+    ("train", F32, True): (I, I, W, W, M, M, M),
+    ("train", F32, False): (I, I, I, I, M, M, M),
+    ("train", BF16, True): (I, I, I, I, M, M, M),
+    ("train", BF16, False): (I, I, I, I, M, M, M),
+    ("frozen", F32, True): (W, W, W, W, W, X, X),
+    ("frozen", F32, False): (X, X, X, X, X, X, X),
+    ("frozen", BF16, True): (I, I, I, I, M, M, M),
+    ("frozen", BF16, False): (I, I, I, I, M, M, M),
+    ("eval_folds", F32, True): (W, W, W, W, W, M, M),
+    ("eval_folds", F32, False): (I, I, I, I, M, M, M),
+    ("eval_folds", BF16, True): (I, I, I, I, M, M, M),
+    ("eval_folds", BF16, False): (I, I, I, I, M, M, M),
+}
+POLICY_CASES = [("cpu", px, dtype, purpose, ok, want)
+                for (purpose, dtype, ok), row in CPU_TABLE.items() for px, want in zip(PIXELS, row)]
+POLICY_CASES += [(backend, px, dtype, purpose, ok, X)  # off CPU: lax.conv, always
+                 for backend in ("gpu", "tpu") for purpose, dtype, ok in CPU_TABLE for px in PIXELS]
+
+
+@pytest.mark.parametrize("backend,px,dtype,purpose,winograd_ok,want", POLICY_CASES)
+def test_conv_policy_table(backend, px, dtype, purpose, winograd_ok, want):
+    assert convs.conv_policy(backend, px, dtype, purpose, winograd_ok=winograd_ok) == want
+
+
+# (kernel, stride, depthwise) kinds -> what each explicit impl runs (any backend, dtype, purpose).
+KIND_TABLE = {
+    ((3, 3), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": W},
+    ((1, 1), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I},
+    ((5, 5), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I},
+    ((3, 3), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
+    ((7, 7), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
+    ((3, 3), 1, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
+    ((3, 3), 2, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
+}
+
+
+@pytest.mark.parametrize("kind", list(KIND_TABLE))
+def test_conv_algorithm_table(kind):
+    """Explicit impls run where they apply, else im2col; "auto" follows conv_policy (with
+    winograd_ok for 3x3 stride-1 dense convs only), with the same fallback for mmgrad."""
+    ks, stride, depthwise = kind
+    kw = dict(kernel_size=ks, strides=stride, depthwise=depthwise)
+    for backend in ("cpu", "gpu"):
+        for dtype in (F32, BF16):
+            for purpose in convs.PURPOSES:
+                for px in PIXELS:
+                    for impl, want in KIND_TABLE[kind].items():
+                        assert convs.conv_algorithm(impl, backend, px, dtype, purpose, **kw) == want
+                    policy = convs.conv_policy(backend, px, dtype, purpose, winograd_ok=kind == ((3, 3), 1, False))
+                    want = KIND_TABLE[kind][policy]
+                    assert convs.conv_algorithm("auto", backend, px, dtype, purpose, **kw) == want
+    # e.g. ResNet's 56x56 stride-1 1x1 conv trains by mmgrad on CPU; its stride-2 ones by im2col
+    assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1)) == M
+    assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1), strides=2) == I
+
+
+def test_bad_impl_and_purpose():
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        convs.conv_algorithm("fft", "cpu", 49, F32, "train")
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        convs.conv_policy("cpu", 49, F32, "auto_forward", winograd_ok=True)
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        convs.for_purpose(convs.Conv(4), "inference")
+
+
+def test_record_impls_sees_what_each_conv_ran():
+    """Trace-time record of the resolved algorithm; the program it records is that one."""
+    x = jax.ShapeDtypeStruct((2, 14, 14, 8), jnp.float32)
+    layer = convs.Conv(8, name="c")
+    for impl, primitive in (("xla", "conv_general_dilated"), ("im2col", "dot_general")):
+        with convs.record_impls() as seen:
+            variables = jax.eval_shape(layer.clone(impl=impl).init, jax.random.key(0), x)
+        assert seen == [("c", impl)]
+        jaxpr = jax.make_jaxpr(layer.clone(impl=impl).apply)(variables, x)
+        assert primitive in {e.primitive.name for e in jaxpr.eqns}
+    with convs.record_impls() as outer:
+        with convs.record_impls() as inner:
+            jax.eval_shape(convs.for_purpose(layer, "frozen").init, jax.random.key(0), x)
+        jax.eval_shape(layer.init, jax.random.key(0), x)
+    want = convs.conv_algorithm("auto", jax.default_backend(), 196, F32, "frozen")
+    assert inner == [("c", want)] and len(outer) == 2
+    assert not convs._RECORDERS
+    assert [convs.runs_lax_conv(a) for a in (X, M, I, W)] == [True, True, False, False]
+
+
+# ----------------------------------------------------------------------------- algorithms vs lax.conv
+
+CONV_CASES = [
+    # (kernel, stride, padding, depthwise)
+    (3, 1, "SAME", False), (3, 2, "SAME", False), (3, 1, "VALID", False), (3, 2, "VALID", False),
+    (1, 1, "SAME", False), (1, 2, "VALID", False), (7, 2, ((3, 3), (3, 3)), False),
+    (3, 1, ((0, 2), (2, 1)), False),
+    (3, 1, "SAME", True), (3, 2, "SAME", True), (3, 2, "VALID", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("k,stride,padding,depthwise", CONV_CASES)
+def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
+    rng = np.random.default_rng(k * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)), jnp.float32)  # odd x even, non-square
+    features = 6 if depthwise else 5
+    make = lambda impl: convs.Conv(features, (k, k), stride, padding, True, depthwise, impl)  # noqa: E731
+    params = make("xla").init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+    out_shape = make("xla").apply(params, x).shape
+    cot = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+
+    @jax.jit
+    def value_and_grads(params, x, cot):
+        out = {}
+        for impl in ("xla", "im2col", "mmgrad", "winograd"):
+            loss = lambda p, x: jnp.sum(make(impl).apply(p, x) * cot)  # noqa: E731
+            out[impl] = make(impl).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+        return out
+
+    out = value_and_grads(params, x, cot)
+    y_xla, g_xla = out["xla"]
+    for impl in ("im2col", "mmgrad", "winograd"):
+        y, g = out[impl]
+        np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=1e-5, err_msg=impl)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl), g, g_xla)
+
+
+@pytest.mark.parametrize("cin", [2, 7])  # 2: the all-taps-on-X branch (RGB layer); 7: X/G shifts
+@pytest.mark.parametrize("k,padding", [(3, "SAME"), (3, "VALID"), (5, ((1, 3), (2, 0)))])
+def test_mmgrad_kernel_gradient_in_batch_chunks(k, padding, cin, monkeypatch):
+    """The matmul kernel gradient equals lax.conv's when the batch is scanned in chunks."""
+    monkeypatch.setattr(convs, "_KERNEL_GRAD_CHUNK_BYTES", 1)  # forces chunks of 2 images
+    rng = np.random.default_rng(k + cin)
+    x = jnp.asarray(rng.normal(size=(6, 11, 9, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, cin, 4)), jnp.float32)
+    pads = convs._explicit_pads(padding, x.shape[1:3], (k, k), 1)
+    cot = jnp.asarray(rng.normal(size=convs._lax_conv(x, kernel, 1, pads).shape), jnp.float32)
+    grads = {
+        name: jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, 1, pads) * cot), argnums=(0, 1)))(x, kernel)
+        for name, fn in (("xla", convs._lax_conv), ("mmgrad", lambda x, w, _, p: convs.conv_mmgrad(x, w, p)))
+    }
+    for ours, ref in zip(grads["mmgrad"], grads["xla"]):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    # The scan really ran in chunks: 3 steps of 2 images.
+    jaxpr = jax.make_jaxpr(lambda x, g: convs._kernel_grad(x, g, kernel.shape, pads))(x, cot)
+    scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(scans) == 1 and scans[0].params["length"] == 3
+
+
+@pytest.mark.parametrize("hw,padding", [((8, 8), "SAME"), ((7, 10), "SAME"), ((9, 6), "VALID")])
+def test_winograd_matches_float64_conv(hw, padding):
+    """F(2x2, 3x3) Winograd against an exact float64 correlation, with VGG-sized channels
+    (where float32 rounding of its transforms would show): outputs within 2e-6 of the
+    output's scale, like a direct float32 conv; gradients equal lax.conv's within 1e-5."""
+    rng = np.random.default_rng(sum(hw))
+    x = rng.normal(size=(2, *hw, 256))
+    k = rng.normal(size=(3, 3, 256, 8)) / 48.0
+    pads = convs._explicit_pads(padding, hw, (3, 3), 1)
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], k[i, j])
+                for i in range(3) for j in range(3))
+    x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+    y = jax.jit(convs.conv_winograd, static_argnums=2)(x32, k32, pads)
+    assert y.shape == exact.shape and y.dtype == jnp.float32
+    err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
+    assert err < 2e-6, err
+    cot = jnp.asarray(rng.normal(size=exact.shape), jnp.float32)
+    grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1)))(x32, k32)
+             for f in (lambda x, w: convs.conv_winograd(x, w, pads),
+                       lambda x, w: convs._lax_conv(x, w, 1, pads))]
+    for ours, ref in zip(*grads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+def test_bfloat16_im2col_accumulates_in_float32():
+    """bf16 operands, f32 accumulation, one rounding at the end: every output within bf16's
+    unit roundoff (2**-8 relative: half the spacing of its 8-bit significand) of the exact
+    float64 sum of the same bf16 values. Positive inputs avoid cancellation; a sum of 2304
+    terms accumulated in bf16 misses that bound by far."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 1, (2, 6, 6, 256)), jnp.bfloat16)
+    k = jnp.asarray(rng.uniform(0, 1, (3, 3, 256, 8)), jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    y = convs.conv_im2col(x, k, 1, pads)
+    assert y.dtype == jnp.bfloat16
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+    kd = np.asarray(k, np.float64)
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + 6, j:j + 6], kd[i, j])
+                for i in range(3) for j in range(3))
+    rel = np.abs(np.asarray(y, np.float64) - exact) / exact
+    assert rel.max() <= 2.0**-8, rel.max()
