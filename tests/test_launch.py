@@ -50,7 +50,8 @@ def test_launch_end_to_end_console_is_quiet_and_ends_with_a_summary(tmp_path):
     assert results["model"] == "mobilenetv2" and results["loss"] == "binary"
     lines = [l for l in out.stderr.replace("\r", "\n").splitlines() if l.strip()]
     noisy = [l for l in lines if l.startswith(("I1", "I0", "INFO", "W1", "W0"))
-             or "orbax" in l.lower() or "Unable to initialize backend" in l]
+             or "orbax" in l.lower() or "Unable to initialize backend" in l
+             or "Warning" in l or "warnings.warn" in l]
     assert not noisy, noisy[:5]
     ours = [l for l in lines if l.startswith("handjax:")]
     assert ours and ours[-1].endswith("done")
