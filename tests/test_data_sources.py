@@ -128,11 +128,14 @@ def test_synthetic_is_balanced_deterministic_and_cached():
     assert ex.ids[0] == "synthetic/normal/0000" and data.describe(ex)["source"] == "synthetic"
     again = data.load_synthetic(n_per_class=10, image_size=48)
     assert np.array_equal(ex.images, again.images) and ex.ids == again.ids
-    # The cached image is exactly what the renderer draws from its (seed, class, index) stream.
+    # The cached image is exactly what the renderer draws from its (seed, class, index)
+    # stream, with its person's traits (photos 0 and 1: one person's left and right hand).
+    from handjax.data.synthetic import subject_traits
     native = data.load_synthetic(n_per_class=3, image_size=data.SYNTHETIC_SIZE)
     rng = np.random.default_rng([0, 2, 1])
-    severity = float(rng.uniform() ** 0.8)
-    assert np.array_equal(native.images[7], data.render_hand(rng, 2, severity))
+    traits = subject_traits(0, 2, 0)
+    assert np.array_equal(native.images[7], data.render_hand(
+        rng, 2, traits["severity"], traits=traits, hand="right"))
     other = data.load_synthetic(n_per_class=3, image_size=48, seed=1)
     assert not np.array_equal(other.images, ex.images[np.isin(ex.ids, native.ids)])
 
@@ -178,6 +181,8 @@ def test_class_folder_symlinked_to_another_is_refused(tmp_path, image_folder, no
 
 def test_preparing_leaves_no_temp_litter(tmp_path, image_folder, monkeypatch):
     import tempfile
-    before = set(Path(tempfile.gettempdir()).glob("tmp*tfds"))
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))   # this test's own temp dir
     data.load_folder(image_folder(tmp_path / "photos"), image_size=SIZE)
-    assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) <= before
+    assert not list(system_tmp.iterdir())

@@ -181,7 +181,7 @@ class HandConditions(_Builder, skip_registration=_SKIP):
     def _generate_examples(self):
         cfg = self.builder_config
         root, bad = Path(cfg.root), []
-        for rel, label in _scan_folder(root, dict(cfg.class_map)):
+        for rel, label in _scan_folder(root, dict(cfg.class_map), 1):
             try:
                 image = decode_image(root / rel, cfg.image_size)
             except DataError as e:
@@ -246,7 +246,7 @@ def _quiet():
 
 def _read(builder_cls, config) -> tuple:
     """Prepares the data set if needed; returns (builder, records sorted by (label, id))."""
-    with _quiet():
+    with _quiet(), _private_tempdir():
         builder = builder_cls(data_dir=str(cache_dir() / "tfds"), config=config)
         prepared = builder.is_prepared()
     if not prepared:
