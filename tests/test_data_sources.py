@@ -1,6 +1,5 @@
 """handjax.data.sources: folder structure errors, the bad-file policy, class maps, the TFDS
 cache (reuse, rebuild, pruning), the synthetic set's loader and the cache location."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -84,7 +84,7 @@ def test_old_file_styles_load_the_same_arrays(name, refs, tmp_path):
 
 def test_mismatched_file_lists_every_problem(refs, tmp_path):
     vgg16 = refs("vgg16").path
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(backbones.WeightsError) as err:
         backbones.load("vgg19", weights=vgg16)
     msg = str(err.value)
     assert "file has 13 layers with weights, vgg19 has 16" in msg
@@ -96,7 +96,7 @@ def test_mismatched_file_lists_every_problem(refs, tmp_path):
         del f["block2_conv1"]["block2_conv1_W_1:0"]
         f["block2_conv1"].create_dataset("block2_conv1_W_1:0", data=np.zeros((3, 3, 64, 99), np.float32))
         f["block3_conv2"].attrs["weight_names"] = np.array(["block3_conv2_W_1:0"], dtype=h5py.string_dtype())
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(backbones.WeightsError) as err:
         backbones.load("vgg16", weights=bad)
     msg = str(err.value)
     assert "block2_conv1" in msg and "(3, 3, 64, 99)" in msg
@@ -104,7 +104,7 @@ def test_mismatched_file_lists_every_problem(refs, tmp_path):
 
 
 def test_missing_file_is_named():
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(backbones.WeightsError, match="not found"):
         backbones.load("vgg16", weights="/nonexistent/file.h5")
 
 
@@ -196,3 +196,17 @@ def test_offline_imagenet_gives_clear_error(cache_weights, monkeypatch):
     msg = str(err.value)
     assert spec.url in msg and str(cache_weights / spec.file) in msg and "by hand" in msg
     assert os.listdir(cache_weights) == []
+
+
+def test_a_text_file_or_broken_h5_is_one_clear_line(tmp_path):
+    import h5py
+    text = tmp_path / "weights.h5"
+    text.write_text("not hdf5 at all")
+    with pytest.raises(keras_weights.WeightsError, match="not a readable Keras weight file") as e:
+        keras_weights.load("vgg16", str(text))
+    assert "\n" not in str(e.value) and "weights.h5" in str(e.value)
+    broken = tmp_path / "broken.h5"
+    with h5py.File(broken, "w") as f:
+        f.attrs["layer_names"] = [b"block1_conv1"]          # names a group that is missing
+    with pytest.raises(keras_weights.WeightsError, match="broken.h5"):
+        keras_weights.load("vgg16", str(broken))

@@ -152,11 +152,12 @@ def _verify(path: Path, spec: WeightFile, record: Path) -> None:
     else:
         return
     if got != expected:
-        raise ValueError(f"{algo} hash mismatch for {spec.file}: got {got}, expected {expected}")
+        raise WeightsError(f"{algo} hash mismatch for {spec.file}: got {got}, expected {expected}")
 
 
-class WeightsError(HandjaxError, RuntimeError):
-    """ImageNet weights could not be obtained (no network, no cached copy)."""
+class WeightsError(HandjaxError, ValueError):
+    """Backbone weights cannot be used: no network and no cached copy, a hash mismatch, a
+    file that is not a Keras weight file, or one that does not fit the model."""
 
 
 def _use_cached(dest: Path, spec: WeightFile, record: Path) -> Path:
@@ -164,7 +165,7 @@ def _use_cached(dest: Path, spec: WeightFile, record: Path) -> Path:
     try:
         _verify(dest, spec, record)
     except ValueError as e:
-        raise ValueError(f"{e}; the cached copy {dest} is corrupt: delete it to download again") from None
+        raise WeightsError(f"{e}; the cached copy {dest} is corrupt: delete it to download again") from None
     if spec.md5 is None and not record.exists():
         record.write_text(f"{_file_hash(dest, 'sha256')}  {spec.file}\n")
     return dest
@@ -199,7 +200,7 @@ def fetch_weights(name: str) -> Path:
         try:
             _verify(tmp, spec, record)
         except ValueError as e:
-            raise ValueError(f"{e}; the download from {spec.url} was deleted") from None
+            raise WeightsError(f"{e}; the download from {spec.url} was deleted") from None
         if spec.md5 is None:  # nothing published: pin this first download
             record.write_text(f"{_file_hash(tmp, 'sha256')}  {spec.file}\n")
         os.replace(tmp, dest)
@@ -251,5 +252,15 @@ def load(name: str, weights=None, *, seed: int = 0, dtype=jnp.float32, conv_impl
         return module, _random_variables(name, template, seed)
     path = fetch_weights(name) if isinstance(weights, str) and weights == "imagenet" else Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    return module, variables_from_keras(name, read_keras_h5(path), template)
+        raise WeightsError(f"weights file not found: {path}; give the path of a Keras .h5 "
+                           "weight file, 'imagenet' or 'none'")
+    try:
+        layers = read_keras_h5(path)
+    except (OSError, KeyError, ValueError, TypeError) as e:  # not HDF5, or a broken layout
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(f"{path}: not a readable Keras weight file ({first[:160]}); give "
+                           f"a Keras .h5 file of {name} (include_top=False)") from e
+    try:
+        return module, variables_from_keras(name, layers, template)
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from e
