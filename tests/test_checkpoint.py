@@ -85,3 +85,17 @@ def test_damaged_metadata_is_one_clear_line(tmp_path):
         checkpoint.restore(mngr, 1, _state())
     assert "checkpoints/1" in str(err.value) and "\n" not in str(err.value)
     json.dumps(str(err.value))
+
+
+def test_truncated_array_file_is_one_clear_line(tmp_path):
+    mngr = checkpoint.manager(tmp_path)
+    checkpoint.save(mngr, 1, _state(3.0))
+    checkpoint.close(mngr)
+    files = [p for p in (tmp_path / "checkpoints" / "1").rglob("*")
+             if p.is_file() and p.stat().st_size > 64 and "METADATA" not in p.name
+             and p.suffix != ".json"]
+    for p in files:                      # cut every data file in half
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    mngr = checkpoint.manager(tmp_path)
+    with pytest.raises(TrainingError, match="cannot be read"):
+        checkpoint.restore(mngr, 1, _state())
