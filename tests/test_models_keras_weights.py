@@ -196,3 +196,17 @@ def test_offline_imagenet_gives_clear_error(cache_weights, monkeypatch):
     msg = str(err.value)
     assert spec.url in msg and str(cache_weights / spec.file) in msg and "by hand" in msg
     assert os.listdir(cache_weights) == []
+
+
+def test_published_hash_kind_follows_its_length(tmp_path):
+    """Like Keras's get_file: a 64-hex-digit published hash is SHA-256 (ConvNeXt's), else MD5."""
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"weights")
+    spec = backbones.WEIGHT_FILES["convnext_tiny"]
+    record = tmp_path / "none.sha256"
+    for good in (hashlib.sha256(b"weights").hexdigest(), hashlib.md5(b"weights").hexdigest()):
+        keras_weights._verify(path, spec._replace(md5=good), record)
+    with pytest.raises(ValueError, match="SHA-256 hash mismatch"):
+        keras_weights._verify(path, spec._replace(md5=hashlib.sha256(b"other").hexdigest()), record)
+    with pytest.raises(ValueError, match="MD5 hash mismatch"):
+        keras_weights._verify(path, spec._replace(md5=hashlib.md5(b"other").hexdigest()), record)
