@@ -3,7 +3,7 @@
 The code lives in :mod:`handjax.models` (``convs``, ``base``, ``backbones``,
 ``keras_weights``). ::
 
-    NAMES                                   # ("vgg16", "vgg19", "resnet50", "mobilenetv2")
+    NAMES                                   # ("vgg16", ..., "convnext_tiny", "efficientnetv2_b0")
     module, variables = load(name, weights=None | "imagenet" | path, seed=0)
     features = module.apply(variables, preprocess(name, images), train=False)
     module.stages                           # ordered block boundaries (Keras layer names)
@@ -18,6 +18,8 @@ from handjax.models.backbones import (DEFAULT_TRAINABLE_FROM, MODELS, NAMES, VGG
                                       MobileNetV2, ResNet50, build, conv_algorithms,
                                       keras_layer_order, max_pool_2x2, preprocess)
 from handjax.models.base import Backbone
+from handjax.models.convnext import ConvNeXtTiny
+from handjax.models.efficientnetv2 import EfficientNetV2B0
 from handjax.models.convs import (CONV_IMPLS, PURPOSES, Conv, conv_algorithm, conv_im2col,
                                   conv_mmgrad, conv_policy, conv_winograd, depthwise_im2col,
                                   for_purpose, record_impls, runs_lax_conv)
@@ -27,7 +29,7 @@ from handjax.models.keras_weights import (WEIGHT_FILES, WeightFile, WeightsError
 
 __all__ = [
     "CONV_IMPLS", "DEFAULT_TRAINABLE_FROM", "MODELS", "NAMES", "PURPOSES", "WEIGHT_FILES",
-    "Backbone", "Conv", "MobileNetV2", "ResNet50", "VGG16", "VGG19", "WeightFile",
+    "Backbone", "Conv", "ConvNeXtTiny", "EfficientNetV2B0", "MobileNetV2", "ResNet50", "VGG16", "VGG19", "WeightFile",
     "WeightsError", "build", "conv_algorithm", "conv_algorithms", "conv_im2col", "conv_mmgrad",
     "conv_policy", "conv_winograd", "depthwise_im2col", "fetch_weights", "for_purpose", "load",
     "keras_layer_order", "max_pool_2x2", "preprocess", "read_keras_h5", "record_impls",

@@ -109,7 +109,8 @@ def full_train_step(name: str, conv_impl: str, size: int, batch: int, dtype=jnp.
         def loss_fn(p):
             feats, upd = module.apply({"params": p["backbone"], "batch_stats": stats},
                                       backbones.preprocess(name, x).astype(dtype),
-                                      train=True, mutable=["batch_stats"])
+                                      train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": jax.random.key(3)})  # EfficientNetV2's drop connect
             logits = jnp.mean(feats.astype(jnp.float32), axis=(1, 2)) @ p["head"]
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
         (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)

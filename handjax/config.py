@@ -26,7 +26,7 @@ from handjax.errors import ConfigError
 LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
           "custom": ("soft_custom", 0.0), "severity": ("severity", 1.0),
           "corn": ("corn", 0.0), "coral": ("coral", 0.0)}
-MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
+MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2", "convnext_tiny", "efficientnetv2_b0")
 STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
 STUDY_LOSSES = "categorical,binary,custom"
 CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd")

@@ -92,3 +92,9 @@ def test_class_map_parses():
     assert configs.parse_class_map("x:normal, y:ra") == (("x", "normal"), ("y", "ra"))
     with pytest.raises(ConfigError, match="class_map"):
         configs.parse_class_map("oops")
+
+
+def test_model_names_are_the_backbone_registry():
+    from handjax import backbones
+
+    assert configs.MODEL_NAMES == backbones.NAMES

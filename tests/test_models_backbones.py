@@ -41,7 +41,7 @@ def _check_close(name, ours, keras_out, label):
 # ----------------------------------------------------------------------------- Keras parity
 
 
-@pytest.mark.parametrize("name", backbones.NAMES)
+@pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_matches_keras(name, refs):
     ref = refs(name)
     keras_weighted = [layer.name for layer in ref.model.layers if layer.weights]
@@ -80,7 +80,7 @@ def test_preprocess_matches_keras():
     rng = np.random.default_rng(0)
     images_u8 = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
     images_f = rng.uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
-    for name in backbones.NAMES:
+    for name in KERAS_APPS:
         keras_pre = KERAS_APPS[name][1]
         for images in (images_u8, images_f):
             before = images.copy()
@@ -95,7 +95,7 @@ def test_preprocess_matches_keras():
 # ----------------------------------------------------------------------------- structure
 
 
-@pytest.mark.parametrize("name", backbones.NAMES)
+@pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_param_counts_and_tree(name):
     module, variables = backbones.load(name, seed=3)
     assert sum(a.size for a in jax.tree.leaves(variables)) == PARAM_COUNTS[name]
@@ -112,7 +112,7 @@ def test_param_counts_and_tree(name):
     assert not np.allclose(variables["params"][first]["kernel"], other["params"][first]["kernel"])
 
 
-@pytest.mark.parametrize("name", backbones.NAMES)
+@pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_start_stop_split(name):
     module, variables = backbones.load(name, seed=1, conv_impl="xla")
     boundary = backbones.DEFAULT_TRAINABLE_FROM[name]

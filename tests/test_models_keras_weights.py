@@ -13,7 +13,7 @@ import pytest
 
 from handjax import backbones, cache
 from handjax.models import keras_weights
-from keras_reference import keras_ref
+from keras_reference import KERAS_APPS, keras_ref
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def _rewrite_old_style(name, src, dst):
                 group.create_dataset(w, data=a)
 
 
-@pytest.mark.parametrize("name", backbones.NAMES)
+@pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_old_file_styles_load_the_same_arrays(name, refs, tmp_path):
     """Only positions matter: the older naming styles give exactly the Keras 3 file's
     arrays, which are Keras's own weights (depthwise kernels transposed to (kh, kw, 1, C))."""
@@ -210,3 +210,17 @@ def test_a_text_file_or_broken_h5_is_one_clear_line(tmp_path):
         f.attrs["layer_names"] = [b"block1_conv1"]          # names a group that is missing
     with pytest.raises(keras_weights.WeightsError, match="broken.h5"):
         keras_weights.load("vgg16", str(broken))
+
+
+def test_published_hash_kind_follows_its_length(tmp_path):
+    """Like Keras's get_file: a 64-hex-digit published hash is SHA-256 (ConvNeXt's), else MD5."""
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"weights")
+    spec = backbones.WEIGHT_FILES["convnext_tiny"]
+    record = tmp_path / "none.sha256"
+    for good in (hashlib.sha256(b"weights").hexdigest(), hashlib.md5(b"weights").hexdigest()):
+        keras_weights._verify(path, spec._replace(md5=good), record)
+    with pytest.raises(ValueError, match="SHA-256 hash mismatch"):
+        keras_weights._verify(path, spec._replace(md5=hashlib.sha256(b"other").hexdigest()), record)
+    with pytest.raises(ValueError, match="MD5 hash mismatch"):
+        keras_weights._verify(path, spec._replace(md5=hashlib.md5(b"other").hexdigest()), record)

@@ -1,6 +1,8 @@
 """Keras Applications ImageNet backbones in Flax linen: the architectures and their registry.
 
-VGG16, VGG19, ResNet50 and MobileNetV2 (alpha 1.0), NHWC, each equal to
+VGG16, VGG19, ResNet50 and MobileNetV2 (alpha 1.0) here, ConvNeXt-Tiny
+(:mod:`handjax.models.convnext`) and EfficientNetV2-B0 (:mod:`handjax.models.efficientnetv2`)
+in their own modules; NHWC, each equal to
 ``keras.applications.<Model>(include_top=False, pooling=None)`` with a fixed input shape.
 Every layer is named exactly as Keras names it, so the weight converter
 (:mod:`handjax.models.keras_weights`) is a short map.
@@ -23,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from handjax.models import convs
+from handjax.models.convnext import ConvNeXtTiny
+from handjax.models.efficientnetv2 import EfficientNetV2B0
 from handjax.models.base import (KERAS_BASE_URL, Backbone, WeightFile, caffe_preprocess,
                                  tf_preprocess)
 
@@ -220,12 +224,15 @@ MODELS: dict[str, type[Backbone]] = {
     "vgg19": VGG19,
     "resnet50": ResNet50,
     "mobilenetv2": MobileNetV2,
+    "convnext_tiny": ConvNeXtTiny,
+    "efficientnetv2_b0": EfficientNetV2B0,
 }
 NAMES = tuple(MODELS)
 
 # The boundary after which phase-2 fine-tuning unfreezes (VGG block5, ResNet conv5,
-# MobileNetV2 blocks 13-16 and the final 1x1 conv). Our choice: the top block, the usual
-# Keras fine-tuning recipe (an assumption; the study does not say).
+# MobileNetV2 blocks 13-16 and the final 1x1 conv; ConvNeXt-Tiny and EfficientNetV2-B0: their
+# 1/32-scale stage, reasons in their modules). Our choice: the top block, the usual Keras
+# fine-tuning recipe (an assumption; the study does not say).
 DEFAULT_TRAINABLE_FROM = {name: cls.trainable_from for name, cls in MODELS.items()}
 
 
@@ -255,7 +262,8 @@ def preprocess(name: str, images) -> jax.Array:
     """Keras's ``preprocess_input`` for RGB images in [0, 255] (uint8 or float), as float32.
 
     VGG16/VGG19/ResNet50 ("caffe"): RGB -> BGR, then subtract the ImageNet BGR means.
-    MobileNetV2 ("tf"): x / 127.5 - 1. Pure: the input is never modified.
+    MobileNetV2 ("tf"): x / 127.5 - 1. ConvNeXt-Tiny, EfficientNetV2-B0: the normalisation
+    Keras runs inside those models. Pure: the input is never modified.
     """
     check_name(name)
     x = jnp.asarray(images).astype(jnp.float32)

@@ -20,7 +20,8 @@ class WeightFile(NamedTuple):
 
     file: str
     url: str
-    md5: str | None  # as published in Keras's applications/*.py; None: none published
+    md5: str | None  # as published in Keras's applications/*.py (MD5, or SHA-256 when 64
+    # hex digits long, as Keras's get_file decides); None: none published
 
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -61,7 +62,10 @@ class Backbone(nn.Module):
     Per-architecture hooks (class level): ``stages``; ``trainable_from`` (the boundary
     after which phase 2 unfreezes by default); ``weight_file`` (a :class:`WeightFile`);
     ``preprocess_input`` (a function on float32 RGB in [0, 255]); ``keras_layer_order()``;
-    ``keras_targets`` (None: the generic map of :func:`handjax.models.keras_weights._targets`).
+    ``keras_targets`` (None: the generic map of :func:`handjax.models.keras_weights._targets`);
+    ``keras_groups`` (``{HDF5 group: Flax modules it fills, in weight order}`` for Keras
+    layers that are nested models, e.g. ConvNeXt's stem; other groups fill the module of
+    their own name).
     """
 
     dtype: Any = jnp.float32
@@ -72,6 +76,7 @@ class Backbone(nn.Module):
     trainable_from: ClassVar[str] = ""
     weight_file: ClassVar[WeightFile | None] = None
     keras_targets: ClassVar[Callable | None] = None
+    keras_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @staticmethod
     def preprocess_input(x):

@@ -74,8 +74,10 @@ def _targets(layer, template):
             ("batch_stats", "mean", stats["mean"].shape, None),
             ("batch_stats", "var", stats["var"].shape, None),
         ]
+    if "kernel" not in params:  # LayerNormalization (gamma, beta) or ConvNeXt's LayerScale (gamma)
+        return [("params", key, params[key].shape, None) for key in ("scale", "gamma", "bias") if key in params]
     kernel = params["kernel"].shape
-    if layer.endswith("_depthwise"):
+    if layer.endswith(("_depthwise", "_dwconv2")):
         # Keras DepthwiseConv2D: (kh, kw, C, multiplier=1); grouped conv wants (kh, kw, 1, C).
         out = [("params", "kernel", (*kernel[:2], kernel[3], kernel[2]), lambda a: a.transpose(0, 1, 3, 2))]
     else:
@@ -85,14 +87,24 @@ def _targets(layer, template):
     return out
 
 
-def _targets_of(name: str):
-    return MODELS[name].keras_targets or _targets
+def _group_targets(name: str):
+    """``targets(group, template)``: [(Flax module, collection, key, keras shape, to_flax)]
+    for one Keras weight group, which is one layer or a nested model (``keras_groups``)
+    filling several Flax modules."""
+    cls = MODELS[name]
+    targets = cls.keras_targets or _targets
+
+    def group_targets(group, template):
+        modules = cls.keras_groups.get(group, (group,))
+        return [(m, *t) for m in modules for t in targets(m, template)]
+
+    return group_targets
 
 
 def variables_from_keras(name: str, layers, template) -> dict:
     """Assigns Keras weights ``[(file layer name, [arrays])]`` to the model's variables by
     position; any count or shape mismatch raises one ValueError listing every problem."""
-    order, targets_of = keras_layer_order(name), _targets_of(name)
+    order, targets_of = keras_layer_order(name), _group_targets(name)
     problems = []
     if len(layers) != len(order):
         problems.append(f"file has {len(layers)} layers with weights, {name} has {len(order)}")
@@ -102,12 +114,12 @@ def variables_from_keras(name: str, layers, template) -> dict:
         if len(arrays) != len(targets):
             problems.append(f"layer #{k} {ours} (file: {theirs}): {len(arrays)} weights, expected {len(targets)}")
             continue
-        for (col, key, shape, to_flax), a in zip(targets, arrays):
+        for (module, col, key, shape, to_flax), a in zip(targets, arrays):
             if tuple(a.shape) != tuple(shape):
                 problems.append(f"layer #{k} {ours} (file: {theirs}) {key}: shape {a.shape}, expected {shape}")
                 continue
             a = np.asarray(a, np.float32)
-            out[col].setdefault(ours, {})[key] = jnp.asarray(to_flax(a) if to_flax else a)
+            out[col].setdefault(module, {})[key] = jnp.asarray(to_flax(a) if to_flax else a)
     problems += [f"missing: layer #{k} {ours}" for k, ours in enumerate(order) if k >= len(layers)]
     problems += [f"extra: file layer #{k} {theirs}" for k, (theirs, _) in enumerate(layers) if k >= len(order)]
     if problems:
@@ -144,9 +156,11 @@ def _download(url: str, dest: Path) -> None:
 
 
 def _verify(path: Path, spec: WeightFile, record: Path) -> None:
-    """MD5 against Keras's published hash, else SHA-256 against the first-use record."""
+    """Keras's published hash (MD5, or SHA-256 when 64 hex digits long, as Keras's
+    ``get_file`` decides), else SHA-256 against the first-use record."""
     if spec.md5 is not None:
-        expected, got, algo = spec.md5, _file_hash(path, "md5"), "MD5"
+        algo = "SHA-256" if len(spec.md5) == 64 else "MD5"
+        expected, got = spec.md5, _file_hash(path, algo.replace("-", "").lower())
     elif record.exists():
         expected, got, algo = record.read_text().split()[0], _file_hash(path, "sha256"), "SHA-256"
     else:
@@ -219,22 +233,23 @@ def _template(module):
 
 
 def _random_variables(name, template, seed):
-    """Keras's initialisers (glorot_uniform kernels, zero biases, BN identity) drawn with
-    NumPy, one stream per layer: eager ``module.init`` compiles every layer shape and
-    takes tens of seconds on CPU for MobileNetV2/ResNet50."""
+    """Keras's initialisers (glorot_uniform kernels, zero biases, BN/LayerNorm identity,
+    LayerScale 1e-6) drawn with NumPy, one stream per Keras weight group: eager
+    ``module.init`` compiles every layer shape and takes tens of seconds on CPU for
+    MobileNetV2/ResNet50."""
     out = {col: {} for col in template}
-    targets_of = _targets_of(name)
+    targets_of = _group_targets(name)
     for k, layer in enumerate(keras_layer_order(name)):
         rng = np.random.default_rng([seed, k])
-        for col, key, _, _ in targets_of(layer, template):
-            shape = template[col][layer][key].shape
+        for module, col, key, _, _ in targets_of(layer, template):
+            shape = template[col][module][key].shape
             if key == "kernel":
                 fan_in, fan_out = (np.prod(shape[:-2]) * shape[-2], np.prod(shape[:-2]) * shape[-1])
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 value = rng.uniform(-limit, limit, shape)
-            else:
-                value = np.ones(shape) if key in ("scale", "var") else np.zeros(shape)
-            out[col].setdefault(layer, {})[key] = jnp.asarray(value, jnp.float32)
+            else:  # BN/LayerNorm identity; LayerScale gamma: Keras's 1e-6
+                value = np.full(shape, {"scale": 1.0, "var": 1.0, "gamma": 1e-6}.get(key, 0.0))
+            out[col].setdefault(module, {})[key] = jnp.asarray(value, jnp.float32)
     return out
 
 

@@ -1,0 +1,11 @@
+"""Beyond the study's backbones: EfficientNetV2-B0 (ImageNet weights from Keras; README,
+"Beyond the study's models"), fine-tuned with categorical cross-entropy.
+
+    python launch.py --config experiments/efficientnetv2_b0_categorical.py
+    python launch.py --config experiments/efficientnetv2_b0_categorical.py:smoke
+"""
+from handjax.config import cell
+
+
+def get_config(arg=None):
+    return cell("efficientnetv2_b0", "categorical", arg)
