@@ -350,6 +350,9 @@ def main(argv=None) -> int:
         if importlib.util.find_spec("keras") is None:  # fail now, not after the handjax runs
             from handjax.bench_keras import NO_KERAS
             raise SystemExit(NO_KERAS)
+        from handjax.bench_keras import KERAS_APPS
+        if a.model not in KERAS_APPS:
+            p.error(f"--keras: the plain Keras reference covers {', '.join(KERAS_APPS)}")
     impls = tuple(i for i in a.convs.split(",") if i)
     unknown = set(impls) - set(STEP_IMPLS)
     if unknown:
