@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
 
 from handjax import backbones, losses
@@ -240,15 +239,10 @@ def plain_epoch(compiled_step):
 
 
 def fold_mesh(n_folds: int, enabled: bool):
-    """A 1-D device mesh over the fold axis when several devices can split the folds evenly."""
-    devices = jax.devices()
-    if not enabled or len(devices) < 2:
-        return None
-    if n_folds % len(devices):
-        logging.warning("%d folds do not split evenly over %d devices: not sharding",
-                        n_folds, len(devices))
-        return None
-    return jax.sharding.Mesh(np.array(devices), ("fold",))
+    """The fold axis's device mesh (every process's devices), or ``None``: see
+    :func:`handjax.distributed.fold_mesh`."""
+    from handjax import distributed
+    return distributed.fold_mesh(n_folds, enabled)
 
 
 def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):

@@ -177,6 +177,9 @@ def plot_curves(records: list[dict], path) -> Path:
 def write_run(workdir, results: dict) -> list[Path]:
     """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
     min-expected-cost) and ``curves.png`` if ``metrics.jsonl`` exists. Returns the paths."""
+    from handjax import distributed
+    if not distributed.is_primary():   # process 0 writes the reports
+        return []
     workdir = Path(workdir)
     md = workdir / "results.md"
     md.write_text(run_markdown(results), encoding="utf-8")
@@ -329,6 +332,9 @@ def plot_acc_vs_plus(cells: dict, models, losses, path) -> Path:
 def write_study(study_dir, cells: dict, models, losses) -> list:
     """Write ``study.md``, ``study.csv`` and ``study_acc_vs_plus.png`` into
     ``study_dir``; returns the missing ``(loss, model)`` cells."""
+    from handjax import distributed
+    if not distributed.is_primary():   # process 0 writes the reports
+        return []
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     markdown, csv_text, missing = study_table(cells, models, losses)
