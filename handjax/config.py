@@ -69,6 +69,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.cache_dtype = "float32"   # or "bfloat16" to halve the cache
     c.train.checkpoint_secs = 60.0   # save at an epoch end once this long after the last save
     c.train.shard_folds = True  # split the fold axis over devices when there are several
+    c.train.cache_budget_gb = 4.0   # a larger frozen-feature cache spills to the workdir
 
     c.svm = ml_collections.ConfigDict(dict(kernel="rbf", C=1.0, class_weight="balanced"))
 
@@ -165,6 +166,7 @@ class TrainSpec:
     cache_dtype: str
     checkpoint_secs: float
     shard_folds: bool
+    cache_budget_gb: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,9 +295,11 @@ def _train(c) -> TrainSpec:
     _check_choice(c, "train.fold_map", ("auto", "vmap", "map", "loop"))
     _check_choice(c, "train.cache_dtype", DTYPES)
     _check_float(c, "train.checkpoint_secs", lo=0.0)
+    _check_float(c, "train.cache_budget_gb", lo=0.0)
     return TrainSpec(int(t.batch_size), int(t.epochs1), float(t.lr1), int(t.epochs2),
                      float(t.lr2), t.mode, t.fold_map, t.cache_dtype,
-                     float(t.checkpoint_secs), bool(t.shard_folds))
+                     float(t.checkpoint_secs), bool(t.shard_folds),
+                     float(t.cache_budget_gb))
 
 
 def _svm(c) -> SvmSpec:

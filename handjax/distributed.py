@@ -74,6 +74,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def primary_first(fn):
+    """``fn()`` on process 0 first, then on the others (after a barrier): a shared cache
+    (the TFDS build of the photos under ``$HANDJAX_CACHE``) is then written once."""
+    if jax.process_count() == 1:
+        return fn()
+    out = fn() if is_primary() else None
+    barrier("handjax_primary_first")
+    return out if is_primary() else fn()
+
+
 # --------------------------------------------------------------------------- the fold mesh
 def fold_mesh(n_folds: int, enabled: bool):
     """A 1-D mesh (axis "fold") over every process's devices, or ``None`` with one device

@@ -125,6 +125,8 @@ def compile_epoch(plain: bool, fmap: str, mesh, timing: dict, phase: int, args):
         b0 = jax.tree.map(lambda a: a[0, 0], batches)
         return folds.plain_epoch(_compile(folds.plain_batch_step, timing, f"phase{phase}",
                                           one, inputs, labels, b0, key))
+    if isinstance(inputs, np.memmap):   # a spilled cache: streamed in chunks of steps
+        return folds.StreamedEpoch(fmap, min(folds.STREAM_CHUNK_BYTES, inputs.nbytes / 8))
     fn = functools.partial(folds.epoch_fn, fold_map=fmap, mesh=mesh)
     if mesh is not None:   # folds padded, sharded over every process's devices, gathered
         t = time.perf_counter()
@@ -302,7 +304,7 @@ def _run_locked(spec, workdir: Path) -> dict:
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, spec.config_json)
     timing: dict = {}
-    prep = features.prepare(spec)
+    prep = features.prepare(spec, workdir)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(spec, prep))
     timing["prepare_s"] = time.perf_counter() - t0

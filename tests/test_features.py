@@ -54,3 +54,20 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
     assert "\n" not in msg
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
     assert "--config.model.weights=none" in msg
+
+
+def test_spilled_cache_gives_identical_results(tmp_path):
+    """A budget of ~0 bytes puts the frozen-feature cache in a .npy memmap in the workdir,
+    streamed to phase 2 one step at a time: the confusion matrices equal the in-memory
+    run's (pinned in the golden file, which test_train checks)."""
+    import json
+    from pathlib import Path
+
+    from handjax import config, train
+    c = config.cell("vgg16", "categorical", "smoke")
+    c.train.cache_budget_gb = 1e-9
+    results = train.run(config.parse_run(c), tmp_path)
+    assert (tmp_path / "frozen_features.0.npy").stat().st_size > results["cache_bytes"]
+    golden = json.loads((Path(__file__).parent / "golden" / "smoke_confusions.json")
+                        .read_text())["vgg16_categorical"]
+    assert {k: results["decisions"][k]["confusion"] for k in golden} == golden

@@ -107,3 +107,13 @@ def test_auto_fold_map_follows_the_trained_convs():
     spec = configs.parse_run(c)
     prep = features.prepare(spec)
     assert folds.trains_lax_conv(folds.states_for(1, prep, spec), prep) is True
+
+
+def test_used_rows_reindex_and_chunk_steps():
+    flat = np.array([[7, 3, 7], [9, 3, 3]])
+    rows, local = folds.used_rows(flat)
+    assert rows.shape == (6,) and set(rows) == {3, 7, 9}
+    np.testing.assert_array_equal(rows[local], flat)
+    assert folds.chunk_steps(12, 100, 450) == 4          # divisors of 12 up to 4.5 steps
+    assert folds.chunk_steps(7, 100, 450) == 1           # a prime: one step at a time
+    assert folds.chunk_steps(6, 100, 1e9) == 6 and folds.chunk_steps(6, 100, 0) == 1
