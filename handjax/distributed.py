@@ -148,14 +148,15 @@ class FoldSharded:
     states, on the first call's shapes (:meth:`compile`)."""
 
     def __init__(self, fn, mesh):
-        self.fn, self.mesh, self.compiled = fn, mesh, None
+        self.fn, self.mesh, self.compiled, self.shared = fn, mesh, None, None
 
     def _place(self, args):
         states, inputs, labels, batches, key = args
         n = padded_folds(batches["idx"].shape[1], self.mesh.size)
         fold, step_fold = P("fold"), P(None, "fold")
-        return (to_global(pad_folds(states, n), self.mesh, fold),
-                to_global(inputs, self.mesh, P()), to_global(labels, self.mesh, P()),
+        if self.shared is None or self.shared[0] is not inputs:   # placed once per phase
+            self.shared = (inputs, to_global((inputs, labels), self.mesh, P()))
+        return (to_global(pad_folds(states, n), self.mesh, fold), *self.shared[1],
                 to_global(pad_folds(batches, n, axis=1), self.mesh, step_fold),
                 to_global(jax.random.key_data(key), self.mesh, P()))
 
