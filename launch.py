@@ -9,6 +9,8 @@ error). Outputs (config.json, metrics.jsonl, results.json/.md, plots, checkpoint
 ``--workdir`` (default ``runs/<config name>``); rerunning the same command resumes.
 The console shows progress bars, a few lines and a closing summary; ``-v`` (``--verbosity=1``)
 brings back the libraries' INFO logs. ``HANDJAX_DEBUG=1`` shows tracebacks of user errors.
+Many processes (README, "Many hosts"): ``--coordinator_address=host:port --num_processes=N
+--process_id=i`` on each, or nothing under Slurm, Open MPI or on a TPU pod.
 """
 import os
 import sys
@@ -20,6 +22,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/vgg19_custom.py[:smoke].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Many processes: host:port of process 0 (with "
+    "--num_processes and --process_id); Slurm, Open MPI and TPU pods are detected without.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Many processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Many processes: this one's index.")
 _RESTART = flags.DEFINE_bool("restart", False, "Discard a previous run in --workdir first "
                              "(its checkpoints, metrics and results).")
 
@@ -56,7 +63,11 @@ def _fail(message: str, code: int = 1):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from handjax import console, run, user_errors
+    from handjax import console, distributed, run, user_errors
+    try:   # before any JAX computation
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        _fail(str(e), code=2)
     console.quiet(verbose=flags.FLAGS["verbosity"].present)
     try:
         config = _CONFIG.value

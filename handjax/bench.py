@@ -4,6 +4,7 @@
     python -m handjax.bench steps      # train-step images/s and GFLOP/s per conv mode
     python -m handjax.bench folds      # phase-1/2 epochs under vmap, lax.map, a fold loop
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
+    python -m handjax.bench scaling    # wall time and peak RSS at N = 150, 600, 2400 photos
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
 
 ``protocol`` runs the same protocol (model, input size, images, epochs, folds, SVM) twice:
@@ -318,8 +319,111 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     return out
 
 
+# --------------------------------------------------------------------------- scaling
+SCALING_SIZES = {"full": (150, 600, 2400), "quick": (30, 60, 120)}
+
+
+def scaling_spec(n: int, size: int, epochs: str, model: str, spill: bool):
+    """The protocol at ``n`` synthetic photos (``n/3`` per class); ``spill``: the
+    frozen-feature cache on disk (a zero budget), else in RAM."""
+    from handjax import config as configs
+    c = configs.cell(model, "categorical")
+    c.model.weights = "none"
+    c.data.image_size, c.data.n_per_class, c.data.views = size, max(2, n // 3), 2
+    c.train.epochs1, c.train.epochs2 = (int(v) for v in epochs.split("+"))
+    c.train.cache_budget_gb = 0.0 if spill else 1e6
+    return configs.parse_run(c)
+
+
+def scaling_child(n: int, size: int, epochs: str, model: str, spill: bool) -> dict:
+    """One scaling point, in this (fresh) process: wall time, peak RSS, timing, cache size."""
+    from handjax import train
+    with tempfile.TemporaryDirectory(prefix="handjax-scaling-") as tmp:
+        t = time.perf_counter()
+        results = train.run(scaling_spec(n, size, epochs, model, spill), Path(tmp) / "run")
+        wall = time.perf_counter() - t
+        timing = json.loads((Path(tmp) / "run" / "timing.json").read_text())
+    return {"n": results["data"]["n"], "spill": spill, "wall_s": wall,
+            "peak_rss_gib": peak_rss_gib(), "cache_mib": results["cache_bytes"] / 2**20,
+            "train_s": timing.get("run_s", 0.0), "prepare_s": timing.get("prepare_s", 0.0),
+            "accuracy": results["decisions"]["cnn"]["mean"]["accuracy"]}
+
+
+def scaling_ratios(rows: list[dict]) -> list[dict]:
+    """Each row with ``s_per_photo`` and ``per_photo_ratio`` (time per photo relative to the
+    smallest N of the same spill setting) and ``rss_vs_ram`` (peak RSS relative to the
+    in-RAM run of the same N, where there is one)."""
+    out = []
+    for r in rows:
+        same = [q for q in rows if q["spill"] == r["spill"]]
+        base = min(same, key=lambda q: q["n"])
+        ram = [q for q in rows if q["n"] == r["n"] and not q["spill"]]
+        out.append(dict(r, s_per_photo=r["wall_s"] / r["n"],
+                        per_photo_ratio=(r["wall_s"] / r["n"]) / (base["wall_s"] / base["n"]),
+                        rss_vs_ram=r["peak_rss_gib"] / ram[0]["peak_rss_gib"] if ram else None))
+    return out
+
+
+def scaling_table(rows: list[dict]) -> str:
+    """A markdown table of :func:`scaling_ratios` rows."""
+    lines = ["| N photos | cache | cache MiB | wall s | train s | s/photo | x smallest N "
+             "| peak RSS GiB | RSS vs RAM run |", "|" + "---|" * 9]
+    for r in rows:
+        rss = "" if r["rss_vs_ram"] is None else f"{r['rss_vs_ram']:.2f}"
+        lines.append(f"| {r['n']} | {'disk' if r['spill'] else 'RAM'} | {r['cache_mib']:.1f} "
+                     f"| {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['s_per_photo']:.3f} "
+                     f"| {r['per_photo_ratio']:.2f} | {r['peak_rss_gib']:.2f} | {rss} |")
+    return "\n".join(lines)
+
+
+def scaling_main(argv) -> int:
+    """``python -m handjax.bench scaling [--quick]``: each (N, cache in RAM / on disk) in a
+    fresh process, so that peak RSS is that run's own."""
+    import subprocess
+    p = argparse.ArgumentParser(prog="python -m handjax.bench scaling")
+    p.add_argument("--quick", action="store_true", help="N = 30, 60, 120 at 32 px, 1+1 epochs")
+    p.add_argument("--sizes", help="comma list of N (default 150,600,2400)")
+    p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--epochs", default="2+1")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--spill", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", help="also write the rows to this file")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.model, a.image_size, a.epochs = "vgg16", 32, "1+1"
+    if a.child is not None:
+        print("SCALING " + json.dumps(scaling_child(a.child, a.image_size, a.epochs, a.model,
+                                                      a.spill)), flush=True)
+        return 0
+    sizes = ([int(v) for v in a.sizes.split(",")] if a.sizes
+             else SCALING_SIZES["quick" if a.quick else "full"])
+    rows = []
+    for n in sizes:
+        for spill in (False, True):
+            cmd = [sys.executable, "-m", "handjax.bench", "scaling", "--child", str(n),
+                   "--model", a.model, "--image-size", str(a.image_size), "--epochs", a.epochs]
+            out = subprocess.run(cmd + (["--spill"] if spill else []), capture_output=True,
+                                 text=True, check=False)
+            lines = [l for l in out.stdout.splitlines() if l.startswith("SCALING ")]
+            if out.returncode or not lines:
+                raise SystemExit(f"scaling run N={n} failed:\n{out.stderr[-2000:]}")
+            rows.append(json.loads(lines[-1][len("SCALING "):]))
+            print(f"  N={n} {'disk' if spill else 'RAM '}: {rows[-1]['wall_s']:.1f} s, "
+                  f"peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB", flush=True)
+    rows = scaling_ratios(rows)
+    print(f"\nscaling: {a.model} {a.image_size} px, {a.epochs} epochs, 5 folds + SVM\n")
+    print(scaling_table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 # --------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["scaling"]:   # its own flags; each point in a fresh process
+        return scaling_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m handjax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all",

@@ -74,6 +74,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.cache_dtype = "float32"   # or "bfloat16" to halve the cache
     c.train.checkpoint_secs = 60.0   # save at an epoch end once this long after the last save
     c.train.shard_folds = True  # split the fold axis over devices when there are several
+    c.train.cache_budget_gb = 4.0   # a larger frozen-feature cache spills to the workdir
     # Inner validation split of each training fold (stratified, subject-aware): fits the
     # CNN's temperature and the operating points, never touching the test fold. Ours; 0 keeps
     # the study's protocol exactly (the whole training fold trains; no calibration).
@@ -192,6 +193,7 @@ class TrainSpec:
     checkpoint_secs: float
     shard_folds: bool
     inner_val: float = 0.0
+    cache_budget_gb: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,12 +331,13 @@ def _train(c) -> TrainSpec:
     _check_choice(c, "train.fold_map", ("auto", "vmap", "map", "loop"))
     _check_choice(c, "train.cache_dtype", DTYPES)
     _check_float(c, "train.checkpoint_secs", lo=0.0)
+    _check_float(c, "train.cache_budget_gb", lo=0.0)
     if "inner_val" in t:
         _check_float(c, "train.inner_val", lo=0.0, hi=0.5)
     return TrainSpec(int(t.batch_size), int(t.epochs1), float(t.lr1), int(t.epochs2),
                      float(t.lr2), t.mode, t.fold_map, t.cache_dtype,
                      float(t.checkpoint_secs), bool(t.shard_folds),
-                     float(t.get("inner_val", 0.0)))
+                     float(t.get("inner_val", 0.0)), float(t.get("cache_budget_gb", 4.0)))
 
 
 def _eval(c) -> EvalSpec:

@@ -70,7 +70,8 @@ class ProtocolData:
 def protocol_data(spec, seed: int, n_folds: int, inner_val: float = 0.0) -> ProtocolData:
     """Photos, subjects and metadata, folds grouped by subject and near-duplicate group, the
     inner validation splits and the image views (``spec``: a DataSpec)."""
-    examples = load_examples(spec, seed, n_folds)
+    from handjax import distributed   # processes may share $HANDJAX_CACHE: one writes it
+    examples = distributed.primary_first(lambda: load_examples(spec, seed, n_folds))
     dup = data.duplicate_groups(examples.images) if spec.dedup else None
     if spec.metadata:
         subjects, metadata = data.load_metadata(spec.metadata, examples.ids)
@@ -95,18 +96,26 @@ def even_batch(n: int, most: int) -> int:
     return max(1, -(-n // -(-n // most))) if n else most
 
 
-def map_batches(fn, flat: np.ndarray, batch: int, out_dtype=None, desc: str | None = None):
+def map_batches(fn, flat: np.ndarray, batch: int, out_dtype=None, desc: str | None = None,
+                out: np.ndarray | None = None):
     """``fn`` over ``flat`` in batches of one size (the last padded by repeating its final
-    item, the padding dropped from the output): one shape, one compilation."""
-    out = []
+    item, the padding dropped from the output): one shape, one compilation. With ``out``
+    (e.g. a disk-backed ``np.memmap``) each batch is written into it as it comes."""
+    if out is not None:
+        for i, y in _batches(fn, flat, batch, desc):
+            out[i:i + len(y)] = y
+        return out
+    return np.concatenate([y if out_dtype is None else y.astype(out_dtype)
+                           for _, y in _batches(fn, flat, batch, desc)])
+
+
+def _batches(fn, flat: np.ndarray, batch: int, desc: str | None):
     for i in tqdm(range(0, len(flat), batch), desc=desc, leave=False, disable=desc is None):
         chunk = flat[i:i + batch]
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        y = np.asarray(fn(chunk)[:n])
-        out.append(y if out_dtype is None else y.astype(out_dtype))
-    return np.concatenate(out)
+        yield i, np.asarray(fn(chunk)[:n])
 
 
 # --------------------------------------------------------------------------- frozen prefix
@@ -147,14 +156,16 @@ def frozen_forward(backbone, variables, name: str, images, split: str, dtype,
 
 def frozen_features(backbone, variables, name: str, views: np.ndarray, split: str, *,
                     dtype, batch: int = 10, store_dtype=np.float32,
-                    per_image: bool | None = None) -> np.ndarray:
+                    per_image: bool | None = None, spill=None) -> np.ndarray:
     """Output of the frozen prefix (up to ``split``) for every view and image, computed once.
 
     Batches have one size (at most ``batch``, the last one padded) so that the function
     compiles once; the size is chosen so that padding wastes the least. Inference-only, so
     the convs are chosen for the "frozen" purpose (``conv_impl="auto"`` in float32: Winograd
-    on maps up to 28x28 on CPU, ``lax.conv`` elsewhere; see :mod:`handjax.models.convs`). ``per_image`` (default: on CPU) runs the
-    large-map stages one image at a time (see ``PER_IMAGE_MIN_PIXELS``).
+    on maps up to 28x28 on CPU, ``lax.conv`` elsewhere; see :mod:`handjax.models.convs`).
+    ``per_image`` (default: on CPU) runs the large-map stages one image at a time (see
+    ``PER_IMAGE_MIN_PIXELS``). ``spill``: a ``.npy`` path; the features are then written
+    there batch by batch and returned as a read-only ``np.memmap`` (a cache larger than RAM).
     """
     flat = views.reshape((-1,) + views.shape[2:])
     batch = even_batch(len(flat), batch)
@@ -166,9 +177,37 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
     # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
     # constants into the executable (slower compile, huge persistent-cache entries).
     fn = jax.jit(lambda v, x: frozen_forward(backbone, v, name, x, split, dtype, cut))
-    feats = map_batches(functools.partial(fn, variables), flat, batch, store_dtype,
-                        desc="frozen features")
+    fn = functools.partial(fn, variables)
+    out = None
+    if spill is not None:
+        shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((batch,) + flat.shape[1:], flat.dtype))
+        out = np.lib.format.open_memmap(spill, mode="w+", dtype=store_dtype,
+                                        shape=(len(flat),) + shape.shape[1:])
+    feats = map_batches(fn, flat, batch, store_dtype, desc="frozen features", out=out)
+    if out is not None:
+        out.flush()
+        del out
+        feats = np.load(spill, mmap_mode="r")
     return feats.reshape(views.shape[:2] + feats.shape[1:])
+
+
+def cache_nbytes(backbone, variables, name: str, views: np.ndarray, split: str, *, dtype,
+                 store_dtype) -> int:
+    """Bytes of :func:`frozen_features`'s output, from shapes alone (nothing runs)."""
+    backbone = backbones.for_inference(backbone, dtype)
+    x = jax.ShapeDtypeStruct((1,) + views.shape[2:], views.dtype)
+    out = jax.eval_shape(lambda v, x: frozen_forward(backbone, v, name, x, split, dtype),
+                         variables, x)
+    return int(np.prod(views.shape[:2]) * np.prod(out.shape[1:]) * np.dtype(store_dtype).itemsize)
+
+
+def spill_path(workdir, nbytes: int, budget_gb: float):
+    """Where the frozen-feature cache goes: ``None`` (RAM) when it fits ``budget_gb``, else
+    ``<workdir>/frozen_features.<process>.npy``."""
+    if workdir is None or nbytes <= budget_gb * 2**30:
+        return None
+    from pathlib import Path
+    return Path(workdir) / f"frozen_features.{jax.process_index()}.npy"
 
 
 def pooled_features(model, params, stats, feats, batch: int = 64):
@@ -212,9 +251,10 @@ class Prepared:
     inner: list = struct.field(pytree_node=False, default=None)  # per fold, inner val idx
 
 
-def prepare(spec) -> Prepared:
+def prepare(spec, workdir=None) -> Prepared:
     """Data, folds, backbone split and the shared (frozen-layer) inputs of both phases
-    (``spec``: a RunSpec)."""
+    (``spec``: a RunSpec). A frozen-feature cache larger than ``train.cache_budget_gb``
+    goes to a file in ``workdir`` (``inputs2`` is then an ``np.memmap``)."""
     pd = protocol_data(spec.data, spec.seed, spec.n_folds, spec.train.inner_val)
     examples, folds, views = pd.examples, pd.folds, pd.views
     backbone, variables, top, common = classifier.model_parts(
@@ -231,8 +271,11 @@ def prepare(spec) -> Prepared:
         return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
                         views, "frozen", views, 0, dim, **shared)
     store = np.float32 if spec.train.cache_dtype == "float32" else jnp.bfloat16
+    nbytes = cache_nbytes(backbone, variables, name, views, split, dtype=dtype,
+                          store_dtype=store)
     feats = frozen_features(backbone, variables, name, views, split, dtype=dtype,
-                            store_dtype=store)
+                            store_dtype=store,
+                            spill=spill_path(workdir, nbytes, spec.train.cache_budget_gb))
     model = classifier.Classifier(start=split, **common)
     params, stats = classifier.subtree(params, top), classifier.subtree(stats, top)
     pooled = pooled_features(model, params, stats, feats)

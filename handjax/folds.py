@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
 
 from handjax import backbones, losses, ordinal
@@ -185,6 +184,11 @@ def epoch_fn(states, inputs, labels, batches, key, *, fold_map: str, mesh=None):
     """
     n_steps, n_folds = batches["idx"].shape[:2]
     keys = _fold_keys(key, n_steps, n_folds)
+    return steps_fn(states, inputs, labels, batches, keys, fold_map=fold_map, mesh=mesh)
+
+
+def steps_fn(states, inputs, labels, batches, keys, *, fold_map: str, mesh=None):
+    """:func:`epoch_fn` on some steps of an epoch, with their dropout keys [steps, K]."""
     scan = functools.partial(_epoch_scan, fold_map=fold_map)
     if mesh is not None:
         from jax.sharding import PartitionSpec as P
@@ -236,15 +240,10 @@ def plain_epoch(compiled_step):
 
 
 def fold_mesh(n_folds: int, enabled: bool):
-    """A 1-D device mesh over the fold axis when several devices can split the folds evenly."""
-    devices = jax.devices()
-    if not enabled or len(devices) < 2:
-        return None
-    if n_folds % len(devices):
-        logging.warning("%d folds do not split evenly over %d devices: not sharding",
-                        n_folds, len(devices))
-        return None
-    return jax.sharding.Mesh(np.array(devices), ("fold",))
+    """The fold axis's device mesh (every process's devices), or ``None``: see
+    :func:`handjax.distributed.fold_mesh`."""
+    from handjax import distributed
+    return distributed.fold_mesh(n_folds, enabled)
 
 
 def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
@@ -269,10 +268,70 @@ def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, width: int):
     m = idx.shape[1]
     n_chunks = max(1, math.ceil(m / width))
     idx = np.take(np.asarray(idx), np.arange(n_chunks * width) % m, axis=1)
-    outs = [fn(states, inputs, jnp.asarray(idx[:, c * width:(c + 1) * width]))
-            for c in range(n_chunks)]
+    outs = []
+    for c in range(n_chunks):
+        cols = idx[:, c * width:(c + 1) * width]
+        if isinstance(inputs, np.memmap):   # spilled cache: only this chunk's rows, read here
+            rows, local = used_rows(cols)
+            outs.append(fn(states, inputs[rows], jnp.asarray(local)))
+        else:
+            outs.append(fn(states, inputs, jnp.asarray(cols)))
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1)[:, :m], *outs)
 
+
+
+# --------------------------------------------------------------------------- a spilled cache
+def used_rows(flat_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, local)``: the distinct row indices ``flat_idx`` uses, wrapped round to one
+    row per entry (a fixed shape: one compilation), and ``flat_idx`` re-indexed into them
+    (``rows[local] == flat_idx``)."""
+    rows, local = np.unique(flat_idx, return_inverse=True)
+    rows = np.resize(rows, flat_idx.size)
+    return rows, local.reshape(flat_idx.shape).astype(np.int32)
+
+
+STREAM_CHUNK_BYTES = 2**28   # rows of a spilled cache read per chunk of steps (at most)
+
+
+def chunk_steps(n_steps: int, bytes_per_step: int, budget_bytes: float) -> int:
+    """Steps per streamed chunk: the largest divisor of ``n_steps`` whose rows fit in
+    ``budget_bytes`` (at least 1). A divisor, because a padded step would still move Adam."""
+    most = max(1, int(budget_bytes // max(bytes_per_step, 1)))
+    return max(d for d in range(1, n_steps + 1) if n_steps % d == 0 and d <= most)
+
+
+class StreamedEpoch:
+    """An ``epoch_fn``-shaped program for a cache spilled to disk (``inputs`` a [V, N, ...]
+    ``np.memmap``): the epoch runs in chunks of steps, each fed only the rows its batches
+    use, read from disk on the host. Same batches, same dropout keys, same results as the
+    in-memory epoch; host memory holds one chunk's rows (at most ``budget_bytes``)."""
+
+    def __init__(self, fold_map: str, budget_bytes: float):
+        self.fold_map, self.budget, self.compiled = fold_map, budget_bytes, None
+
+    def chunk(self, inputs, labels, batches, c0: int, c1: int):
+        """(inputs [1, R, ...], labels [R], batches) of steps ``c0:c1``, re-indexed."""
+        b = {k: v[c0:c1] for k, v in batches.items()}
+        n = inputs.shape[1]
+        rows, local = used_rows(b["view"].astype(np.int64) * n + b["idx"])
+        x = inputs[rows // n, rows % n][None]
+        y = np.asarray(labels)[rows % n]
+        return x, y, {"idx": local, "view": np.zeros_like(local), "mask": b["mask"]}
+
+    def __call__(self, states, inputs, labels, batches, key):
+        n_steps, n_folds, batch = batches["idx"].shape
+        keys = _fold_keys(key, n_steps, n_folds)
+        row_bytes = inputs.itemsize * math.prod(inputs.shape[2:])
+        c = chunk_steps(n_steps, n_folds * batch * row_bytes, self.budget)
+        sums = []
+        for c0 in range(0, n_steps, c):
+            args = (states, *self.chunk(inputs, labels, batches, c0, c0 + c), keys[c0:c0 + c])
+            if self.compiled is None or self.compiled[0] != c:
+                fn = functools.partial(steps_fn, fold_map=self.fold_map)
+                self.compiled = (c, jax.jit(fn, donate_argnums=0).lower(*args).compile())
+            states, s = self.compiled[1](*args)
+            sums.append(s)
+        return states, jax.tree.map(lambda *a: jnp.concatenate(a), *sums)
 
 
 def pad_indices(index_sets, length: int):

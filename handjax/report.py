@@ -198,6 +198,9 @@ def write_run(workdir, results: dict, preds=None) -> list[Path]:
     """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
     min-expected-cost), ``curves.png`` if ``metrics.jsonl`` exists and, given the out-of-fold
     ``preds``, ``roc.png`` and ``reliability.png``. Returns the paths."""
+    from handjax import distributed
+    if not distributed.is_primary():   # process 0 writes the reports
+        return []
     workdir = Path(workdir)
     md = workdir / "results.md"
     md.write_text(run_markdown(results), encoding="utf-8")
@@ -484,6 +487,9 @@ def plot_acc_vs_plus(cells: dict, models, losses, path) -> Path:
 def write_study(study_dir, cells: dict, models, losses) -> list:
     """Write ``study.md``, ``study.csv`` and ``study_acc_vs_plus.png`` into
     ``study_dir``; returns the missing ``(loss, model)`` cells."""
+    from handjax import distributed
+    if not distributed.is_primary():   # process 0 writes the reports
+        return []
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     markdown, csv_text, missing = study_table(cells, models, losses)

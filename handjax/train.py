@@ -10,6 +10,7 @@ Data flow (module map: ``handjax/__init__.py``)::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from handjax import console, evaluate, features, folds, workdir as workdirs
+from handjax import console, distributed, evaluate, features, folds, workdir as workdirs
 from handjax.errors import TrainingError
 
 # Re-exported for callers of the old single-module trainer.
@@ -127,8 +128,15 @@ def compile_epoch(plain: bool, fmap: str, mesh, timing: dict, phase: int, args):
         b0 = jax.tree.map(lambda a: a[0, 0], batches)
         return folds.plain_epoch(_compile(folds.plain_batch_step, timing, f"phase{phase}",
                                           one, inputs, labels, b0, key))
-    return _compile(functools.partial(folds.epoch_fn, fold_map=fmap, mesh=mesh), timing,
-                    f"phase{phase}", *args)
+    if isinstance(inputs, np.memmap):   # a spilled cache: streamed in chunks of steps
+        return folds.StreamedEpoch(fmap, min(folds.STREAM_CHUNK_BYTES, inputs.nbytes / 8))
+    fn = functools.partial(folds.epoch_fn, fold_map=fmap, mesh=mesh)
+    if mesh is not None:   # folds padded, sharded over every process's devices, gathered
+        t = time.perf_counter()
+        program = distributed.FoldSharded(fn, mesh).compile(*args)
+        timing[f"compile_phase{phase}_s"] = time.perf_counter() - t
+        return program
+    return _compile(fn, timing, f"phase{phase}", *args)
 
 
 def _compile(fn, timing: dict, label: str, *args):
@@ -193,6 +201,9 @@ class MetricsLog:
 
     def __init__(self, path: Path, keep):
         self.path = path
+        self.writes = distributed.is_primary()
+        if not self.writes:
+            return
         keep = set(keep)
         lines = []
         if path.exists():
@@ -205,6 +216,8 @@ class MetricsLog:
     def write_epoch(self, phase, epoch, steps, sums, scores):
         """One line per fold: training loss/accuracy, then ``scores`` (``test_*`` on the
         fold's test split, for the curves only; ``val_*`` on its inner split)."""
+        if not self.writes:
+            return
         count = np.maximum(np.asarray(sums["count"]).sum(0), 1.0)
         loss = np.asarray(sums["loss"]).sum(0) / count
         acc = np.asarray(sums["correct"]).sum(0) / count
@@ -276,9 +289,10 @@ def run(spec, workdir, restart: bool = False) -> dict:
     ``results.json``, ``results.md`` and plots in ``workdir`` (locked meanwhile; with
     ``restart`` a previous run there is discarded first)."""
     workdir = workdirs.open_workdir(workdir)
-    with workdirs.Lock(workdir):
-        if restart:
+    with workdirs.Lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
+        if restart and distributed.is_primary():
             workdirs.restart(workdir)
+        distributed.barrier("handjax_run_start")
         return _run_locked(spec, workdir)
 
 
@@ -302,10 +316,12 @@ def _run_locked(spec, workdir: Path) -> dict:
     from handjax import checkpoint, report
     t0 = time.perf_counter()
     workdirs.enable_compilation_cache(workdir)
-    workdirs.claim(workdir, spec.config_json)
+    if distributed.is_primary():   # the others only compute (and call orbax)
+        workdirs.claim(workdir, spec.config_json)
     timing: dict = {}
-    prep = features.prepare(spec)
-    workdirs.check_ledger(workdir, ledger_entries(spec, prep))
+    prep = features.prepare(spec, workdir)
+    if distributed.is_primary():
+        workdirs.check_ledger(workdir, ledger_entries(spec, prep))
     timing["prepare_s"] = time.perf_counter() - t0
     console.say(f"{spec.name}: {len(prep.examples.labels)} photos, {spec.n_folds} folds, "
                 f"{spec.model.name} at {spec.data.image_size} px, loss {spec.loss.label}; "
@@ -324,11 +340,14 @@ def _run_locked(spec, workdir: Path) -> dict:
             targets=targets)
     finally:
         checkpoint.close(manager)
-    try:
-        csv_path = report.write_predictions(workdir, preds)
-    except OSError as e:
-        raise TrainingError(f"cannot write {workdir / 'predictions.csv'} ({e.strerror}); "
-                            "free space or fix permissions, then rerun") from e
+    csv_path = workdir / "predictions.csv"
+    if distributed.is_primary():   # one writer; every process then reads the same file
+        try:
+            report.write_predictions(workdir, preds)
+        except OSError as e:
+            raise TrainingError(f"cannot write {csv_path} ({e.strerror}); free space or fix "
+                                "permissions, then rerun") from e
+    distributed.barrier("handjax_predictions_written")
     results = results_record(spec, prep, decisions)
     results.update(evaluate.clinical_results(csv_path, preds, calib, spec.eval, spec.seed))
     results = json_safe(results)
@@ -341,7 +360,8 @@ def _run_locked(spec, workdir: Path) -> dict:
         raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
                             "space or fix permissions, then rerun the same command (it "
                             "resumes from the last checkpoint)") from e
-    console.summary(results, METRIC_KEYS, str(workdir / "results.md"))
+    if distributed.is_primary():
+        console.summary(results, METRIC_KEYS, str(workdir / "results.md"))
     return results
 
 
@@ -369,6 +389,8 @@ def json_safe(value):
 
 def write_results(workdir: Path, results: dict, timing: dict) -> None:
     """``results.json`` (null where a figure is undefined) and ``timing.json``."""
+    if not distributed.is_primary():
+        return
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (workdir / "timing.json").write_text(
         json.dumps({k: round(v, 3) for k, v in timing.items()}, indent=2) + "\n")

@@ -160,7 +160,7 @@ def open_workdir(workdir) -> Path:
         raise TrainingError(f"--workdir {workdir} is a file, not a folder; choose a folder")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{os.getpid()}"   # processes may share the folder
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -46,3 +46,17 @@ def test_steps_command_writes_rows(tmp_path):
 def test_steps_command_rejects_unknown_conv():
     with pytest.raises(SystemExit):
         bench.main(["steps", "--convs", "fft"])
+
+
+def test_scaling_ratios_and_table():
+    """Per-photo time relative to the smallest N of the same cache setting; RSS relative to
+    the in-RAM run of the same N. (``scaling --quick`` itself takes minutes: not run here.)"""
+    rows = [{"n": n, "spill": s, "wall_s": w, "peak_rss_gib": r, "cache_mib": 1.0,
+             "train_s": 1.0}
+            for n, s, w, r in [(30, False, 3.0, 1.0), (30, True, 6.0, 0.5),
+                               (120, False, 6.0, 2.0), (120, True, 24.0, 1.0)]]
+    out = bench.scaling_ratios(rows)
+    assert [r["per_photo_ratio"] for r in out] == pytest.approx([1.0, 1.0, 0.5, 1.0])
+    assert [r["rss_vs_ram"] for r in out] == pytest.approx([1.0, 0.5, 1.0, 0.5])
+    table = bench.scaling_table(out)
+    assert table.count("\n") == 1 + len(rows) and "| 120 | disk |" in table

@@ -57,6 +57,7 @@ BAD = [
     ("train.lr1", 0.0, "train.lr1=0.0"),
     ("model.conv_impl", "fft", "model.conv_impl='fft'"),
     ("train.fold_map", "pmap", "train.fold_map='pmap'"),
+    ("train.cache_budget_gb", -1.0, "train.cache_budget_gb=-1.0"),
 ]
 
 

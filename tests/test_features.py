@@ -102,3 +102,20 @@ def test_folds_never_split_a_subject(tmp_path):
         inner_subjects = set(pd.subjects[pd.inner[k]])
         assert not inner_subjects & set(pd.subjects[np.setdiff1d(tr, pd.inner[k])])
     assert all(len(v) == 1 for v in fold_of.values())
+
+
+def test_spilled_cache_gives_identical_results(tmp_path):
+    """A budget of ~0 bytes puts the frozen-feature cache in a .npy memmap in the workdir,
+    streamed to phase 2 one step at a time: the confusion matrices equal the in-memory
+    run's (pinned in the golden file, which test_train checks)."""
+    import json
+    from pathlib import Path
+
+    from handjax import config, train
+    c = config.cell("vgg16", "categorical", "smoke")
+    c.train.cache_budget_gb = 1e-9
+    results = train.run(config.parse_run(c), tmp_path)
+    assert (tmp_path / "frozen_features.0.npy").stat().st_size > results["cache_bytes"]
+    golden = json.loads((Path(__file__).parent / "golden" / "smoke_confusions.json")
+                        .read_text())["vgg16_categorical"]
+    assert {k: results["decisions"][k]["confusion"] for k in golden} == golden

@@ -121,3 +121,13 @@ def test_batch_level_loss_trains_with_masked_unequal_folds(prepared):
         outs[kind], sums = _one_epoch(states, prep, 1, kind)
         assert np.isfinite(np.asarray(sums["loss"])).all()
     chex.assert_trees_all_close(outs["map"].params, outs["vmap"].params, rtol=1e-4, atol=1e-5)
+
+
+def test_used_rows_reindex_and_chunk_steps():
+    flat = np.array([[7, 3, 7], [9, 3, 3]])
+    rows, local = folds.used_rows(flat)
+    assert rows.shape == (6,) and set(rows) == {3, 7, 9}
+    np.testing.assert_array_equal(rows[local], flat)
+    assert folds.chunk_steps(12, 100, 450) == 4          # divisors of 12 up to 4.5 steps
+    assert folds.chunk_steps(7, 100, 450) == 1           # a prime: one step at a time
+    assert folds.chunk_steps(6, 100, 1e9) == 6 and folds.chunk_steps(6, 100, 0) == 1

@@ -57,3 +57,10 @@ def test_launch_end_to_end_console_is_quiet_and_ends_with_a_summary(tmp_path):
     assert ours and ours[-1].endswith("done")
     tail = "\n".join(lines[-6:])
     assert "cnn" in tail and "svm" in tail and "results.md" in tail and " ± " in tail
+
+
+def test_launch_partial_distributed_flags_are_one_clear_line(tmp_path):
+    out = _launch("--config", str(ROOT / "experiments/vgg19_custom.py:smoke"),
+                  "--coordinator_address=127.0.0.1:1", "--process_id=0", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--num_processes" in out.stderr

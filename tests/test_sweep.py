@@ -50,3 +50,16 @@ def test_cell_config_sets_model_and_loss():
         "resnet50", "soft_custom", 0.0, "custom")
     assert "models" not in c and c.name == "resnet50_custom"
     assert configs.cell_config(study.get_config("smoke"), "vgg16", "binary").name == "vgg16_binary_smoke"
+
+
+def test_sweep_ledger_states(tmp_path):
+    """``sweep_ledger.json``: pending cells listed up front, running with an owner and a
+    start time, done with a finish time; a rerun's "pending" keeps what is recorded."""
+    sweep.mark(tmp_path, "vgg16_binary", "pending")
+    assert sweep.mark(tmp_path, "vgg16_binary", "running")["state"] == "running"
+    done = sweep.mark(tmp_path, "vgg16_binary", "done")
+    assert done["owner"] and done["started"] and done["finished"]
+    sweep.mark(tmp_path, "vgg16_binary", "pending")
+    sweep.mark(tmp_path, "vgg19_binary", "pending")
+    ledger = json.loads((tmp_path / sweep.LEDGER).read_text())
+    assert ledger["vgg16_binary"] == done and ledger["vgg19_binary"]["state"] == "pending"
