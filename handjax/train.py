@@ -313,7 +313,6 @@ def weights_fingerprint(model_spec, seed: int) -> str:
 
 
 def _run_locked(spec, workdir: Path) -> dict:
-    from handjax import checkpoint, report
     t0 = time.perf_counter()
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
@@ -326,20 +325,37 @@ def _run_locked(spec, workdir: Path) -> dict:
     console.say(f"{spec.name}: {len(prep.examples.labels)} photos, {spec.n_folds} folds, "
                 f"{spec.model.name} at {spec.data.image_size} px, loss {spec.loss.label}; "
                 f"frozen features {prep.cache_bytes / 2**20:.1f} MiB -> {workdir}")
+    t = time.perf_counter()
+    decisions, preds, calib = _train_and_evaluate(prep, spec, workdir, timing)
+    results = _clinical_results(spec, prep, workdir, decisions, preds, calib)
+    timing["evaluate_s"] = time.perf_counter() - t - timing.get("fit_s", 0.0)
+    timing["wall_time_s"] = time.perf_counter() - t0
+    _write_outputs(workdir, results, timing, preds)
+    return results
+
+
+def _train_and_evaluate(prep, spec, workdir: Path, timing: dict):
+    """Fit (resuming), then the out-of-fold decisions while the last checkpoint is written."""
+    from handjax import checkpoint
     manager = checkpoint.manager(workdir)
     try:
-        states, outputs = fit(prep, spec, workdir, timing, manager)
         t = time.perf_counter()
+        states, outputs = fit(prep, spec, workdir, timing, manager)
+        timing["fit_s"] = time.perf_counter() - t
         if outputs is None:
             emap = folds.eval_fold_map(states, prep, spec.train.fold_map)
             outputs = evaluate.fold_outputs(states, prep, emap)
-        # ... while the last checkpoint is written in the background
         targets = {"sensitivity": spec.eval.sensitivity, "specificity": spec.eval.specificity}
-        decisions, preds, calib = evaluate.evaluate(
-            outputs, prep, loss_name=spec.loss.name, svm=spec.svm, seed=spec.seed,
-            targets=targets)
+        return evaluate.evaluate(outputs, prep, loss_name=spec.loss.name, svm=spec.svm,
+                                 seed=spec.seed, targets=targets)
     finally:
         checkpoint.close(manager)
+
+
+def _clinical_results(spec, prep, workdir: Path, decisions, preds, calib) -> dict:
+    """``predictions.csv`` (process 0 writes it), then results.json's record with the
+    clinical figures recomputed from that file."""
+    from handjax import report
     csv_path = workdir / "predictions.csv"
     if distributed.is_primary():   # one writer; every process then reads the same file
         try:
@@ -350,9 +366,11 @@ def _run_locked(spec, workdir: Path) -> dict:
     distributed.barrier("handjax_predictions_written")
     results = results_record(spec, prep, decisions)
     results.update(evaluate.clinical_results(csv_path, preds, calib, spec.eval, spec.seed))
-    results = json_safe(results)
-    timing["evaluate_s"] = time.perf_counter() - t
-    timing["wall_time_s"] = time.perf_counter() - t0
+    return json_safe(results)
+
+
+def _write_outputs(workdir: Path, results: dict, timing: dict, preds) -> None:
+    from handjax import report
     try:
         write_results(workdir, results, timing)
         report.write_run(workdir, results, preds)
@@ -362,7 +380,6 @@ def _run_locked(spec, workdir: Path) -> dict:
                             "resumes from the last checkpoint)") from e
     if distributed.is_primary():
         console.summary(results, METRIC_KEYS, str(workdir / "results.md"))
-    return results
 
 
 def results_record(spec, prep: features.Prepared, decisions: dict) -> dict:
