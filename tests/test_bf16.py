@@ -8,7 +8,8 @@ import numpy as np
 from cells import run, tiny_config
 from handjax import clinical
 
-# Out-of-fold CNN probabilities: measured max |bf16 - float32| below; the bound is ~3x that.
+# Out-of-fold CNN probabilities (softmax of the per-fold logits): max |bf16 - float32|
+# measured 0.0044 (2026-11-29, confusion matrices identical); the bound is ~4.5x that.
 PROB_TOL = 0.02
 
 
@@ -21,7 +22,6 @@ def test_bfloat16_smoke_cell_agrees_with_float32(tmp_path):
         probs = clinical.read_predictions(tmp_path / dtype / "predictions.csv").probs["cnn"]
         out[dtype] = np.asarray(results["decisions"]["cnn"]["confusion"]), np.asarray(probs)
     (cm32, p32), (cm16, p16) = out["float32"], out["bfloat16"]
-    print("max |p16 - p32|", np.abs(p16 - p32).max(), "cm diff", np.abs(cm16 - cm32).sum(axis=(1, 2)))
     assert np.abs(p16 - p32).max() <= PROB_TOL, np.abs(p16 - p32).max()
     # Per fold, at most one photo changes its decision (one cell -1, another +1).
     assert cm32.shape == cm16.shape and cm32.sum() == cm16.sum()
