@@ -178,7 +178,7 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
                   f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
                   f"{mfu}", flush=True)
         if "auto" in best:
-            auto = backbones.conv_policy(jax.default_backend(), size * size, jnp.float32,
+            auto = backbones.conv_policy(jax.default_backend(), size * size, dtype,
                                          "train", winograd_ok=False)
             print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
                   f"{best['xla'] / best['auto']:.2f}x", flush=True)
