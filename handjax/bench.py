@@ -341,7 +341,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
         out["phase2_epoch_s"] = dict(zip(("float32", "bfloat16"), epoch2))
         out["phase2_bf16_speedup"] = epoch2[0] / epoch2[1] if epoch2[1] else float("nan")
         print(f"  phase-2 epoch: float32 {epoch2[0]:.3f} s, bfloat16 {epoch2[1]:.3f} s: "
-              f"bf16 {out['phase2_bf16_speedup']:.2f}x faster", flush=True)
+              f"bf16 / float32 epoch speed {out['phase2_bf16_speedup']:.2f}x", flush=True)
     if keras:
         from handjax.bench_keras import keras_protocol
         k = out["keras"] = keras_protocol(fast)
