@@ -60,9 +60,10 @@ def _best_time(fn, *args, repeat: int = 3) -> float:
 
 
 def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
-    """GFLOP/s of one jitted n x n matmul in ``dtype``: the machine's practical peak."""
+    """GFLOP/s of one jitted n x n matmul of ``dtype`` operands accumulated in float32 (the
+    form handjax's convs use): the machine's practical peak."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    fn = jax.jit(lambda x, y: x @ y)
+    fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     return 2 * n**3 / _best_time(fn, a, a) / 1e9
 
 
@@ -179,10 +180,38 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
                   f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
                   f"{mfu}", flush=True)
         if "auto" in best:
-            auto = backbones.conv_policy(jax.default_backend(), size * size, jnp.float32,
+            auto = backbones.conv_policy(jax.default_backend(), size * size, dtype,
                                          "train", winograd_ok=False)
             print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
                   f"{best['xla'] / best['auto']:.2f}x", flush=True)
+        del steps
+    return rows
+
+
+def bench_dtypes(models, size: int, batch: int, peaks: dict, impl: str = "auto",
+                 rounds: int = 3) -> list[dict]:
+    """The same train step (``impl`` convs) in float32 and in bfloat16 compute, compiled
+    first and timed in interleaved rounds; ``peaks``: matmul GFLOP/s per dtype name, measured
+    in the same run. Prints each and the bf16 / float32 step-speed ratio."""
+    rows = []
+    for name in models:
+        steps = {dt: full_train_step(name, impl, size, batch, jnp.dtype(dt)) for dt in peaks}
+        flops = steps["float32"][3]  # the model's work, counted once
+        best = dict.fromkeys(steps, float("inf"))
+        for _ in range(rounds):
+            for dt, (compiled, args, _, _) in steps.items():
+                best[dt] = min(best[dt], _best_time(compiled, *args, repeat=1))
+        for dt, sec in best.items():
+            rows.append({"model": name, "conv": impl, "dtype": dt, "size": size, "batch": batch,
+                         "step_s": sec, "gflops": flops / sec / 1e9,
+                         "peak_frac": flops / sec / 1e9 / peaks[dt]})
+            print(f"  {name:12s} {impl:7s} {dt:8s} {batch / sec:8.1f} img/s  "
+                  f"{flops / sec / 1e9:8.1f} GFLOP/s ({100 * rows[-1]['peak_frac']:5.1f}% of the "
+                  f"{dt} matmul peak)  step {sec * 1e3:7.1f} ms", flush=True)
+        ratio = best["float32"] / best["bfloat16"]
+        rows[-1]["speedup_vs_float32"] = ratio
+        print(f"  {name:12s} bfloat16 / float32 step speed: {ratio:.2f}x  (matmul peaks: "
+              f"{peaks['bfloat16'] / peaks['float32']:.2f}x)", flush=True)
         del steps
     return rows
 
@@ -309,6 +338,12 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
         print(f"  speed-up handjax-bf16 vs plain: {out['ratio_bf16']:.1f}x   per-fold CNN "
               f"accuracy vs float32: max change {out['bf16_max_fold_accuracy_change']:.4f}",
               flush=True)
+        epoch2 = [out[k]["timing"].get("epochs2_s", 0.0) / max(1, specs[k].train.epochs2)
+                  for k in ("handjax", "handjax-bf16")]
+        out["phase2_epoch_s"] = dict(zip(("float32", "bfloat16"), epoch2))
+        out["phase2_bf16_speedup"] = epoch2[0] / epoch2[1] if epoch2[1] else float("nan")
+        print(f"  phase-2 epoch: float32 {epoch2[0]:.3f} s, bfloat16 {epoch2[1]:.3f} s: "
+              f"bf16 / float32 epoch speed {out['phase2_bf16_speedup']:.2f}x", flush=True)
     if keras:
         from handjax.bench_keras import keras_protocol
         k = out["keras"] = keras_protocol(fast)
@@ -474,12 +509,22 @@ def main(argv=None) -> int:
         # An accelerator's train steps are held against its measured bf16 matrix rate.
         peak = report["bf16_matmul_peak_gflops"] = matmul_peak(8192, jnp.bfloat16)
         print(f"matmul peak (bfloat16, 8192^3, jitted): {peak / 1e3:.1f} TFLOP/s", flush=True)
+    elif a.dtype == "bfloat16":
+        report["bf16_matmul_peak_gflops"] = matmul_peak(2048, jnp.bfloat16)
+        print(f"matmul peak (bfloat16, f32 accumulation, 2048^3, jitted): "
+              f"{report['bf16_matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="handjax-bench-") as tmp:
         if a.what in ("steps", "all"):
             print(f"\nwhole-network train step, {a.image_size} px, batch {a.batch}, {a.dtype}:")
             models = [m for m in a.models.split(",") if m]
             report["steps"] = bench_steps(models, a.image_size, a.batch, peak, jnp.dtype(a.dtype),
                                           peak_tflops=a.peak_tflops, impls=impls)
+            if a.dtype == "bfloat16":
+                print(f"\nbfloat16 against float32, the same step ('auto' convs), {a.image_size}"
+                      f" px, batch {a.batch}:")
+                peaks = {"float32": report["matmul_peak_gflops"],
+                         "bfloat16": report["bf16_matmul_peak_gflops"]}
+                report["dtypes"] = bench_dtypes(models, a.image_size, a.batch, peaks)
         if a.what in ("folds", "protocol", "all"):
             specs = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2, a.folds,
                                      a.weights, a.batch)

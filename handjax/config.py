@@ -29,7 +29,7 @@ LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
 MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2", "convnext_tiny", "efficientnetv2_b0")
 STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
 STUDY_LOSSES = "categorical,binary,custom"
-CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd")
+CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd", "matmul")
 DTYPES = ("float32", "bfloat16")
 MAX_IMAGE_SIZE = 1024
 
@@ -56,7 +56,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.name = "vgg19"
     c.model.weights = "imagenet"   # "imagenet" | "none" (random) | path to a Keras .h5 file
     c.model.split = ""             # "" -> unfreeze the model's top block(s) in phase 2
-    c.model.dtype = "float32"      # "bfloat16" on GPU/TPU
+    c.model.dtype = "float32"      # "bfloat16" on GPU/TPU; "auto": bf16 where it pays
     c.model.conv_impl = "auto"     # "auto" | "xla" | "im2col" | "mmgrad" | "winograd"
 
     c.head = ml_collections.ConfigDict(dict(hidden=256, dropout=0.5))
@@ -300,7 +300,7 @@ def parse_class_map(text: str) -> tuple:
 def _model(c) -> ModelSpec:
     m = c.model
     _check_choice(c, "model.name", MODEL_NAMES)
-    _check_choice(c, "model.dtype", DTYPES)
+    _check_choice(c, "model.dtype", (*DTYPES, "auto"))  # auto: classifier.compute_dtype
     _check_choice(c, "model.conv_impl", CONV_IMPLS)
     _check_int(c, "head.hidden", lo=1, hi=65536)
     _check_float(c, "head.dropout", lo=0.0, hi=1.0, hi_open=True)

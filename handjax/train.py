@@ -260,6 +260,7 @@ def fit(prep: features.Prepared, spec, workdir: Path, timing: dict, manager):
         t = time.perf_counter()
         states, sums = programs[phase](*args)
         check_finite(sums, phase, epoch, batches["idx"].shape[0])
+        timing[f"epochs{phase}_s"] = timing.get(f"epochs{phase}_s", 0.0) + time.perf_counter() - t
         last = g + 1 == len(sched)
         if last and phase == 2:
             outputs = evaluate.fold_outputs(states, prep, emap)

@@ -133,7 +133,7 @@ def test_start_stop_split(name):
     assert expected_top_first in top and order.index(expected_top_first) == len(bottom)
 
 
-@pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad", "winograd"])
+@pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad", "winograd", "matmul"])
 def test_bfloat16_compute_keeps_float32_params(impl):
     # ResNet50 at init: identity BN and residual adds keep activations O(1).
     module32, variables = backbones.load("resnet50", seed=2, conv_impl=impl)

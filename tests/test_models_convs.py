@@ -13,14 +13,15 @@ from handjax.models import convs
 F32, BF16 = jnp.float32, jnp.bfloat16
 # Output pixels per image at every threshold: 7x7, 99, 10x10, 783, 28x28, 785, 56x56.
 PIXELS = (49, 99, 100, 783, 784, 785, 3136)
-I, M, W, X = "im2col", "mmgrad", "winograd", "xla"
+I, M, W, X, MM = "im2col", "mmgrad", "winograd", "xla", "matmul"
 # (purpose, dtype, winograd_ok) -> conv_policy's choice on CPU at each of PIXELS. Written
-# from the code before the policy was one function (resolve_conv_impl + inference_impl).
+# from the code before the policy was one function (resolve_conv_impl + inference_impl);
+# bf16 training became "matmul" with issue 20.
 CPU_TABLE = {
     ("train", F32, True): (I, I, W, W, M, M, M),
     ("train", F32, False): (I, I, I, I, M, M, M),
-    ("train", BF16, True): (I, I, I, I, M, M, M),
-    ("train", BF16, False): (I, I, I, I, M, M, M),
+    ("train", BF16, True): (MM, MM, MM, MM, MM, MM, MM),
+    ("train", BF16, False): (MM, MM, MM, MM, MM, MM, MM),
     ("frozen", F32, True): (W, W, W, W, W, X, X),
     ("frozen", F32, False): (X, X, X, X, X, X, X),
     ("frozen", BF16, True): (I, I, I, I, M, M, M),
@@ -43,13 +44,13 @@ def test_conv_policy_table(backend, px, dtype, purpose, winograd_ok, want):
 
 # (kernel, stride, depthwise) kinds -> what each explicit impl runs (any backend, dtype, purpose).
 KIND_TABLE = {
-    ((3, 3), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": W},
-    ((1, 1), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I},
-    ((5, 5), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I},
-    ((3, 3), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
-    ((7, 7), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
-    ((3, 3), 1, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
-    ((3, 3), 2, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I},
+    ((3, 3), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": W, "matmul": MM},
+    ((1, 1), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I, "matmul": MM},
+    ((5, 5), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I, "matmul": MM},
+    ((3, 3), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
+    ((7, 7), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
+    ((3, 3), 1, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
+    ((3, 3), 2, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
 }
 
 
@@ -71,6 +72,9 @@ def test_conv_algorithm_table(kind):
     # e.g. ResNet's 56x56 stride-1 1x1 conv trains by mmgrad on CPU; its stride-2 ones by im2col
     assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1)) == M
     assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1), strides=2) == I
+    # bf16 training: matmul for stride-1 dense convs, im2col for the strided ones
+    assert convs.conv_algorithm("auto", "cpu", 49, BF16, "train") == MM
+    assert convs.conv_algorithm("auto", "cpu", 49, BF16, "train", strides=2) == I
 
 
 def test_bad_impl_and_purpose():
@@ -99,7 +103,7 @@ def test_record_impls_sees_what_each_conv_ran():
     want = convs.conv_algorithm("auto", jax.default_backend(), 196, F32, "frozen")
     assert inner == [("c", want)] and len(outer) == 2
     assert not convs._RECORDERS
-    assert [convs.runs_lax_conv(a) for a in (X, M, I, W)] == [True, True, False, False]
+    assert [convs.runs_lax_conv(a) for a in (X, M, I, W, MM)] == [True, True, False, False, False]
 
 
 # ----------------------------------------------------------------------------- algorithms vs lax.conv
@@ -127,14 +131,14 @@ def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
     @jax.jit
     def value_and_grads(params, x, cot):
         out = {}
-        for impl in ("xla", "im2col", "mmgrad", "winograd"):
+        for impl in ("xla", "im2col", "mmgrad", "winograd", "matmul"):
             loss = lambda p, x: jnp.sum(make(impl).apply(p, x) * cot)  # noqa: E731
             out[impl] = make(impl).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
         return out
 
     out = value_and_grads(params, x, cot)
     y_xla, g_xla = out["xla"]
-    for impl in ("im2col", "mmgrad", "winograd"):
+    for impl in ("im2col", "mmgrad", "winograd", "matmul"):
         y, g = out[impl]
         np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=1e-5, err_msg=impl)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl), g, g_xla)
@@ -205,3 +209,51 @@ def test_bfloat16_im2col_accumulates_in_float32():
                 for i in range(3) for j in range(3))
     rel = np.abs(np.asarray(y, np.float64) - exact) / exact
     assert rel.max() <= 2.0**-8, rel.max()
+
+
+@pytest.mark.parametrize("padding", ["SAME", ((0, 2), (2, 1))])
+def test_bfloat16_matmul_conv_and_gradients_match_float64(padding):
+    """conv_matmul in bf16 (the bf16 training conv on CPU): output, input gradient and
+    kernel gradient each within bf16's unit roundoff (2**-8 relative) of the exact float64
+    values of the same bf16 inputs, so every dot accumulated in float32 and rounded once.
+    Positive inputs and cotangents avoid cancellation (a bf16-accumulated sum of 2304 terms
+    misses that bound by far). The float64 gradients are exact correlations written out."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(0, 1, (2, 6, 5, 256)), jnp.bfloat16)
+    k = jnp.asarray(rng.uniform(0, 1, (3, 3, 256, 8)), jnp.bfloat16)
+    pads = convs._explicit_pads(padding, x.shape[1:3], (3, 3), 1)
+    xd, kd = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    xp = np.pad(xd, ((0, 0), *pads, (0, 0)))
+    oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
+    taps = [(i, j) for i in range(3) for j in range(3)]
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], kd[i, j]) for i, j in taps)
+    g = jnp.asarray(rng.uniform(0, 1, exact.shape), jnp.bfloat16)
+    gd = np.asarray(g, np.float64)
+    dk = np.stack([np.einsum("bhwc,bhwo->co", xp[:, i:i + oh, j:j + ow], gd) for i, j in taps])
+    dxp = np.zeros_like(xp)
+    for i, j in taps:
+        dxp[:, i:i + oh, j:j + ow] += np.einsum("bhwo,co->bhwc", gd, kd[i, j])
+    dx = dxp[:, pads[0][0]:pads[0][0] + x.shape[1], pads[1][0]:pads[1][0] + x.shape[2]]
+    y, vjp = jax.vjp(lambda x, k: convs.conv_matmul(x, k, pads), x, k)
+    gx, gk = vjp(g)
+    for ours, ref in ((y, exact), (gx, dx), (gk, dk.reshape(k.shape))):
+        assert ours.dtype == jnp.bfloat16 and ours.shape == ref.shape
+        rel = np.abs(np.asarray(ours, np.float64) - ref) / ref
+        assert rel.max() <= 2.0**-8, rel.max()
+
+
+def test_bf16_pays_only_with_a_bf16_matrix_unit(tmp_path, monkeypatch):
+    """model.dtype="auto": bf16 on GPU/TPU, and on CPU only with AMX's bf16 flag."""
+    from handjax.models import classifier
+    for pays, want in ((True, jnp.bfloat16), (False, jnp.float32)):
+        monkeypatch.setattr(convs, "bf16_pays", lambda backend, pays=pays: pays)
+        assert classifier.compute_dtype("auto") == want
+    assert classifier.compute_dtype("bfloat16") == jnp.bfloat16
+    monkeypatch.undo()
+    assert convs.bf16_pays("gpu", set()) and convs.bf16_pays("tpu", set())
+    assert convs.bf16_pays("cpu", {"avx512f", "amx_tile", "amx_bf16"})
+    assert not convs.bf16_pays("cpu", {"avx2", "fma", "avx512f"})
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    assert convs.cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "amx_bf16", "amx_tile"}
+    assert convs.cpu_flags(str(tmp_path / "missing")) == set()

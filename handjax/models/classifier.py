@@ -12,8 +12,17 @@ import numpy as np
 
 from handjax import backbones, ordinal
 from handjax.errors import ConfigError
+from handjax.models import convs
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """``model.dtype`` as a dtype; "auto": bfloat16 where it pays (:func:`convs.bf16_pays`:
+    GPU/TPU, or a CPU with AMX), else float32. Parameters stay float32 in every case."""
+    if name == "auto":
+        name = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
+    return COMPUTE_DTYPES[name]
 
 
 # Keras's Dense defaults (the study's framework): glorot_uniform kernels, zero biases.
@@ -89,7 +98,7 @@ def load_backbone(spec, seed: int):
     """The backbone of ``spec`` (a ModelSpec) and its weights; offline ImageNet gets a way out."""
     try:
         return backbones.load(spec.name, spec.weights, seed=seed,
-                              dtype=COMPUTE_DTYPES[spec.dtype], conv_impl=spec.conv_impl)
+                              dtype=compute_dtype(spec.dtype), conv_impl=spec.conv_impl)
     except backbones.WeightsError as e:
         raise backbones.WeightsError(
             f"{e} -- or train from random weights: --config.model.weights=none") from e
@@ -119,7 +128,7 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
 def model_parts(spec, image_size: int, seed: int, num_classes: int, loss_name: str = ""):
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
     fields shared by training and inference (an ordinal loss gets its ordinal head)."""
-    dtype = COMPUTE_DTYPES[spec.dtype]
+    dtype = compute_dtype(spec.dtype)
     backbone, variables = load_backbone(spec, seed)
     split = spec.split or backbones.DEFAULT_TRAINABLE_FROM[spec.name]
     if split not in backbone.stages:

@@ -7,6 +7,8 @@ Algorithms (all take the same parameters, so weights load the same way in every 
     "mmgrad"    ``lax.conv`` forward and input gradient, the kernel gradient as matmuls
                 (stride-1 dense convs only)
     "winograd"  Winograd's F(2x2, 3x3) (3x3 stride-1 dense convs only)
+    "matmul"    im2col's forward, and both gradients as ``dot_general`` over im2col patches
+                with float32 accumulation (custom VJP; stride-1 dense convs only)
 
 A conv that the chosen algorithm cannot compute runs "im2col" (:func:`conv_algorithm`).
 
@@ -22,7 +24,8 @@ stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of `
     "eval_folds"  forward, vmapped or mapped over  w and P <= 784: winograd; else as "train"
                   per-fold weights
 
-    CPU, bfloat16, every purpose: P >= 784: mmgrad; else im2col (never winograd).
+    CPU, bfloat16, "train": matmul.
+    CPU, bfloat16, "frozen" and "eval_folds": P >= 784: mmgrad; else im2col (never winograd).
     Off CPU, every purpose, every dtype: xla.
 
 Why (measured on this project's CPU, VGG19 at 112 px, batch 16): XLA:CPU runs forward convs
@@ -33,7 +36,10 @@ convs (14x14x512: 1.6x) and tied with im2col on 7x7. Forward only, Winograd beat
 on maps up to 28x28 (VGG19 blocks 3/4/5: 1.1x/1.7x/1.4x) and lost on larger ones (0.5-0.8x).
 Under vmap over per-fold weights ``lax.conv`` becomes grouped convolutions, slow on XLA:CPU,
 hence "eval_folds" keeps "train"'s matmul forms. In bfloat16 "im2col"'s float32-accumulating
-matmul runs on AMX where the CPU has it. Off CPU ``lax.conv`` is cuDNN's.
+matmul runs on AMX where the CPU has it; "matmul" keeps the gradients on that form too
+(autodiff of im2col, and mmgrad's bf16 ``lax.conv``, have no fast path there). Whether bf16
+pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``). Off CPU
+``lax.conv`` is cuDNN's.
 
 :func:`record_impls` collects, at trace time, the algorithm each ``Conv`` resolved.
 """
@@ -50,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd")
+CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd", "matmul")
 PURPOSES = ("train", "frozen", "eval_folds")
 
 # Thresholds of conv_policy (output pixels per image); see the module docstring.
@@ -78,13 +84,15 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
     ``backend``: ``jax.default_backend()``; ``out_pixels``: output pixels per image;
     ``dtype``: the compute dtype; ``purpose``: one of :data:`PURPOSES`; ``winograd_ok``:
     the conv is 3x3, stride 1, not depthwise. Returns "xla", "im2col", "mmgrad" or
-    "winograd" (:func:`conv_algorithm` then falls back to "im2col" where "mmgrad" does not
-    apply).
+    "winograd" or "matmul" (:func:`conv_algorithm` then falls back to "im2col" where
+    "mmgrad" or "matmul" does not apply).
     """
     check_purpose(purpose)
     if backend != "cpu":
         return "xla"
     float32 = jnp.dtype(dtype) == jnp.float32
+    if purpose == "train" and not float32:
+        return "matmul"
     winograd = winograd_ok and float32
     if purpose != "train" and float32:  # forward only
         if winograd and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
@@ -98,17 +106,45 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
     return "im2col"
 
 
+# CPU flags of the bfloat16 matmul units XLA:CPU uses (Intel AMX tiles). avx512_bf16 alone
+# (Cooper Lake, AMD Zen 4) is left out: unmeasured, and XLA:CPU's bf16 dots there may run as
+# float32 ones plus conversions, as they do on CPUs without any bf16 unit (measured ~0.8x).
+BF16_CPU_FLAGS = ("amx_bf16",)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (Linux; elsewhere an empty set)."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
+    """Whether bfloat16 compute beats float32 here: on GPU/TPU always; on CPU only with a
+    bf16 matrix unit (:data:`BF16_CPU_FLAGS` among ``flags``, default :func:`cpu_flags`)."""
+    if backend != "cpu":
+        return True
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
 def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
                    kernel_size=(3, 3), strides: int = 1, depthwise: bool = False) -> str:
     """The algorithm a conv runs: ``impl`` ("auto": :func:`conv_policy`'s choice) where it
-    applies, else "im2col" ("mmgrad" needs a stride-1 dense conv, "winograd" a 3x3 one)."""
+    applies, else "im2col" ("mmgrad" and "matmul" need a stride-1 dense conv, "winograd" a
+    3x3 one)."""
     check_conv_impl(impl)
     check_purpose(purpose)
     stride1_dense = strides == 1 and not depthwise
     plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
     if impl == "auto":
         impl = conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
-    if (impl == "mmgrad" and not stride1_dense) or (impl == "winograd" and not plain3x3):
+    if (impl in ("mmgrad", "matmul") and not stride1_dense) or (impl == "winograd" and not plain3x3):
         return "im2col"
     return impl
 
@@ -280,6 +316,74 @@ def _mmgrad_bwd(pads, res, g):
 conv_mmgrad.defvjp(_mmgrad_fwd, _mmgrad_bwd)
 
 
+# ----------------------------------------------------------------------------- matmul (custom VJP)
+
+# dot_general dimension numbers ((lhs contracting, rhs contracting), (batch, batch)).
+_CHANNELS_BY_ROWS = (((3,), (0,)), ((), ()))  # (b, h, w, K) . (K, cout): contract K
+_ROWS_BY_COLUMNS = (((1,), (0,)), ((), ()))   # (cout, n) . (n, K): contract the n pixels
+
+
+def _patches(x, kernel_size, pads):
+    """(b, oh, ow, kh*kw*cin): the stride-1 windows in kernel.reshape's (kh, kw, cin) order."""
+    cols = _shifted_slices(x, kernel_size, 1, pads)
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _patch_dot(x, kernel, pads):
+    """Stride-1 conv as one dot_general of x's patches with the (K, cout) kernel, in float32."""
+    kh, kw, cin, cout = kernel.shape
+    return lax.dot_general(_patches(x, (kh, kw), pads), kernel.reshape(kh * kw * cin, cout),
+                           _CHANNELS_BY_ROWS, preferred_element_type=jnp.float32)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_matmul(x, kernel, pads):
+    """Stride-1 conv whose forward pass and both gradients are single ``dot_general`` calls
+    over im2col patches, each accumulating in float32 (bfloat16 operands stay bfloat16).
+
+    Forward: patches(x) (b, oh, ow, K) . kernel (K, cout), contracting K. Input gradient:
+    the "full" correlation of g with the flipped, in/out-swapped kernel, as the same
+    patches dot (so a forward-type matmul, no scatter-add of patch gradients). Kernel
+    gradient: patches(x) . g contracting over (b, oh, ow) of both operands at once, so the
+    matmul reads the patches as stored. :func:`_kernel_grad_dot` says how.
+    """
+    return _patch_dot(x, kernel, pads).astype(x.dtype)
+
+
+def _matmul_fwd(x, kernel, pads):
+    return conv_matmul(x, kernel, pads), (x, kernel)
+
+
+def _matmul_bwd(pads, res, g):
+    x, kernel = res
+    kh, kw, cin, cout = kernel.shape
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # small: the weights only
+    full = ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w))
+    dx = _patch_dot(g, flipped, full)
+    dw = _kernel_grad_dot(_patches(x, (kh, kw), pads), g)
+    return dx.astype(x.dtype), dw.reshape(kernel.shape).astype(kernel.dtype)
+
+
+def _kernel_grad_dot(patches, g):
+    """patches^T g, (K, cout) in float32, contracting the n = b*oh*ow pixels.
+
+    Written as (g^T . patches)^T: g (n, cout) transposed, a plain (cout, n) . (n, K) dot,
+    the product transposed back. XLA folds both transposes into the dot (the optimised
+    XLA:CPU program has no transpose or copy left), whereas contracting (b, oh, ow) of
+    patches and g directly made XLA:CPU copy the patches (9x g's size) into a transposed
+    layout first: that form measured 1.2-1.3x slower (VGG19 block5, 5 folds x 16 images).
+    """
+    n = g.shape[0] * g.shape[1] * g.shape[2]
+    gt = g.reshape(n, g.shape[3]).T
+    dw_t = lax.dot_general(gt, patches.reshape(n, -1), _ROWS_BY_COLUMNS,
+                           preferred_element_type=jnp.float32)
+    return dw_t.T
+
+
+conv_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 # ----------------------------------------------------------------------------- Winograd
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input
@@ -391,6 +495,8 @@ class Conv(nn.Module):
             seen.append((self.name, algorithm))
         if algorithm == "mmgrad":
             y = conv_mmgrad(x, kernel, pads)
+        elif algorithm == "matmul":
+            y = conv_matmul(x, kernel, pads)
         elif algorithm == "winograd":
             y = conv_winograd(x, kernel, pads)
         elif algorithm == "im2col":
