@@ -194,7 +194,7 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
 def cache_nbytes(backbone, variables, name: str, views: np.ndarray, split: str, *, dtype,
                  store_dtype) -> int:
     """Bytes of :func:`frozen_features`'s output, from shapes alone (nothing runs)."""
-    backbone = backbones.for_inference(backbone, dtype)
+    backbone = backbones.for_purpose(backbone, "frozen")
     x = jax.ShapeDtypeStruct((1,) + views.shape[2:], views.dtype)
     out = jax.eval_shape(lambda v, x: frozen_forward(backbone, v, name, x, split, dtype),
                          variables, x)

@@ -70,11 +70,17 @@ def test_study_layout_and_cell_formatting():
     # A hand-computed cell: mean 0.74, population std sqrt(0.0008) = 0.02828.
     cells[("binary", "vgg19")]["decisions"]["svm"]["per_fold"]["accuracy"] = \
         [0.70, 0.72, 0.74, 0.76, 0.78]
+    cells[("binary", "vgg19")]["clinical"] = {"cnn_calibrated": {
+        "auroc_macro": {"value": 0.852, "ci95": [0.802, 0.896]}, "qwk": {"value": 0.5},
+        "sensitivity_ra": {"value": 0.76}, "ece": {"value": None}}}
     markdown, csv_text, missing = report.study_table(cells, MODELS, LOSSES)
     assert missing == []
     assert "Missing cells: none." in markdown
     header, sep, *body = table_rows(markdown)
-    assert header == ["loss", "model", *COLUMNS]
+    assert header == ["loss", "model", *COLUMNS, *report.CLINICAL_COLUMNS]
+    clinical = body[6][2 + len(COLUMNS):]
+    assert clinical == ["0.852 [0.802, 0.896]", "0.500", "0.760", "n/a"]
+    assert body[0][2 + len(COLUMNS):] == ["n/a"] * 4          # a cell run before them
     assert len(body) == 3 * (4 + 1)
     expected_first_cols = []
     for group in ["categorical", "binary", "custom_loss"]:
