@@ -13,7 +13,7 @@ order (0 normal, 1 Heberden's nodes, 2 rheumatoid arthritis).
   gradient, whatever their logits.
 
 The study says only that its ``custom_loss`` was "a loss based on the custom metrics".
-handjax's reading is :func:`soft_custom`: ``soft_plus + soft_multi + (1 - soft_precision)``,
+handjax's reading is :func:`soft_custom`: ``soft_plus + soft_multi + (1 - soft custom_precision)``,
 all three metrics with their better direction made lower. Two facts to keep in mind:
 the study's own table shows its custom-loss CNNs made *more* under-severity errors than
 cross-entropy (mean cus_plus 1.02 against 0.24 for categorical CE), and an
@@ -131,25 +131,11 @@ def corn_loss(logits, labels):
     conditional subset the example belongs to. Its masked mean over the batch (the
     trainer's reduction) is the mean of the per-example sums: every example weighs the
     same whatever the batch's label mix, and a higher grade (more tasks) weighs more.
-    :func:`corn_loss_batch` is the paper's / coral-pytorch's normalisation instead.
+    The paper's / coral-pytorch's normalisation (per batch) differs by a factor that changes
+    with the batch's label mix; the tests compare both.
     """
     terms, _ = _corn_terms(logits, labels)
     return terms.sum(-1)
-
-
-def corn_loss_batch(logits, labels, mask=None):
-    """CORN normalised as in the paper and coral-pytorch's ``corn_loss``: a scalar.
-
-    ``sum over tasks of the task's summed BCE / the number of (example, task) pairs``,
-    counting only examples with ``mask`` 1 (``None``: all); a masked example adds nothing
-    to either sum. It equals ``corn_loss``'s masked mean times ``n / n_pairs``, a factor
-    in ``[1/(K-1), 1]`` that changes with each batch's label mix.
-    """
-    terms, member = _corn_terms(logits, labels)
-    if mask is not None:
-        keep = jnp.asarray(mask, logits.dtype)[..., None] > 0
-        terms, member = jnp.where(keep, terms, 0.0), jnp.where(keep, member, 0.0)
-    return terms.sum() / jnp.maximum(member.sum(), 1.0)
 
 
 def _masked_probs(logits, mask):
@@ -191,18 +177,9 @@ def soft_multi(logits, labels, mask):
     return metrics.custom_multi(soft_confusion(logits, labels, mask, logits.shape[-1]))
 
 
-def soft_precision(logits, labels, mask):
-    """custom_precision (default weights) of the soft confusion matrix (higher is better).
-
-    Unlike the hard metric's 0/0 := 0, a class that receives only vanishing probability
-    keeps the ratio of its tiny masses (e.g. 1/3 for N when every photo is called RA with
-    the same confidence): the soft precision is continuous, the hard one is not there."""
-    return metrics.custom_precision(soft_confusion(logits, labels, mask, logits.shape[-1]))
-
-
 def soft_custom(logits, labels, mask):
     """handjax's reading of the study's custom_loss: ``soft_plus + soft_multi +
-    (1 - soft_precision)``, all three custom metrics made lower-is-better, from one soft
+    (1 - custom_precision)`` of the soft confusion matrix, all three custom metrics made lower-is-better, from one soft
     confusion matrix. 0 only for a perfect, confident batch."""
     cm = soft_confusion(logits, labels, mask, logits.shape[-1])
     return metrics.custom_plus(cm) + metrics.custom_multi(cm) + 1.0 - metrics.custom_precision(cm)

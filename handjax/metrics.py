@@ -30,6 +30,9 @@ import numpy as np
 #   R: from N 2,   from H 1.2   -> TP/(TP + FP*2 + FP*1.2)
 # Over-severity false positives (a milder true class predicted as more severe) weigh
 # more for H and R, so "precision" of the severe classes punishes alarm-raising.
+# The study's four metrics, in its table's order: the one list (results.json, tables).
+STUDY_METRICS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
+
 DEFAULT_PRECISION_WEIGHTS = np.array(
     [[0.0, 1.0, 1.0],
      [1.5, 0.0, 1.0],

@@ -6,7 +6,9 @@ import pytest
 from scipy.special import logsumexp
 from sklearn import metrics as skm
 
-from handjax import clinical, plots_clinical
+from handjax import clinical, plots
+from handjax.clinical import metrics as clinical_metrics
+from handjax.data.base import CLASSES
 
 
 def _data(n=150, seed=0, signal=2.0, pairs=True):
@@ -117,7 +119,7 @@ def test_clinical_metrics_against_sklearn_and_float64_references():
     y, prob, pred, _ = _data(seed=3, signal=1.2)
     m = clinical.clinical_metrics(y, prob, pred)
     assert len(m) == 23 and all(isinstance(v, float) for v in m.values())
-    for k, c in enumerate(clinical.CLASSES):
+    for k, c in enumerate(CLASSES):
         pos, called = y == k, pred == k
         assert m[f"sensitivity_{c}"] == pytest.approx(skm.recall_score(pos, called))
         assert m[f"specificity_{c}"] == pytest.approx(skm.recall_score(~pos, ~called))
@@ -125,7 +127,7 @@ def test_clinical_metrics_against_sklearn_and_float64_references():
         assert m[f"npv_{c}"] == pytest.approx(skm.precision_score(~pos, ~called))
     assert m["accuracy"] == pytest.approx(np.mean(pred == y))
     assert m["balanced_accuracy"] == pytest.approx(np.mean([m[f"sensitivity_{c}"]
-                                                            for c in clinical.CLASSES]))
+                                                            for c in CLASSES]))
     assert m["auroc_macro"] == pytest.approx(np.mean(
         [skm.roc_auc_score(y == k, prob[:, k]) for k in range(3)]))
     assert m["auroc_any_disease"] == pytest.approx(skm.roc_auc_score(y > 0, 1 - prob[:, 0]))
@@ -201,7 +203,7 @@ def test_weighted_auroc_equals_sklearn_sample_weight_with_ties():
     score = rng.integers(0, 6, 50) / 5.0
     positive = rng.random(50) < 0.4
     w = rng.integers(0, 4, (3, 50)).astype(float)
-    got = clinical._weighted_auroc(positive, score, w)
+    got = clinical_metrics._weighted_auroc(positive, score, w)
     want = [skm.roc_auc_score(positive, score, sample_weight=row) for row in w]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
@@ -232,7 +234,7 @@ def test_bootstrap_ci_batched_equals_the_loop_and_counts_finite_resamples(monkey
     for name in fast:
         assert fast[name]["n_finite"] == slow[name]["n_finite"], name
         np.testing.assert_allclose(fast[name]["ci95"], slow[name]["ci95"], atol=1e-12)
-    monkeypatch.setattr(clinical, "_BOOT_CHUNK", 7 * 30)  # chunks of 7 resamples: same result
+    monkeypatch.setattr(clinical.bootstrap, "_BOOT_CHUNK", 7 * 30)  # chunks of 7 resamples: same result
     assert clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, subjects,
                                  n_boot=25, seed=3) == fast
     assert fast["accuracy"]["n_finite"] == 25
@@ -389,7 +391,7 @@ def test_chosen_threshold_meets_its_target_on_random_data():
 def test_metrics_from_predictions_equal_direct_sklearn_calls(tmp_path):
     p = _predictions(n=80)
     path = clinical.write_predictions(tmp_path / "predictions.csv", p)
-    block = clinical.metrics_from_predictions(path, n_boot=200, seed=0)
+    block = clinical.clinical_block(clinical.read_predictions(path), n_boot=200, seed=0)
     assert sorted(block) == sorted(["cnn", "cnn_calibrated", "svm", "cnn_mec"])
     y = p.label
     assert block["cnn"]["auroc_macro"]["value"] == pytest.approx(
@@ -413,13 +415,10 @@ def test_plots_write_png_files(tmp_path):
     y, prob, _, _ = _data(seed=11, signal=1.0)
     ops = {"any_disease": {"sens>=0.9": clinical.operating_point(1 - prob[:, 0], y > 0, 0.5)},
            "ra": {"spec>=0.9": clinical.operating_point(prob[:, 2], y == 2, 0.6)}}
-    roc = plots_clinical.plot_roc(tmp_path / "roc.png", y, prob, ops)
-    rel = plots_clinical.plot_reliability(tmp_path / "rel.png", y, prob,
-                                          clinical.apply_temperature(np.log(prob), 0.7))
+    roc = plots.plot_roc(tmp_path / "roc.png", y, prob, ops)
+    rel = plots.plot_reliability(tmp_path / "rel.png", y,
+                                 {"before": prob,
+                                  "after": clinical.apply_temperature(np.log(prob), 0.7)},
+                                 {"before": 0.1, "after": 0.05})
     for path in (roc, rel):
         assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 1024
-
-
-def test_classes_match_the_data_module():
-    data = pytest.importorskip("handjax.data")
-    assert clinical.CLASSES == data.CLASSES

@@ -170,8 +170,7 @@ def _masked_batch(seed, n=12):
     return logits, labels, mask
 
 
-_HARD = {"soft_plus": metrics.custom_plus, "soft_multi": metrics.custom_multi,
-         "soft_precision": metrics.custom_precision}
+_HARD = {"soft_plus": metrics.custom_plus, "soft_multi": metrics.custom_multi}
 
 
 def test_soft_metrics_at_one_hot_equal_hard_metrics():
