@@ -473,6 +473,43 @@ def test_chosen_threshold_meets_its_target_on_random_data():
             assert op[other] >= best
 
 
+def test_threshold_choice_says_chosen_unreachable_or_too_few():
+    rng = np.random.default_rng(11)
+    positive = np.r_[np.ones(12, bool), np.zeros(12, bool)]
+    scores = np.r_[rng.uniform(0.3, 1, 12), rng.uniform(0, 0.7, 12)]
+    for kind in ("sensitivity", "specificity"):
+        c = clinical.threshold_choice(scores, positive, target=0.9, kind=kind)
+        assert c["status"] == "chosen" and c["n_chosen_on"] == 12
+        assert c["threshold"] == clinical.choose_threshold(scores, positive, target=0.9,
+                                                           kind=kind)
+        assert c["reached"] == clinical.operating_point(scores, positive, c["threshold"])[kind]
+        assert c["reached"] >= 0.9
+    # the top score is a negative's, shared by 2 of 12 negatives: the best specificity of a
+    # threshold that calls anyone positive is 10/12, so 0.9 is unreachable (choose_threshold
+    # answers +inf, "call nothing positive")
+    scores[12:14] = 2.0
+    assert clinical.choose_threshold(scores, positive, target=0.9, kind="specificity") == np.inf
+    c = clinical.threshold_choice(scores, positive, target=0.9, kind="specificity")
+    assert c == {"status": "unreachable", "best_reached": 10 / 12, "target": "specificity >= 0.9",
+                 "n_chosen_on": 12, "n_positive": 12, "n_negative": 12}
+    assert clinical.describe_choice(c) == ("unreachable: best specificity 0.833 "
+                                           "(on 12 negatives)")
+    assert clinical.threshold_choice(scores, positive, target=0.8, kind="specificity")[
+        "status"] == "chosen"
+    # 9 positives: too few to choose a sensitivity threshold, enough negatives for specificity
+    few = np.r_[np.ones(9, bool), np.zeros(15, bool)]
+    c = clinical.threshold_choice(scores, few, target=0.9, kind="sensitivity")
+    assert c["status"] == "too few to choose" and c["n_chosen_on"] == 9
+    assert "threshold" not in c
+    assert clinical.describe_choice(c) == "too few to choose (9 positives)"
+    assert clinical.threshold_choice(scores, few, target=0.9, kind="specificity")[
+        "n_chosen_on"] == 15
+    assert clinical.threshold_choice(scores, np.ones(24, bool), target=0.9,
+                                     kind="sensitivity")["status"] == "too few to choose"
+    assert clinical.describe_choice(clinical.threshold_choice(
+        scores, few, target=0.9, kind="sensitivity", min_count=5)).endswith("(on 9 positives)")
+
+
 # ---------------------------------------------------------------------------------- block, plots
 
 
