@@ -27,8 +27,8 @@ way: accuracy 0.34–0.57 with custom_plus 1.04–1.29 for three of the four bac
 for ResNet50), against 0.21–0.31 for categorical CE — they under-called. So ``soft_custom``
 is a reading of the study's words, not a reproduction of its loss, and not a loss to use
 for fewer under-severity errors: ``severity`` (cross-entropy plus an expected cost,
-handjax's own objective, not the study's) keeps CE's gradient, and the ``cnn_mec`` decision
-rule moves borderline calls up without retraining.
+handjax's own objective, not the study's) is built for that and keeps CE's gradient, and the
+``cnn_mec`` decision rule moves borderline calls up without retraining.
 """
 from __future__ import annotations
 
