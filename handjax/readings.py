@@ -1,4 +1,8 @@
-"""Which reading of the study's lost custom_multi formula can produce its results table?
+"""Which readings of the study's lost custom_multi formula can produce its results table?
+
+The answer is a family, not one formula: the table rules readings out (handjax's first,
+``weighted``, among them) but leaves several consistent with it; handjax uses the best fit,
+``pairwise`` (``docs/custom_multi.md`` shows which members fit which rows).
 
 The study kept its table (``SEED.md``) but lost the formula images of custom_multi and
 custom_plus. This module tests candidate readings of custom_multi against all 24 (plus,
@@ -26,6 +30,7 @@ multi) pairs of that table by simulation (approximate Bayesian computation):
 
     python -m handjax.readings            # the table of docs/custom_multi.md (~30 s)
     python -m handjax.readings --sims 20000 --seed 1
+    python -m handjax.readings --prior plain   # a second prior (:data:`PRIORS`)
 """
 from __future__ import annotations
 
