@@ -69,15 +69,22 @@ def platt_cv(y_train, subjects_train=None, seed: int = 0):
     """The internal CV of the SVM's Platt scaling: ``StratifiedGroupKFold`` splits that keep
     each subject's photos on one side (a person's other hand would otherwise score the
     calibration fit), at most 5 and at most the fewest subjects of any class, so every
-    training part holds every class. Without subjects: an int (sklearn's StratifiedKFold)."""
+    training part holds every class. Without subjects, or where a class has fewer than two
+    subjects (tiny smoke data): an int, sklearn's photo-level StratifiedKFold."""
     from sklearn.model_selection import StratifiedGroupKFold
     y_train = np.asarray(y_train)
     if subjects_train is None:
         return int(min(5, np.bincount(y_train).min()))
     groups = np.asarray(subjects_train).astype(str)
     per_class = min(len(np.unique(groups[y_train == c])) for c in np.unique(y_train))
-    cv = StratifiedGroupKFold(n_splits=int(min(5, per_class)), shuffle=True, random_state=seed)
-    return list(cv.split(np.zeros(len(y_train)), y_train, groups))
+    if per_class >= 2:
+        cv = StratifiedGroupKFold(n_splits=int(min(5, per_class)), shuffle=True,
+                                  random_state=seed)
+        splits = list(cv.split(np.zeros(len(y_train)), y_train, groups))
+        if all(len(np.unique(y_train[fit])) == len(np.unique(y_train)) for fit, _ in splits):
+            return splits
+    # A class held by one subject (tiny smoke data) cannot be split by subject: photo folds.
+    return int(min(5, np.bincount(y_train).min()))
 
 
 def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):

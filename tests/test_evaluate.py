@@ -131,6 +131,8 @@ def test_platt_cv_keeps_each_subject_on_one_side_and_equals_sklearn_with_those_s
         assert not set(subjects[tr][fit_part]) & set(subjects[tr][cal_part])
         assert set(labels[tr][fit_part]) == {0, 1, 2}
     assert evaluate.platt_cv(labels[tr]) == 5                  # no subjects: StratifiedKFold
+    one_ra_subject = np.where(labels[tr] == 2, "ra_person", subjects[tr])
+    assert evaluate.platt_cv(labels[tr], one_ra_subject) == 5  # cannot group: photo folds
     (dec, prob), = evaluate.svm_fold_probabilities(x[None], labels, folds_, subjects=subjects,
                                                    kernel="rbf", C=1.0, class_weight=None)
     ref = Pipeline([("scale", StandardScaler()), ("svc", CalibratedClassifierCV(
