@@ -63,7 +63,7 @@ def plot_reliability(path, y, prob_before, prob_after, n_bins: int = clinical.EC
         ece = np.sum(curve["count"][ok] * np.abs(curve["accuracy"] - curve["confidence"])[ok])
         ece /= max(curve["count"].sum(), 1)
         ax.plot(curve["confidence"][ok], curve["accuracy"][ok], "o-", color=f"C{k}",
-                label=f"{label} calibration (ECE {ece:.3f})")
+                label=f"{label} calibration (ECE {n_bins} bins {ece:.3f})")
         hist.bar(curve["edges"][:-1] + width * (0.25 + 0.5 * k), curve["count"], width / 2,
                  align="edge", color=f"C{k}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy of the top label",
