@@ -261,7 +261,8 @@ def clinical_metrics(y, prob, pred) -> dict[str, float]:
     ``ece_10bin`` — top-label expected calibration error with 10 equal-width confidence bins
     ``(0, .1], (.1, .2], …, (.9, 1]``, confidence = max_k p_k, correct = argmax p == y (the
     probabilities' own top label, not ``pred``), ``sum_b n_b/N |acc_b - conf_b|``: biased
-    upward at a few hundred photos (perfectly calibrated data average ~0.07 at N = 150);
+    upward at a few hundred photos (simulated perfectly calibrated data average ~0.07 at
+    N = 150);
     ``ece_sweep`` — the same top-label L1 error with equal-mass bins, as many as keep the
     bins' accuracy monotone (:func:`ece_sweep_weighted`, Roelofs et al. 2022), less biased;
     ``log_loss`` (sklearn's, ``labels=[0, 1, 2]``). Undefined values (0/0, a class absent)
