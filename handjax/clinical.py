@@ -350,13 +350,14 @@ def ece_sweep_weighted(y, prob, w) -> np.ndarray:
     rank ``i`` of ``M`` into bin ``floor(i * b / M)``. ``b`` is the largest number of bins,
     counting up from 2, for which the bins' accuracies still rise with confidence (never
     fall); the first ``b`` that breaks this stops the sweep (1 bin if ``b = 2`` does). The
-    value is the L1 ECE of those bins, ``sum_k |sum_k correct - sum_k confidence| / M``.
+    value is the L1 ECE of those bins: the sum over bins of ``|sum correct - sum confidence|``
+    over the bin's photos, divided by ``M``.
 
     Why: the 10-equal-width-bin ECE is biased upward at a few hundred photos (every bin's
-    noise adds to an absolute value: perfectly calibrated probabilities average 0.07 at
-    N = 150), and its subject-bootstrap resamples sit above its own point value. The sweep
-    uses as many bins as the data support: on the same data it averages 0.05 (0.035 against
-    0.043 at N = 400), less biased but not unbiased — any L1 error of noisy bins is
+    noise adds to an absolute value: simulated perfectly calibrated probabilities average
+    0.07 at N = 150), and its subject-bootstrap resamples sit above its own point value. The
+    sweep uses as many bins as the data support: on the same data it averages 0.05 (0.035
+    against 0.043 at N = 400), less biased but not unbiased — any L1 error of noisy bins is
     positive. With integer weights it equals the unweighted estimator on the repeated rows
     (tested); other weights act as masses.
     """

@@ -290,7 +290,9 @@ def _always_ra_soft_custom(n):
     (the soft precisions of a constant prediction are ratios of class counts), so among
     constant predictions "always RA" (a = b = 0) is the unique minimum, 1 - P."""
     n_n, n_h, n_r = n
-    return 1 - (n_n / sum(n) + n_h / (n_h + 1.5 * n_n + n_r) + n_r / (n_r + 2 * n_n + 1.2 * n_h)) / 3
+    precision = (n_n / sum(n) + n_h / (n_h + 1.5 * n_n + n_r)
+                 + n_r / (n_r + 2 * n_n + 1.2 * n_h)) / 3
+    return 1 - precision
 
 
 def test_soft_custom_constant_predictions_are_drawn_to_always_ra():
