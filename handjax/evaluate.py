@@ -14,7 +14,8 @@ Decision rules, each photo scored by the one fold model that never saw it:
   the fold's training split; its decisions stay SVC's ``predict`` (so they may differ from
   the argmax of its probabilities). Its probabilities: Platt scaling by
   ``CalibratedClassifierCV(SVC, method="sigmoid", ensemble=False)`` fitted inside the
-  training split (sklearn 1.9 deprecates SVC's own ``probability=True``).
+  training split, its internal folds grouped by subject (sklearn 1.9 deprecates SVC's own
+  ``probability=True``).
 
 Operating points (the triage tasks of :data:`handjax.clinical.TASKS`) are chosen per fold on
 the inner split's calibrated probabilities, for sensitivity >= ``eval.sensitivity``
@@ -50,12 +51,35 @@ def make_svm(*, kernel: str = "rbf", C: float = 1.0, class_weight=None,
     return Pipeline([("scale", StandardScaler()), ("svc", svc)])
 
 
-def svm_fold_probabilities(pooled, labels, folds, **svm_kwargs):
+def platt_cv(y_train, subjects_train=None, seed: int = 0):
+    """The internal CV of the SVM's Platt scaling: ``StratifiedGroupKFold`` splits that keep
+    each subject's photos on one side (a person's other hand would otherwise score the
+    calibration fit), at most 5 and at most the fewest subjects of any class, so every
+    training part holds every class. Without subjects, or where a class has fewer than two
+    subjects (tiny smoke data): an int, sklearn's photo-level StratifiedKFold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    y_train = np.asarray(y_train)
+    if subjects_train is None:
+        return int(min(5, np.bincount(y_train).min()))
+    groups = np.asarray(subjects_train).astype(str)
+    per_class = min(len(np.unique(groups[y_train == c])) for c in np.unique(y_train))
+    if per_class >= 2:
+        cv = StratifiedGroupKFold(n_splits=int(min(5, per_class)), shuffle=True,
+                                  random_state=seed)
+        splits = list(cv.split(np.zeros(len(y_train)), y_train, groups))
+        if all(len(np.unique(y_train[fit])) == len(np.unique(y_train)) for fit, _ in splits):
+            return splits
+    # A class held by one subject (tiny smoke data) cannot be split by subject: photo folds.
+    return int(min(5, np.bincount(y_train).min()))
+
+
+def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
     """Per fold: (test decisions, test probabilities) of SVMs fitted on the training split.
 
     Decisions: the study's SVC ``predict``. Probabilities: Platt scaling fitted by
     ``CalibratedClassifierCV(SVC(...), method="sigmoid", ensemble=False)`` inside the
-    training split (cross-validated, at most 5 folds), never on the test photos."""
+    training split (cross-validated by :func:`platt_cv`, grouped by ``subjects`` when given),
+    never on the test photos."""
     from sklearn.calibration import CalibratedClassifierCV
     labels = np.asarray(labels)
     out = []
@@ -63,7 +87,8 @@ def svm_fold_probabilities(pooled, labels, folds, **svm_kwargs):
         x_tr, y_tr = np.asarray(pooled[k][tr], np.float64), labels[tr]
         x_te = np.asarray(pooled[k][te], np.float64)
         decide = make_svm(**svm_kwargs).fit(x_tr, y_tr)
-        cv = int(min(5, np.bincount(y_tr).min()))
+        cv = platt_cv(y_tr, None if subjects is None else np.asarray(subjects)[tr],
+                      svm_kwargs.get("seed", 0))
         platt = make_svm(**svm_kwargs)
         platt.steps[-1] = ("svc", CalibratedClassifierCV(platt.steps[-1][1], method="sigmoid",
                                                          cv=cv, ensemble=False))
@@ -124,9 +149,9 @@ def out_of_fold(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_
     probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
     pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
     cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
-    svm_out = svm_fold_probabilities(pooled, labels, cohort.folds, kernel=svm_spec.kernel,
-                                     C=svm_spec.C, class_weight=svm_spec.class_weight,
-                                     seed=seed)
+    svm_out = svm_fold_probabilities(pooled, labels, cohort.folds, subjects=cohort.subjects,
+                                     kernel=svm_spec.kernel, C=svm_spec.C,
+                                     class_weight=svm_spec.class_weight, seed=seed)
     temps, thresholds = [], []
     for k, (_, te) in enumerate(cohort.folds):
         fold_of[te] = k

@@ -14,13 +14,21 @@ order (0 normal, 1 Heberden's nodes, 2 rheumatoid arthritis).
 
 The study says only that its ``custom_loss`` was "a loss based on the custom metrics".
 handjax's reading is :func:`soft_custom`: ``soft_plus + soft_multi + (1 - soft custom_precision)``,
-all three metrics with their better direction made lower. Two facts to keep in mind:
-the study's own table shows its custom-loss CNNs made *more* under-severity errors than
-cross-entropy (mean cus_plus 1.02 against 0.24 for categorical CE), and an
-under-severity-only penalty has a degenerate minimum: calling every photo RA makes
-``soft_plus`` and ``soft_multi`` exactly 0 (tested). The precision term, which weighs the
-over-severity false positives, is what keeps :func:`soft_custom` away from that minimum.
-``severity`` is handjax's own objective, not the study's.
+all three metrics with their better direction made lower. **It collapses to "always RA"**
+(tested): calling every photo RA makes ``soft_plus`` and ``soft_multi`` exactly 0, and the
+precision term does not prevent it — for a constant prediction the soft precisions are
+ratios of class counts whatever the probabilities, so among constant predictions always-RA
+is the unique minimum (0.7148 for 40/30/30 photos, 5/7 for equal classes), which beats a
+symmetric classifier of accuracy below ~0.75; and a model that can rank photos keeps N's and
+H's precision high with vanishing, well-placed probabilities while still calling nearly
+everything RA. Gradient descent finds that from every start tried; a smoke run (random
+weights) predicts RA for every photo. The study's custom-loss CNNs collapsed the *other*
+way: accuracy 0.34–0.57 with custom_plus 1.04–1.29 for three of the four backbones (0.50
+for ResNet50), against 0.21–0.31 for categorical CE — they under-called. So ``soft_custom``
+is a reading of the study's words, not a reproduction of its loss, and not a loss to use
+for fewer under-severity errors: ``severity`` (cross-entropy plus an expected cost,
+handjax's own objective, not the study's) is built for that and keeps CE's gradient, and the
+``cnn_mec`` decision rule moves borderline calls up without retraining.
 """
 from __future__ import annotations
 
@@ -179,8 +187,15 @@ def soft_multi(logits, labels, mask):
 
 def soft_custom(logits, labels, mask):
     """handjax's reading of the study's custom_loss: ``soft_plus + soft_multi +
-    (1 - custom_precision)`` of the soft confusion matrix, all three custom metrics made lower-is-better, from one soft
-    confusion matrix. 0 only for a perfect, confident batch."""
+    (1 - soft custom_precision)``, all three custom metrics made lower-is-better, from one soft
+    confusion matrix. 0 only for a perfect, confident batch.
+
+    What it does in training: it is drawn to "always RA" (see the module docstring). Among
+    predictions that ignore the photo, always-RA is its unique minimum, ``1 - (n_N/n +
+    n_H/(n_H + 1.5 n_N + n_R) + n_R/(n_R + 2 n_N + 1.2 n_H)) / 3`` (0.7148 for 40/30/30
+    photos); on weakly informative features it calls >= 85% of photos RA where
+    cross-entropy reaches 0.6 accuracy (both tested). The study's own custom-loss rows
+    under-called instead (custom_plus 1.0–1.3), so this is not the study's loss in effect."""
     cm = soft_confusion(logits, labels, mask, logits.shape[-1])
     return metrics.custom_plus(cm) + metrics.custom_multi(cm) + 1.0 - metrics.custom_precision(cm)
 

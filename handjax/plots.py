@@ -118,7 +118,7 @@ def plot_reliability(path, y, probs: dict, eces: dict, n_bins: int = ECE_BINS) -
         curve = reliability_curve(y, prob, n_bins)
         ok = curve["count"] > 0
         ece = eces.get(label)
-        note = f" (ECE {ece:.3f})" if ece is not None else ""
+        note = f" (ECE {n_bins} bins {ece:.3f})" if ece is not None else ""
         ax.plot(curve["confidence"][ok], curve["accuracy"][ok], "o-", color=f"C{k}",
                 label=f"{label}{note}")
         hist.bar(curve["edges"][:-1] + width * share * k, curve["count"], width * share,

@@ -38,7 +38,7 @@ STUDY_COLUMNS = tuple(f"{DECISION_PREFIX[d]}_{METRIC_COLUMNS[m]}"
                       for d in ("cnn", "svm", "cnn_mec") for m in STUDY_METRICS)
 # Clinical columns beside the seed's, from the calibrated CNN's pooled out-of-fold figures.
 CLINICAL_COLUMNS = {"CNN_auroc_macro [95% CI]": "auroc_macro", "CNN_qwk": "qwk",
-                    "CNN_sens_ra": "sensitivity_ra", "CNN_ece": "ece"}
+                    "CNN_sens_ra": "sensitivity_ra", "CNN_ece_sweep": "ece_sweep"}
 
 
 # ------------------------------------------------------------------------ numbers
@@ -168,7 +168,7 @@ def _clinical_plots(workdir: Path, results: dict) -> list[Path]:
         "sensitivity": e["sensitivity"]["value"], "specificity": e["specificity"]["value"]}
         for kind, e in kinds.items() if e.get("sensitivity")}
         for task, kinds in results.get("operating_points", {}).items()}
-    ece = {rule: results.get("clinical", {}).get(rule, {}).get("ece", {}).get("value")
+    ece = {rule: results.get("clinical", {}).get(rule, {}).get("ece_10bin", {}).get("value")
            for rule in ("cnn", "cnn_calibrated")}
     return [plots.plot_roc(workdir / "roc.png", preds.label, preds.probs["cnn_calibrated"],
                            points),
@@ -184,7 +184,7 @@ CLINICAL_RULE = "cnn_calibrated"   # the headline's and the study table's clinic
 CLINICAL_ROWS = ("accuracy", "balanced_accuracy", "auroc_macro", "auroc_any_disease",
                  "auroc_ra", "sensitivity_ra", "specificity_ra", "sensitivity_heberden",
                  "specificity_heberden", "qwk", "mae_grade", "under_severity_rate", "brier",
-                 "ece", "log_loss")
+                 "ece_sweep", "ece_10bin", "log_loss")
 
 
 def format_ci(entry, digits: int = 3) -> str:
@@ -211,7 +211,8 @@ def headline(results: dict) -> str:
         f"- AUROC (macro, one-vs-rest): **{format_ci(c.get('auroc_macro'))}**",
         f"- RA sensitivity {format_ci(c.get('sensitivity_ra'))}, specificity "
         f"{format_ci(c.get('specificity_ra'))} (argmax decision)",
-        f"- calibration error (ECE, 10 bins): {format_ci(c.get('ece'))}",
+        f"- calibration error (top-label ECE, equal-mass sweep): {format_ci(c.get('ece_sweep'))}"
+        f"; with 10 equal-width bins {format_ci(c.get('ece_10bin'))} (biased upward)",
         f"- 95% CIs: percentile bootstrap over {boot.get('unit', 'subject')}s "
         f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); every "
         "figure is recomputable from predictions.csv",

@@ -115,3 +115,31 @@ def test_no_inner_split_leaves_calibrated_equal_to_cnn():
         targets={"sensitivity": 0.9, "specificity": 0.9})
     np.testing.assert_array_equal(preds.probs["cnn_calibrated"], preds.probs["cnn"])
     assert calib["temperatures"] == [1.0] * k
+
+
+def test_platt_cv_keeps_each_subject_on_one_side_and_equals_sklearn_with_those_splits():
+    """Two photos a subject: the SVM's Platt CV never calibrates on one hand of a person while
+    training on the other, every training part has every class, and the probabilities equal
+    sklearn's CalibratedClassifierCV given the same splits."""
+    from sklearn.calibration import CalibratedClassifierCV
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 16)                       # 8 subjects a class
+    subjects = np.array([f"s{i // 2}" for i in range(48)])
+    x = rng.normal(size=(48, 5)) + np.eye(3, 5)[labels]
+    folds_ = [(np.arange(48)[np.arange(48) % 8 >= 2], np.arange(48)[np.arange(48) % 8 < 2])]
+    tr, te = folds_[0]
+    splits = evaluate.platt_cv(labels[tr], subjects[tr])
+    assert len(splits) == 5
+    for fit_part, cal_part in splits:
+        assert not set(subjects[tr][fit_part]) & set(subjects[tr][cal_part])
+        assert set(labels[tr][fit_part]) == {0, 1, 2}
+    assert evaluate.platt_cv(labels[tr]) == 5                  # no subjects: StratifiedKFold
+    one_ra_subject = np.where(labels[tr] == 2, "ra_person", subjects[tr])
+    assert evaluate.platt_cv(labels[tr], one_ra_subject) == 5  # cannot group: photo folds
+    (dec, prob), = evaluate.svm_fold_probabilities(x[None], labels, folds_, subjects=subjects,
+                                                   kernel="rbf", C=1.0, class_weight=None)
+    ref = Pipeline([("scale", StandardScaler()), ("svc", CalibratedClassifierCV(
+        SVC(kernel="rbf", C=1.0, random_state=0), method="sigmoid", cv=splits,
+        ensemble=False))]).fit(x[tr], labels[tr])
+    np.testing.assert_allclose(prob, ref.predict_proba(x[te]), atol=1e-12)
+    np.testing.assert_allclose(prob.sum(1), 1, atol=1e-12)

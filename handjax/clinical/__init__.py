@@ -17,9 +17,10 @@ from handjax.clinical.bootstrap import (bootstrap_ci, per_fold_metrics, subgroup
                                         subject_bootstrap_weights)
 from handjax.clinical.calibration import apply_temperature, fit_temperature, reliability_curve
 from handjax.clinical.metrics import (ECE_BINS, any_disease_metrics, clinical_metrics,
-                                      ece_binned, ovr_aurocs_batched)
-from handjax.clinical.operating import (choose_threshold, fold_thresholds, operating_point,
-                                        operating_points)
+                                      ece_binned, ece_sweep_weighted, ovr_aurocs_batched)
+from handjax.clinical.operating import (MIN_TO_CHOOSE, choose_threshold, describe_choice,
+                                        fold_thresholds, operating_point, operating_points,
+                                        threshold_choice)
 from handjax.clinical.predictions import (MEC_RULE, RULES, Predictions, PredictionsError,
                                           prediction_columns, read_predictions,
                                           write_predictions)

@@ -79,10 +79,15 @@ def clinical_metrics(y, prob, pred) -> dict[str, float]:
     kappa of the decisions); ``mae_grade`` (mean |pred - y| in grades); ``under_severity_rate``
     (fraction with pred < y); ``brier`` — the multi-class Brier score, mean over photos of
     ``sum_k (p_k - onehot_k)^2`` (range 0 … 2, i.e. the sum of the K one-vs-rest binary Briers);
-    ``ece`` — top-label expected calibration error with 10 equal-width confidence bins
+    ``ece_10bin`` — top-label expected calibration error with 10 equal-width confidence bins
     ``(0, .1], (.1, .2], …, (.9, 1]``, confidence = max_k p_k, correct = argmax p == y (the
-    probabilities' own top label, not ``pred``), ``sum_b n_b/N |acc_b - conf_b|``; ``log_loss``
-    (sklearn's, ``labels=[0, 1, 2]``). Undefined values (0/0, a class absent) are NaN.
+    probabilities' own top label, not ``pred``), ``sum_b n_b/N |acc_b - conf_b|``: biased
+    upward at a few hundred photos (simulated perfectly calibrated data average ~0.07 at
+    N = 150);
+    ``ece_sweep`` — the same top-label L1 error with equal-mass bins, as many as keep the
+    bins' accuracy monotone (:func:`ece_sweep_weighted`, Roelofs et al. 2022), less biased;
+    ``log_loss`` (sklearn's, ``labels=[0, 1, 2]``). Undefined values (0/0, a class absent)
+    are NaN.
     """
     y, prob, pred = as_arrays(y, prob, pred)
     labels = list(range(len(CLASSES)))
@@ -102,7 +107,8 @@ def clinical_metrics(y, prob, pred) -> dict[str, float]:
     out["under_severity_rate"] = float(np.mean(pred < y))
     onehot = np.eye(len(CLASSES))[y]
     out["brier"] = float(np.mean(((prob - onehot) ** 2).sum(-1)))
-    out["ece"] = float(ece_binned(y, prob)[0])
+    out["ece_10bin"] = float(ece_binned(y, prob)[0])
+    out["ece_sweep"] = float(ece_sweep_weighted(y, prob, np.ones((1, len(y))))[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # float32 rows sum to 1 within 1e-7, not sklearn's 1e-8
         out["log_loss"] = float(skm.log_loss(y, prob, labels=labels))
@@ -153,6 +159,73 @@ def ece_binned(y, prob, w=None, n_bins: int = ECE_BINS) -> np.ndarray:
     return np.abs(gap).sum(1) / w.sum(1)
 
 
+def _cumulative_at(cum_w, cum_v, v, at):
+    """For each row b, the sum of ``v`` over the first ``at[b, m]`` units of mass of the
+    photos in sorted order, photo j spanning ranks ``[cum_w[b, j-1], cum_w[b, j])``: the
+    cumulative sum is linear inside a photo's block, so a bin edge that splits a photo's
+    copies gets the right share of them. ``cum_w``/``cum_v`` are ``(B, N + 1)`` with a
+    leading 0; ``at`` ``(B, M)``."""
+    b, n1 = cum_w.shape
+    offset = (np.arange(b) * (cum_w[:, -1].max() + 1))[:, None]
+    j = np.searchsorted((cum_w[:, 1:] + offset).ravel(), (at + offset).ravel(), side="right")
+    j = j.reshape(at.shape) - np.arange(b)[:, None] * (n1 - 1)   # photos wholly below ``at``
+    j = np.minimum(j, n1 - 2)
+    rows = np.arange(b)[:, None]
+    return cum_v[rows, j] + v[j] * (at - cum_w[rows, j])
+
+
+def ece_sweep_weighted(y, prob, w) -> np.ndarray:
+    """The equal-mass monotonic-sweep ECE (Roelofs, Cain, Shlens & Mozer, "Mitigating bias in
+    calibration error estimation", AISTATS 2022) of each row of photo weights ``w`` ``(B, N)``.
+
+    Top-label: confidence = max_k p_k, correct = (argmax p == y). The photos, repeated by their
+    weights, are sorted by confidence (ties: photo order) and cut into ``b`` equal-mass bins,
+    rank ``i`` of ``M`` into bin ``floor(i * b / M)``. ``b`` is the largest number of bins,
+    counting up from 2, for which the bins' accuracies still rise with confidence (never
+    fall); the first ``b`` that breaks this stops the sweep (1 bin if ``b = 2`` does). The
+    value is the L1 ECE of those bins: the sum over bins of ``|sum correct - sum confidence|``
+    over the bin's photos, divided by ``M``.
+
+    Why: the 10-equal-width-bin ECE is biased upward at a few hundred photos (every bin's
+    noise adds to an absolute value: simulated perfectly calibrated probabilities average
+    0.07 at N = 150), and its subject-bootstrap resamples sit above its own point value. The
+    sweep uses as many bins as the data support: on the same data it averages 0.05 (0.035
+    against 0.043 at N = 400), less biased but not unbiased — any L1 error of noisy bins is
+    positive. With integer weights it equals the unweighted estimator on the repeated rows
+    (tested); other weights act as masses.
+    """
+    y, prob = np.asarray(y, np.int64), np.asarray(prob, np.float64)
+    w = np.atleast_2d(np.asarray(w, np.float64))
+    conf = prob.max(-1)
+    correct = (prob.argmax(-1) == y).astype(np.float64)
+    order = np.argsort(conf, kind="stable")
+    conf, correct, ws = conf[order], correct[order], w[:, order]
+    zero = np.zeros((len(w), 1))
+    cum_w = np.concatenate([zero, np.cumsum(ws, 1)], 1)
+    cum_c = np.concatenate([zero, np.cumsum(ws * correct, 1)], 1)
+    cum_p = np.concatenate([zero, np.cumsum(ws * conf, 1)], 1)
+    mass = cum_w[:, -1:]
+    ece = np.abs(cum_c[:, -1] - cum_p[:, -1]) / mass[:, 0]      # one bin
+    active = mass[:, 0] > 2  # the sweep tries b = 2 … M - 1 bins
+    n_bins = 2
+    while active.any():
+        rows = np.flatnonzero(active)
+        # bin edges, rank ceil(k M / b): the first rank of bin k (exact for integer masses)
+        edges = np.ceil(np.arange(n_bins + 1)[None] * mass[rows] / n_bins - 1e-9)
+        hits = _cumulative_at(cum_w[rows], cum_c[rows], correct, edges)
+        confs = _cumulative_at(cum_w[rows], cum_p[rows], conf, edges)
+        size = np.diff(edges, axis=1)
+        hit, cnf = np.diff(hits, axis=1), np.diff(confs, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc = hit / size
+        monotone = ~(np.diff(acc, axis=1) < -1e-12).any(1) & (size > 0).all(1)
+        ece[rows[monotone]] = np.abs(hit - cnf)[monotone].sum(1) / mass[rows[monotone], 0]
+        active[rows[~monotone]] = False
+        active &= mass[:, 0] > n_bins + 1
+        n_bins += 1
+    return ece
+
+
 def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
     """:func:`clinical_metrics` for each row of photo weights ``w`` ``(B, N)`` at once (a
     bootstrap resample is a weight row: photo i drawn ``w[b, i]`` times). Tested equal to
@@ -179,7 +252,8 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
     out["mae_grade"] = w @ np.abs(pred - y) / n
     out["under_severity_rate"] = w @ (pred < y) / n
     out["brier"] = w @ ((prob - np.eye(k)[y]) ** 2).sum(-1) / n
-    out["ece"] = ece_binned(y, prob, w)
+    out["ece_10bin"] = ece_binned(y, prob, w)
+    out["ece_sweep"] = ece_sweep_weighted(y, prob, w)
     eps = np.finfo(np.float64).eps  # sklearn's clip
     out["log_loss"] = w @ -np.log(np.clip(prob[np.arange(len(y)), y], eps, 1 - eps)) / n
     return out

@@ -2,6 +2,8 @@
 chosen on rows that exclude the test photos, frozen, then applied to them."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn import metrics as skm
 
@@ -46,6 +48,61 @@ def choose_threshold(scores, positive, *, target: float, kind: str) -> float:
     return float(thr[best])
 
 
+
+
+MIN_TO_CHOOSE = 10  # photos of the class a target is a rate of, below which none is chosen
+
+
+def threshold_choice(scores, positive, *, target: float, kind: str,
+                     min_count: int = MIN_TO_CHOOSE) -> dict:
+    """:func:`choose_threshold` with its evidence, in a form that cannot be misread.
+
+    Returns ``{"status", "target", "n_chosen_on", "n_positive", "n_negative", ...}`` where
+    ``n_chosen_on`` counts the photos of the class the target is a rate of (positives for
+    ``"sensitivity"``, negatives for ``"specificity"``) and ``status`` is:
+
+    * ``"chosen"``: ``threshold`` (finite) and ``reached``, the targeted rate it gives here;
+    * ``"unreachable"``: no threshold that calls at least one photo positive meets the target
+      (only "call nothing positive", threshold +inf, would); ``best_reached`` is the best
+      targeted rate such a threshold gives, and no threshold is reported;
+    * ``"too few to choose"``: fewer than ``min_count`` photos of that class (or none of the
+      other): a rate of 9 photos moves in steps of 0.11, so a 0.9 target means nothing.
+
+    Why: ``choose_threshold`` returns +inf for an unreachable target, which JSON writes as
+    ``null``, the same as "undefined"; and a threshold chosen on 3 photos reads as one chosen
+    on 300.
+    """
+    if kind not in ("sensitivity", "specificity"):
+        raise ValueError(f"kind must be 'sensitivity' or 'specificity', got {kind!r}")
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    relevant, other = (n_pos, n_neg) if kind == "sensitivity" else (n_neg, n_pos)
+    out = {"target": f"{kind} >= {target:g}", "n_chosen_on": relevant,
+           "n_positive": n_pos, "n_negative": n_neg}
+    if relevant < min_count or other == 0:
+        return {"status": "too few to choose", **out}
+    threshold = choose_threshold(scores, positive, target=target, kind=kind)
+    if math.isfinite(threshold):
+        reached = operating_point(scores, positive, threshold)[kind]
+        return {"status": "chosen", "threshold": threshold, "reached": reached, **out}
+    # sensitivity falls and specificity rises with the threshold: the best is at an end
+    scores = np.asarray(scores, np.float64)
+    best = max(operating_point(scores, positive, t)[kind] for t in (scores.min(), scores.max()))
+    return {"status": "unreachable", "best_reached": best, **out}
+
+
+def describe_choice(choice: dict, digits: int = 3) -> str:
+    """One cell of text for a :func:`threshold_choice`: ``"0.412 (on 24 positives)"``,
+    ``"unreachable: best specificity 0.850 (on 7 negatives)"`` or ``"too few to choose
+    (6 positives)"``."""
+    kind = choice["target"].split()[0]
+    cls = "positives" if kind == "sensitivity" else "negatives"
+    n = choice["n_chosen_on"]
+    if choice["status"] == "chosen":
+        return f"{choice['threshold']:.{digits}f} (on {n} {cls})"
+    if choice["status"] == "unreachable":
+        return f"unreachable: best {kind} {choice['best_reached']:.{digits}f} (on {n} {cls})"
+    return f"too few to choose ({n} {cls})"
 
 
 def fold_thresholds(probs: np.ndarray, labels: np.ndarray, rows: np.ndarray,
