@@ -41,6 +41,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.name = "base"
     c.seed = 0
     c.n_folds = 5
+    # Repeated cross-validation (ours): R fold assignments (seeds seed .. seed+R-1), all R x K
+    # fold models trained as one array program; 1 is the study's protocol.
+    c.repeats = 1
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""            # "" -> the embedded synthetic hands; else an ImageFolder root
@@ -75,10 +78,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.checkpoint_secs = 60.0   # save at an epoch end once this long after the last save
     c.train.shard_folds = True  # split the fold axis over devices when there are several
     c.train.cache_budget_gb = 4.0   # a larger frozen-feature cache spills to the workdir
-    # Inner validation split of each training fold (stratified, subject-aware): fits the
-    # CNN's temperature and the operating points, never touching the test fold. Ours; 0 keeps
-    # the study's protocol exactly (the whole training fold trains; no calibration).
-    c.train.inner_val = 0.2
+    # 0, the study's protocol: the CNN trains on the whole training fold, and the temperature
+    # and operating points of fold k are cross-fitted on the other folds' out-of-fold
+    # predictions (ours). > 0 (ours): that share of each training fold is held out of CNN
+    # training (stratified, subject-aware) and fits them instead.
+    c.train.inner_val = 0.0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.bootstrap = 2000       # subject-level bootstrap resamples for every 95% CI
@@ -224,6 +228,12 @@ class RunSpec:
     svm: SvmSpec
     config_json: str
     eval: EvalSpec = EvalSpec()
+    repeats: int = 1
+
+    @property
+    def n_models(self) -> int:
+        """Fold models trained together: K folds x R repeats, repeat-major."""
+        return self.n_folds * self.repeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,10 +278,13 @@ def parse_run(config) -> RunSpec:
     """The specs of one cell (see :func:`parse`)."""
     _check_int(config, "seed", lo=0)
     _check_int(config, "n_folds", lo=2, hi=20)
+    if "repeats" in config:
+        _check_int(config, "repeats", lo=1, hi=100)
     return RunSpec(name=str(config.name), seed=int(config.seed),
                    n_folds=int(config.n_folds), data=_data(config), model=_model(config),
                    loss=_loss(config), train=_train(config), svm=_svm(config),
-                   config_json=config_json(config), eval=_eval(config))
+                   config_json=config_json(config), eval=_eval(config),
+                   repeats=int(config.get("repeats", 1)))
 
 
 def _data(c) -> DataSpec:

@@ -39,7 +39,9 @@ def summary_lines(results: dict, metric_keys, where: str) -> list[str]:
     for rule, d in results.get("decisions", {}).items():
         cells = "".join(f"{d['mean'][k]:>13.4f} ± {d['std'][k]:.4f}" for k in metric_keys)
         lines.append(f"{rule:<10}{cells}")
-    lines.append(f"mean ± std over {results.get('n_folds', '?')} folds; report: {where}")
+    folds, repeats = results.get("n_folds", "?"), results.get("repeats", 1)
+    over = f"{folds} folds x {repeats} repeats" if repeats != 1 else f"{folds} folds"
+    lines.append(f"mean ± std over {over}; report: {where}")
     return lines
 
 

@@ -5,10 +5,12 @@ those rows live in :mod:`handjax.clinical`.
 Decision rules, each photo scored by the one fold model that never saw it:
 
 - ``cnn``: the network's decision (argmax; for ordinal heads the count of P(y > k) > 0.5);
-- ``cnn_calibrated``: the CNN's probabilities with one temperature per fold, fitted on that
-  fold's inner validation split (``train.inner_val``), never on its test photos; with
-  ``inner_val=0`` the temperature is 1 and the columns equal ``cnn``;
-- ``cnn_mec``: the minimum-expected-cost decision on the calibrated probabilities;
+- ``cnn_calibrated`` (ours): the CNN's probabilities with one temperature per fold, T_k,
+  cross-fitted: the NLL minimiser over the other folds' out-of-fold predictions, so fold k's
+  photos never tune fold k and no photo is taken from training (:func:`fold_calibration`;
+  with ``train.inner_val > 0``, fitted on each fold's inner split instead);
+- ``cnn_mec`` (ours): the minimum-expected-cost decision on the calibrated probabilities,
+  and scored with them;
 - ``svm``: the study's SVM columns: per fold, the pooled features of that fold's fine-tuned
   backbone (the head's input) go through ``Pipeline([StandardScaler(), SVC(...)])`` fitted on
   the fold's training split; its decisions stay SVC's ``predict`` (so they may differ from
@@ -18,7 +20,7 @@ Decision rules, each photo scored by the one fold model that never saw it:
   ``probability=True``).
 
 Operating points (the triage tasks of :data:`handjax.clinical.TASKS`) are chosen per fold on
-the inner split's calibrated probabilities, for sensitivity >= ``eval.sensitivity``
+the same rows as its temperature (calibrated with it), for sensitivity >= ``eval.sensitivity``
 and for specificity >= ``eval.specificity``, then frozen and applied to the test fold.
 """
 from __future__ import annotations
@@ -124,45 +126,93 @@ def decision_summary(cms: np.ndarray) -> dict:
             "confusion_sum": np.asarray(cms).sum(0).astype(int).tolist()}
 
 
-def calibrate(probs: np.ndarray, labels: np.ndarray, inner: np.ndarray) -> tuple[float, np.ndarray]:
-    """One fold's temperature, fitted on its inner-split photos ``inner`` only, and its
-    calibrated probabilities for every photo. ``log p`` serves as logits, so softmax, sigmoid
-    and ordinal heads calibrate alike; no inner split -> temperature 1."""
-    if len(inner) == 0:
-        return 1.0, probs
-    z = np.log(np.clip(probs, 1e-12, 1.0))
-    t = clinical.fit_temperature(z[inner], labels[inner])
-    return t, clinical.apply_temperature(z, t)
+def fold_calibration(probs_all: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+                     inner: list) -> tuple[list[float], list[tuple], str]:
+    """Per fold k: its temperature T_k, and the photos its operating points are chosen on
+    (``(calibrated probabilities, labels)``), never one of fold k's test photos and none taken
+    from training.
+
+    Cross-fitting (``train.inner_val=0``, the default): T_k minimises the NLL of the other
+    folds' out-of-fold CNN probabilities (:func:`clinical.cross_fitted_temperatures`), and
+    fold k's thresholds are chosen on those same rows, calibrated with T_k. With an inner
+    split (``inner_val > 0``): both on fold k's inner photos, predicted by fold k's model."""
+    k_folds = len(probs_all)
+    if not any(len(v) for v in inner):
+        oof = probs_all[fold_of, np.arange(len(labels))]
+        temps = clinical.cross_fitted_temperatures(oof, labels, fold_of)
+        rows = [fold_of != k for k in range(k_folds)]
+        z = clinical.log_probs(oof)
+        choose = [(clinical.apply_temperature(z[r], t), labels[r]) for r, t in zip(rows, temps)]
+        return temps, choose, "cross-fitted"
+    temps, choose = [], []
+    for k in range(k_folds):
+        z = clinical.log_probs(probs_all[k, inner[k]])
+        t = clinical.fit_temperature(z, labels[inner[k]]) if len(inner[k]) else 1.0
+        temps.append(t)
+        choose.append((clinical.apply_temperature(z, t), labels[inner[k]]))
+    return temps, choose, "inner split"
+
+
+CALIBRATION_METHODS = {
+    "cross-fitted": "per fold k, the NLL minimiser over the other folds' out-of-fold "
+                    "predictions (fold k's photos never used for fold k; no extra training)",
+    "inner split": "each fold's inner validation split (train.inner_val), held out of CNN "
+                   "training",
+}
 
 
 def out_of_fold(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_name: str,
                 svm_spec: SvmSpec, seed: int, targets: dict) -> tuple[clinical.Predictions, dict]:
-    """Every photo's prediction by the fold model that held it out, for every rule, plus
-    the per-fold temperatures and frozen thresholds. ``outputs``: per-fold logits and pooled
-    features on every photo (:func:`handjax.folds.fold_outputs`); ``targets``:
-    ``{"sensitivity": 0.9, "specificity": 0.9}``."""
+    """Every photo's prediction by the fold model that held it out, for every rule (one row
+    per photo per repeat), plus the calibration record (per-fold temperatures, how they were
+    fitted, the frozen threshold choices). ``outputs``: per-fold logits and pooled features
+    on every photo (:func:`handjax.folds.fold_outputs`), repeat-major; ``targets``:
+    ``{"sensitivity": 0.9, ...}``. Each repeat is calibrated within itself."""
     logits, pooled = outputs
+    k = cohort.n_folds
+    parts, calibs = [], []
+    for r in range(cohort.repeats):
+        models = slice(r * k, (r + 1) * k)
+        preds, calib = _repeat_out_of_fold(logits[models], pooled[models], cohort, r,
+                                           loss_name=loss_name, svm_spec=svm_spec, seed=seed,
+                                           targets=targets)
+        preds.repeat = np.full(len(preds.file), r)
+        parts.append(preds)
+        calibs.append(calib)
+    per_model = ("temperatures", "at_bound", "thresholds")   # R x K entries, repeat-major
+    calib = {key: sum((c[key] for c in calibs), []) if key in per_model else calibs[0][key]
+             for key in calibs[0]}
+    return clinical.Predictions.concat(parts), calib
+
+
+def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: str,
+                        svm_spec: SvmSpec, seed: int,
+                        targets: dict) -> tuple[clinical.Predictions, dict]:
+    """:func:`out_of_fold` of repeat ``r`` (its K fold models' outputs)."""
     labels = cohort.labels
     n = len(labels)
+    splits = cohort.repeat_folds(r)
+    inner = cohort.inner[r * cohort.n_folds:(r + 1) * cohort.n_folds]
     probs_all = np.asarray(probabilities(loss_name, jnp.asarray(logits)), np.float64)
     fold_of = np.full(n, -1)
+    for k, (_, te) in enumerate(splits):
+        fold_of[te] = k
+    temps, choose, method = fold_calibration(probs_all, labels, fold_of, inner)
     probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
     pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
     cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
-    svm_out = svm_fold_probabilities(pooled, labels, cohort.folds, subjects=cohort.subjects,
+    svm_out = svm_fold_probabilities(pooled, labels, splits, subjects=cohort.subjects,
                                      kernel=svm_spec.kernel, C=svm_spec.C,
                                      class_weight=svm_spec.class_weight, seed=seed)
-    temps, thresholds = [], []
-    for k, (_, te) in enumerate(cohort.folds):
-        fold_of[te] = k
-        t, cal = calibrate(probs_all[k], labels, cohort.inner[k])
-        temps.append(t)
-        thresholds.append(clinical.fold_thresholds(cal, labels, cohort.inner[k], targets))
-        probs["cnn"][te], probs["cnn_calibrated"][te] = probs_all[k, te], cal[te]
+    thresholds = []
+    for k, (_, te) in enumerate(splits):
+        cal = clinical.apply_temperature(clinical.log_probs(probs_all[k, te]), temps[k])
+        thresholds.append(clinical.fold_thresholds(*choose[k], targets))
+        probs["cnn"][te], probs["cnn_calibrated"][te] = probs_all[k, te], cal
         pred["cnn"][te] = np.asarray(ordinal.decide(loss_name, jnp.asarray(logits[k, te])))
-        pred["cnn_calibrated"][te] = cal[te].argmax(-1)
+        pred["cnn_calibrated"][te] = cal.argmax(-1)
         pred["cnn_mec"][te] = np.asarray(metrics.min_expected_cost(
-            jnp.asarray(cal[te], jnp.float32), cost))
+            jnp.asarray(cal, jnp.float32), cost))
         pred["svm"][te], probs["svm"][te] = svm_out[k]
     probs = {r: p / p.sum(-1, keepdims=True) for r, p in probs.items()}  # exact in float64
     preds = clinical.Predictions(file=np.asarray(cohort.examples.ids, str),
@@ -170,17 +220,23 @@ def out_of_fold(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_
                                  label=labels, probs=probs, pred=pred,
                                  extra=dict(cohort.metadata),
                                  class_names=tuple(cohort.examples.class_names))
-    return preds, {"temperatures": temps, "thresholds": thresholds}
+    calib = {"method": method, "fitted_on": CALIBRATION_METHODS[method],
+             "temperatures": [float(t) for t in temps],
+             "at_bound": [clinical.at_bound(t) for t in temps],
+             "bounds": list(clinical.TEMPERATURE_BOUNDS), "thresholds": thresholds}
+    return preds, calib
 
 
 def decisions_per_fold(preds: clinical.Predictions, n_classes: int) -> dict:
-    """The study's per-fold metrics of the cnn, cnn_mec and svm decisions (out of fold)."""
+    """The study's per-fold metrics of the cnn, cnn_mec and svm decisions (out of fold);
+    with repeats, over all R x K folds (repeat-major), so the mean pools the repeats."""
+    model = preds.repeat * (int(preds.fold.max()) + 1) + preds.fold
     out = {}
     for name in DECISIONS:
         cms = [np.asarray(metrics.confusion_matrix(
-            jnp.asarray(preds.label[preds.fold == k]),
-            jnp.asarray(preds.pred[name][preds.fold == k]), n_classes))
-            for k in range(int(preds.fold.max()) + 1)]
+            jnp.asarray(preds.label[model == k]),
+            jnp.asarray(preds.pred[name][model == k]), n_classes))
+            for k in range(int(model.max()) + 1)]
         out[name] = decision_summary(np.stack(cms))
     return out
 

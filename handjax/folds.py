@@ -108,7 +108,12 @@ def train_step(state: FoldState, batch: dict, key: jax.Array):
             "count": jnp.sum(mask), "finite": jnp.isfinite(loss)}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
-    return new_state, sums
+    # A step with no real example (a shorter fold's padding steps) leaves the fold as it
+    # was, as a shorter fold has fewer steps in Keras: Adam's momentum would otherwise move
+    # the weights on zero gradients, and a fold's result would depend on the longest fold
+    # (with repeated CV, on the other repeats' folds).
+    real = jnp.sum(mask) > 0
+    return jax.tree.map(lambda new, old: jnp.where(real, new, old), new_state, state), sums
 
 
 def eval_step(state: FoldState, x: jax.Array, mode: str):
@@ -362,10 +367,19 @@ def make_loss(loss_spec: LossSpec) -> Callable:
     return losses.get(loss_spec.name, **kwargs)
 
 
+def fold_keys(seed: int, n_folds: int, repeats: int = 1) -> jax.Array:
+    """The head-initialisation keys of R x K fold models, repeat-major. Repeat 0's are the
+    keys of a run without repeats, so its fold models start exactly as they would."""
+    base = jax.random.fold_in(jax.random.key(seed), 1)
+    return jnp.concatenate([jax.random.split(jax.random.fold_in(base, r) if r else base,
+                                             n_folds) for r in range(repeats)])
+
+
 def initial_states(fold_model: FoldModel, *, n_folds: int, seed: int, lr: float,
-                   loss_fn: Callable, decide: Callable | None = None) -> FoldState:
-    """K phase-1 states: shared backbone values, a differently seeded head per fold."""
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), n_folds)
+                   loss_fn: Callable, decide: Callable | None = None,
+                   repeats: int = 1) -> FoldState:
+    """R x K phase-1 states: shared backbone values, a differently seeded head per fold."""
+    keys = fold_keys(seed, n_folds, repeats)
     model = fold_model.model
 
     def head(key):
@@ -402,7 +416,7 @@ def states_for(phase: int, fold_model: FoldModel, run_spec: RunSpec) -> FoldStat
     decide = functools.partial(ordinal.decide, loss) if loss in ordinal.ORDINAL else None
     states = initial_states(fold_model, n_folds=run_spec.n_folds, seed=run_spec.seed,
                             lr=run_spec.train.lr1, loss_fn=make_loss(run_spec.loss),
-                            decide=decide)
+                            decide=decide, repeats=run_spec.repeats)
     return to_phase2(states, fold_model, run_spec.train.lr2) if phase == 2 else states
 
 

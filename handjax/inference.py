@@ -63,7 +63,7 @@ def load_run(workdir) -> TrainedRun:
     finally:
         checkpoint.close(manager)
     # The fold models take raw images: the shared frozen prefix runs inside them.
-    return TrainedRun(variables=_full_variables(variables, states, run_spec.n_folds),
+    return TrainedRun(variables=_full_variables(variables, states, run_spec.n_models),
                       run_spec=run_spec, model=fold_model.model.clone(start=None),
                       results=results)
 

@@ -206,8 +206,10 @@ def headline(results: dict) -> str:
     return "\n".join([
         f"# {results.get('name', 'run')}: headline",
         "",
+        *caveats(results),
         f"- **{data.get('n', '?')} photos of {data.get('n_subjects', '?')} subjects**, "
-        f"{results.get('n_folds', '?')}-fold out-of-fold predictions (calibrated CNN)",
+        f"{results.get('n_folds', '?')}-fold out-of-fold predictions (calibrated CNN)"
+        + (f", {results['repeats']} repeats pooled" if results.get("repeats", 1) > 1 else ""),
         f"- AUROC (macro, one-vs-rest): **{format_ci(c.get('auroc_macro'))}**",
         f"- RA sensitivity {format_ci(c.get('sensitivity_ra'))}, specificity "
         f"{format_ci(c.get('specificity_ra'))} (argmax decision)",
@@ -219,6 +221,29 @@ def headline(results: dict) -> str:
     ])
 
 
+SMALL_SUBJECTS = 30   # fewer subjects than this: the bootstrap's CIs are not to be trusted
+
+
+def caveats(results: dict) -> list[str]:
+    """Warnings that must open a results.md: what the figures cannot mean. Random weights
+    and synthetic photos make every figure a pipeline check; CIs from fewer than
+    ``SMALL_SUBJECTS`` subjects are too coarse to read (a 1.000 [1.000, 1.000] from 10
+    photos means nothing)."""
+    data = results.get("data", {})
+    lines = []
+    if str(results.get("weights", "")) in ("none", "None", ""):
+        lines.append("> **Random weights**: no pretrained backbone; these figures only show "
+                     "that the pipeline runs.")
+    if data.get("source") == "synthetic":
+        lines.append("> **Synthetic data**: procedurally drawn hands whose disease signs are "
+                     "medically meaningless; nothing here is about real patients.")
+    n_subjects = data.get("n_subjects")
+    if isinstance(n_subjects, int) and n_subjects < SMALL_SUBJECTS:
+        lines.append(f"> **Only {n_subjects} subjects**: with fewer than {SMALL_SUBJECTS}, "
+                     "the subject-bootstrap 95% CIs below are too coarse to read.")
+    return [part for line in lines for part in (line, "")]
+
+
 def clinical_markdown(results: dict) -> str:
     """Clinical metrics per rule, the operating points and the subgroup tables."""
     clinical = results["clinical"]
@@ -226,8 +251,7 @@ def clinical_markdown(results: dict) -> str:
     rows = [[m] + [format_ci(clinical[r].get(m)) for r in rules] for m in CLINICAL_ROWS]
     parts = ["## Clinical metrics (pooled out of fold, 95% CI)",
              _md_table(["metric", *rules], rows),
-             f"Calibration: {results.get('calibration', {}).get('fitted_on', '?')}; "
-             f"temperatures per fold {results.get('calibration', {}).get('temperatures')}."]
+             _calibration_line(results.get("calibration", {}))]
     parts += [_operating_markdown(results.get("operating_points", {}))]
     for column, values in results.get("subgroups", {}).items():
         rows = [[v, e["n"], e["n_subjects"], format_ci(e.get("accuracy")),
@@ -239,17 +263,29 @@ def clinical_markdown(results: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _calibration_line(calib: dict) -> str:
+    temps = ", ".join(f"{t:.3g}" for t in calib.get("temperatures", []))
+    bound = [k for k, b in enumerate(calib.get("at_bound", [])) if b]
+    note = (f" **At a search bound in fold(s) {', '.join(map(str, bound))}**: the NLL kept "
+            "falling there (a limit, not a fit)." if bound else "")
+    return (f"Calibration ({calib.get('method', '?')}, ours): {calib.get('fitted_on', '?')}; "
+            f"temperatures per fold {temps}.{note}")
+
+
 def _operating_markdown(points: dict) -> str:
     rows = []
     for task, kinds in points.items():
         for kind, e in kinds.items():
-            thr = ", ".join("n/a" if t is None else f"{t:.3f}" for t in e.get("thresholds", []))
-            rows.append([task, e.get("target", kind), thr, format_ci(e.get("sensitivity")),
-                         format_ci(e.get("specificity"))])
+            per_fold = "; ".join(clinical.describe_choice(c) for c in e.get("per_fold", []))
+            reached = e["status"] == "chosen"
+            rows.append([task, e.get("target", kind), e["status"], per_fold,
+                         format_ci(e.get("sensitivity")) if reached else "-",
+                         format_ci(e.get("specificity")) if reached else "-"])
     return "\n\n".join([
-        "## Operating points (chosen on each fold's inner split, then frozen)",
-        _md_table(["task", "chosen for", "thresholds per fold", "sensitivity on test folds",
-                   "specificity on test folds"], rows) if rows else "None (no inner split)."])
+        "## Operating points (each fold's threshold chosen without its test photos, frozen)",
+        _md_table(["task", "chosen for", "status", "threshold per fold",
+                   "sensitivity on test folds", "specificity on test folds"], rows)
+        if rows else "None."])
 
 
 # ------------------------------------------------------------------------ study

@@ -71,7 +71,7 @@ class Plan:
             sets["val"] = list(cohort.inner)
         score_sets = {k: folds.pad_indices(v, max(len(s) for s in v)) for k, v in sets.items()}
         return cls(jnp.asarray(cohort.labels), cohort.train_sets, cohort.test_sets, score_sets,
-                   distributed.fold_mesh(run_spec.n_folds, run_spec.train.shard_folds),
+                   distributed.fold_mesh(run_spec.n_models, run_spec.train.shard_folds),
                    jax.random.fold_in(jax.random.key(run_spec.seed), 3), fold_model)
 
     def fold_maps(self, phase: int, kind: str) -> tuple[str, str]:
@@ -234,7 +234,7 @@ def fit(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path, ti
         scores = epoch_scores(states, plan, x, phase, emap, outputs)
         timing["run_s"] = timing.get("run_s", 0.0) + time.perf_counter() - t
         log.write_epoch(phase, epoch, states.step, sums, scores)
-        bar.update(run_spec.n_folds * batches["idx"].shape[0])
+        bar.update(run_spec.n_models * batches["idx"].shape[0])
         bar.set_postfix(loss=f"{float(np.sum(sums['loss']) / np.sum(sums['count'])):.4f}")
         saver.after_epoch(g + 1, states, last)
     if bar is not None:
@@ -247,7 +247,7 @@ def _phase_bar(bar, phase: int, run_spec: RunSpec, batches: dict):
     if bar is not None:
         bar.close()
     epochs = run_spec.train.epochs1 if phase == 1 else run_spec.train.epochs2
-    return tqdm(total=epochs * run_spec.n_folds * batches["idx"].shape[0],
+    return tqdm(total=epochs * run_spec.n_models * batches["idx"].shape[0],
                 desc=f"phase {phase}", unit="step")
 
 
@@ -277,17 +277,23 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
         workdirs.claim(workdir, run_spec.config_json)
     timing: dict = {}
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
-                         run_spec.train.inner_val)
+                         run_spec.train.inner_val, run_spec.repeats)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(run_spec, cohort))
     inputs = features.prepare(run_spec, cohort, workdir)
     timing["prepare_s"] = time.perf_counter() - t0
-    console.say(f"{run_spec.name}: {len(cohort.labels)} photos, {run_spec.n_folds} folds, "
+    repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
+    console.say(f"{run_spec.name}: {len(cohort.labels)} photos, {run_spec.n_folds} folds{repeats}, "
                 f"{run_spec.model.name} at {run_spec.data.image_size} px, loss "
                 f"{run_spec.loss.label}; frozen features {inputs.cache_bytes / 2**20:.1f} MiB "
                 f"-> {workdir}")
     t = time.perf_counter()
     decisions, preds, calib = _train_and_evaluate(cohort, inputs, run_spec, workdir, timing)
+    bound = [k for k, b in enumerate(calib["at_bound"]) if b]
+    if bound and distributed.is_primary():
+        console.say(f"calibration: the temperature of fold(s) {', '.join(map(str, bound))} "
+                    f"sits at a search bound {calib['bounds']} (the NLL kept falling: a "
+                    "limit, not a fit); results.json says so")
     results = _results(run_spec, cohort, inputs, workdir, decisions, preds, calib)
     timing["evaluate_s"] = time.perf_counter() - t - timing.get("fit_s", 0.0)
     timing["wall_time_s"] = time.perf_counter() - t0

@@ -55,7 +55,7 @@ def test_predictions_csv_round_trip(tmp_path):
     for rule in clinical.RULES + ("cnn_mec",):
         np.testing.assert_array_equal(q.pred[rule], p.pred[rule])
     np.testing.assert_array_equal(q.extra["sex"], p.extra["sex"])
-    assert q.probs_for("cnn_mec") is q.probs["cnn"]
+    assert q.probs_for("cnn_mec") is q.probs["cnn_calibrated"]
 
 
 def _rewrite(path, old, new):
@@ -528,7 +528,7 @@ def test_metrics_from_predictions_equal_direct_sklearn_calls(tmp_path):
     assert block["cnn_mec"]["sensitivity_ra"]["value"] == pytest.approx(
         skm.recall_score(y == 2, p.pred["cnn_mec"] == 2), abs=1e-12)
     assert block["cnn_mec"]["log_loss"]["value"] == pytest.approx(
-        skm.log_loss(y, p.probs["cnn"]), abs=1e-12)
+        skm.log_loss(y, p.probs["cnn_calibrated"]), abs=1e-12)
     assert block["cnn_calibrated"]["accuracy"]["value"] == pytest.approx(
         skm.accuracy_score(y, p.pred["cnn_calibrated"]))
     for rule in block:
@@ -549,3 +549,40 @@ def test_plots_write_png_files(tmp_path):
                                  {"before": 0.1, "after": 0.05})
     for path in (roc, rel):
         assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 1024
+
+
+# ---------------------------------------------------------------------------------- repeats
+def test_repeated_cv_bootstrap_pools_repeats_by_definition():
+    """Two identical repeats: the pooled value and interval are exactly the single repeat's
+    (drawing a repeat changes nothing). Two different repeats: the value is the mean of the
+    repeats' values, and the interval is at least as wide as either repeat's."""
+    y, prob, pred, subjects = _data(seed=21, signal=1.0)
+    one = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, subjects,
+                                n_boot=300, seed=4)
+    twice = clinical.bootstrap_ci(
+        clinical.clinical_metrics, np.tile(y, 2), np.tile(prob, (2, 1)), np.tile(pred, 2),
+        np.tile(subjects, 2), n_boot=300, seed=4, repeat=np.repeat([0, 1], len(y)))
+    for name in ("accuracy", "auroc_macro", "brier"):
+        assert twice[name]["value"] == pytest.approx(one[name]["value"], abs=1e-12)
+        np.testing.assert_allclose(twice[name]["ci95"], one[name]["ci95"], atol=1e-12)
+    y2, prob2, pred2, _ = _data(seed=22, signal=0.3)
+    rep = np.repeat([0, 1], len(y))
+    mixed = clinical.bootstrap_ci(
+        clinical.clinical_metrics, np.concatenate([y, y]), np.concatenate([prob, prob2]),
+        np.concatenate([pred, pred2]), np.tile(subjects, 2), n_boot=300, seed=4, repeat=rep)
+    second = clinical.clinical_metrics(y, prob2, pred2)
+    assert mixed["brier"]["value"] == pytest.approx(
+        (one["brier"]["value"] + second["brier"]) / 2, abs=1e-12)
+    width = np.diff(mixed["brier"]["ci95"])[0]
+    assert width >= np.diff(one["brier"]["ci95"])[0] - 1e-12
+
+
+def test_predictions_csv_round_trips_a_repeat_column(tmp_path):
+    p = _predictions(n=20)
+    both = clinical.Predictions.concat([p, p])
+    both.repeat = np.repeat([0, 1], 20)
+    q = clinical.read_predictions(clinical.write_predictions(tmp_path / "p.csv", both))
+    assert q.repeats == 2 and (q.repeat == both.repeat).all()
+    np.testing.assert_array_equal(q.rows(q.repeat == 1).label, p.label)
+    single = clinical.read_predictions(clinical.write_predictions(tmp_path / "s.csv", p))
+    assert single.repeats == 1 and "repeat" not in (tmp_path / "s.csv").read_text().split("\n")[0]

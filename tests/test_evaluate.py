@@ -59,62 +59,120 @@ def test_inner_splits_lie_inside_training_and_never_touch_test():
         assert set(np.bincount(prep.examples.labels[inner], minlength=3)) != {0}
 
 
-def test_calibration_and_thresholds_only_see_inner_photos(monkeypatch):
-    """Record which photos the temperature fit and the threshold choice receive: only the
-    inner split of each fold, never one of its test photos."""
-    from handjax import clinical
+_SVM = type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced"))
+_TARGETS = {"sensitivity": 0.9, "specificity": 0.9}
+
+
+def _outputs(prep, seed=0, scale=3.0):
+    """Per-fold logits that carry some signal (so temperatures are finite fits) + features."""
+    n, k = len(prep.examples.labels), len(prep.folds)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(k, n, 3)) + scale * np.eye(3)[prep.examples.labels]
+    return logits.astype(np.float32), rng.normal(size=(k, n, 4)).astype(np.float32)
+
+
+def _record_choices(monkeypatch):
     from handjax.clinical import operating
+    seen, real = [], operating.threshold_choice
+
+    def choice(scores, positive, **kw):
+        seen.append(np.asarray(scores))
+        return real(scores, positive, **kw)
+    monkeypatch.setattr(operating, "threshold_choice", choice)
+    return seen
+
+
+def test_inner_split_calibration_and_thresholds_only_see_inner_photos(monkeypatch):
+    """With train.inner_val > 0: the temperature fit and the threshold choice of each fold
+    receive only that fold's inner split, never one of its test photos."""
+    from handjax import clinical
     prep = _fake_prep()
     n, k = len(prep.examples.labels), len(prep.folds)
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(k, n, 3)).astype(np.float32)
-    pooled = rng.normal(size=(k, n, 4)).astype(np.float32)
-    seen = {"temperature": [], "threshold": []}
-    real_fit, real_choose = clinical.fit_temperature, clinical.choose_threshold
+    logits, pooled = _outputs(prep)
+    seen = {"temperature": []}
+    real_fit = clinical.fit_temperature
     probs = np.asarray(evaluate.probabilities("categorical", logits), np.float64)
 
     def fit(z, y, *a, **kw):
         seen["temperature"].append(np.exp(z))
         return real_fit(z, y, *a, **kw)
-
-    def choose(scores, positive, **kw):
-        seen["threshold"].append(np.asarray(scores))
-        return real_choose(scores, positive, **kw)
     monkeypatch.setattr(clinical, "fit_temperature", fit)
-    monkeypatch.setattr(operating, "choose_threshold", choose)
-    preds, calib = evaluate.out_of_fold(
-        (logits, pooled), prep, loss_name="categorical",
-        svm_spec=type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced")), seed=0,
-        targets={"sensitivity": 0.9, "specificity": 0.9})
-    assert len(seen["temperature"]) == k
+    choices = _record_choices(monkeypatch)
+    preds, calib = evaluate.out_of_fold((logits, pooled), prep, loss_name="categorical",
+                                        svm_spec=_SVM, seed=0, targets=_TARGETS)
+    assert calib["method"] == "inner split" and len(seen["temperature"]) == k
     for f, (rows, (_, te)) in enumerate(zip(seen["temperature"], prep.folds)):
         inner = prep.inner[f]
-        np.testing.assert_allclose(rows, probs[f, inner], rtol=1e-5)
+        np.testing.assert_allclose(rows / rows.sum(-1, keepdims=True), probs[f, inner],
+                                   rtol=1e-5)
         assert not set(inner) & set(te)
-    assert len(seen["threshold"]) == 4 * k          # 2 tasks x 2 targets per fold
+    assert len(choices) == 4 * k          # 2 tasks x 2 targets per fold
     for f in range(k):
-        for scores in seen["threshold"][4 * f:4 * f + 4]:
-            assert len(scores) == len(prep.inner[f])
+        assert all(len(c) == len(prep.inner[f]) for c in choices[4 * f:4 * f + 4])
     # every photo predicted once, by the fold that held it out
     assert sorted(np.concatenate([te for _, te in prep.folds])) == list(range(n))
     for f, (_, te) in enumerate(prep.folds):
         assert (preds.fold[te] == f).all()
         np.testing.assert_allclose(preds.probs["cnn"][te], probs[f, te], rtol=1e-6)
-    assert all(t > 0 for t in calib["temperatures"])
 
 
-def test_no_inner_split_leaves_calibrated_equal_to_cnn():
-    prep = _fake_prep(inner_frac=0.0)
-    n, k = len(prep.examples.labels), len(prep.folds)
-    rng = np.random.default_rng(1)
-    outputs = (rng.normal(size=(k, n, 3)).astype(np.float32),
-               rng.normal(size=(k, n, 4)).astype(np.float32))
-    preds, calib = evaluate.out_of_fold(
-        outputs, prep, loss_name="categorical",
-        svm_spec=type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced")), seed=0,
-        targets={"sensitivity": 0.9, "specificity": 0.9})
-    np.testing.assert_array_equal(preds.probs["cnn_calibrated"], preds.probs["cnn"])
-    assert calib["temperatures"] == [1.0] * k
+def _nll(z, y, t):
+    z = z / t
+    z = z - z.max(-1, keepdims=True)
+    return np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(len(y)), y])
+
+
+def test_cross_fitted_temperature_is_the_nll_minimiser_of_the_other_folds_rows(tmp_path):
+    """The definition: for every fold k, the temperature used is the minimiser of the NLL of
+    the other folds' rows of predictions.csv (their uncalibrated cnn probabilities), and the
+    calibrated column of fold k is softmax(log p / T_k)."""
+    from handjax import clinical
+    prep = _fake_prep(n_per_class=20, k=4, inner_frac=0.0)
+    preds, calib = evaluate.out_of_fold(_outputs(prep, scale=1.5), prep,
+                                        loss_name="categorical", svm_spec=_SVM, seed=0,
+                                        targets=_TARGETS)
+    assert calib["method"] == "cross-fitted" and not any(calib["at_bound"])
+    rows = clinical.read_predictions(clinical.write_predictions(tmp_path / "p.csv", preds))
+    z = np.log(rows.probs["cnn"])
+    for k, t in enumerate(calib["temperatures"]):
+        other = rows.fold != k
+        for factor in (0.99, 1.01):   # a minimum: the NLL rises both ways (float64 reference)
+            assert _nll(z[other], rows.label[other], t) < _nll(z[other], rows.label[other],
+                                                               t * factor)
+        mine = rows.fold == k
+        want = np.exp(z[mine] / t) / np.exp(z[mine] / t).sum(-1, keepdims=True)
+        np.testing.assert_allclose(rows.probs["cnn_calibrated"][mine], want, atol=1e-12)
+    assert not np.allclose(rows.probs["cnn_calibrated"], rows.probs["cnn"])
+
+
+def test_changing_fold_k_labels_does_not_change_its_temperature():
+    from handjax import clinical
+    prep = _fake_prep(n_per_class=20, k=4, inner_frac=0.0)
+    logits, _ = _outputs(prep, scale=1.5)
+    probs = np.asarray(evaluate.probabilities("categorical", logits), np.float64)
+    labels, fold = prep.examples.labels, np.zeros(len(prep.examples.labels), int)
+    for k, (_, te) in enumerate(prep.folds):
+        fold[te] = k
+    oof = probs[fold, np.arange(len(labels))]
+    before = clinical.cross_fitted_temperatures(oof, labels, fold)
+    shuffled = labels.copy()
+    shuffled[fold == 2] = np.random.default_rng(5).integers(0, 3, (fold == 2).sum())
+    after = clinical.cross_fitted_temperatures(oof, shuffled, fold)
+    assert after[2] == before[2]
+    assert any(a != b for j, (a, b) in enumerate(zip(after, before)) if j != 2)
+
+
+def test_cross_fitted_thresholds_are_chosen_on_the_other_folds_only(monkeypatch):
+    prep = _fake_prep(n_per_class=20, k=4, inner_frac=0.0)
+    logits, pooled = _outputs(prep, scale=1.5)
+    choices = _record_choices(monkeypatch)
+    _, calib = evaluate.out_of_fold((logits, pooled), prep, loss_name="categorical",
+                                    svm_spec=_SVM, seed=0, targets=_TARGETS)
+    n = len(prep.examples.labels)
+    for k, (_, te) in enumerate(prep.folds):
+        assert all(len(c) == n - len(te) for c in choices[4 * k:4 * k + 4])
+        assert calib["thresholds"][k]["ra"]["sensitivity"]["n_chosen_on"] == \
+            int((prep.examples.labels[np.setdiff1d(np.arange(n), te)] == 2).sum())
 
 
 def test_platt_cv_keeps_each_subject_on_one_side_and_equals_sklearn_with_those_splits():

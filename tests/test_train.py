@@ -215,3 +215,29 @@ def test_clinical_figures_equal_sklearn_on_predictions_csv(reference):
         assert (workdir / f).stat().st_size > 500
     md = (workdir / "results.md").read_text()
     assert "headline" in md and "AUROC" in md and "Operating points" in md
+
+
+@pytest.mark.slow
+def test_repeats_predict_every_photo_twice_and_the_first_repeat_is_the_single_run(
+        reference, workroot):
+    """``repeats=2``: R x K fold models trained as one program; every photo predicted once
+    per repeat; repeat 0 (seed's fold assignment, the same head keys and batches) gives the
+    R = 1 run's predictions."""
+    from handjax import clinical
+    c = tiny_config()
+    c.repeats = 2
+    results = run(c, workroot / "repeats2")
+    two = clinical.read_predictions(workroot / "repeats2" / "predictions.csv")
+    one = clinical.read_predictions(reference[0] / "predictions.csv")
+    assert two.repeats == 2 and len(two.file) == 2 * len(one.file)
+    for r in range(2):
+        assert sorted(two.rows(two.repeat == r).file) == sorted(one.file)
+    first = two.rows(two.repeat == 0)
+    np.testing.assert_array_equal(first.file, one.file)
+    np.testing.assert_array_equal(first.fold, one.fold)
+    for rule in ("cnn", "cnn_calibrated", "svm"):
+        np.testing.assert_allclose(first.probs[rule], one.probs[rule], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(first.pred["cnn"], one.pred["cnn"])
+    assert len(results["clinical_per_repeat"]) == 2 and results["repeats"] == 2
+    assert len(results["calibration"]["temperatures"]) == 2 * c.n_folds
+    assert not np.array_equal(two.rows(two.repeat == 1).fold, first.fold)

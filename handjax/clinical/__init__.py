@@ -15,7 +15,9 @@ The face binds what callers use; it imports no TFDS and computes nothing with JA
 """
 from handjax.clinical.bootstrap import (bootstrap_ci, per_fold_metrics, subgroup_table,
                                         subject_bootstrap_weights)
-from handjax.clinical.calibration import apply_temperature, fit_temperature, reliability_curve
+from handjax.clinical.calibration import (TEMPERATURE_BOUNDS, apply_temperature, at_bound,
+                                          cross_fitted_temperatures, fit_temperature,
+                                          log_probs, reliability_curve)
 from handjax.clinical.metrics import (ECE_BINS, any_disease_metrics, clinical_metrics,
                                       ece_binned, ece_sweep_weighted, ovr_aurocs_batched)
 from handjax.clinical.operating import (MIN_TO_CHOOSE, choose_threshold, describe_choice,

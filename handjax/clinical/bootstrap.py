@@ -34,7 +34,7 @@ def _resample_loop(metric_fn, y, prob, pred, w) -> dict[str, np.ndarray]:
 
 
 def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, dict]:
+                 alpha: float = 0.05, repeat=None) -> dict[str, dict]:
     """Point values of ``metric_fn(y, prob, pred)`` with subject-level percentile intervals.
 
     Subjects are resampled with replacement (all photos of a drawn subject come along, counted
@@ -43,12 +43,25 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     do), all resamples are computed at once, else photos are repeated resample by resample.
     The same ``seed`` gives the same resampled subjects, so CIs of different rules are paired.
 
+    Repeated cross-validation (``repeat``: each row's repeat, R > 1 of them; a photo has one
+    row per repeat): the point value is the mean over repeats of the repeat's value, and each
+    resample draws the subjects *and* one repeat at random, so the interval holds both the
+    subject sampling and how the fold assignments happened to fall.
+
     Returns ``{name: {"value": x, "ci95": [lo, hi], "n_finite": k}}`` (the key is ``ci<level>``
     for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none.
     """
     y, prob, pred = as_arrays(y, prob, pred)
-    value = metric_fn(y, prob, pred)
     w = subject_bootstrap_weights(subjects, n_boot, seed)
+    ids = np.unique(repeat) if repeat is not None else np.zeros(1)
+    if len(ids) == 1:
+        value = metric_fn(y, prob, pred)
+    else:
+        repeat = np.asarray(repeat)
+        each = [metric_fn(y[repeat == r], prob[repeat == r], pred[repeat == r]) for r in ids]
+        value = {k: float(np.mean([e[k] for e in each])) for k in each[0]}
+        drawn = ids[np.random.default_rng([seed, 1]).integers(0, len(ids), n_boot)]
+        w = w * (repeat[None, :] == drawn[:, None])
     batched = getattr(metric_fn, "batched", None)
     if batched is None:
         samples = _resample_loop(metric_fn, y, prob, pred, w)
@@ -68,15 +81,16 @@ def _interval(value, samples, alpha) -> dict:
     return {"value": float(value), key: ci, "n_finite": len(finite)}
 
 
-def per_fold_metrics(y, prob, pred, folds, metric_fn=clinical_metrics) -> dict[int, dict]:
-    """``{fold: metric_fn(...) on that fold's photos}`` (NaN where a fold lacks a class)."""
+def per_fold_metrics(y, prob, pred, folds, metric_fn=clinical_metrics) -> dict:
+    """``{fold: metric_fn(...) on that fold's photos}`` (NaN where a fold lacks a class);
+    ``folds`` may be any labels (e.g. ``"repeat/fold"`` strings)."""
     y, prob, pred, folds = map(np.asarray, (y, prob, pred, folds))
-    return {int(f): metric_fn(y[folds == f], prob[folds == f], pred[folds == f])
+    return {f.item(): metric_fn(y[folds == f], prob[folds == f], pred[folds == f])
             for f in np.unique(folds)}
 
 
 def subgroup_table(y, prob, pred, subjects, groups: dict, n_boot: int = 2000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, repeat=None) -> dict:
     """Triage metrics within each subgroup, with subject-bootstrap CIs inside the subgroup.
 
     ``groups`` maps a column name (e.g. ``"fold"``, ``"sex"``) to one value per photo. Returns
@@ -85,15 +99,18 @@ def subgroup_table(y, prob, pred, subjects, groups: dict, n_boot: int = 2000,
     "auroc_any_disease": ...}}}`` (see :func:`any_disease_metrics`).
     """
     y, prob, pred, subjects = map(np.asarray, (y, prob, pred, subjects))
+    repeat = np.zeros(len(y), np.int64) if repeat is None else np.asarray(repeat)
     table = {}
     for column, values in groups.items():
         values = np.asarray(values).astype(str)
         table[column] = {}
         for v in np.unique(values):
             m = values == v
-            row = {"n": int(m.sum()), "n_subjects": len(np.unique(subjects[m].astype(str)))}
+            first = m & (repeat == 0)   # photos are counted once, not once per repeat
+            row = {"n": int(first.sum()),
+                   "n_subjects": len(np.unique(subjects[first].astype(str)))}
             row.update(bootstrap_ci(any_disease_metrics, y[m], prob[m], pred[m], subjects[m],
-                                    n_boot=n_boot, seed=seed))
+                                    n_boot=n_boot, seed=seed, repeat=repeat[m]))
             table[column][str(v)] = row
     return table
 

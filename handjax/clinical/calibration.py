@@ -14,7 +14,10 @@ def _nll(logits, y, temperature):
     return float(np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(len(y)), y]))
 
 
-def fit_temperature(logits, y, bounds=(1e-2, 1e2)) -> float:
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+
+
+def fit_temperature(logits, y, bounds=TEMPERATURE_BOUNDS) -> float:
     """The temperature T > 0 minimising the mean NLL of ``softmax(logits / T)``, in float64.
 
     Fit it on data that never includes the test fold (the inner validation split). The NLL is
@@ -35,6 +38,26 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     z = np.asarray(logits, np.float64) / temperature
     z = np.exp(z - z.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
+
+
+def log_probs(prob) -> np.ndarray:
+    """``log p`` (clipped at 1e-12) in float64: the logits temperature scaling works on, so
+    softmax, sigmoid and ordinal heads calibrate alike."""
+    return np.log(np.clip(np.asarray(prob, np.float64), 1e-12, 1.0))
+
+
+def at_bound(temperature: float, bounds=TEMPERATURE_BOUNDS, rtol: float = 1e-3) -> bool:
+    """Whether a fitted temperature sits at a search bound: the NLL kept falling past it
+    (e.g. separable rows), so it is a limit, not a fit."""
+    return any(abs(np.log(temperature) - np.log(b)) < rtol for b in bounds)
+
+
+def cross_fitted_temperatures(prob, y, fold) -> list[float]:
+    """Per fold k, the temperature minimising the NLL of the *other* folds' out-of-fold
+    probabilities ``prob`` (each row predicted by the fold model that held it out): fold k's
+    own photos never touch T_k, and no photo is taken from training."""
+    z, y, fold = log_probs(prob), np.asarray(y, np.int64), np.asarray(fold)
+    return [fit_temperature(z[fold != k], y[fold != k]) for k in range(int(fold.max()) + 1)]
 
 
 def reliability_curve(y, prob, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:

@@ -105,36 +105,45 @@ def describe_choice(choice: dict, digits: int = 3) -> str:
     return f"too few to choose ({n} {cls})"
 
 
-def fold_thresholds(probs: np.ndarray, labels: np.ndarray, rows: np.ndarray,
-                    targets: dict) -> dict:
-    """``{task: {kind: threshold}}`` chosen on the photos ``rows`` only (NaN when they lack
-    positives or negatives)."""
-    out = {}
-    for task, spec in TASKS.items():
-        s, pos = spec.score(probs[rows]), spec.positive(labels[rows])
-        out[task] = {}
-        for kind, target in targets.items():
-            ok = len(rows) and pos.any() and not pos.all()
-            out[task][kind] = (choose_threshold(s, pos, target=target, kind=kind)
-                               if ok else float("nan"))
-    return out
+def fold_thresholds(probs: np.ndarray, labels: np.ndarray, targets: dict) -> dict:
+    """``{task: {kind: threshold_choice(...)}}`` for one fold, chosen on the calibrated
+    probabilities ``probs`` and ``labels`` of photos that exclude that fold's test photos
+    (the other folds' out-of-fold rows, or its inner split)."""
+    return {task: {kind: threshold_choice(spec.score(probs), spec.positive(labels),
+                                          target=target, kind=kind)
+                   for kind, target in targets.items()}
+            for task, spec in TASKS.items()}
+
+
+def _pooled_status(choices: list[dict]) -> str:
+    """One status for the pooled operating point: chosen only when every fold chose one."""
+    statuses = {c["status"] for c in choices}
+    for status in ("too few to choose", "unreachable"):
+        if status in statuses:
+            return status
+    return "chosen"
 
 
 def operating_points(preds, thresholds: list, targets: dict, n_boot: int, seed: int) -> dict:
-    """Sensitivity and specificity reached on the test folds by each fold's frozen threshold,
-    pooled out of fold, with subject-bootstrap CIs (``preds``: ``Predictions``)."""
+    """Sensitivity and specificity reached on the test folds by each fold's frozen threshold
+    (``thresholds[k][task][kind]``: a :func:`threshold_choice`), pooled out of fold, with
+    subject-bootstrap CIs (``preds``: ``Predictions``). Where a fold's target was unreachable
+    or had too few photos to choose on, the pooled point says so and reports no rates."""
     p = preds.probs["cnn_calibrated"]
+    model = preds.repeat * (int(preds.fold.max()) + 1) + preds.fold   # repeat-major index
     out = {}
     for task, spec in TASKS.items():
         out[task] = {}
         for kind, target in targets.items():
-            thr = np.array([thresholds[k][task][kind] for k in preds.fold], np.float64)
-            entry = {"target": f"{kind} >= {target}",
-                     "thresholds": [thresholds[k][task][kind] for k in range(len(thresholds))]}
-            if np.isfinite(thr).all():
+            choices = [thresholds[k][task][kind] for k in range(len(thresholds))]
+            entry = {"target": f"{kind} >= {target:g}", "status": _pooled_status(choices),
+                     "per_fold": choices}
+            if entry["status"] == "chosen":
+                thr = np.array([choices[k]["threshold"] for k in model], np.float64)
                 pair = np.stack([spec.score(p), thr], 1)
                 entry.update(bootstrap_ci(_point_metric(task), preds.label, pair, preds.label,
-                                          preds.subject, n_boot=n_boot, seed=seed))
+                                          preds.subject, n_boot=n_boot, seed=seed,
+                                          repeat=preds.repeat))
             out[task][kind] = entry
     return out
 

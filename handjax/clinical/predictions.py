@@ -14,6 +14,7 @@ from handjax.errors import HandjaxError
 
 RULES = ("cnn", "cnn_calibrated", "svm")  # decision rules that carry probabilities
 MEC_RULE = "cnn_mec"  # minimum-expected-cost decisions on the calibrated cnn probabilities
+MEC_BASIS = "cnn_calibrated"  # the probabilities cnn_mec decides on (and is scored with)
 BASE_COLUMNS = ("file", "subject", "fold", "label")
 PROB_TOLERANCE = 1e-3  # |sum_k p_k - 1| allowed in a predictions.csv row
 
@@ -32,7 +33,9 @@ class Predictions:
 
     ``probs[rule]`` is ``(N, 3)`` float64 for rule in :data:`RULES` (those present);
     ``pred[rule]`` is ``(N,)`` int class ids for the same rules plus ``"cnn_mec"``. ``extra``
-    holds any further CSV columns (e.g. subgroup metadata) as string arrays.
+    holds any further CSV columns (e.g. subgroup metadata) as string arrays. With repeated
+    cross-validation a photo has one row per repeat: ``repeat`` says which (the CSV column
+    ``repeat`` is written when there is more than one), ``fold`` is the fold within it.
     """
     file: np.ndarray
     subject: np.ndarray
@@ -42,10 +45,41 @@ class Predictions:
     pred: dict
     extra: dict = dataclasses.field(default_factory=dict)
     class_names: tuple = CLASSES
+    repeat: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.repeat is None:
+            self.repeat = np.zeros(len(self.file), np.int64)
+
+    @property
+    def repeats(self) -> int:
+        return max(len(np.unique(self.repeat)), 1)
+
+    def rows(self, mask: np.ndarray) -> "Predictions":
+        """The rows ``mask`` selects (e.g. one repeat's)."""
+        return dataclasses.replace(
+            self, file=self.file[mask], subject=self.subject[mask], fold=self.fold[mask],
+            label=self.label[mask], probs={r: p[mask] for r, p in self.probs.items()},
+            pred={r: p[mask] for r, p in self.pred.items()},
+            extra={c: np.asarray(v)[mask] for c, v in self.extra.items()},
+            repeat=self.repeat[mask])
+
+    @staticmethod
+    def concat(parts: list) -> "Predictions":
+        """Rows of several ``Predictions`` (e.g. one per repeat) one after another."""
+        cat = np.concatenate
+        first = parts[0]
+        return dataclasses.replace(
+            first, file=cat([p.file for p in parts]), subject=cat([p.subject for p in parts]),
+            fold=cat([p.fold for p in parts]), label=cat([p.label for p in parts]),
+            probs={r: cat([p.probs[r] for p in parts]) for r in first.probs},
+            pred={r: cat([p.pred[r] for p in parts]) for r in first.pred},
+            extra={c: cat([np.asarray(p.extra[c]) for p in parts]) for c in first.extra},
+            repeat=cat([p.repeat for p in parts]))
 
     def probs_for(self, rule: str) -> np.ndarray:
         """The probabilities behind ``rule``'s decisions (cnn_mec decides on the cnn's)."""
-        return self.probs["cnn" if rule == MEC_RULE else rule]
+        return self.probs[MEC_BASIS if rule == MEC_RULE else rule]
 
 
 def prediction_columns(rules=RULES + (MEC_RULE,)) -> list[str]:
@@ -69,24 +103,27 @@ def write_predictions(path, preds: Predictions) -> Path:
     rules = present_rules(preds.pred)
     n = len(preds.file)
     columns = {"subject": preds.subject, "fold": preds.fold, "label": preds.label,
+               "repeat": preds.repeat,
                **{f"p_{r}": p for r, p in preds.probs.items()},
                **{f"pred_{r}": p for r, p in preds.pred.items()}, **preds.extra}
     for name, values in columns.items():
         if len(values) != n:
             raise PredictionsError(f"{path}: column {name} has {len(values)} rows, file has {n}")
-    lacking = [r for r in rules if ("cnn" if r == MEC_RULE else r) not in preds.probs]
+    lacking = [r for r in rules if (MEC_BASIS if r == MEC_RULE else r) not in preds.probs]
     if lacking:
         raise PredictionsError(f"{path}: decisions pred_{lacking[0]} come without the "
-                               "probabilities behind them (probs['cnn'] for cnn_mec)")
+                               f"probabilities behind them (probs['{MEC_BASIS}'] for cnn_mec)")
     probs = {r: _normalised(np.asarray(p, np.float64), f"probs[{r!r}]", path)
              for r, p in preds.probs.items()}
     extra_cols = list(preds.extra)
+    repeated = preds.repeats > 1
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(prediction_columns(rules) + extra_cols)
+        w.writerow((["repeat"] if repeated else []) + prediction_columns(rules) + extra_cols)
         for i in range(n):
-            row = [preds.file[i], preds.subject[i], int(preds.fold[i]),
-                   CLASSES[int(preds.label[i])]]
+            row = ([int(preds.repeat[i])] if repeated else []) + [
+                preds.file[i], preds.subject[i], int(preds.fold[i]),
+                CLASSES[int(preds.label[i])]]
             for r in rules:
                 if r != MEC_RULE:
                     row += [repr(float(v)) for v in probs[r][i]]
@@ -139,8 +176,8 @@ def read_predictions(path) -> Predictions:
     rules = [r for r in RULES + (MEC_RULE,) if f"pred_{r}" in header]
     if not rules:
         missing.append("pred_cnn")
-    if MEC_RULE in rules and "cnn" not in rules:
-        missing.append("pred_cnn")
+    if MEC_RULE in rules and MEC_BASIS not in rules:
+        missing.append(f"pred_{MEC_BASIS}")
     missing += [c for c in prediction_columns(rules) if c not in header and c not in missing]
     if missing:
         raise PredictionsError(f"{path}: missing column {missing[0]} (header: {', '.join(header)})")
@@ -150,16 +187,14 @@ def read_predictions(path) -> Predictions:
     if ragged:  # DictReader: None keys hold surplus cells, None values stand for missing ones
         raise PredictionsError(f"{path}: data row {ragged[0] + 1} has a different number of "
                                f"cells than the header's {len(header)} columns")
-    try:
-        fold = np.array([int(r["fold"]) for r in rows], np.int64)
-    except (TypeError, ValueError) as e:
-        raise PredictionsError(f"{path}: column fold: not an integer ({e})") from None
+    fold = _int_column(rows, "fold", path)
+    repeat = _int_column(rows, "repeat", path) if "repeat" in header else None
     probs = {}
     for r in rules:
         if r != MEC_RULE:
             p = np.stack([_float_column(rows, f"p_{r}_{c}", path) for c in CLASSES], -1)
             probs[r] = _normalised(p.reshape(len(rows), len(CLASSES)), f"p_{r}_*", path)
-    known = set(prediction_columns(rules))
+    known = set(prediction_columns(rules)) | {"repeat"}
     return Predictions(
         file=np.array([r["file"] for r in rows], dtype=object),
         subject=np.array([r["subject"] for r in rows], dtype=object),
@@ -168,7 +203,15 @@ def read_predictions(path) -> Predictions:
         probs=probs,
         pred={r: _class_ids([x[f"pred_{r}"] for x in rows], f"pred_{r}", path) for r in rules},
         extra={c: np.array([r[c] for r in rows], dtype=object) for c in header if c not in known},
+        repeat=repeat,
     )
+
+
+def _int_column(rows, column: str, path) -> np.ndarray:
+    try:
+        return np.array([int(r[column]) for r in rows], np.int64)
+    except (TypeError, ValueError) as e:
+        raise PredictionsError(f"{path}: column {column}: not an integer ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------

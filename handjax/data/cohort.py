@@ -35,9 +35,19 @@ class Cohort:
     dup_groups: np.ndarray | None      # near-duplicate groups (None without dedup)
     subjects: np.ndarray               # one subject id per photo
     metadata: dict                     # subgroup columns, one value per photo
-    folds: list                        # [(train, test)] index arrays
+    folds: list                        # [(train, test)] index arrays, repeat-major: R x K
     inner: list                        # per fold: inner validation photos (within train)
     views: np.ndarray                  # [V, N, H, W, 3] uint8
+    repeats: int = 1                   # fold assignments (repeated cross-validation)
+
+    @property
+    def n_folds(self) -> int:
+        """K, the folds of one repeat."""
+        return len(self.folds) // self.repeats
+
+    def repeat_folds(self, r: int) -> list:
+        """The K (train, test) splits of repeat ``r``: each photo in one test set."""
+        return self.folds[r * self.n_folds:(r + 1) * self.n_folds]
 
     @property
     def labels(self) -> np.ndarray:
@@ -97,17 +107,24 @@ def subjects_and_metadata(data_spec: DataSpec, examples: Examples, seed: int) ->
     return np.asarray(examples.ids, str), {}
 
 
-def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float = 0.0) -> Cohort:
+def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float = 0.0,
+                repeats: int = 1) -> Cohort:
     """Photos, subjects and metadata, folds grouped by subject and near-duplicate group, the
-    inner validation splits and the image views."""
+    inner validation splits and the image views. ``repeats`` R > 1: R fold assignments
+    (seeds ``seed .. seed + R - 1``, each subject- and duplicate-aware), repeat-major; the
+    first is the R = 1 assignment."""
     from handjax import distributed   # processes may share $HANDJAX_CACHE: one writes it
     examples = distributed.primary_first(lambda: load_examples(data_spec, seed, n_folds))
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
     subjects, metadata = subjects_and_metadata(data_spec, examples, seed)
     known = subjects if data_spec.metadata or not data_spec.root else None
-    splits = folds(examples.labels, n_splits=n_folds, seed=seed, groups=dup, subjects=known)
-    inner = inner_splits(splits, np.asarray(examples.labels), merge_groups(dup, subjects),
-                         inner_val, seed)
+    labels, groups = np.asarray(examples.labels), merge_groups(dup, subjects)
+    splits, inner = [], []
+    for r in range(repeats):
+        these = folds(examples.labels, n_splits=n_folds, seed=seed + r, groups=dup,
+                      subjects=known)
+        splits += these
+        inner += inner_splits(these, labels, groups, inner_val, seed + r)
     views = augmented_views(examples.images, data_spec.views,
                             jax.random.fold_in(jax.random.key(seed), 2))
-    return Cohort(examples, dup, subjects, metadata, splits, inner, views)
+    return Cohort(examples, dup, subjects, metadata, splits, inner, views, repeats)

@@ -3,7 +3,7 @@ pooling and the head; and :func:`model_parts`, which builds it from a :class:`Mo
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,8 +14,6 @@ from handjax import ordinal
 from handjax.errors import ConfigError
 from handjax.models import backbones, convs, keras_weights
 
-if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
-    from handjax.config import ModelSpec
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -97,7 +95,7 @@ class Classifier(nn.Module):
         return head(pooled, train=train), pooled
 
 
-def load_backbone(model_spec: ModelSpec, seed: int):
+def load_backbone(model_spec, seed: int):
     """The backbone of ``model_spec`` (a ModelSpec) and its weights; offline ImageNet gets a
     way out."""
     try:
@@ -130,7 +128,7 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
                           x).shape[-1]
 
 
-def model_parts(model_spec: ModelSpec, image_size: int, seed: int, num_classes: int,
+def model_parts(model_spec, image_size: int, seed: int, num_classes: int,
                 loss_name: str = "") -> tuple:
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
     fields shared by training and inference (an ordinal loss gets its ordinal head)."""
