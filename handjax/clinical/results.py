@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from handjax.clinical.bootstrap import bootstrap_ci, per_fold_metrics, subgroup_table
+from handjax.clinical.decision import decision_curves
 from handjax.clinical.metrics import ECE_BINS, clinical_metrics
 from handjax.clinical.operating import operating_points
 from handjax.clinical.predictions import Predictions, present_rules, read_predictions
@@ -31,8 +32,9 @@ def clinical_block(preds: Predictions, n_boot: int = 2000, seed: int = 0) -> dic
 def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int) -> dict:
     """The clinical figures of a run, each with a subject-bootstrap 95% CI, from its
     ``predictions.csv``: pooled out of fold per rule, per fold, per subgroup (each metadata
-    column), the operating points (``calib["thresholds"]``: each fold's frozen thresholds)
-    and the calibration record (``calib["temperatures"]``)."""
+    column), the operating points (``calib["thresholds"]``: each fold's frozen thresholds),
+    the calibration record (``calib["temperatures"]``) and the decision curves of the
+    cnn_calibrated probabilities, pooled out of fold (:mod:`handjax.clinical.decision`)."""
     preds = read_predictions(csv_path)
     targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
     n_boot, rule = eval_spec.bootstrap, "cnn_calibrated"
@@ -50,6 +52,7 @@ def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int
                         if any(t != 1.0 for t in calib["temperatures"]) else
                         "nothing: train.inner_val=0, so cnn_calibrated equals cnn",
                         "ece_bins": f"{ECE_BINS} equal-width bins of top-label confidence"},
+        "decision_curve": decision_curves(preds.label, preds.probs[rule]),
         "bootstrap": {"resamples": n_boot, "unit": "subject", "seed": seed},
     }
 
