@@ -322,7 +322,11 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
             "n_subjects": len(np.unique(subjects))}
     dropped = [{"file": f, "training_file": o} for f, o in named]
     results = validation_results(run, preds, desc, dropped, workdir)
-    write_outputs(out, preds, results)
+    try:
+        write_outputs(out, preds, results)
+    except OSError as e:
+        raise DataError(f"cannot write the validation into {out} ({e.strerror}); choose a "
+                        "folder you can write to with --out") from e
     console.say(f"validation written to {out} (results.md)")
     return results
 

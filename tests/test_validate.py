@@ -139,10 +139,17 @@ def test_training_run_decision_curve_recomputes_from_predictions_csv(trained):
 def test_validate_end_to_end_on_a_disjoint_folder(trained, tmp_path):
     workdir, run_results = trained
     data = _write_folder(tmp_path / "clinic_b", 4, seed=7)
+    files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    meta = tmp_path / "clinic_b.csv"   # two photos per person, and a subgroup column
+    meta.write_text("file,subject,site\n" + "".join(
+        f"{f},p{i // 2},{'AB'[i % 2]}\n" for i, f in enumerate(files)))
     out = tmp_path / "out"
-    results = validate.validate(workdir, data, out)
+    results = validate.validate(workdir, data, out, metadata=meta)
     preds = clinical.read_predictions(out / "predictions.csv")
     assert len(preds.file) == 12 and set(preds.fold) == {validate.FOLD}
+    assert results["data"]["n_subjects"] == 6 and set(results["subgroups"]["site"]) == {"A", "B"}
+    subject_of = {f: f"p{i // 2}" for i, f in enumerate(files)}
+    assert [subject_of[f] for f in preds.file] == list(preds.subject)
     assert sorted(preds.pred) == sorted(["cnn", "cnn_calibrated", "svm", "cnn_mec"])
     assert set(results["clinical"]) == set(run_results["clinical"])
     for rule in results["clinical"]:
