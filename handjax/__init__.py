@@ -18,6 +18,7 @@ One stage, one module:
 - ``plots``: every PNG; ``report``: tables; ``sweep``: the study's table; ``run``: the entry
   point; ``compare``: two runs, paired tests;
 - ``inference`` + ``predict``: a trained run -> ensemble predictions and Grad-CAM;
+- ``validate``: a trained run on a second photo set -> the same clinical figures;
 - ``bench`` (+ ``bench_keras``): speed figures side by side; ``console``: what the terminal shows.
 """
 

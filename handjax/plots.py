@@ -131,6 +131,34 @@ def plot_reliability(path, y, probs: dict, eces: dict, n_bins: int = ECE_BINS) -
     return Path(path)
 
 
+def plot_decision_curve(path, curves: dict, title: str = "") -> Path:
+    """Decision curves, one panel per task: net benefit of the model, of treating everyone
+    and of treating no one (0) against the threshold probability. ``curves`` is
+    ``results.json["decision_curve"]``: ``{task: [{"threshold", "net_benefit",
+    "treat_all"}]}``. The y axis is cut below at -0.05 (treat all falls without bound as
+    the threshold nears 1) and above at the largest net benefit, the prevalence."""
+    fig = Figure(figsize=(8.4, 3.8), dpi=100)
+    for i, (task, rows) in enumerate(curves.items()):
+        ax = fig.add_subplot(1, len(curves), i + 1)
+        t = np.array([r["threshold"] for r in rows], np.float64)
+        get = lambda key: np.array([np.nan if r[key] is None else r[key] for r in rows],
+                                   np.float64)
+        model, everyone = get("net_benefit"), get("treat_all")
+        ax.plot(t, model, color="C0", label="model")
+        ax.plot(t, everyone, color="C1", linestyle="--", label="treat all")
+        ax.plot(t, np.zeros_like(t), color="0.4", linestyle=":", label="treat none")
+        top = np.nanmax(np.concatenate([model, everyone, [0.0]]))
+        ax.set(xlim=(0, 1), ylim=(-0.05, max(top, 0.0) + 0.05), xlabel="threshold probability",
+               ylabel="net benefit",
+               title=TASKS[task].title if task in TASKS else task)
+        ax.legend(loc="upper right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
 def plot_acc_vs_plus(points: list[dict], loss_labels: list[str], decision_markers: dict,
                      path) -> Path:
     """Accuracy against custom_plus (lower is safer), one labelled point per cell and

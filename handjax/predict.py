@@ -107,7 +107,7 @@ def ensemble(run: TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST):
     probs, cams = [], []
     for k in range(n_folds):  # a loop: vmap over conv weights is slow on XLA:CPU
         v = jax.tree.map(lambda a, k=k: a[k], run.variables)
-        p, c = _chunked(forward, v, images)
+        p, c = chunked(forward, v, images)
         probs.append(p)
         cams.append(c)
     probs, cams = np.mean(probs, axis=0), np.mean(cams, axis=0)
@@ -119,7 +119,9 @@ def ensemble(run: TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST):
     return probs, chosen, mec, cam
 
 
-def _chunked(forward, v, images):
+def chunked(forward, v, images):
+    """``forward(v, x) -> (a, b)`` over ``images`` in padded chunks of :data:`CHUNK` (one
+    compilation for every chunk), the two outputs concatenated."""
     outs = []
     for i in range(0, len(images), CHUNK):
         x = images[i:i + CHUNK]

@@ -124,6 +124,8 @@ def run_markdown(results: dict) -> str:
     parts += [_decision_markdown(k, decisions[k], class_names) for k in _decision_order(decisions)]
     if "clinical" in results:
         parts += [clinical_markdown(results)]
+    if results.get("decision_curve"):
+        parts += [decision_curve_markdown(results["decision_curve"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -136,7 +138,8 @@ def read_metrics_jsonl(path) -> list[dict]:
 def write_run(workdir, results: dict) -> list[Path]:
     """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
     min-expected-cost), ``curves.png`` if ``metrics.jsonl`` exists and, if
-    ``predictions.csv`` does, ``roc.png`` and ``reliability.png``. Everything is read from
+    ``predictions.csv`` does, ``roc.png`` and ``reliability.png``, and ``decision_curve.png``
+    where results has decision curves. Everything is read from
     ``results`` (the run's results.json) and the workdir's files. Returns the paths."""
     from handjax import distributed
     if not distributed.is_primary():   # process 0 writes the reports
@@ -157,6 +160,9 @@ def write_run(workdir, results: dict) -> list[Path]:
             written.append(plots.plot_curves(records, workdir / "curves.png"))
     if (workdir / "predictions.csv").exists():
         written += _clinical_plots(workdir, results)
+    if results.get("decision_curve"):
+        written.append(plots.plot_decision_curve(workdir / "decision_curve.png",
+                                                 results["decision_curve"]))
     return written
 
 
@@ -244,15 +250,17 @@ def caveats(results: dict) -> list[str]:
     return [part for line in lines for part in (line, "")]
 
 
-def clinical_markdown(results: dict) -> str:
-    """Clinical metrics per rule, the operating points and the subgroup tables."""
+def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
+    """Clinical metrics per rule (``pooled`` says over what), the operating points (where
+    results has them) and the subgroup tables."""
     clinical = results["clinical"]
     rules = [r for r in ("cnn", "cnn_calibrated", "cnn_mec", "svm") if r in clinical]
     rows = [[m] + [format_ci(clinical[r].get(m)) for r in rules] for m in CLINICAL_ROWS]
-    parts = ["## Clinical metrics (pooled out of fold, 95% CI)",
+    parts = [f"## Clinical metrics ({pooled}, 95% CI)",
              _md_table(["metric", *rules], rows),
              _calibration_line(results.get("calibration", {}))]
-    parts += [_operating_markdown(results.get("operating_points", {}))]
+    if "operating_points" in results:
+        parts += [_operating_markdown(results["operating_points"])]
     for column, values in results.get("subgroups", {}).items():
         rows = [[v, e["n"], e["n_subjects"], format_ci(e.get("accuracy")),
                  format_ci(e.get("sensitivity_any_disease")),
@@ -286,6 +294,41 @@ def _operating_markdown(points: dict) -> str:
         _md_table(["task", "chosen for", "status", "threshold per fold",
                    "sensitivity on test folds", "specificity on test folds"], rows)
         if rows else "None."])
+
+
+DECISION_ROWS = (0.05, 0.1, 0.2, 0.3, 0.5)   # thresholds shown in results.md
+
+
+def decision_curve_markdown(curves: dict, thresholds=DECISION_ROWS) -> str:
+    """Net benefit of the model against treat all (treat none is 0) at a few thresholds,
+    per task; the whole curve is in results.json and decision_curve.png."""
+    rows = []
+    for task, points in curves.items():
+        at = {round(p["threshold"], 6): p for p in points}
+        for t in thresholds:
+            p = at.get(round(t, 6))
+            if p is not None:
+                rows.append([task, f"{t:g}", _num(p["net_benefit"]), _num(p["treat_all"])])
+    return "\n\n".join([
+        "## Decision curve (net benefit, calibrated CNN; treat none = 0)",
+        _md_table(["task", "threshold", "model", "treat all"], rows),
+        "Net benefit = TP/n - FP/n * t/(1-t): the model helps at a threshold t where it beats "
+        "both treat all and treat none; read only the thresholds a clinician would act on."])
+
+
+def calibration_line_markdown(intercept_slope: dict) -> str:
+    """Calibration intercept and slope per task with their CIs (an external validation's
+    ``results.json["calibration"]["intercept_slope"]``)."""
+    rows = [[task, format_ci(intercept_slope.get(f"intercept_{task}")),
+             format_ci(intercept_slope.get(f"slope_{task}"))] for task in clinical.TASKS]
+    return "\n\n".join([
+        "## Calibration intercept and slope (calibrated CNN, 95% CI)",
+        _md_table(["task", "intercept (ideal 0; < 0: risks too high)",
+                   "slope (ideal 1; < 1: too extreme)"], rows)])
+
+
+def _num(x, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 # ------------------------------------------------------------------------ study

@@ -7,8 +7,9 @@ subject-level CIs. Pure numpy + sklearn statistics (no JAX), one module per job:
 * ``metrics``: ``clinical_metrics`` (sensitivity / specificity / PPV / NPV, AUROCs, kappa,
   grade errors, Brier, ECE, log loss) and their weighted forms for the bootstrap;
 * ``bootstrap``: the subject-level (cluster) bootstrap, per-fold and subgroup tables;
-* ``calibration``: temperature scaling, reliability curves;
+* ``calibration``: temperature scaling, reliability curves, calibration intercept and slope;
 * ``operating``: thresholds chosen without the test photos, frozen, then applied;
+* ``decision``: decision curves (net benefit against treat all / treat none);
 * ``results``: ``results.json`` assembled in one place.
 
 The face binds what callers use; it imports no TFDS and computes nothing with JAX.
@@ -16,8 +17,10 @@ The face binds what callers use; it imports no TFDS and computes nothing with JA
 from handjax.clinical.bootstrap import (bootstrap_ci, per_fold_metrics, subgroup_table,
                                         subject_bootstrap_weights)
 from handjax.clinical.calibration import (TEMPERATURE_BOUNDS, apply_temperature, at_bound,
+                                          calibration_intercept_slope, calibration_lines,
                                           cross_fitted_temperatures, fit_temperature,
                                           log_probs, reliability_curve)
+from handjax.clinical.decision import decision_curve, decision_curves
 from handjax.clinical.metrics import (ECE_BINS, any_disease_metrics, clinical_metrics,
                                       ece_binned, ece_sweep_weighted, ovr_aurocs_batched)
 from handjax.clinical.operating import (MIN_TO_CHOOSE, choose_threshold, describe_choice,

@@ -1,11 +1,13 @@
 """Calibration: temperature scaling (fitted on rows that exclude the photos it is applied
-to) and top-label reliability curves."""
+to), top-label reliability curves, and the calibration intercept and slope of external
+validation."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 
 from handjax.clinical.metrics import ECE_BINS, ratio, top_label_bins
+from handjax.clinical.tasks import TASKS
 
 
 def _nll(logits, y, temperature):
@@ -75,3 +77,68 @@ def reliability_curve(y, prob, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
             "edges": np.linspace(0, 1, n_bins + 1)}
 
 
+
+
+def _logistic_newton(y, design, offset, start, max_iter: int = 100, tol: float = 1e-10):
+    """Unpenalised logistic regression ``logit P(y) = offset + design @ beta`` by Newton's
+    method in float64, with step halving; NaNs where it does not converge (separated data:
+    the maximum-likelihood estimate is infinite)."""
+    beta = np.asarray(start, np.float64)
+
+    def loglik(b):
+        eta = offset + design @ b
+        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+    current = loglik(beta)
+    for _ in range(max_iter):
+        mu = special.expit(offset + design @ beta)
+        grad = design.T @ (y - mu)
+        hess = (design * (mu * (1 - mu))[:, None]).T @ design
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            break
+        for _ in range(30):   # halve until the likelihood does not fall
+            new = loglik(beta + step)
+            if new >= current - 1e-12:
+                break
+            step = step / 2
+        beta, current = beta + step, new
+        if np.max(np.abs(step)) < tol:
+            return beta
+    return np.full(len(beta), np.nan)
+
+
+def calibration_intercept_slope(positive, p, eps: float = 1e-12) -> dict[str, float]:
+    """Calibration of predicted probabilities ``p`` of a yes/no outcome, as external
+    validation papers report it (Steyerberg; Van Calster et al. 2016), both in float64:
+
+    * ``intercept`` (calibration-in-the-large): ``a`` in ``logit P(y) = a + logit(p)``, the
+      slope fixed at 1; 0 when the predicted risks are right on average, < 0 when they are
+      too high.
+    * ``slope``: ``b`` in ``logit P(y) = a' + b logit(p)``; 1 is ideal, < 1 means the
+      predictions are too extreme (overfitting), > 1 too modest.
+
+    NaN where undefined (one class only, or separated data). ``p`` is clipped to
+    ``[eps, 1 - eps]`` before the logit."""
+    y = np.asarray(positive, bool).astype(np.float64)
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    if y.size == 0 or y.min() == y.max():
+        return {"intercept": float("nan"), "slope": float("nan")}
+    lp = np.log(p) - np.log1p(-p)
+    ones = np.ones((len(y), 1))
+    (a,) = _logistic_newton(y, ones, lp, [0.0])
+    _, b = _logistic_newton(y, np.column_stack([ones, lp]), np.zeros_like(lp), [0.0, 1.0])
+    return {"intercept": float(a), "slope": float(b)}
+
+
+def calibration_lines(y, prob, pred=None) -> dict[str, float]:
+    """:func:`calibration_intercept_slope` of every triage task (``intercept_<task>``,
+    ``slope_<task>``: the task's positives against its score), in the ``metric_fn(y, prob,
+    pred)`` form :func:`handjax.clinical.bootstrap_ci` resamples (``pred`` is unused)."""
+    out = {}
+    for task, spec in TASKS.items():
+        fit = calibration_intercept_slope(spec.positive(np.asarray(y)),
+                                          spec.score(np.asarray(prob, np.float64)))
+        out.update({f"{k}_{task}": v for k, v in fit.items()})
+    return out

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from handjax.clinical.bootstrap import bootstrap_ci, per_fold_metrics, subgroup_table
+from handjax.clinical.decision import decision_curves
 from handjax.clinical.metrics import ECE_BINS, clinical_metrics
 from handjax.clinical.operating import operating_points
 from handjax.clinical.predictions import Predictions, present_rules, read_predictions
@@ -32,8 +33,10 @@ def clinical_block(preds: Predictions, n_boot: int = 2000, seed: int = 0) -> dic
 def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int) -> dict:
     """The clinical figures of a run, each with a subject-bootstrap 95% CI, from its
     ``predictions.csv``: pooled out of fold per rule, per fold, per subgroup (each metadata
-    column), the operating points (``calib["thresholds"]``: each fold's frozen thresholds)
-    and the calibration record (``calib``: :func:`handjax.evaluate.out_of_fold`'s)."""
+    column), the operating points (``calib["thresholds"]``: each fold's frozen thresholds),
+    the calibration record (``calib``: :func:`handjax.evaluate.out_of_fold`'s) and the
+    decision curves of the cnn_calibrated probabilities, pooled out of fold (with repeats,
+    the mean over repeats: net benefit is linear in the counts)."""
     preds = read_predictions(csv_path)
     targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
     n_boot, rule = eval_spec.bootstrap, "cnn_calibrated"
@@ -54,6 +57,7 @@ def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int
                         "ece_10bin": f"{ECE_BINS} equal-width bins of top-label confidence",
                         "ece_sweep": "equal-mass bins, as many as keep accuracy monotone "
                                      "(Roelofs et al. 2022)"},
+        "decision_curve": decision_curves(preds.label, preds.probs[rule]),
         "bootstrap": {"resamples": n_boot, "unit": "subject", "seed": seed},
     }
 
