@@ -40,8 +40,26 @@ def test_every_experiment_file_loads_without_path_edits():
         module = experiment(path.stem)
         spec = configs.parse(module.get_config("smoke"))
         assert spec is not None
-    assert not [p for p in ROOT.rglob("*.py") if "sys.path" in p.read_text()
-                and p.name != "test_config.py" and ".git" not in p.parts]
+    assert not [p for p in project_files() if "sys.path" in p.read_text(encoding="utf-8")
+                and p.name != "test_config.py"]
+
+
+def project_files(root: Path = ROOT) -> list[Path]:
+    """The project's own Python files: a virtual environment, build output or cache inside the
+    clone (``python3 -m venv .venv`` is the usual layout) is none of the project's business."""
+    files = [root / "launch.py"]
+    for folder in ("handjax", "experiments", "tests"):
+        files += sorted((root / folder).rglob("*.py"))
+    return [p for p in files if "__pycache__" not in p.parts]
+
+
+def test_project_files_leave_out_a_venv_inside_the_clone(tmp_path):
+    for rel in ("launch.py", "handjax/config.py", "tests/test_x.py",
+                ".venv/lib/python3.11/site-packages/six.py", "build/lib/handjax/config.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"\xff not utf-8, sys.path")
+    files = {p.relative_to(tmp_path).as_posix() for p in project_files(tmp_path)}
+    assert files == {"launch.py", "handjax/config.py", "tests/test_x.py"}
 
 
 BAD = [

@@ -104,6 +104,7 @@ def test_folds_never_split_a_subject(tmp_path):
     assert all(len(v) == 1 for v in fold_of.values())
 
 
+@pytest.mark.slow  # trains the smoke cell
 def test_spilled_cache_gives_identical_results(tmp_path):
     """A budget of ~0 bytes puts the frozen-feature cache in a .npy memmap in the workdir,
     streamed to phase 2 one step at a time: the confusion matrices equal the in-memory

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,6 +43,7 @@ def test_launch_bad_value_names_the_key(tmp_path):
     assert "config.train.batch_size=-4" in out.stderr
 
 
+@pytest.mark.slow  # end to end
 def test_launch_end_to_end_console_is_quiet_and_ends_with_a_summary(tmp_path):
     """The README's smoke command: no third-party INFO lines, our summary at the end."""
     out = _launch("--config", str(ROOT / "experiments/mobilenetv2_binary.py:smoke"),

@@ -20,6 +20,8 @@ from cells import run, tiny_config, tiny_spec
 from handjax import features, folds, train
 from handjax.errors import TrainingError
 
+pytestmark = pytest.mark.slow  # every test trains the smoke cell (end to end)
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "smoke_confusions.json"
 

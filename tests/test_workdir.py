@@ -74,6 +74,7 @@ def _photo_folder(root, n=5, size=32):
             Image.fromarray(img).save(root / name / f"{i}.png")
 
 
+@pytest.mark.slow  # trains
 def test_kill_mid_run_then_changed_folder_is_refused_and_restart_works(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     _photo_folder(photos)
