@@ -417,10 +417,13 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     The same ``seed`` gives the same resampled subjects, so CIs of different rules are paired.
 
     Returns ``{name: {"value": x, "ci95": [lo, hi], "n_finite": k}}`` (the key is ``ci<level>``
-    for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none.
+    for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none
+    (``n_boot=0``: no resamples, point values only).
     """
     y, prob, pred = _arrays(y, prob, pred)
     value = metric_fn(y, prob, pred)
+    if n_boot == 0:   # eval.bootstrap=0: point values only, every interval [nan, nan]
+        return {k: _interval(v, np.zeros(0), alpha) for k, v in value.items()}
     w = subject_bootstrap_weights(subjects, n_boot, seed)
     batched = getattr(metric_fn, "batched", None)
     if batched is None:

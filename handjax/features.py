@@ -19,7 +19,7 @@ import numpy as np
 from flax import struct
 from tqdm.auto import tqdm
 
-from handjax import backbones, data
+from handjax import backbones, console, data
 from handjax.models import classifier
 
 
@@ -33,6 +33,32 @@ def load_examples(spec, seed: int, n_folds: int = data.N_FOLDS) -> data.Examples
                                 min_per_class=n_folds)
     return data.load_synthetic(n_per_class=spec.n_per_class, image_size=spec.image_size,
                                seed=seed)
+
+
+def one_label_per_photo(examples: data.Examples, dup: np.ndarray | None,
+                        on_error: str) -> tuple[data.Examples, np.ndarray | None]:
+    """Refuse (``on_error="raise"``) or leave out with a line (``"skip"``) every group of
+    identical or near-duplicate photos filed under more than one class, naming the files
+    and their classes. Returns the examples and near-duplicate groups kept."""
+    same = data.identical_groups(examples.images)
+    conflicts = data.label_conflicts(data.merge_groups(same, dup), examples.labels)
+    if not conflicts:
+        return examples, dup
+    names = examples.class_names
+    listing = "; ".join(" = ".join(f"{examples.ids[i]} ({names[examples.labels[i]]})"
+                                   for i in group) for group in conflicts)
+    what = f"{len(conflicts)} photo(s) filed under two classes (identical or near-duplicate)"
+    if on_error != "skip":
+        raise data.DataError(f"{what}: {listing}; keep each photo in one class folder, or "
+                             "--config.data.on_error=skip leaves them out")
+    console.say(f"left out {what}: {listing}")
+    keep = np.setdiff1d(np.arange(len(examples.labels)), np.concatenate(conflicts))
+    ids = type(examples.ids)(examples.ids[i] for i in keep)
+    if hasattr(examples.ids, "source"):   # where the photos came from (data.describe)
+        ids.source = examples.ids.source
+    kept = data.Examples(examples.images[keep], examples.labels[keep], ids,
+                         examples.class_names)
+    return kept, None if dup is None else dup[keep]
 
 
 def describe_data(examples: data.Examples, groups: np.ndarray | None) -> dict:
@@ -73,6 +99,7 @@ def protocol_data(spec, seed: int, n_folds: int, inner_val: float = 0.0) -> Prot
     from handjax import distributed   # processes may share $HANDJAX_CACHE: one writes it
     examples = distributed.primary_first(lambda: load_examples(spec, seed, n_folds))
     dup = data.duplicate_groups(examples.images) if spec.dedup else None
+    examples, dup = one_label_per_photo(examples, dup, spec.on_error)
     if spec.metadata:
         subjects, metadata = data.load_metadata(spec.metadata, examples.ids)
     elif not spec.root:     # synthetic: two photos (left and right hand) per person

@@ -9,6 +9,7 @@ from flax import struct
 
 from handjax import config as configs
 from handjax import features, folds
+from handjax import workdir as workdirs
 from handjax.errors import RunError, TrainingError
 from handjax.models import classifier
 
@@ -45,6 +46,7 @@ def load_run(workdir) -> TrainedRun:
         if not (workdir / need).is_file():
             raise RunError(f"{workdir / need} not found: point --workdir at a finished run "
                            "(python launch.py --config ...)")
+    workdirs.check_finished(workdir)
     spec = configs.parse_run(ml_collections.ConfigDict(read_json(workdir / "config.json")))
     results = read_json(workdir / "results.json")
     check_weights(workdir, spec)

@@ -318,20 +318,24 @@ def _run_locked(spec, workdir: Path) -> dict:
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, spec.config_json)
+        workdirs.mark_incomplete(workdir)     # until every result is written
     timing: dict = {}
+    console.say(f"{spec.name}: {spec.n_folds} folds, {spec.model.name} at "   # before any bar
+                f"{spec.data.image_size} px, loss {spec.loss.label} -> {workdir}")
     prep = features.prepare(spec, workdir)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(spec, prep))
     timing["prepare_s"] = time.perf_counter() - t0
-    console.say(f"{spec.name}: {len(prep.examples.labels)} photos, {spec.n_folds} folds, "
-                f"{spec.model.name} at {spec.data.image_size} px, loss {spec.loss.label}; "
-                f"frozen features {prep.cache_bytes / 2**20:.1f} MiB -> {workdir}")
+    console.say(f"{len(prep.examples.labels)} photos; frozen features "
+                f"{prep.cache_bytes / 2**20:.1f} MiB")
     t = time.perf_counter()
     decisions, preds, calib = _train_and_evaluate(prep, spec, workdir, timing)
     results = _clinical_results(spec, prep, workdir, decisions, preds, calib)
     timing["evaluate_s"] = time.perf_counter() - t - timing.get("fit_s", 0.0)
     timing["wall_time_s"] = time.perf_counter() - t0
     _write_outputs(workdir, results, timing, preds)
+    if distributed.is_primary():
+        workdirs.mark_finished(workdir)
     return results
 
 
