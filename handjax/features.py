@@ -47,7 +47,8 @@ def one_label_per_photo(examples: data.Examples, dup: np.ndarray | None,
     names = examples.class_names
     listing = "; ".join(" = ".join(f"{examples.ids[i]} ({names[examples.labels[i]]})"
                                    for i in group) for group in conflicts)
-    what = f"{len(conflicts)} photo(s) filed under two classes (identical or near-duplicate)"
+    what = (f"the same photo under two classes ({len(conflicts)} case(s) of identical or "
+            "near-duplicate copies)")
     if on_error != "skip":
         raise data.DataError(f"{what}: {listing}; keep each photo in one class folder, or "
                              "--config.data.on_error=skip leaves them out")

@@ -117,3 +117,51 @@ def test_model_names_are_the_backbone_registry():
     from handjax import backbones
 
     assert configs.MODEL_NAMES == backbones.NAMES
+
+
+@pytest.mark.parametrize("key", ["train.lr1", "train.lr2", "svm.C", "loss.ce_weight"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused(key, value):
+    c = configs.cell("vgg16", "categorical", "smoke")
+    section, leaf = key.split(".")
+    c[section][leaf] = value
+    with pytest.raises(ConfigError, match=f"config.{key}={value!r}: expected a finite"):
+        configs.parse(c)
+
+
+def test_bootstrap_zero_is_accepted_and_negative_refused():
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.eval.bootstrap = 0
+    assert configs.parse(c).eval.bootstrap == 0
+    c.eval.bootstrap = -1
+    with pytest.raises(ConfigError, match="eval.bootstrap=-1"):
+        configs.parse(c)
+
+
+def test_unknown_key_is_quoted_once_with_the_closest_known_keys():
+    cfg = str(ROOT / "experiments" / "vgg19_custom.py") + ":smoke"
+    assert configs.unknown_key(["launch.py", "--config", cfg, "--config.train.lr1=1"]) is None
+    msg = configs.unknown_key(["launch.py", f"--config={cfg}", "--config.trian.lr1=1"])
+    assert msg == ("unknown config key 'trian.lr1' (--config.trian.lr1=1); "
+                   "did you mean train.lr1?")
+    msg = configs.unknown_key(["launch.py", "--config", cfg, "--config.zzz=1"])
+    assert msg.count("'zzz'") == 1 and "did you mean" not in msg
+
+
+def test_one_line_keeps_quotes_whole():
+    e = ValueError("flag --config.train.epochs1=ten: invalid literal for int() with base 10: "
+                   "'ten'")
+    assert configs.one_line(e).endswith("base 10: 'ten'")
+    assert configs.one_line(KeyError("'lr3'")) == "lr3"
+    nested = "Traceback (most recent call last):\n  File x\nhandjax.errors.ConfigError: bad 'x'"
+    assert configs.one_line(RuntimeError(nested)) == "bad 'x'"
+
+
+def test_config_file_that_does_not_parse_is_file_line_and_message(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("def get_config():\n    return 1 +\n")
+    try:
+        compile(bad.read_text(), str(bad), "exec")
+    except SyntaxError as e:
+        msg = configs.flag_error(e, ["launch.py", "--config", str(bad)])
+    assert msg == f"config file {bad}:2 does not parse: invalid syntax"

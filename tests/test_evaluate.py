@@ -112,3 +112,30 @@ def test_no_inner_split_leaves_calibrated_equal_to_cnn():
         targets={"sensitivity": 0.9, "specificity": 0.9})
     np.testing.assert_array_equal(preds.probs["cnn_calibrated"], preds.probs["cnn"])
     assert calib["temperatures"] == [1.0] * k
+
+
+def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):
+    """``eval.bootstrap=0`` (documented: no CIs): every figure, subgroup and operating point
+    is computed, each interval is empty, and the report says so (it was an IndexError
+    after all training)."""
+    from handjax import clinical, report, train
+    from handjax.config import EvalSpec
+    prep = _fake_prep()
+    prep.metadata = {"band": np.array(["a", "b"] * (len(prep.examples.labels) // 2))}
+    n, k = len(prep.examples.labels), len(prep.folds)
+    rng = np.random.default_rng(2)
+    outputs = (rng.normal(size=(k, n, 3)).astype(np.float32),
+               rng.normal(size=(k, n, 4)).astype(np.float32))
+    preds, calib = evaluate.out_of_fold(
+        outputs, prep, loss_name="categorical",
+        svm=type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced")), seed=0,
+        targets={"sensitivity": 0.9, "specificity": 0.9})
+    csv_path = clinical.write_predictions(tmp_path / "predictions.csv", preds)
+    out = train.json_safe(evaluate.clinical_results(csv_path, preds, calib,
+                                                    EvalSpec(bootstrap=0), seed=0))
+    auroc = out["clinical"]["cnn"]["auroc_macro"]
+    assert auroc["value"] is not None and auroc["ci95"] == [None, None]
+    assert auroc["n_finite"] == 0
+    assert all(e["accuracy"]["ci95"] == [None, None] for e in out["subgroups"]["band"].values())
+    text = report.headline({**out, "data": {}}) + report.clinical_markdown(out)
+    assert "no CIs (`eval.bootstrap=0`" in text and "[n/a]" in text

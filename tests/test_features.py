@@ -120,3 +120,93 @@ def test_spilled_cache_gives_identical_results(tmp_path):
     golden = json.loads((Path(__file__).parent / "golden" / "smoke_confusions.json")
                         .read_text())["vgg16_categorical"]
     assert {k: results["decisions"][k]["confusion"] for k in golden} == golden
+
+
+# --------------------------------------------------------------------------- one label per photo
+def _noise_examples(n_per_class=6, size=48):
+    """Distinct textured photos (near-duplicate detection needs texture), in class order."""
+    from handjax import data
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3 * n_per_class, size, size, 3), np.uint8)
+    labels = np.repeat(np.arange(3), n_per_class).astype(np.int32)
+    ids = [f"{data.CLASSES[l]}/{i}.png" for i, l in enumerate(labels)]
+    return data.Examples(images, labels, ids, data.CLASSES)
+
+
+def _reencoded(image):
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(image).resize((40, 40)).save(buf, "JPEG", quality=70)
+    return np.asarray(Image.open(buf).convert("RGB").resize(image.shape[:2]))
+
+
+@pytest.mark.parametrize("copy", ["identical", "re-encoded"])
+def test_same_photo_under_two_labels_is_refused_naming_files_and_classes(copy):
+    from handjax import data
+    ex = _noise_examples()
+    images = ex.images.copy()
+    images[13] = images[0] if copy == "identical" else _reencoded(images[0])   # normal -> ra
+    ex = ex._replace(images=images)
+    dup = data.duplicate_groups(ex.images)
+    with pytest.raises(data.DataError) as err:
+        features.one_label_per_photo(ex, dup, "raise")
+    msg = str(err.value)
+    assert "normal/0.png (normal) = ra/13.png (ra)" in msg and "on_error=skip" in msg
+    assert "\n" not in msg
+
+
+def test_identical_photos_are_refused_even_without_near_duplicate_detection():
+    from handjax import data
+    ex = _noise_examples()
+    ex.images[7] = ex.images[2]                                   # normal/2 == heberden/7
+    with pytest.raises(data.DataError, match=r"normal/2\.png \(normal\) = heberden/7\.png"):
+        features.one_label_per_photo(ex, None, "raise")
+
+
+def test_skip_leaves_the_conflicting_group_out_with_a_line(capsys):
+    from handjax import data
+    ex = _noise_examples()
+    ex.images[13] = ex.images[0]
+    ex.images[1] = ex.images[0]                       # a same-class copy joins the group
+    kept, dup = features.one_label_per_photo(ex, data.duplicate_groups(ex.images), "skip")
+    assert [i for i in ex.ids if i not in kept.ids] == ["normal/0.png", "normal/1.png",
+                                                          "ra/13.png"]
+    assert len(dup) == len(kept.labels) == len(kept.images) == 15
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("handjax: left out the same photo under two classes (1 case(s)")
+    assert "ra/13.png (ra)" in line
+
+
+def test_same_class_copies_are_kept():
+    from handjax import data
+    ex = _noise_examples()
+    ex.images[1] = ex.images[0]
+    kept, _ = features.one_label_per_photo(ex, data.duplicate_groups(ex.images), "raise")
+    assert kept is ex
+
+
+def test_hard_link_and_byte_copy_across_classes_refused_before_training(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from handjax import data
+    rng = np.random.default_rng(1)
+    for name in data.CLASSES:
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
+                tmp_path / name / f"{i}.png")
+    os.link(tmp_path / "normal" / "0.png", tmp_path / "ra" / "linked.png")
+    (tmp_path / "heberden" / "copy.png").write_bytes((tmp_path / "normal" / "1.png").read_bytes())
+    c = tiny_config()
+    c.data.root = str(tmp_path)
+    spec = configs.parse_run(c)
+    with pytest.raises(data.DataError) as err:
+        features.protocol_data(spec.data, spec.seed, spec.n_folds)
+    msg = str(err.value)
+    assert msg.startswith("the same photo under two classes (2 case(s)")
+    assert "normal/0.png (normal) = ra/linked.png (ra)" in msg
+    assert "normal/1.png (normal) = heberden/copy.png (heberden)" in msg

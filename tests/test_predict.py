@@ -247,3 +247,12 @@ def test_out_into_a_missing_or_read_only_folder_is_one_clear_line(run_dir, photo
                          str(photos[0])]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write the overlays" in err[0] and "--out" in err[0]
+
+
+def test_photo_below_the_minimum_size_is_one_line_naming_it(tmp_path, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1)).save(tiny)
+    assert predict.main(["--workdir", str(tmp_path / "norun"), str(tiny)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"handjax: error: {tiny}: too small (1x1 pixels; a photo needs at least "
+                    f"{data.decode.MIN_PHOTO_SIDE} px on each side)")

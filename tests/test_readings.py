@@ -67,3 +67,11 @@ def test_markdown_lists_every_row_and_candidate():
         assert f"| {name} |" in text
     for name in readings.CANDIDATES:
         assert f"| {name} | fold |" in text
+
+
+def test_bad_flag_values_are_argparse_errors(capsys):
+    import pytest
+    for argv in (["--sims", "0"], ["--seed", "-1"], ["--sims", "many"]):
+        with pytest.raises(SystemExit) as e:
+            readings.main(argv)
+        assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
