@@ -100,16 +100,22 @@ def test_calibration_and_thresholds_only_see_inner_photos(monkeypatch):
     assert all(t > 0 for t in calib["temperatures"])
 
 
-def test_no_inner_split_leaves_calibrated_equal_to_cnn():
-    prep = _fake_prep(inner_frac=0.0)
+def _random_out_of_fold(prep, seed: int):
+    """:func:`evaluate.out_of_fold` of random per-fold logits and pooled features."""
     n, k = len(prep.examples.labels), len(prep.folds)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     outputs = (rng.normal(size=(k, n, 3)).astype(np.float32),
                rng.normal(size=(k, n, 4)).astype(np.float32))
-    preds, calib = evaluate.out_of_fold(
+    return evaluate.out_of_fold(
         outputs, prep, loss_name="categorical",
         svm=type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced")), seed=0,
         targets={"sensitivity": 0.9, "specificity": 0.9})
+
+
+def test_no_inner_split_leaves_calibrated_equal_to_cnn():
+    prep = _fake_prep(inner_frac=0.0)
+    k = len(prep.folds)
+    preds, calib = _random_out_of_fold(prep, seed=1)
     np.testing.assert_array_equal(preds.probs["cnn_calibrated"], preds.probs["cnn"])
     assert calib["temperatures"] == [1.0] * k
 
@@ -122,14 +128,7 @@ def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):
     from handjax.config import EvalSpec
     prep = _fake_prep()
     prep.metadata = {"band": np.array(["a", "b"] * (len(prep.examples.labels) // 2))}
-    n, k = len(prep.examples.labels), len(prep.folds)
-    rng = np.random.default_rng(2)
-    outputs = (rng.normal(size=(k, n, 3)).astype(np.float32),
-               rng.normal(size=(k, n, 4)).astype(np.float32))
-    preds, calib = evaluate.out_of_fold(
-        outputs, prep, loss_name="categorical",
-        svm=type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced")), seed=0,
-        targets={"sensitivity": 0.9, "specificity": 0.9})
+    preds, calib = _random_out_of_fold(prep, seed=2)
     csv_path = clinical.write_predictions(tmp_path / "predictions.csv", preds)
     out = train.json_safe(evaluate.clinical_results(csv_path, preds, calib,
                                                     EvalSpec(bootstrap=0), seed=0))
