@@ -30,6 +30,7 @@ def test_even_batch_wastes_the_least_padding():
     assert features.even_batch(0, 8) == 8
 
 
+@pytest.mark.slow  # bf16
 def test_bfloat16_cache_is_close_to_float32():
     """The optional bf16 feature cache halves memory at ~3 significant digits."""
     full = features.prepare(tiny_spec())

@@ -135,6 +135,7 @@ def test_start_stop_split(name):
     assert expected_top_first in top and order.index(expected_top_first) == len(bottom)
 
 
+@pytest.mark.slow  # bf16 in five conv algorithms: ~70 s on 2 cores
 @pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad", "winograd", "matmul"])
 def test_bfloat16_compute_keeps_float32_params(impl):
     # ResNet50 at init: identity BN and residual adds keep activations O(1).

@@ -32,5 +32,6 @@ __all__ = [
     "CLASSES", "DISPLAY_NAMES", "IMAGE_EXTENSIONS", "N_FOLDS", "SYNTHETIC_SIZE", "DataError",
     "Examples", "HandConditions", "SyntheticHands", "augment", "contact_sheet", "decode_image",
     "describe", "duplicate_groups", "folds", "identical_groups", "inner_splits",
-    "label_conflicts", "load_folder", "load_metadata", "load_synthetic", "main", "merge_groups", "render_hand", "synthetic_metadata",
+    "label_conflicts", "load_folder", "load_metadata", "load_synthetic", "main",
+    "merge_groups", "render_hand", "synthetic_metadata",
 ]

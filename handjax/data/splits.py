@@ -96,9 +96,10 @@ def identical_groups(images) -> np.ndarray:
 def label_conflicts(groups, labels) -> list[np.ndarray]:
     """The groups (index arrays) whose photos carry more than one label: one photo, or copies
     of it, under two classes would train and test against itself with conflicting answers."""
-    groups, labels = np.asarray(groups), np.asarray(labels)
-    return [np.flatnonzero(groups == g) for g in np.unique(groups)
-            if len(np.unique(labels[groups == g])) > 1]
+    _, groups = np.unique(np.asarray(groups), return_inverse=True)
+    pairs = np.unique(np.stack([groups.ravel(), np.asarray(labels).ravel()], 1), axis=0)
+    mixed = np.flatnonzero(np.bincount(pairs[:, 0]) > 1)     # groups with two or more labels
+    return [np.flatnonzero(groups == g) for g in mixed]
 
 
 def merge_groups(*group_arrays) -> np.ndarray:
