@@ -50,11 +50,35 @@ def quiet(verbose: bool = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in _THIRD_PARTY:
         logging.getLogger(name).setLevel(level)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.removeFilter(_quiet_orbax)
+    if not verbose:
+        absl_logger.addFilter(_quiet_orbax)
+    sys.unraisablehook = _PYTHON_UNRAISABLE if verbose else _unraisable
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
     except ImportError:  # absl is a dependency; keep the console usable without it
         pass
+
+
+def _quiet_orbax(record: logging.LogRecord) -> bool:
+    """Drop orbax's own error logs (each with a traceback, one per background thread: a
+    full disk gave ~400 lines): the failure also reaches the main thread as an exception,
+    which the entry point turns into one line. ``-v`` keeps them."""
+    return "/orbax/" not in record.pathname.replace("\\", "/")
+
+
+def _unraisable(info) -> None:
+    """After a failed orbax save, tensorstore calls back into asyncio loops already closed;
+    Python prints each "Event loop is closed" as an unraisable traceback. Drop just those."""
+    if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(
+            info.exc_value):
+        return
+    _PYTHON_UNRAISABLE(info)
+
+
+_PYTHON_UNRAISABLE = sys.unraisablehook
 
 
 def summary_lines(results: dict, metric_keys, where: str) -> list[str]:

@@ -4,6 +4,7 @@ boundary, the setup is checked (the cache folder), then one call runs a single c
 from __future__ import annotations
 
 import errno
+import re
 
 from handjax import config as configs
 from handjax.cache import check_cache_dir
@@ -41,7 +42,8 @@ def disk_full(error: BaseException) -> OSError | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _NO_SPACE:
             return error
-        if "No space left on device" in str(error):
-            return OSError(errno.ENOSPC, "No space left on device")
+        if "No space left on device" in str(error):   # tensorstore: the path in quotes
+            paths = re.findall(r'"(/[^"]+)"', str(error))
+            return OSError(errno.ENOSPC, "No space left on device", *paths[-1:])
         error = error.__cause__ or error.__context__
     return None

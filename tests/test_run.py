@@ -63,3 +63,10 @@ def test_disk_full_is_found_in_messages_and_not_invented():
     assert run.disk_full(RuntimeError("tensorstore: No space left on device [os error 28]"))
     assert run.disk_full(ValueError("something else")) is None
     assert run.disk_full(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def test_disk_full_message_of_tensorstore_names_the_file():
+    msg = ('RESOURCE_EXHAUSTED: Error writing "params.x/0.0" in OCDBT database at local file '
+           '"/w/checkpoints/3.tmp/ocdbt/": Failed writing: "/w/checkpoints/3.tmp/d/1e26": '
+           "Failed to write 38285312 bytes to file 15: No space left on device [os_error_code='28']")
+    assert run.disk_full(ValueError(msg)).filename == "/w/checkpoints/3.tmp/d/1e26"
