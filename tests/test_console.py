@@ -1,7 +1,18 @@
 """The console: third-party loggers quiet by default, the closing summary's content."""
 import logging
 
+import pytest
+
 from handjax import console
+
+
+@pytest.fixture(autouse=True)
+def _restore_hooks(monkeypatch):
+    """console.quiet sets process-wide hooks: give the rest of the session its own back."""
+    import sys
+    import warnings
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
 
 
 def test_quiet_and_verbose():
@@ -51,7 +62,6 @@ def test_only_closed_event_loop_noise_is_dropped_from_unraisable_errors(monkeypa
     from types import SimpleNamespace
     seen = []
     monkeypatch.setattr(console, "_PYTHON_UNRAISABLE", seen.append)
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)   # restored afterwards
     console.quiet(verbose=False)
     noise = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
     other = SimpleNamespace(exc_value=ValueError("real"))
