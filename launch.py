@@ -32,31 +32,20 @@ _RESTART = flags.DEFINE_bool("restart", False, "Discard a previous run in --work
 
 
 def parse_flags(argv):
-    """absl's parser, but a bad config file or key is one line, not a traceback."""
+    """absl's parser, but a bad config file, key or value is one line, not a traceback."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, SyntaxError,
+            OSError) as e:
         if os.environ.get("HANDJAX_DEBUG"):
             raise
-        _fail(f"bad flag or config: {_one_line(e)}", code=2)
-
-
-def _one_line(e: BaseException) -> str:
-    """The gist of an error whose text may embed a traceback (ml_collections does)."""
-    msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
-    # ml_collections nests a KeyError's repr in another: unescape it into plain lines
-    msg = msg.replace("\\n", "\n").replace("\\'", "'")
-    lines = [l.strip().strip("'") for l in msg.splitlines() if l.strip().strip("'")]
-    if "No such file or directory" in msg:
-        paths = [l for l in lines if l.endswith(".py")]
-        return f"config file not found: {paths[-1] if paths else lines[-1]}"
-    if any(l.startswith("Traceback") for l in lines):
-        return lines[-1]
-    return " ".join(lines)
+        from handjax import config as configs
+        _fail(f"bad flag or config: {configs.flag_error(e, argv)}", code=2)
 
 
 def _fail(message: str, code: int = 1):
-    print(f"handjax: error: {message}", file=sys.stderr)
+    from handjax import console
+    console.error(message)
     sys.exit(code)
 
 
@@ -68,19 +57,22 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:
         _fail(str(e), code=2)
+    from handjax import config as configs
     console.quiet(verbose=flags.FLAGS["verbosity"].present)
     try:
         config = _CONFIG.value
         name = config.name
-    except (OSError, ValueError) as e:  # config files load lazily, on first access
-        _fail(_one_line(e), code=2)
+    except (OSError, ValueError, SyntaxError) as e:  # config files load lazily, on first access
+        _fail(configs.flag_error(e, sys.argv), code=2)
     workdir = _WORKDIR.value or os.path.join("runs", name)
     try:
         run.main(config, workdir, restart=_RESTART.value)
     except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
         if os.environ.get("HANDJAX_DEBUG"):
             raise
-        _fail(_one_line(e))
+        _fail(configs.one_line(e))
+    except KeyboardInterrupt:   # checkpoints are written whole or not at all
+        _fail("interrupted; rerun the same command to resume", code=130)
 
 
 if __name__ == "__main__":

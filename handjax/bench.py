@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from handjax import backbones
+from handjax import backbones, console
 
 # handjax.train is imported inside the functions that need it: ``steps`` needs only the
 # backbones, and so runs where tensorflow-datasets (imported by the data pipeline) is not
@@ -419,10 +419,11 @@ def scaling_main(argv) -> int:
     import subprocess
     p = argparse.ArgumentParser(prog="python -m handjax.bench scaling")
     p.add_argument("--quick", action="store_true", help="N = 30, 60, 120 at 32 px, 1+1 epochs")
-    p.add_argument("--sizes", help="comma list of N (default 150,600,2400)")
+    p.add_argument("--sizes", type=console.int_list(15),
+                   help="comma list of N (default 150,600,2400)")
     p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
-    p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--epochs", default="2+1")
+    p.add_argument("--image-size", type=console.int_at_least(32, 1024), default=112)
+    p.add_argument("--epochs", type=console.epochs, default="2+1")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--spill", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the rows to this file")
@@ -433,8 +434,7 @@ def scaling_main(argv) -> int:
         print("SCALING " + json.dumps(scaling_child(a.child, a.image_size, a.epochs, a.model,
                                                       a.spill)), flush=True)
         return 0
-    sizes = ([int(v) for v in a.sizes.split(",")] if a.sizes
-             else SCALING_SIZES["quick" if a.quick else "full"])
+    sizes = a.sizes or SCALING_SIZES["quick" if a.quick else "full"]
     rows = []
     for n in sizes:
         for spill in (False, True):
@@ -467,11 +467,12 @@ def main(argv=None) -> int:
                    choices=("protocol", "steps", "folds", "all"))
     p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
     p.add_argument("--models", default="vgg19", help="comma list for 'steps'")
-    p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--n-per-class", type=int, default=50)
-    p.add_argument("--epochs", default="2+1", help="phase-1+phase-2 epochs")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--image-size", type=console.int_at_least(32, 1024), default=112)
+    p.add_argument("--n-per-class", type=console.int_at_least(2), default=50)
+    p.add_argument("--epochs", type=console.epochs, default="2+1",
+                   help="phase-1+phase-2 epochs")
+    p.add_argument("--folds", type=console.int_at_least(2, 20), default=5)
+    p.add_argument("--batch", type=console.int_at_least(1), default=16)
     p.add_argument("--weights", default="none", help="'none' (random) or 'imagenet'")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of the 'steps' train step (parameters stay float32); "

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from handjax import clinical
+from handjax import clinical, console
+from handjax import workdir as workdirs
 
 
 def _aligned(a: clinical.Predictions, b: clinical.Predictions, names=("A", "B")):
@@ -153,6 +154,7 @@ def _csv_path(run: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"no predictions.csv at {p}: pass a run's workdir or its "
                                 "predictions.csv")
+    workdirs.check_finished(p.parent)   # a run that failed after writing predictions.csv
     return p
 
 
@@ -186,15 +188,16 @@ def main(argv=None) -> int:
     ap.add_argument("run_a", help="run workdir (or its predictions.csv)")
     ap.add_argument("run_b")
     ap.add_argument("--rule", default="cnn", choices=clinical.RULES + (clinical.MEC_RULE,))
-    ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-boot", type=console.int_at_least(0), default=2000,
+                    help="subject-bootstrap resamples (0: no CI)")
+    ap.add_argument("--seed", type=console.int_at_least(0), default=0)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     try:
         a, b = (clinical.read_predictions(_csv_path(r)) for r in (args.run_a, args.run_b))
         result = compare_runs(a, b, args.rule, n_boot=args.n_boot, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.error(str(e))
         return 2
     print(json.dumps(result, indent=1) if args.json else _format(result, args.run_a, args.run_b))
     return 0

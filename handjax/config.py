@@ -13,7 +13,10 @@ Which protocol choices come from the study and which are ours: README, "The prot
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import re
 
 import ml_collections
 
@@ -85,7 +88,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.inner_val = 0.0
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.bootstrap = 2000       # subject-level bootstrap resamples for every 95% CI
+    c.eval.bootstrap = 2000       # subject-level bootstrap resamples for every 95% CI (0: none)
     c.eval.sensitivity = 0.90     # operating points: sensitivity >= this on the inner split
     c.eval.specificity = 0.90     # ... and specificity >= this
 
@@ -356,7 +359,7 @@ def _train(c) -> TrainSpec:
 def _eval(c) -> EvalSpec:
     if "eval" not in c:         # config.json of runs from before the clinical metrics
         return EvalSpec()
-    _check_int(c, "eval.bootstrap", lo=0, hi=1_000_000)
+    _check_int(c, "eval.bootstrap", lo=0, hi=1_000_000)   # 0: point values, no CIs
     for key in ("eval.sensitivity", "eval.specificity"):
         _check_float(c, key, lo=0.0, hi=1.0, lo_open=True)
     e = c.eval
@@ -400,11 +403,110 @@ def _check_float(c, key: str, lo: float, hi: float | None = None, lo_open: bool 
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    bad = not v == v or (v <= lo if lo_open else v < lo)
+    bad = not math.isfinite(v) or (v <= lo if lo_open else v < lo)   # inf, nan: never
     if hi is not None:
         bad = bad or (v >= hi if hi_open else v > hi)
+    if bad and hi is None:
+        raise ConfigError(f"config.{key}={value!r}: expected a finite number "
+                          f"{'>' if lo_open else '>='} {lo}")
     if bad:
-        left = "(" if lo_open else "["
-        right = (")" if hi_open else "]") if hi is not None else ")"
-        raise ConfigError(f"config.{key}={value!r}: expected a number in "
-                          f"{left}{lo}, {hi if hi is not None else 'inf'}{right}")
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ConfigError(f"config.{key}={value!r}: expected a number in {left}{lo}, {hi}{right}")
+
+
+# ----------------------------------------------------------------------------- flag errors
+def flag_error(error: BaseException, argv) -> str:
+    """One line for a command line that cannot become a config: a config file that does not
+    parse (``file:line: message``), an unknown key (quoted once, with the closest known key
+    suggested), or a value of the wrong type."""
+    if isinstance(error, SyntaxError):
+        where = f"{error.filename}:{error.lineno}" if error.lineno else str(error.filename)
+        return f"config file {where} does not parse: {error.msg}"
+    unknown = unknown_key(argv)
+    if unknown:
+        return unknown
+    return one_line(error)
+
+
+def unknown_key(argv) -> str | None:
+    """``"unknown config key 'train.lr3' (--config.train.lr3=1); did you mean train.lr1?"``
+    for the first ``--config.<key>`` override that the config file does not have, else None
+    (also when the file itself cannot be loaded: another error says why)."""
+    config = _load_config_arg(argv)
+    if config is None:
+        return None
+    known = _flat_keys(config)
+    for arg in argv[1:]:
+        if not arg.startswith("--config.") or "=" not in arg:
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        if key not in known:
+            close = closest(key, known)
+            hint = (f"; did you mean {' or '.join(close)}?" if close
+                    else "; see the config file for its keys")
+            return f"unknown config key {key!r} ({arg}){hint}"
+    return None
+
+
+def closest(word: str, candidates) -> list[str]:
+    """The candidates most like ``word`` (all that tie for the best difflib ratio >= 0.6)."""
+    scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in sorted(candidates)]
+    best = max((r for r, _ in scored), default=0.0)
+    return [c for r, c in scored if r == best] if best >= 0.6 else []
+
+
+def _load_config_arg(argv):
+    """The ConfigDict that ``--config path.py[:arg]`` names, or None."""
+    import importlib.util
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+    if not value:
+        return None
+    path, _, variant = value.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("handjax_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(variant) if variant else module.get_config()
+    except Exception:   # noqa: BLE001 - the caller reports the original error instead
+        return None
+
+
+def _flat_keys(config, prefix: str = "") -> set:
+    """Every key of ``config`` as a dotted path, the nested ConfigDicts' own keys included."""
+    keys = set()
+    for k, v in config.items():
+        keys.add(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys |= _flat_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def one_line(error: BaseException) -> str:
+    """The gist of an error whose text may embed a traceback (ml_collections does), with
+    its quotes kept whole."""
+    msg = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+    # ml_collections nests a KeyError's repr in another: unescape it into plain lines
+    msg = msg.replace("\\n", "\n").replace("\\'", "'")
+    lines = [_unquote(l.strip()) for l in msg.splitlines() if _unquote(l.strip())]
+    if not lines:
+        return type(error).__name__
+    if "No such file or directory" in msg:
+        paths = [l for l in lines if l.endswith(".py")]
+        return f"config file not found: {paths[-1] if paths else lines[-1]}"
+    if any(l.startswith("Traceback") for l in lines):
+        # "handjax.errors.ConfigError: unknown ..." -> "unknown ..."
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1])
+    return " ".join(lines)
+
+
+def _unquote(line: str) -> str:
+    """A line wholly inside one pair of quotes loses them; quotes inside a line stay."""
+    for q in ("\"", "'"):
+        if len(line) >= 2 and line[0] == line[-1] == q:
+            line = line[1:-1]
+    return line

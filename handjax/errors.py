@@ -22,4 +22,8 @@ class RunError(HandjaxError, FileNotFoundError):
     """A workdir does not hold the finished run a command needs."""
 
 
+class SetupError(HandjaxError, OSError):
+    """The machine stands in the way: a cache folder that cannot be written, a full disk."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (HandjaxError,)

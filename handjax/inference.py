@@ -48,6 +48,7 @@ def load_run(workdir) -> TrainedRun:
         if not (workdir / need).is_file():
             raise RunError(f"{workdir / need} not found: point --workdir at a finished run "
                            "(python launch.py --config ...)")
+    workdirs.check_finished(workdir)
     run_spec = configs.parse_run(ml_collections.ConfigDict(read_json(workdir / "config.json")))
     results = read_json(workdir / "results.json")
     check_weights(workdir, run_spec)

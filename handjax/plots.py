@@ -42,9 +42,16 @@ def plot_confusion(cm, class_names, title: str, path) -> Path:
 
 
 def plot_curves(records: list[dict], path) -> Path:
+    """Loss and accuracy per fold against epochs (:func:`curves_figure`), as a PNG."""
+    curves_figure(records).savefig(path)
+    return Path(path)
+
+
+def curves_figure(records: list[dict]) -> Figure:
     """Loss and accuracy per fold against epochs (phase 1 then phase 2): training solid,
     the test fold dashed (``test_*``, shown, never used for tuning), the inner validation
-    split dotted (``val_*``), and a thin dotted line where phase 2 starts."""
+    split dotted (``val_*``), and a thin dotted line where phase 2 starts. The line styles
+    are told once, above both plots, so the two titles stay short and apart."""
     fig = Figure(figsize=(9, 3.6), dpi=100)
     axes = fig.subplots(1, 2)
     folds = sorted({r["fold"] for r in records if "fold" in r})
@@ -64,13 +71,12 @@ def plot_curves(records: list[dict], path) -> Path:
             for ax in axes:
                 ax.axvline(starts[0] - 0.5, color=color, linestyle=":", linewidth=0.8)
     for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.set(xlabel="epoch (phase 1, then phase 2)", ylabel=key,
-               title=f"{key}: train (solid), test fold (dashed, not for tuning), "
-                     "inner val (dotted)")
+        ax.set(xlabel="epoch (phase 1, then phase 2)", ylabel=key, title=key)
+    fig.suptitle("train (solid), test fold (dashed, not for tuning), inner val (dotted)",
+                 fontsize="medium")
     axes[0].legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return fig
 
 
 def plot_roc(path, y, prob, operating_points=None) -> Path:

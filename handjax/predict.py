@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from handjax import data, losses, metrics
+from handjax import console, data, losses, metrics
 from handjax.evaluate import probabilities
 from handjax.inference import TrainedRun, load_run
 from handjax.models import backbones
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
         if os.environ.get("HANDJAX_DEBUG"):
             raise
-        print(f"handjax: error: {e}", file=sys.stderr)
+        console.error(str(e))
         return 1
     if args.json:
         print(json.dumps(as_json(run, preds, overlays), indent=2))

@@ -39,7 +39,7 @@ import argparse
 import jax.numpy as jnp
 import numpy as np
 
-from handjax import metrics
+from handjax import console, metrics
 
 # The study's table (SEED.md): (row, accuracy, custom_multi, custom_plus), CNN then SVM.
 STUDY_ROWS = (
@@ -261,9 +261,10 @@ def markdown(sim: dict, rows=STUDY_ROWS) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sims", type=int, default=100000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m handjax.readings",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--sims", type=console.int_at_least(1), default=100000)
+    parser.add_argument("--seed", type=console.int_at_least(0), default=0)
     parser.add_argument("--prior", choices=sorted(PRIORS), default="broad")
     args = parser.parse_args(argv)
     print(markdown(simulate(args.sims, args.seed, prior=args.prior)))

@@ -221,10 +221,17 @@ def headline(results: dict) -> str:
         f"{format_ci(c.get('specificity_ra'))} (argmax decision)",
         f"- calibration error (top-label ECE, equal-mass sweep): {format_ci(c.get('ece_sweep'))}"
         f"; with 10 equal-width bins {format_ci(c.get('ece_10bin'))} (biased upward)",
-        f"- 95% CIs: percentile bootstrap over {boot.get('unit', 'subject')}s "
-        f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); every "
-        "figure is recomputable from predictions.csv",
+        _bootstrap_line(boot),
     ])
+
+
+def _bootstrap_line(boot: dict) -> str:
+    if boot.get("resamples") == 0:
+        return ("- no CIs (`eval.bootstrap=0`: point values only); every figure is "
+                "recomputable from predictions.csv")
+    return (f"- 95% CIs: percentile bootstrap over {boot.get('unit', 'subject')}s "
+            f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); every "
+            "figure is recomputable from predictions.csv")
 
 
 SMALL_SUBJECTS = 30   # fewer subjects than this: the bootstrap's CIs are not to be trusted

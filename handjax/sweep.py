@@ -42,7 +42,8 @@ def run(sweep_spec: SweepSpec, workdir, restart: bool = False) -> dict:
             sub = workdir / f"{model}_{loss}"
             done = sub / "results.json"
             distributed.barrier(f"handjax_sweep_{sub.name}")   # everyone sees the same files
-            if not restart and done.exists() and workdirs.same_config(sub, cell.config_json):
+            if (not restart and done.exists() and not (sub / workdirs.INCOMPLETE).exists()
+                    and workdirs.same_config(sub, cell.config_json)):
                 console.say(f"cell {sub.name} done, skipping")
                 cells[(loss, model)] = json.loads(done.read_text())
                 mark(workdir, sub.name, "done")

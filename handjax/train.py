@@ -275,18 +275,19 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, run_spec.config_json)
+        workdirs.mark_incomplete(workdir)     # until every result is written
     timing: dict = {}
+    repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
+    console.say(f"{run_spec.name}: {run_spec.n_folds} folds{repeats}, {run_spec.model.name} "
+                f"at {run_spec.data.image_size} px, loss {run_spec.loss.label} -> {workdir}")
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(run_spec, cohort))
     inputs = features.prepare(run_spec, cohort, workdir)
     timing["prepare_s"] = time.perf_counter() - t0
-    repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
-    console.say(f"{run_spec.name}: {len(cohort.labels)} photos, {run_spec.n_folds} folds{repeats}, "
-                f"{run_spec.model.name} at {run_spec.data.image_size} px, loss "
-                f"{run_spec.loss.label}; frozen features {inputs.cache_bytes / 2**20:.1f} MiB "
-                f"-> {workdir}")
+    console.say(f"{len(cohort.labels)} photos; frozen features "
+                f"{inputs.cache_bytes / 2**20:.1f} MiB")
     t = time.perf_counter()
     decisions, preds, calib = _train_and_evaluate(cohort, inputs, run_spec, workdir, timing)
     bound = [k for k, b in enumerate(calib["at_bound"]) if b]
@@ -298,6 +299,8 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     timing["evaluate_s"] = time.perf_counter() - t - timing.get("fit_s", 0.0)
     timing["wall_time_s"] = time.perf_counter() - t0
     _write_outputs(workdir, results, timing)
+    if distributed.is_primary():
+        workdirs.mark_finished(workdir)
     return results
 
 

@@ -3,7 +3,9 @@
 - ``config.json``: a rerun with another config is refused (:func:`claim`);
 - ``ledger.json``: fingerprints of the data and the weight file; a rerun on changed data or
   weights is refused, so folds are never mixed (:func:`check_ledger`);
-- ``.lock``: one run writes at a time (:class:`Lock`).
+- ``.lock``: one run writes at a time (:class:`Lock`);
+- ``INCOMPLETE``: present from a run's start until its results are written, so a run
+  stopped in training or evaluation is never read as a finished one (:func:`check_finished`).
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import jax
 import numpy as np
 
-from handjax.errors import TrainingError
+from handjax.errors import RunError, TrainingError
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import ModelSpec
@@ -26,6 +27,7 @@ if TYPE_CHECKING:   # the specs, for annotations only: config is read at one bou
 
 def enable_compilation_cache(workdir: Path) -> None:
     """JAX's persistent compilation cache next to the workdir: a rerun need not compile."""
+    import jax   # here, so that compare's check of a workdir does not load JAX
     cache = Path(workdir).absolute().parent / ".jax_cache"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     # Low enough to keep the phase epochs, feature passes and evaluation (0.3-2 s each).
@@ -43,7 +45,8 @@ def claim(workdir: Path, config_json: str) -> None:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise TrainingError(
                 f"{workdir} holds a run with another config (differs in "
-                f"{', '.join(changed)}); use another --workdir or delete that folder")
+                f"{', '.join(changed)}); rerun with --restart to discard that run, or "
+                "choose a new --workdir to keep it")
     path.write_text(config_json + "\n")
 
 
@@ -66,8 +69,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 # ----------------------------------------------------------------------------- the ledger
 LEDGER = "ledger.json"
+INCOMPLETE = "INCOMPLETE"
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "results.md", "timing.json",
-             LEDGER, "predictions.csv")
+             LEDGER, "predictions.csv", INCOMPLETE)
 
 
 def data_fingerprint(examples) -> str:
@@ -116,6 +120,26 @@ def check_ledger(workdir: Path, entries: dict) -> None:
         raise TrainingError(f"{workdir} holds a run without a ledger.json (older handjax): "
                             "its data cannot be checked; use a fresh --workdir or --restart")
     path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+
+
+def mark_incomplete(workdir: Path) -> None:
+    """Mark ``workdir`` as holding a run whose results are not (yet) all written."""
+    (Path(workdir) / INCOMPLETE).write_text(
+        "A run started here and has not written all its results (it is running, or it "
+        "stopped in training or evaluation). Rerun its launch command to finish it.\n")
+
+
+def mark_finished(workdir: Path) -> None:
+    """The run's results are all written: ``compare`` and ``predict`` may read them."""
+    (Path(workdir) / INCOMPLETE).unlink(missing_ok=True)
+
+
+def check_finished(workdir) -> None:
+    """One RunError naming ``workdir`` when a run there has not finished writing its
+    results (``INCOMPLETE``): its predictions.csv may be from a run that then failed."""
+    if (Path(workdir) / INCOMPLETE).exists():
+        raise RunError(f"{workdir} holds an unfinished run (it stopped before writing all its "
+                       "results, or is still running); rerun its launch command to finish it")
 
 
 def restart(workdir: Path) -> None:

@@ -60,3 +60,22 @@ def test_scaling_ratios_and_table():
     assert [r["rss_vs_ram"] for r in out] == pytest.approx([1.0, 0.5, 1.0, 0.5])
     table = bench.scaling_table(out)
     assert table.count("\n") == 1 + len(rows) and "| 120 | disk |" in table
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["scaling", "--epochs", "2,1"], "argument --epochs"),
+    (["scaling", "--epochs", "0+0"], "argument --epochs"),
+    (["scaling", "--sizes", "30,x"], "argument --sizes"),
+    (["protocol", "--folds", "1"], "argument --folds"),
+    (["protocol", "--image-size", "-5"], "argument --image-size"),
+    (["protocol", "--epochs", "2+1+1"], "argument --epochs")])
+def test_bad_flag_values_are_argparse_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and "Traceback" not in err
+
+
+def test_epochs_flag_normalises_a_good_value():
+    from handjax import console
+    assert console.epochs("2+1") == "2+1" and console.epochs(" 3 + 0") == "3+0"

@@ -8,6 +8,8 @@ pytest.importorskip("keras")  # conftest sets KERAS_BACKEND=jax
 
 from handjax import bench, bench_keras  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Keras trains the protocol
+
 
 def test_keras_protocol_tiny():
     specs = bench.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,

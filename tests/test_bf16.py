@@ -4,9 +4,12 @@ Parameters, loss and optimiser stay float32 in both; only the convs and the head
 run on bf16 operands (float32 accumulation). The conv numerics themselves are tested against
 float64 in test_models_convs.py."""
 import numpy as np
+import pytest
 
 from cells import run, tiny_config
 from handjax import clinical
+
+pytestmark = pytest.mark.slow  # every test trains the smoke cell twice
 
 # Out-of-fold CNN probabilities (softmax of the per-fold logits): max |bf16 - float32|
 # measured 0.0044 (2026-11-29, confusion matrices identical); the bound is ~4.5x that.

@@ -146,3 +146,10 @@ def test_cli_prints_the_comparison_and_one_error_line(tmp_path, capsys):
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "c"), "--n-boot", "50"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fold" in err
+
+
+def test_cli_bad_flag_values_are_argparse_errors(tmp_path, capsys):
+    for argv in (["--n-boot", "-1"], ["--seed", "x"], ["--rule", "nope"]):
+        with pytest.raises(SystemExit) as e:
+            compare.main([str(tmp_path), str(tmp_path), *argv])
+        assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err

@@ -40,8 +40,26 @@ def test_every_experiment_file_loads_without_path_edits():
         module = experiment(path.stem)
         spec = configs.parse(module.get_config("smoke"))
         assert spec is not None
-    assert not [p for p in ROOT.rglob("*.py") if "sys.path" in p.read_text()
-                and p.name != "test_config.py" and ".git" not in p.parts]
+    assert not [p for p in project_files() if "sys.path" in p.read_text(encoding="utf-8")
+                and p.name != "test_config.py"]
+
+
+def project_files(root: Path = ROOT) -> list[Path]:
+    """The project's own Python files: a virtual environment, build output or cache inside the
+    clone (``python3 -m venv .venv`` is the usual layout) is none of the project's business."""
+    files = [root / "launch.py"]
+    for folder in ("handjax", "experiments", "tests"):
+        files += sorted((root / folder).rglob("*.py"))
+    return [p for p in files if "__pycache__" not in p.parts]
+
+
+def test_project_files_leave_out_a_venv_inside_the_clone(tmp_path):
+    for rel in ("launch.py", "handjax/config.py", "tests/test_x.py",
+                ".venv/lib/python3.11/site-packages/six.py", "build/lib/handjax/config.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"\xff not utf-8, sys.path")
+    files = {p.relative_to(tmp_path).as_posix() for p in project_files(tmp_path)}
+    assert files == {"launch.py", "handjax/config.py", "tests/test_x.py"}
 
 
 BAD = [
@@ -99,3 +117,51 @@ def test_model_names_are_the_backbone_registry():
     from handjax import backbones
 
     assert configs.MODEL_NAMES == backbones.NAMES
+
+
+@pytest.mark.parametrize("key", ["train.lr1", "train.lr2", "svm.C", "loss.ce_weight"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused(key, value):
+    c = configs.cell("vgg16", "categorical", "smoke")
+    section, leaf = key.split(".")
+    c[section][leaf] = value
+    with pytest.raises(ConfigError, match=f"config.{key}={value!r}: expected a finite"):
+        configs.parse(c)
+
+
+def test_bootstrap_zero_is_accepted_and_negative_refused():
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.eval.bootstrap = 0
+    assert configs.parse(c).eval.bootstrap == 0
+    c.eval.bootstrap = -1
+    with pytest.raises(ConfigError, match="eval.bootstrap=-1"):
+        configs.parse(c)
+
+
+def test_unknown_key_is_quoted_once_with_the_closest_known_keys():
+    cfg = str(ROOT / "experiments" / "vgg19_custom.py") + ":smoke"
+    assert configs.unknown_key(["launch.py", "--config", cfg, "--config.train.lr1=1"]) is None
+    msg = configs.unknown_key(["launch.py", f"--config={cfg}", "--config.trian.lr1=1"])
+    assert msg == ("unknown config key 'trian.lr1' (--config.trian.lr1=1); "
+                   "did you mean train.lr1?")
+    msg = configs.unknown_key(["launch.py", "--config", cfg, "--config.zzz=1"])
+    assert msg.count("'zzz'") == 1 and "did you mean" not in msg
+
+
+def test_one_line_keeps_quotes_whole():
+    e = ValueError("flag --config.train.epochs1=ten: invalid literal for int() with base 10: "
+                   "'ten'")
+    assert configs.one_line(e).endswith("base 10: 'ten'")
+    assert configs.one_line(KeyError("'lr3'")) == "lr3"
+    nested = "Traceback (most recent call last):\n  File x\nhandjax.errors.ConfigError: bad 'x'"
+    assert configs.one_line(RuntimeError(nested)) == "bad 'x'"
+
+
+def test_config_file_that_does_not_parse_is_file_line_and_message(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("def get_config():\n    return 1 +\n")
+    try:
+        compile(bad.read_text(), str(bad), "exec")
+    except SyntaxError as e:
+        msg = configs.flag_error(e, ["launch.py", "--config", str(bad)])
+    assert msg == f"config file {bad}:2 does not parse: invalid syntax"

@@ -146,3 +146,19 @@ def test_a_pipe_is_refused_at_once_not_read(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(data.DataError, match="not a regular file"):
         data.decode_image(fifo, 32)
+
+
+# --------------------------------------------------------------------------- too small
+def test_photo_below_the_minimum_size_is_refused_naming_it(tmp_path, image_folder, save_image):
+    image_folder(tmp_path)
+    save_image(tmp_path / "heberden" / "pixel.png", Image.new("RGB", (1, 1), (9, 9, 9)))
+    with pytest.raises(data.DataError) as err:
+        data.load_folder(tmp_path, image_size=SIZE)
+    assert "heberden/pixel.png (too small (1x1 pixels" in str(err.value)
+    with pytest.warns(UserWarning, match=r"skipped 1 .*heberden/pixel\.png \(too small"):
+        ex = data.load_folder(tmp_path, image_size=SIZE, on_error="skip")
+    assert "heberden/pixel.png" not in ex.ids and len(ex.ids) == 15
+    with pytest.raises(data.DataError, match=r"pixel\.png: too small \(1x1 pixels"):
+        data.decode_image(tmp_path / "heberden" / "pixel.png", SIZE)
+    save_image(tmp_path / "thin.png", Image.new("RGB", (400, data.decode.MIN_PHOTO_SIDE)))
+    assert data.decode_image(tmp_path / "thin.png", SIZE).shape == (SIZE, SIZE, 3)

@@ -185,3 +185,38 @@ def test_preparing_leaves_no_temp_litter(tmp_path, image_folder, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))   # this test's own temp dir
     data.load_folder(image_folder(tmp_path / "photos"), image_size=SIZE)
     assert not list(system_tmp.iterdir())
+
+
+# --------------------------------------------------------------------------- metadata CSV rows
+IDS = ["normal/a.png", "normal/b.png", "ra/c.png"]
+
+
+@pytest.mark.parametrize("rows,line,fields", [
+    ("normal/a.png,s1,m\nnormal/b.png,s1,m,extra\nra/c.png,s2,f\n", 3, 4),   # a field too many
+    ("normal/a.png,s1,m\nnormal/b.png,s1,m\nra/c.png,s2\n", 4, 2),           # one too few
+])
+def test_metadata_row_of_the_wrong_shape_names_file_and_line(tmp_path, rows, line, fields):
+    csv = tmp_path / "meta.csv"
+    csv.write_text("file,subject,sex\n" + rows)
+    with pytest.raises(data.DataError) as err:
+        data.load_metadata(csv, IDS)
+    msg = str(err.value)
+    assert msg.startswith(f"{csv}:{line}: {fields} fields, but the header has 3")
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("subject", ["", " ", "\t"])
+def test_metadata_blank_subject_is_one_clear_line(tmp_path, subject):
+    csv = tmp_path / "meta.csv"
+    csv.write_text(f"file,subject\nnormal/a.png,s1\nnormal/b.png,{subject}\nra/c.png,s2\n")
+    with pytest.raises(data.DataError, match=f"{csv}:3: no subject for 'normal/b.png'"):
+        data.load_metadata(csv, IDS)
+
+
+def test_metadata_crlf_bom_blank_lines_and_quoted_commas_still_load(tmp_path):
+    csv = tmp_path / "meta.csv"
+    csv.write_bytes("\ufefffile,subject,site\r\nnormal/a.png, s1 ,\"Kyoto, JP\"\r\n\r\n"
+                    "normal/b.png,s1,x\r\nra/c.png,s2,y\r\n".encode())
+    subjects, cols = data.load_metadata(csv, IDS)
+    assert subjects.tolist() == ["s1", "s1", "s2"]
+    assert cols["site"].tolist() == ["Kyoto, JP", "x", "y"]

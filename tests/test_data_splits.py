@@ -199,3 +199,14 @@ def test_too_few_groups_for_the_folds_is_one_clear_error():
         data.folds(labels, n_splits=5, subjects=subjects)
     assert "\n" not in str(err.value)
     assert len(data.folds(labels, n_splits=4, subjects=subjects)) == 4
+
+
+def test_label_conflicts_are_the_groups_with_two_labels():
+    groups = np.array([5, 5, 7, 7, 9, 2, 2, 2])
+    labels = np.array([0, 1, 2, 2, 0, 1, 1, 0])
+    got = data.label_conflicts(groups, labels)
+    assert [g.tolist() for g in got] == [[5, 6, 7], [0, 1]]
+    assert data.label_conflicts(np.arange(4), np.array([0, 1, 2, 0])) == []
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    images[1, 0, 0, 0] = 1                       # one value differs: not identical
+    assert data.identical_groups(images).tolist() == [0, 1, 0]

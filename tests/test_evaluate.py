@@ -201,3 +201,26 @@ def test_platt_cv_keeps_each_subject_on_one_side_and_equals_sklearn_with_those_s
         ensemble=False))]).fit(x[tr], labels[tr])
     np.testing.assert_allclose(prob, ref.predict_proba(x[te]), atol=1e-12)
     np.testing.assert_allclose(prob.sum(1), 1, atol=1e-12)
+
+
+def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):
+    """``eval.bootstrap=0`` (documented: no CIs): every figure, subgroup and operating point
+    is computed, each interval is empty, and the report says so (it was an IndexError
+    after all training)."""
+    import dataclasses
+    from handjax import clinical, report
+    from handjax.config import EvalSpec
+    prep = _fake_prep()
+    prep = dataclasses.replace(
+        prep, metadata={"band": np.array(["a", "b"] * (len(prep.examples.labels) // 2))})
+    preds, calib = evaluate.out_of_fold(_outputs(prep, seed=2), prep, loss_name="categorical",
+                                        svm_spec=_SVM, seed=0, targets=_TARGETS)
+    csv_path = clinical.write_predictions(tmp_path / "predictions.csv", preds)
+    out = clinical.json_safe(clinical.clinical_results(csv_path, calib, EvalSpec(bootstrap=0),
+                                                       seed=0))
+    auroc = out["clinical"]["cnn"]["auroc_macro"]
+    assert auroc["value"] is not None and auroc["ci95"] == [None, None]
+    assert auroc["n_finite"] == 0
+    assert all(e["accuracy"]["ci95"] == [None, None] for e in out["subgroups"]["band"].values())
+    text = report.headline({**out, "data": {}}) + report.clinical_markdown(out)
+    assert "no CIs (`eval.bootstrap=0`" in text and "[n/a]" in text

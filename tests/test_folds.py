@@ -26,6 +26,7 @@ def _one_epoch(states, prep, phase, fold_map):
     return fn(states, inputs, jnp.asarray(cohort.labels), batches, jax.random.key(1))
 
 
+@pytest.mark.slow  # compiles three fold maps: ~45 s on 2 cores
 @pytest.mark.parametrize("phase", [1, 2])
 def test_vmap_map_and_loop_agree(prepared, phase):
     spec, prep = prepared
@@ -87,6 +88,7 @@ def test_epoch_batches_cover_each_training_set_once_and_mask_padding():
     assert all(np.array_equal(b[k], again[k]) for k in b)
 
 
+@pytest.mark.slow  # compiles the auto fold map: ~25 s on 2 cores
 def test_auto_fold_map_follows_the_trained_convs():
     """vmap unless XLA:CPU would batch ``lax.conv`` kernels into grouped convolutions."""
     c = tiny_config()

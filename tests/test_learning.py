@@ -6,9 +6,12 @@ weights, 32 px: fold-mean CNN and SVM accuracy must be far above chance (1/3). R
 features are tiny (~0.03), so the head gets a higher learning rate and more epochs than the
 protocol's; the SVM standardises its features and needs no such help."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from cells import run, tiny_config
+
+pytestmark = pytest.mark.slow  # trains a run end to end
 
 CLASSES = ("normal", "heberden", "ra")
 

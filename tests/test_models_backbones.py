@@ -41,6 +41,7 @@ def _check_close(name, ours, keras_out, label):
 # ----------------------------------------------------------------------------- Keras parity
 
 
+@pytest.mark.slow  # parity vs Keras
 @pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_matches_keras(name, refs):
     ref = refs(name)
@@ -57,6 +58,7 @@ def test_matches_keras(name, refs):
         jax.tree.map(np.testing.assert_array_equal, state, {k: variables[k] for k in state})
 
 
+@pytest.mark.slow  # parity vs Keras
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
 def test_train_mode_matches_keras(name, refs):
     """train=True: batch statistics normalise and every running average moves as Keras's
@@ -133,6 +135,7 @@ def test_start_stop_split(name):
     assert expected_top_first in top and order.index(expected_top_first) == len(bottom)
 
 
+@pytest.mark.slow  # bf16 in five conv algorithms: ~70 s on 2 cores
 @pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad", "winograd", "matmul"])
 def test_bfloat16_compute_keeps_float32_params(impl):
     # ResNet50 at init: identity BN and residual adds keep activations O(1).

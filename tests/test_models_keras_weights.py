@@ -62,6 +62,7 @@ def _rewrite_old_style(name, src, dst):
                 group.create_dataset(w, data=a)
 
 
+@pytest.mark.slow  # builds Keras references
 @pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_old_file_styles_load_the_same_arrays(name, refs, tmp_path):
     """Only positions matter: the older naming styles give exactly the Keras 3 file's
@@ -82,6 +83,7 @@ def test_old_file_styles_load_the_same_arrays(name, refs, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, old_variables, variables)
 
 
+@pytest.mark.slow  # builds a Keras reference
 def test_mismatched_file_lists_every_problem(refs, tmp_path):
     vgg16 = refs("vgg16").path
     with pytest.raises(backbones.WeightsError) as err:
@@ -146,6 +148,7 @@ def _no_download(url, dest):
     raise AssertionError("must not download again")
 
 
+@pytest.mark.slow  # builds a Keras reference
 def test_imagenet_download_hash_checked(refs, cache_weights, monkeypatch):
     good = open(refs("vgg16").path, "rb").read()
     spec = backbones.WeightFile("vgg16_test_notop.h5", "https://example.invalid/vgg16_test_notop.h5",

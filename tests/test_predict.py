@@ -137,6 +137,7 @@ def json_output(run_dir, photos, tmp_path_factory):
     return json.loads(buf.getvalue()), out
 
 
+@pytest.mark.slow  # needs a trained smoke run
 def test_json_probabilities_are_the_fold_average(json_output, run_dir, photos):
     result, _ = json_output
     preds = result["predictions"]
@@ -160,6 +161,7 @@ def test_json_probabilities_are_the_fold_average(json_output, run_dir, photos):
     assert result["run"]["data"]["class_counts"] == {"normal": 10, "heberden": 10, "ra": 10}
 
 
+@pytest.mark.slow  # needs a trained smoke run
 def test_overlays_are_photo_sized_pngs(json_output, photos):
     result, out = json_output
     written = [Path(p["gradcam"]) for p in result["predictions"]]
@@ -187,6 +189,7 @@ def test_overlay_blends_the_heat_map_over_the_photo(photos):
     assert np.corrcoef(cold.mean(-1).ravel(), src.mean(-1).ravel())[0, 1] > 0.9
 
 
+@pytest.mark.slow  # needs a trained smoke run
 def test_table_names_classes_photos_and_says_not_a_diagnosis(run_dir, photos, tmp_path,
                                                                capsys):
     rc = predict.main(["--workdir", str(run_dir), "--out", str(tmp_path),
@@ -199,12 +202,14 @@ def test_table_names_classes_photos_and_says_not_a_diagnosis(run_dir, photos, tm
     assert len(list(tmp_path.glob("*_gradcam.png"))) == 2
 
 
+@pytest.mark.slow  # needs a trained smoke run
 def test_default_out_is_gradcam_in_the_workdir(run_dir, photos, capsys):
     assert predict.main(["--workdir", str(run_dir), "--json", str(photos[2])]) == 0
     path = Path(json.loads(capsys.readouterr().out)["predictions"][0]["gradcam"])
     assert path.parent == run_dir / "gradcam" and path.exists()
 
 
+@pytest.mark.slow  # needs a trained smoke run
 def test_unreadable_photo_is_one_clear_line(run_dir, photos, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
@@ -233,6 +238,7 @@ def test_missing_inputs_are_one_clear_line(what, photos, tmp_path, capsys):
     assert ("nope.jpg" if what == "missing_photo" else "norun") in err[0]
 
 
+@pytest.mark.slow  # needs a trained smoke run
 def test_out_into_a_missing_or_read_only_folder_is_one_clear_line(run_dir, photos, tmp_path,
                                                                   capsys):
     blocker = tmp_path / "afile"
@@ -241,3 +247,12 @@ def test_out_into_a_missing_or_read_only_folder_is_one_clear_line(run_dir, photo
                          str(photos[0])]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write the overlays" in err[0] and "--out" in err[0]
+
+
+def test_photo_below_the_minimum_size_is_one_line_naming_it(tmp_path, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1)).save(tiny)
+    assert predict.main(["--workdir", str(tmp_path / "norun"), str(tiny)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"handjax: error: {tiny}: too small (1x1 pixels; a photo needs at least "
+                    f"{data.decode.MIN_PHOTO_SIDE} px on each side)")

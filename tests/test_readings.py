@@ -86,3 +86,11 @@ def test_priors_differ_as_documented():
     assert conc.min() >= 30 - 1e-9 and conc.max() <= 300 + 1e-9
     _, broad = readings._prior(rng, 2000, "broad")
     assert broad.min() < 30
+
+
+def test_bad_flag_values_are_argparse_errors(capsys):
+    import pytest
+    for argv in (["--sims", "0"], ["--seed", "-1"], ["--sims", "many"]):
+        with pytest.raises(SystemExit) as e:
+            readings.main(argv)
+        assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from handjax import report
+from handjax import plots, report
 
 MODELS = ["vgg16", "vgg19", "resnet50", "mobilenetv2"]
 LOSSES = ["categorical", "binary", "custom"]
@@ -207,3 +207,20 @@ def test_write_study_files(tmp_path):
     assert md == report.study_table(cells, MODELS, LOSSES)[0]
     assert (tmp_path / "study" / "study.csv").read_text(encoding="utf-8").startswith("loss,model,")
     _assert_png(tmp_path / "study" / "study_acc_vs_plus.png")
+
+
+def test_curves_titles_do_not_overlap():
+    records = [{"fold": f, "phase": 1 + (e > 1), "epoch": e, "loss": 1.0 / (e + 1),
+                "accuracy": 0.3 + 0.1 * e, "test_loss": 1.1, "test_accuracy": 0.4,
+                "val_loss": 1.2, "val_accuracy": 0.35} for f in range(5) for e in range(3)]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = plots.curves_figure(records)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    boxes.append(fig._suptitle.get_window_extent(renderer))
+    for i, a in enumerate(boxes):
+        assert 0 <= a.x0 and a.x1 <= fig.bbox.width          # inside the figure
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)

@@ -11,6 +11,7 @@ from handjax.errors import ConfigError
 study = experiment("study")
 
 
+@pytest.mark.slow  # six smoke cells end to end
 def test_study_smoke_end_to_end(tmp_path, monkeypatch):
     config = study.get_config("smoke")
     config.models = "vgg16,mobilenetv2"        # 6 of the 12 cells: every loss, two families

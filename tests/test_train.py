@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from cells import prepare, run, tiny_config, tiny_spec
-from handjax import evaluate, folds, train
+from handjax import evaluate, folds
 from handjax.metrics import STUDY_METRICS
 from handjax.errors import TrainingError
+
+pytestmark = pytest.mark.slow  # every test trains the smoke cell (end to end)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "smoke_confusions.json"

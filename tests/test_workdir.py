@@ -74,6 +74,7 @@ def _photo_folder(root, n=5, size=32):
             Image.fromarray(img).save(root / name / f"{i}.png")
 
 
+@pytest.mark.slow  # trains
 def test_kill_mid_run_then_changed_folder_is_refused_and_restart_works(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     _photo_folder(photos)
@@ -96,3 +97,38 @@ def test_kill_mid_run_then_changed_folder_is_refused_and_restart_works(tmp_path,
     from handjax import config as configs, train
     results = train.run(configs.parse_run(c), workdir, restart=True)
     assert results["data"]["n"] == 16
+
+
+def test_a_rerun_with_another_config_says_how_to_go_on(tmp_path):
+    workdirs.claim(tmp_path, '{"train": {"lr1": 0.001}}')
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(TrainingError) as err:
+        workdirs.claim(tmp_path, '{"train": {"lr1": 0.5}}')
+    msg = str(err.value)
+    assert "differs in train.lr1" in msg and "--restart" in msg and "--workdir" in msg
+
+
+def test_a_run_that_stops_before_its_results_leaves_the_workdir_incomplete(tmp_path,
+                                                                            monkeypatch):
+    """A failure after training started (here: in preparing the data, standing in for one in
+    evaluation) leaves INCOMPLETE, which compare and predict refuse; a finished run clears it."""
+    from cells import tiny_spec
+    from handjax import compare, features, inference, train
+    from handjax.errors import RunError
+
+    def fail(*a, **k):
+        raise RuntimeError("evaluation failed")
+    monkeypatch.setattr(features, "prepare", fail)
+    with pytest.raises(RuntimeError):
+        train.run(tiny_spec(), tmp_path)
+    assert (tmp_path / workdirs.INCOMPLETE).exists()
+    (tmp_path / "predictions.csv").write_text("file\n")       # what a failed run may leave
+    (tmp_path / "results.json").write_text("{}")
+    for check in (lambda: compare._csv_path(str(tmp_path)),
+                  lambda: compare._csv_path(str(tmp_path / "predictions.csv")),
+                  lambda: inference.load_run(tmp_path)):
+        with pytest.raises(RunError, match=f"{tmp_path} holds an unfinished run"):
+            check()
+    workdirs.mark_finished(tmp_path)
+    workdirs.check_finished(tmp_path)
+    assert compare._csv_path(str(tmp_path)) == tmp_path / "predictions.csv"

@@ -49,9 +49,14 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     subject sampling and how the fold assignments happened to fall.
 
     Returns ``{name: {"value": x, "ci95": [lo, hi], "n_finite": k}}`` (the key is ``ci<level>``
-    for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none.
+    for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none
+    (``n_boot=0``: no resamples, point values only).
     """
     y, prob, pred = as_arrays(y, prob, pred)
+    if n_boot == 0:   # eval.bootstrap=0: point values only, every interval [nan, nan]
+        n_boot, no_intervals = 1, True
+    else:
+        no_intervals = False
     w = subject_bootstrap_weights(subjects, n_boot, seed)
     ids = np.unique(repeat) if repeat is not None else np.zeros(1)
     if len(ids) == 1:
@@ -70,6 +75,8 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
         parts = [batched(y, prob, pred, w[i:i + rows]) for i in range(0, n_boot, rows)]
         samples = {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts])
                    for k in parts[0]}
+    if no_intervals:
+        return {k: _interval(v, np.zeros(0), alpha) for k, v in value.items()}
     return {k: _interval(v, samples[k], alpha) for k, v in value.items()}
 
 

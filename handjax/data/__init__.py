@@ -7,7 +7,8 @@ One module per job, in the order photos flow through them:
   ``$HANDJAX_CACHE/tfds`` (``load_folder``, ``load_synthetic``, ``describe``), and the
   optional metadata CSV (``load_metadata``: subjects, subgroup columns).
 * ``splits``: near-duplicate and subject groups, stratified folds (``duplicate_groups``,
-  ``merge_groups``, ``folds``, the inner validation splits ``inner_splits``).
+  ``identical_groups``, ``label_conflicts``, ``merge_groups``, ``folds``, the inner
+  validation splits ``inner_splits``).
 * ``augment``: random flips, warps and colour changes in pure JAX (``augment``).
 * ``cohort``: the data record of a run (``Cohort``, ``load_cohort``): photos, views,
   subjects, metadata, folds; what evaluation and the reports read.
@@ -35,7 +36,8 @@ _LAZY = {
     "IMAGE_EXTENSIONS": "sources", "HandConditions": "sources", "SyntheticHands": "sources",
     "describe": "sources", "load_folder": "sources", "load_metadata": "sources",
     "load_synthetic": "sources", "duplicate_groups": "splits", "folds": "splits",
-    "inner_splits": "splits", "merge_groups": "splits", "SYNTHETIC_SIZE": "synthetic",
+    "inner_splits": "splits", "merge_groups": "splits", "identical_groups": "splits",
+    "label_conflicts": "splits", "SYNTHETIC_SIZE": "synthetic",
     "render_hand": "synthetic", "synthetic_metadata": "synthetic",
 }
 

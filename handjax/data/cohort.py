@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from handjax import console
 from handjax.data.augment import augment
-from handjax.data.base import N_FOLDS, Examples
+from handjax.data.base import N_FOLDS, DataError, Examples
 from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic
-from handjax.data.splits import duplicate_groups, folds, inner_splits, merge_groups
+from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits,
+                                 label_conflicts, merge_groups)
 from handjax.data.synthetic import synthetic_metadata
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -97,6 +99,33 @@ def augmented_views(images: np.ndarray, n_views: int, key: jax.Array) -> np.ndar
     return np.stack(views)
 
 
+def one_label_per_photo(examples: Examples, dup: np.ndarray | None,
+                        on_error: str) -> tuple[Examples, np.ndarray | None]:
+    """Refuse (``on_error="raise"``) or leave out with a line (``"skip"``) every group of
+    identical or near-duplicate photos filed under more than one class, naming the files
+    and their classes. Returns the examples and near-duplicate groups kept."""
+    same = identical_groups(examples.images)
+    conflicts = label_conflicts(merge_groups(same, dup), examples.labels)
+    if not conflicts:
+        return examples, dup
+    names = examples.class_names
+    listing = "; ".join(" = ".join(f"{examples.ids[i]} ({names[examples.labels[i]]})"
+                                   for i in group) for group in conflicts)
+    what = (f"the same photo under two classes ({len(conflicts)} case(s) of identical or "
+            "near-duplicate copies)")
+    if on_error != "skip":
+        raise DataError(f"{what}: {listing}; keep each photo in one class folder, or "
+                             "--config.data.on_error=skip leaves them out")
+    console.say(f"left out {what}: {listing}")
+    keep = np.setdiff1d(np.arange(len(examples.labels)), np.concatenate(conflicts))
+    ids = type(examples.ids)(examples.ids[i] for i in keep)
+    if hasattr(examples.ids, "source"):   # where the photos came from (data.describe)
+        ids.source = examples.ids.source
+    kept = Examples(examples.images[keep], examples.labels[keep], ids,
+                         examples.class_names)
+    return kept, None if dup is None else dup[keep]
+
+
 def subjects_and_metadata(data_spec: DataSpec, examples: Examples, seed: int) -> tuple[np.ndarray, dict]:
     """Subject ids and subgroup columns: the metadata CSV's, the synthetic set's (two photos,
     left and right hand, per person), or each photo its own subject."""
@@ -116,6 +145,7 @@ def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float =
     from handjax import distributed   # processes may share $HANDJAX_CACHE: one writes it
     examples = distributed.primary_first(lambda: load_examples(data_spec, seed, n_folds))
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
+    examples, dup = one_label_per_photo(examples, dup, data_spec.on_error)
     subjects, metadata = subjects_and_metadata(data_spec, examples, seed)
     known = subjects if data_spec.metadata or not data_spec.root else None
     labels, groups = np.asarray(examples.labels), merge_groups(dup, subjects)

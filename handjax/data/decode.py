@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 
 from handjax.data.base import DataError
 
-_DECODER_VERSION = "2"  # bump when decoding changes, so cached folders are rebuilt
+_DECODER_VERSION = "3"  # bump when decoding changes, so cached folders are rebuilt
+MIN_PHOTO_SIDE = 8      # px: a smaller photo (a 1x1 tracking pixel, an icon) holds no hand
 
 
 def decode_image(path, image_size: int) -> np.ndarray:
@@ -24,7 +25,8 @@ def decode_image(path, image_size: int) -> np.ndarray:
 
     EXIF orientation applied; every mode converted to RGB (alpha composited on white, 16-bit
     scaled to 8 bits); aspect ratio kept by padding (see the module docstring). Images over
-    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) are rejected.
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``), or under
+    ``MIN_PHOTO_SIDE`` px on a side, are rejected.
     Raises DataError naming the file and the reason.
     """
     _check_size(image_size)
@@ -55,6 +57,9 @@ def _open_rgb(path: Path, image_size: int) -> Image.Image:
                 raise DataError(
                     f"{path}: rejected as a decompression bomb ({img.width}x{img.height} pixels "
                     f"> Pillow's limit Image.MAX_IMAGE_PIXELS={limit})")
+            if min(img.width, img.height) < MIN_PHOTO_SIDE:
+                raise DataError(f"{path}: too small ({img.width}x{img.height} pixels; a photo "
+                                f"needs at least {MIN_PHOTO_SIDE} px on each side)")
             if img.format == "JPEG":  # decode big phone photos at a reduced scale: much faster
                 img.draft(None, (image_size, image_size))
             img.load()

@@ -1,6 +1,8 @@
-"""The preview CLI: a contact sheet of example hands per class, synthetic or your own folder.
+"""The data CLI: a contact sheet of example hands per class, synthetic or your own folder,
+and synthetic photos written out as an ImageFolder (to try ``predict`` or ``data.root``).
 
     python -m handjax.data preview --out sheet.png   # contact sheet of synthetic hands
+    python -m handjax.data export --out samples/     # samples/normal/0000.png, ...
 
 It sits apart from ``synthetic.py`` because it reads through the loaders in ``sources.py``,
 which themselves render through ``synthetic.py``.
@@ -15,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from handjax.data.base import DISPLAY_NAMES, DataError
+from handjax.console import int_at_least
+from handjax.data.base import CLASSES, DISPLAY_NAMES, DataError
 from handjax.data.sources import _synthetic_records, load_folder
 
 # what `python -m handjax.data --help` has always said
@@ -46,11 +49,11 @@ def _preview(args) -> Path:
         ex = load_folder(args.folder, image_size=args.size, on_error="skip")
         images, labels, captions = ex.images, ex.labels, [Path(i).name[:22] for i in ex.ids]
     else:
-        records = _synthetic_records(max(args.n, 1), args.seed)
+        records = _synthetic_records(args.n, args.seed)
         images = np.stack([r["image"] for r in records])
         labels = np.array([r["label"] for r in records])
         captions = [f"severity {float(r['severity']):.2f}" for r in records]
-    out = Path(args.out)
+    out = _out_path(args.out)
     try:
         contact_sheet(images, labels, captions, per_class=args.n).save(out)
     except OSError as e:
@@ -58,21 +61,62 @@ def _preview(args) -> Path:
     return out
 
 
+def export_samples(out, n_per_class: int, seed: int = 0) -> list[Path]:
+    """Write ``n_per_class`` synthetic hands per class as PNGs in ImageFolder layout
+    (``out/<class>/<index>.png``); returns the paths. Synthetic, medically meaningless."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a folder to write the photos into")
+    paths = []
+    try:
+        for r in _synthetic_records(n_per_class, seed):
+            _, cls, index = r["id"].split("/")
+            path = out / cls / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(r["image"])).save(path)
+            paths.append(path)
+    except OSError as e:
+        raise DataError(f"cannot write into {out} ({e.strerror}); choose a writable --out") from e
+    return paths
+
+
+def _out_path(text: str) -> Path:
+    """``--out`` as an image file to write: not a folder, with an extension Pillow writes."""
+    out = Path(text)
+    if out.is_dir() or text.endswith(("/", "\\")):
+        raise DataError(f"--out {text} is a folder; give a file name such as {out / 'sheet.png'}")
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise DataError(f"--out {text}: give the file an image extension (.png or .jpg) so "
+                        "the format is known")
+    return out
+
+
 def main(argv=None) -> None:
-    """``python -m handjax.data preview [--out sheet.png] [--n 6] [--seed 0] [--folder DIR]``."""
+    """``python -m handjax.data preview [--out sheet.png] [--n 6] [--seed 0] [--folder DIR]``
+    or ``python -m handjax.data export [--out samples] [--n 5] [--seed 0]``."""
     parser = argparse.ArgumentParser(prog="python -m handjax.data",
                                      description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("preview", help="write a contact sheet of example hands per class")
     p.add_argument("--out", default="hands_preview.png", help="PNG to write")
-    p.add_argument("--n", type=int, default=6, help="images per class")
-    p.add_argument("--seed", type=int, default=0, help="synthetic_hands seed")
+    p.add_argument("--n", type=int_at_least(1, 100), default=6, help="images per class")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="synthetic_hands seed")
     p.add_argument("--folder", default=None, help="preview your own ImageFolder instead")
-    p.add_argument("--size", type=int, default=160, help="tile size for --folder")
+    p.add_argument("--size", type=int_at_least(8, 1024), default=160,
+                   help="tile size for --folder")
+    e = sub.add_parser("export", help="write synthetic hands as an ImageFolder of PNGs")
+    e.add_argument("--out", default="samples", help="folder to write <class>/<i>.png into")
+    e.add_argument("--n", type=int_at_least(1, 1000), default=5, help="photos per class")
+    e.add_argument("--seed", type=int_at_least(0), default=0, help="synthetic_hands seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        print(f"wrote {_preview(args)} (synthetic images are medically meaningless)"
-              if not args.folder else f"wrote {_preview(args)}")
+        if args.command == "export":
+            paths = export_samples(args.out, args.n, args.seed)
+            print(f"wrote {len(paths)} photos into {args.out} ({', '.join(CLASSES)}; synthetic, "
+                  "medically meaningless)")
+        else:
+            print(f"wrote {_preview(args)} (synthetic images are medically meaningless)"
+                  if not args.folder else f"wrote {_preview(args)}")
     except DataError as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, f"handjax: error: {e}\n")

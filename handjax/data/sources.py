@@ -374,30 +374,56 @@ def describe(examples: Examples, *, source: str | None = None) -> dict:
 def load_metadata(path, ids) -> tuple[np.ndarray, dict]:
     """Subjects and subgroup columns from a metadata CSV (``file`` relative to the data root,
     optional ``subject``, any other categorical columns), aligned to the photos ``ids``.
-    A photo named twice, a name that is not a photo, or a photo left out is one DataError."""
+    A row with more or fewer fields than the header, an empty subject, a photo named twice,
+    a name that is not a photo, or a photo left out is one DataError naming the file (and
+    the line)."""
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"config.data.metadata={path}: cannot read it ({e})") from e
-    if not rows or "file" not in rows[0]:
+    header, rows = _read_csv(path)
+    if "file" not in header:
         raise DataError(f"{path}: expected a header with a 'file' column (and optionally "
-                             "'subject' and other columns) and one row per photo")
+                        "'subject' and other columns) and one row per photo")
     by_file: dict = {}
-    for row in rows:
+    for line, row in rows:
         name = row["file"].strip()
         if name in by_file:
-            raise DataError(f"{path}: {name!r} is named twice; one row per photo")
+            raise DataError(f"{path}:{line}: {name!r} is named twice; one row per photo")
+        if "subject" in row and not row["subject"].strip():
+            raise DataError(f"{path}:{line}: no subject for {name!r}; give every photo a "
+                            "subject id, or leave the subject column out (each photo is then "
+                            "its own subject)")
         by_file[name] = row
     unknown = sorted(set(by_file) - set(ids))
     if unknown:
         raise DataError(f"{path}: {unknown[0]!r} is not a photo of the data folder "
-                             f"({len(unknown)} such rows); names are relative to data.root")
+                        f"({len(unknown)} such rows); names are relative to data.root")
     missing = [i for i in ids if i not in by_file]
     if missing:
         raise DataError(f"{path}: no row for photo {missing[0]!r} ({len(missing)} photos "
-                             "left out); every photo needs a row")
-    columns = [c for c in rows[0] if c not in ("file", "subject")]
-    subjects = np.array([by_file[i].get("subject") or i for i in ids], str)
+                        "left out); every photo needs a row")
+    columns = [c for c in header if c not in ("file", "subject")]
+    subjects = np.array([by_file[i].get("subject", i).strip() for i in ids], str)
     return subjects, {c: np.array([by_file[i][c] for i in ids], str) for c in columns}
+
+
+def _read_csv(path: Path) -> tuple[list, list]:
+    """The header and ``(line number, {column: value})`` of every non-empty row; a row
+    whose field count differs from the header's is one DataError naming its line."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = []
+            for fields in reader:
+                if not any(x.strip() for x in fields):
+                    continue        # blank lines (a trailing newline, say)
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{path}:{reader.line_num}: {len(fields)} fields, but the header "
+                        f"has {len(header)} ({', '.join(header)}); quote values that "
+                        "hold commas")
+                rows.append((reader.line_num, dict(zip(header, fields))))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"config.data.metadata={path}: cannot read it ({e})") from e
+    if len(set(header)) != len(header):
+        raise DataError(f"{path}: a column is named twice in the header ({', '.join(header)})")
+    return header, rows

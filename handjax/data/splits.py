@@ -83,6 +83,25 @@ def duplicate_groups(images, *, max_distance: int = 40) -> np.ndarray:
     return _first_appearance(comp)
 
 
+def identical_groups(images) -> np.ndarray:
+    """Group id per image, int [N], numbered by first appearance: images with the very same
+    decoded pixels (a byte copy, a hard link) share a group, whether or not near-duplicate
+    detection (``data.dedup``) is on."""
+    import hashlib
+    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    return _first_appearance(np.array([hashlib.sha256(row.tobytes()).hexdigest()
+                                       for row in flat]))
+
+
+def label_conflicts(groups, labels) -> list[np.ndarray]:
+    """The groups (index arrays) whose photos carry more than one label: one photo, or copies
+    of it, under two classes would train and test against itself with conflicting answers."""
+    _, groups = np.unique(np.asarray(groups), return_inverse=True)
+    pairs = np.unique(np.stack([groups.ravel(), np.asarray(labels).ravel()], 1), axis=0)
+    mixed = np.flatnonzero(np.bincount(pairs[:, 0]) > 1)     # groups with two or more labels
+    return [np.flatnonzero(groups == g) for g in mixed]
+
+
 def merge_groups(*group_arrays) -> np.ndarray:
     """One group id per photo, int [N], numbered by first appearance, joining every relation
     given: photos that share an id in any of the arrays (near-duplicate groups, subject ids, of
