@@ -6,6 +6,7 @@
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
     python -m handjax.bench scaling    # wall time and peak RSS at N = 150, 600, 2400 photos
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
+    python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
 
 ``protocol`` runs the same protocol (model, input size, images, epochs, folds, SVM) twice:
 handjax's fold program (shared frozen-layer cache, compiled epochs, matmul convs on CPU) and
@@ -26,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import math
-import resource
 import sys
 import tempfile
 import time
@@ -38,15 +38,11 @@ import numpy as np
 import optax
 
 from handjax import backbones
+from handjax.bench_keras import peak_rss_gib
 
 # handjax.train is imported inside the functions that need it: ``steps`` needs only the
 # backbones, and so runs where tensorflow-datasets (imported by the data pipeline) is not
 # installed, e.g. a GPU box's stock JAX image.
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (GiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _best_time(fn, *args, repeat: int = 3) -> float:
@@ -130,7 +126,18 @@ def module_channels(module, variables, size: int) -> int:
     return jax.eval_shape(lambda: module.apply(variables, x, train=False)).shape[-1]
 
 
-STEP_IMPLS = ("xla", "im2col", "mmgrad", "winograd", "auto")
+STEP_IMPLS = ("xla", "im2col", "mmgrad", "winograd", "matmul", "table", "auto")
+STEPS_TUNE_BUDGET_S = 600.0   # 'steps' tunes every layer of the network before timing "auto"
+
+
+def tune_whole_network(name: str, size: int, batch: int, dtype) -> float:
+    """Tune every conv of ``name`` for training (the 'steps' benchmark trains all layers),
+    reading what this machine's cache already holds; returns the seconds spent."""
+    from handjax.models import tuning
+    t = time.perf_counter()
+    layers = [l for l in tuning.model_layers(name, dtype, size, None) if l["purpose"] == "train"]
+    tuning.tune_layers(layers, batch, budget_s=STEPS_TUNE_BUDGET_S)
+    return time.perf_counter() - t
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor datasheets) by device_kind substring, for MFU.
 BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
@@ -158,6 +165,10 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
     peak_tflops = peak_tflops or (bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None)
     impls = ("xla",) + tuple(i for i in impls if i != "xla")  # xla: the FLOP count
     for name in models:
+        if "auto" in impls and jax.default_backend() == "cpu":
+            sec = tune_whole_network(name, size, batch, dtype)
+            print(f"  {name:12s} conv tuning for 'auto' (every layer trains): {sec:.1f} s",
+                  flush=True)
         steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in impls}
         flops = steps["xla"][3]
         best = dict.fromkeys(impls, float("inf"))
@@ -179,11 +190,9 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
                   f"GFLOP/s ({100 * flops / sec / 1e9 / peak:5.1f}% of matmul peak)  step "
                   f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
                   f"{mfu}", flush=True)
-        if "auto" in best:
-            auto = backbones.conv_policy(jax.default_backend(), size * size, dtype,
-                                         "train", winograd_ok=False)
-            print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
-                  f"{best['xla'] / best['auto']:.2f}x", flush=True)
+        if "auto" in best and "table" in best:
+            print(f"  {name:12s} auto (measured choices) / table step speed: "
+                  f"{best['table'] / best['auto']:.2f}x", flush=True)
         del steps
     return rows
 
@@ -459,6 +468,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["scaling"]:   # its own flags; each point in a fresh process
         return scaling_main(argv[1:])
+    if argv[:1] == ["gpu-study"]:  # its own flags; refuses on a CPU
+        from handjax import bench_gpu
+        return bench_gpu.main(argv[1:], peak_lookup=bf16_peak_tflops)
     p = argparse.ArgumentParser(prog="python -m handjax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all",

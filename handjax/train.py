@@ -10,20 +10,27 @@ Data flow (module map: ``handjax/__init__.py``)::
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import json
 import time
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
+_T_IMPORT = time.perf_counter()
 
-from handjax import console, distributed, evaluate, features, folds, workdir as workdirs
-from handjax.errors import TrainingError
+# What importing this module's dependencies costs (jax, the data pipeline, ...): timing.json's
+# imports_s, paid by the first run of a process.
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from handjax import console, distributed, evaluate, features, folds, workdir as workdirs  # noqa: E402
+from handjax.errors import TrainingError  # noqa: E402
+
+IMPORT_S = time.perf_counter() - _T_IMPORT
 
 # Re-exported for callers of the old single-module trainer.
 DECISIONS, METRIC_KEYS = evaluate.DECISIONS, evaluate.METRIC_KEYS
@@ -144,7 +151,18 @@ def _compile(fn, timing: dict, label: str, *args):
     t = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=0).lower(*args).compile()
     timing[f"compile_{label}_s"] = time.perf_counter() - t
+    timing[f"flops_{label}"] = xla_flops(compiled)
     return compiled
+
+
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled program by XLA's cost analysis (0.0 where it gives none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without a cost model
+        return 0.0
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def check_finite(sums, phase: int, epoch: int, steps_per_epoch: int) -> None:
@@ -313,16 +331,24 @@ def weights_fingerprint(model_spec, seed: int) -> str:
     return workdirs.file_fingerprint(path)
 
 
+def tune_convs(spec) -> float:
+    """Seconds the conv tuner spent measuring what this machine's cache lacked for the run's
+    model (:func:`handjax.models.tuning.tune`; 0.0 when it had all, or off CPU)."""
+    from handjax.models import tuning
+    return tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size)
+
+
 def _run_locked(spec, workdir: Path) -> dict:
     t0 = time.perf_counter()
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, spec.config_json)
-    timing: dict = {}
+    timing: dict = {"imports_s": IMPORT_S}
+    timing["tune_s"] = tune_convs(spec)
     prep = features.prepare(spec, workdir)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(spec, prep))
-    timing["prepare_s"] = time.perf_counter() - t0
+    timing["prepare_s"] = time.perf_counter() - t0 - timing["tune_s"]
     console.say(f"{spec.name}: {len(prep.examples.labels)} photos, {spec.n_folds} folds, "
                 f"{spec.model.name} at {spec.data.image_size} px, loss {spec.loss.label}; "
                 f"frozen features {prep.cache_bytes / 2**20:.1f} MiB -> {workdir}")

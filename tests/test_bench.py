@@ -60,3 +60,27 @@ def test_scaling_ratios_and_table():
     assert [r["rss_vs_ram"] for r in out] == pytest.approx([1.0, 0.5, 1.0, 0.5])
     table = bench.scaling_table(out)
     assert table.count("\n") == 1 + len(rows) and "| 120 | disk |" in table
+
+
+def test_gpu_study_refuses_on_cpu_in_one_line(capsys):
+    if jax.default_backend() != "cpu":
+        pytest.skip("an accelerator is visible")
+    from handjax import bench_gpu
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gpu-study", "--epochs", "1+1"])
+    assert str(e.value) == bench_gpu.NO_ACCELERATOR and "\n" not in str(e.value)
+
+
+def test_gpu_study_arguments_and_mfu():
+    from handjax import bench_gpu
+    from handjax import config as configs
+    a = bench_gpu.parse_args([])
+    assert (a.image_size, a.epochs1, a.epochs2) == (224, 10, 10)
+    spec = configs.parse(bench_gpu.study_config(a))
+    assert len(spec.cells) == 12
+    assert all(c.data.image_size == 224 and c.train.epochs2 == 10 for c in spec.cells.values())
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(["--epochs", "ten"])
+    # 1e12 FLOPs an epoch, 10 epochs in 20 s = 0.5 TFLOP/s of a 1 TFLOP/s peak
+    assert bench_gpu.phase2_mfu({"flops_phase2": 1e12, "epochs2_s": 20.0}, 10, 1.0) == 0.5
+    assert bench_gpu.phase2_mfu({"epochs2_s": 20.0}, 10, 1.0) is None

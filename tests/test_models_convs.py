@@ -68,6 +68,8 @@ def test_conv_algorithm_table(kind):
                         assert convs.conv_algorithm(impl, backend, px, dtype, purpose, **kw) == want
                     policy = convs.conv_policy(backend, px, dtype, purpose, winograd_ok=kind == ((3, 3), 1, False))
                     want = KIND_TABLE[kind][policy]
+                    assert convs.conv_algorithm("table", backend, px, dtype, purpose, **kw) == want
+                    # "auto" without a layer shape (nothing to look up): the table
                     assert convs.conv_algorithm("auto", backend, px, dtype, purpose, **kw) == want
     # e.g. ResNet's 56x56 stride-1 1x1 conv trains by mmgrad on CPU; its stride-2 ones by im2col
     assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1)) == M
@@ -142,6 +144,34 @@ def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
         y, g = out[impl]
         np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=1e-5, err_msg=impl)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl), g, g_xla)
+
+
+# Every algorithm against ``xla`` in float32 on the same inputs (VGG-sized channels, so that
+# rounding in the transforms would show), errors relative to the reference's largest |value|:
+# float32 compute within 1e-5 (measured <= 2e-6, a direct float32 conv's rounding); bfloat16
+# compute (operands rounded to bf16, float32 accumulation) within 2e-2 (bf16's unit roundoff
+# 2**-8 = 0.4%, times the few roundings of operands and result; measured <= 6e-3).
+AGREE_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("algorithm", convs.ALGORITHMS)
+def test_every_algorithm_agrees_with_xla_float32(algorithm, dtype):
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 10, 9, 128)), jnp.float32)
+    make = lambda impl, dt: convs.Conv(16, impl=impl, dtype=jnp.dtype(dt))  # noqa: E731
+    params = make("xla", "float32").init(jax.random.key(0), x)
+    cot = jnp.asarray(rng.normal(size=(2, 10, 9, 16)), jnp.float32)
+
+    def value_and_grads(impl, dt):
+        loss = lambda p, x: jnp.sum(make(impl, dt).apply(p, x).astype(jnp.float32) * cot)  # noqa: E731
+        return make(impl, dt).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+
+    ref = jax.jit(lambda: value_and_grads("xla", "float32"))()
+    ours = jax.jit(lambda: value_and_grads(algorithm, dtype))()
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        err = float(jnp.abs(a.astype(jnp.float32) - b).max() / jnp.abs(b).max())
+        assert err <= AGREE_TOL[dtype], (algorithm, dtype, err)
 
 
 @pytest.mark.parametrize("cin", [2, 7])  # 2: the all-taps-on-X branch (RGB layer); 7: X/G shifts

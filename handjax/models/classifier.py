@@ -12,16 +12,21 @@ import numpy as np
 
 from handjax import backbones, ordinal
 from handjax.errors import ConfigError
-from handjax.models import convs
+from handjax.models import convs, tuned
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def compute_dtype(name: str):
-    """``model.dtype`` as a dtype; "auto": bfloat16 where it pays (:func:`convs.bf16_pays`:
-    GPU/TPU, or a CPU with AMX), else float32. Parameters stay float32 in every case."""
+def compute_dtype(name: str, measured_key: str | None = None):
+    """``model.dtype`` as a dtype. "auto": on CPU the dtype the conv tuner measured faster
+    (and in agreement) for the model part ``measured_key`` (:func:`tuned.model_key`), where
+    it measured one; else bfloat16 where it pays (:func:`convs.bf16_pays`: GPU/TPU, or a
+    CPU with AMX), else float32. Parameters stay float32 in every case."""
     if name == "auto":
-        name = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
+        measured = tuned.dtype_choice(measured_key) if measured_key else None
+        if measured is None or jax.default_backend() != "cpu":
+            measured = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
+        name = measured
     return COMPUTE_DTYPES[name]
 
 
@@ -94,11 +99,13 @@ class Classifier(nn.Module):
         return head(pooled, train=train), pooled
 
 
-def load_backbone(spec, seed: int):
-    """The backbone of ``spec`` (a ModelSpec) and its weights; offline ImageNet gets a way out."""
+def load_backbone(spec, seed: int, dtype=None):
+    """The backbone of ``spec`` (a ModelSpec) and its weights, in compute ``dtype`` (default:
+    ``spec.dtype``'s); offline ImageNet gets a way out."""
+    dtype = compute_dtype(spec.dtype) if dtype is None else dtype
     try:
         return backbones.load(spec.name, spec.weights, seed=seed,
-                              dtype=compute_dtype(spec.dtype), conv_impl=spec.conv_impl)
+                              dtype=dtype, conv_impl=spec.conv_impl)
     except backbones.WeightsError as e:
         raise backbones.WeightsError(
             f"{e} -- or train from random weights: --config.model.weights=none") from e
@@ -128,9 +135,9 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
 def model_parts(spec, image_size: int, seed: int, num_classes: int, loss_name: str = ""):
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
     fields shared by training and inference (an ordinal loss gets its ordinal head)."""
-    dtype = compute_dtype(spec.dtype)
-    backbone, variables = load_backbone(spec, seed)
     split = spec.split or backbones.DEFAULT_TRAINABLE_FROM[spec.name]
+    dtype = compute_dtype(spec.dtype, tuned.model_key(spec.name, split, image_size))
+    backbone, variables = load_backbone(spec, seed, dtype)
     if split not in backbone.stages:
         raise ConfigError(f"config.model.split={split!r} is not a stage of {spec.name}; "
                           f"choose one of {', '.join(backbone.stages)}")

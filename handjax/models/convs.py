@@ -12,8 +12,11 @@ Algorithms (all take the same parameters, so weights load the same way in every 
 
 A conv that the chosen algorithm cannot compute runs "im2col" (:func:`conv_algorithm`).
 
-``conv_impl="auto"`` (the default) is decided by :func:`conv_policy` alone, from the backend,
-the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
+``conv_impl="auto"`` (the default) is, on CPU, the algorithm measured fastest for each conv
+on this machine (:mod:`handjax.models.tuning` times the candidates once per machine and model
+and caches the choice, :mod:`handjax.models.tuned`), and where nothing was measured, and off
+CPU, the table below. ``conv_impl="table"`` is the table alone: :func:`conv_policy`, from the
+backend, the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
 stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of ``Conv`` and
 ``Backbone``; :func:`for_purpose` clones a module into another)::
 
@@ -56,7 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd", "matmul")
+from handjax.models import tuned
+
+CONV_IMPLS = ("auto", "table", "xla", "im2col", "mmgrad", "winograd", "matmul")
+# The algorithms themselves (what "auto" and "table" choose among).
+ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "matmul")
 PURPOSES = ("train", "frozen", "eval_folds")
 
 # Thresholds of conv_policy (output pixels per image); see the module docstring.
@@ -79,7 +86,8 @@ def check_purpose(purpose: str) -> None:
 
 
 def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_ok: bool) -> str:
-    """What ``conv_impl="auto"`` means for one conv (the table in the module docstring).
+    """What ``conv_impl="table"`` means for one conv (the table in the module docstring; also
+    ``"auto"``'s choice for a conv the tuner has not measured).
 
     ``backend``: ``jax.default_backend()``; ``out_pixels``: output pixels per image;
     ``dtype``: the compute dtype; ``purpose``: one of :data:`PURPOSES`; ``winograd_ok``:
@@ -134,16 +142,28 @@ def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
 
 
 def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
-                   kernel_size=(3, 3), strides: int = 1, depthwise: bool = False) -> str:
-    """The algorithm a conv runs: ``impl`` ("auto": :func:`conv_policy`'s choice) where it
-    applies, else "im2col" ("mmgrad" and "matmul" need a stride-1 dense conv, "winograd" a
-    3x3 one)."""
+                   kernel_size=(3, 3), strides: int = 1, depthwise: bool = False,
+                   in_shape=None, features: int | None = None) -> str:
+    """The algorithm a conv runs: ``impl`` where it applies, else "im2col" ("mmgrad" and
+    "matmul" need a stride-1 dense conv, "winograd" a 3x3 one).
+
+    ``impl="table"``: :func:`conv_policy`'s choice. ``impl="auto"``: on CPU, the algorithm
+    :mod:`handjax.models.tuning` measured fastest for this conv on this machine
+    (:func:`handjax.models.tuned.layer_choice` of the key made of ``purpose``, ``dtype``,
+    ``in_shape`` (h, w, cin), ``features`` and the kernel), where one was measured; else,
+    and off CPU, the table's.
+    """
     check_conv_impl(impl)
     check_purpose(purpose)
     stride1_dense = strides == 1 and not depthwise
     plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
-    if impl == "auto":
-        impl = conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
+    measured = None
+    if impl == "auto" and backend == "cpu" and in_shape is not None and features is not None:
+        measured = tuned.layer_choice(tuned.layer_key(
+            purpose, jnp.dtype(dtype).name, tuple(in_shape), features, tuple(kernel_size),
+            strides, depthwise))
+    if impl in ("auto", "table"):
+        impl = measured or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
     if (impl in ("mmgrad", "matmul") and not stride1_dense) or (impl == "winograd" and not plain3x3):
         return "im2col"
     return impl
@@ -156,6 +176,22 @@ def runs_lax_conv(algorithm: str) -> bool:
 
 
 _RECORDERS: list[list[tuple[str, str]]] = []
+
+
+_LAYER_RECORDERS: list[list[dict]] = []
+
+
+@contextlib.contextmanager
+def record_layers():
+    """Collects, for every ``Conv`` traced inside the block, what the tuner needs to time it:
+    ``{"name", "purpose", "dtype", "in_shape" (h, w, cin), "features", "kernel_size",
+    "strides", "depthwise", "pads", "key"}`` (trace-time, like :func:`record_impls`)."""
+    seen: list[dict] = []
+    _LAYER_RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        del _LAYER_RECORDERS[next(i for i, r in enumerate(_LAYER_RECORDERS) if r is seen)]
 
 
 @contextlib.contextmanager
@@ -490,9 +526,18 @@ class Conv(nn.Module):
         out_pixels = -(-x.shape[1] // self.strides) * -(-x.shape[2] // self.strides)
         algorithm = conv_algorithm(self.impl, jax.default_backend(), out_pixels, self.dtype,
                                    self.purpose, kernel_size=self.kernel_size,
-                                   strides=self.strides, depthwise=self.depthwise)
+                                   strides=self.strides, depthwise=self.depthwise,
+                                   in_shape=x.shape[1:], features=self.features)
         for seen in _RECORDERS:
             seen.append((self.name, algorithm))
+        for seen in _LAYER_RECORDERS:
+            layer = dict(name=self.name, purpose=self.purpose, dtype=jnp.dtype(self.dtype).name,
+                         in_shape=tuple(x.shape[1:]), features=self.features,
+                         kernel_size=tuple(self.kernel_size), strides=self.strides,
+                         depthwise=self.depthwise, pads=pads)
+            seen.append(dict(layer, key=tuned.layer_key(
+                layer["purpose"], layer["dtype"], layer["in_shape"], self.features,
+                layer["kernel_size"], self.strides, self.depthwise)))
         if algorithm == "mmgrad":
             y = conv_mmgrad(x, kernel, pads)
         elif algorithm == "matmul":

@@ -1,0 +1,157 @@
+"""handjax.models.tuning and tuned: the tuner keeps the argmin of what it measured (a fake
+timer pins the definition), its cache round-trips and is keyed by machine and layer, a
+corrupt cache is one line and re-tuned, and "auto" runs what was measured while "table"
+stays the table."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from handjax import config as configs
+from handjax.models import convs, tuned, tuning
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty HANDJAX_CACHE and no in-memory copies, before and after."""
+    monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "cache"))
+    tuned.forget()
+    yield tmp_path / "cache"
+    tuned.forget()
+
+
+def _layers(image_size=16):
+    return tuning.model_layers("vgg16", jnp.float32, image_size, "block4_pool")
+
+
+class FakeTimer:
+    """Seconds from a fixed table per algorithm (per layer key, where given); records calls."""
+
+    def __init__(self, seconds, per_key=None):
+        self.seconds, self.per_key, self.calls = seconds, per_key or {}, []
+
+    def __call__(self, layer, algorithm, batch):
+        self.calls.append((layer["key"], algorithm, batch))
+        return self.per_key.get(layer["key"], self.seconds)[algorithm]
+
+
+def test_model_layers_and_candidates():
+    layers = _layers()
+    keys = [l["key"] for l in layers]
+    assert len(keys) == len(set(keys))
+    trained = [l for l in layers if l["purpose"] == "train"]
+    # vgg16 after block4_pool: block5's three 512->512 convs share one key at 16 px (1x1 map)
+    assert [l["key"] for l in trained] == ["train/float32/1x1x512->512/k3x3/s1"]
+    assert tuning.candidates(trained[0]) == ("im2col", "mmgrad", "winograd", "matmul")
+    frozen = [l for l in layers if l["purpose"] == "frozen"]
+    assert all(tuning.candidates(l) == ("xla", "im2col", "winograd") for l in frozen)
+    assert frozen[-1]["in_shape"] == (16, 16, 3)  # least work last
+    assert tuning.batch_for(trained[0], 16) == 16
+
+
+def test_tuner_picks_the_argmin_of_its_measurements(cache):
+    layers = _layers()
+    slow = dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, matmul=4.0)
+    frozen_key = next(l["key"] for l in layers if l["purpose"] == "frozen")
+    timer = FakeTimer(slow, {frozen_key: dict(xla=0.1, im2col=0.2, winograd=0.3)})
+    measured = tuning.tune_layers(layers, 16, timer=timer)
+    assert set(measured) == {l["key"] for l in layers}
+    for key, entry in measured.items():
+        seconds = entry["seconds"]
+        assert entry["algorithm"] == min(seconds, key=seconds.get)
+    assert measured["train/float32/1x1x512->512/k3x3/s1"]["algorithm"] == "winograd"
+    assert measured[frozen_key]["algorithm"] == "xla"
+    assert tuning.pick({"a": 1.0, "b": 1.0}) == "a"  # a tie keeps the first listed
+
+
+def test_cache_round_trips_and_later_runs_measure_nothing(cache):
+    layers = _layers()
+    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, matmul=4.0))
+    tuning.tune_layers(layers, 16, timer=timer)
+    path = tuned.cache_path()
+    assert path.parent == cache / "tuning"
+    on_disk = json.loads(path.read_text())
+    assert on_disk["machine"] == tuned.machine()
+    tuned.forget()  # a new process: read from disk
+    again = FakeTimer(timer.seconds)
+    assert tuning.tune_layers(layers, 16, timer=again) == {} and again.calls == []
+    assert tuned.layer_choice(layers[0]["key"]) == on_disk["layers"][layers[0]["key"]]["algorithm"]
+
+
+def test_a_different_key_re_tunes(cache):
+    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
+    tuning.tune_layers(_layers(16), 16, timer=timer)
+    n = len(timer.calls)
+    tuning.tune_layers(_layers(32), 16, timer=timer)  # other shapes: measured anew
+    assert len(timer.calls) > n
+    # Another machine (or JAX version) reads another file, so it measures everything.
+    other = dict(tuned.machine(), jax="0.0.0")
+    assert tuned.cache_path(other) != tuned.cache_path()
+    assert tuned.read(tuned.cache_path(other))["layers"] == {}
+    # The dtype is part of a layer's key.
+    bf16 = tuning.model_layers("vgg16", jnp.bfloat16, 16, "block4_pool")
+    assert not {l["key"] for l in bf16} & {l["key"] for l in _layers(16)}
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"schema": 1, "layers": []}', "[]"])
+def test_corrupt_cache_is_one_line_and_re_tuned(cache, text):
+    path = tuned.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    lines = []
+    assert tuned.read(path, say=lines.append)["layers"] == {}
+    assert len(lines) == 1 and "unreadable" in lines[0]
+    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
+    assert tuning.tune_layers(_layers(), 16, timer=timer)
+    assert json.loads(path.read_text())["schema"] == tuned.SCHEMA
+
+
+def test_budget_stops_starting_new_layers(cache):
+    layers = _layers()
+    ticks = iter(range(100))
+    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
+    measured = tuning.tune_layers(layers, 16, timer=timer, budget_s=2.5,
+                                  clock=lambda: float(next(ticks)))
+    assert len(measured) == 2 < len(layers)  # checks at t=1, 2 pass; t=3 is past 2.5 s
+
+
+def test_auto_runs_the_measured_choice_and_table_the_table(cache):
+    layer = convs.Conv(8, name="c")
+    x = jax.ShapeDtypeStruct((2, 6, 6, 8), jnp.float32)
+    key = tuned.layer_key("train", "float32", (6, 6, 8), 8, (3, 3), 1, False)
+    table = convs.conv_policy("cpu", 36, jnp.float32, "train", winograd_ok=True)
+    other = "xla" if table != "xla" else "im2col"
+    tuned.write(dict(tuned.empty(tuned.machine()), layers={key: {"algorithm": other}}))
+
+    def ran(impl):
+        with convs.record_impls() as seen:
+            jax.eval_shape(layer.clone(impl=impl).init, jax.random.key(0), x)
+        return seen[0][1]
+
+    if jax.default_backend() == "cpu":
+        assert ran("auto") == other
+    assert ran("table") == table
+
+
+def test_choose_dtype_needs_speed_and_agreement():
+    fast = {"float32": 2.0, "bfloat16": 1.0}
+    slow = {"float32": 1.0, "bfloat16": 2.0}
+    assert tuning.choose_dtype(fast, 0.01) == "bfloat16"
+    assert tuning.choose_dtype(fast, 0.03) == "float32"   # faster, but disagrees
+    assert tuning.choose_dtype(slow, 0.0) == "float32"
+
+
+def test_conv_impl_config_key_is_range_checked():
+    c = configs.cell("vgg16", "categorical", "smoke")
+    assert c.model.conv_impl == "table"  # smoke cells (and the golden tests) never tune
+    c.model.conv_impl = "fastest"
+    with pytest.raises(configs.ConfigError, match="conv_impl"):
+        configs.parse_run(c)
+    assert configs.get_config().model.conv_impl == "auto"
+
+
+def test_tune_skips_without_auto(cache):
+    spec = configs.parse_run(configs.cell("vgg16", "categorical", "smoke")).model
+    assert tuning.tune(spec, 32, 8, timer=None) == 0.0
+    assert not tuned.cache_path().exists()
