@@ -111,9 +111,12 @@ def test_budget_stops_starting_new_layers(cache):
     layers = _layers()
     ticks = iter(range(100))
     timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
-    measured = tuning.tune_layers(layers, 16, timer=timer, budget_s=2.5,
+    measured = tuning.tune_layers(layers, 16, timer=timer, budget_s=6.5,
                                   clock=lambda: float(next(ticks)))
-    assert len(measured) == 2 < len(layers)  # checks at t=1, 2 pass; t=3 is past 2.5 s
+    # One clock reading per candidate: the train layer's 4 (t = 1..4) and the first frozen
+    # layer's 3 (t = 5, 6, then 7 > 6.5: not started, so that layer is not kept).
+    assert list(measured) == [layers[0]["key"]] and len(timer.calls) == 6
+    assert set(json.loads(tuned.cache_path().read_text())["layers"]) == {layers[0]["key"]}
 
 
 def test_auto_runs_the_measured_choice_and_table_the_table(cache):

@@ -20,9 +20,11 @@ where it is faster *and* its class probabilities agree with float32's within
 :data:`PROB_TOL` on the same inputs and weights (the bound ``tests/test_bf16.py`` holds the
 smoke cell to).
 
-The cost is bounded: measuring stops after :data:`TUNE_BUDGET_S` seconds (the convs left
-keep the table's choice this time and are measured by the next run) and is shown as one
-progress bar. Later runs read the cache and measure nothing. Only ``conv_impl="auto"`` on
+The cost is bounded: no candidate starts after :data:`TUNE_BUDGET_S` seconds (a conv not
+wholly measured, and the convs left, keep the table's choice this time and are measured by
+the next run; the dtype is decided once every conv of both dtypes is) and is shown as one
+progress bar. On a loaded machine, where one compilation can take seconds, tuning a model
+thus spreads over a few runs. Later runs read the cache and measure nothing. Only ``conv_impl="auto"`` on
 CPU in a single process tunes: off CPU the table's ``lax.conv`` (cuDNN) is the choice, and
 processes of one run must not choose differently.
 """
@@ -170,12 +172,16 @@ def tune_layers(layers: list[dict], train_batch: int, *, timer: Timer = time_lay
     start = clock()
     bar = tqdm(todo, desc=desc, leave=False, unit="conv")
     for layer in bar:
-        if clock() - start > budget_s:
-            break
-        batch = batch_for(layer, train_batch)
-        seconds = {a: float(timer(layer, a, batch)) for a in candidates(layer)}
-        measured[layer["key"]] = {"algorithm": pick(seconds), "seconds": seconds,
-                                  "batch": batch}
+        batch, seconds = batch_for(layer, train_batch), {}
+        for algorithm in candidates(layer):
+            if clock() - start > budget_s:
+                break
+            seconds[algorithm] = float(timer(layer, algorithm, batch))
+        else:  # every candidate measured: keep the fastest
+            measured[layer["key"]] = {"algorithm": pick(seconds), "seconds": seconds,
+                                      "batch": batch}
+            continue
+        break  # out of budget: this layer and the rest wait for the next run
     bar.close()
     if measured:
         data = dict(data, layers={**data["layers"], **measured})
@@ -274,11 +280,12 @@ def tune(model_spec, image_size: int, batch: int, *, timer: Timer = time_layer,
               for l in model_layers(model_spec.name, jnp.dtype(dt), image_size, split)]
     measured = tune_layers(layers, batch, timer=timer, budget_s=budget_s)
     key = tuned.model_key(model_spec.name, split, image_size)
-    if model_spec.dtype == "auto" and tuned.dtype_choice(key) is None:
+    left = sum(l["key"] not in tuned.read()["layers"] for l in layers)
+    if (model_spec.dtype == "auto" and tuned.dtype_choice(key) is None and not left
+            and time.perf_counter() - t < budget_s):  # each dtype with its own choices
         tune_dtype(model_spec.name, split, image_size, batch)
     seconds = time.perf_counter() - t
     if measured or model_spec.dtype == "auto" and seconds > 0.5:
-        left = sum(l["key"] not in tuned.read()["layers"] for l in layers)
         say(f"conv tuning: {len(measured)} conv shapes measured in {seconds:.1f} s"
             + (f" ({left} left to the next run)" if left else "")
             + f"; cached in {tuned.cache_path()}")
