@@ -283,10 +283,22 @@ def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epoc
 def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | None,
                    cnn_acc: float, svm_acc: float) -> None:
     compiled = "compile in train" if compile_s is None else f"compile {compile_s:.1f} s"
-    print(f"  {label:12s} wall {wall:7.1f} s  (prepare {timing.get('prepare_s', 0):.1f} s,"
-          f" {compiled}, train {timing.get('run_s', 0):.1f} s, "
+    tune = f"tune {timing['tune_s']:.1f} s, " if "tune_s" in timing else ""
+    phases = (f" (phase 1 {timing['epochs1_s']:.1f} s, phase 2 {timing['epochs2_s']:.1f} s)"
+              if "epochs2_s" in timing else "")
+    print(f"  {label:12s} wall {wall:7.1f} s  ({tune}prepare {timing.get('prepare_s', 0):.1f} s,"
+          f" {compiled}, train {timing.get('run_s', 0):.1f} s{phases}, "
           f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
           f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
+
+
+def fresh_import_seconds(module: str = "handjax.train") -> float:
+    """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
+    before its first line of work (this process has paid it already)."""
+    import subprocess
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+    return time.perf_counter() - t
 
 
 def warm_up(spec) -> float:
@@ -310,7 +322,9 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs."""
     from handjax import evaluate, train
     fast = specs["handjax"]
-    out = {"warmup_s": warm_up(fast)}
+    out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
+    print(f"  imports of a run (handjax.train, a fresh process): {out['imports_s']:.1f} s",
+          flush=True)
     print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
     labels = ["handjax", "handjax-bf16", "plain"] if bf16 else ["handjax", "plain"]
     for label in labels:

@@ -126,14 +126,14 @@ def layer_program(layer: dict, algorithm: str, batch: int):
     def loss(k, x):
         return 0.5 * jnp.mean(jnp.square(apply(k, x).astype(jnp.float32)))
 
-    def step(carry, _):
-        k, acc = carry
-        dk, dx = jax.grad(loss, argnums=(0, 1))(k, x_in)
-        return (k - 1e-3 * dk, acc + jnp.sum(dx.astype(jnp.float32))), None
+    def steps(k, x):  # x an argument: as a closed-over constant XLA would fold its pads
+        def step(carry, _):
+            k, acc = carry
+            dk, dx = jax.grad(loss, argnums=(0, 1))(k, x)
+            return (k - 1e-3 * dk, acc + jnp.sum(dx.astype(jnp.float32))), None
+        return lax.scan(step, (k, jnp.float32(0)), None, length=TRAIN_STEPS)[0]
 
-    x_in = x.astype(dtype)
-    fn = jax.jit(lambda k: lax.scan(step, (k, jnp.float32(0)), None, length=TRAIN_STEPS)[0])
-    return fn, (kernel,)
+    return jax.jit(steps), (kernel, x.astype(dtype))
 
 
 def best_seconds(fn, args, repeats: int = REPEATS) -> float:
@@ -233,15 +233,16 @@ def time_top(name: str, split: str, image_size: int, batch: int, dtype) -> float
     (its convs as tuned for ``dtype``)."""
     module, variables, x = _top_parts(name, split, image_size, batch, dtype)
 
-    def loss(params):
-        return jnp.mean(jnp.square(_pooled(module, variables, params, x, split, dtype)))
+    def steps(params, x):  # x an argument, not a constant XLA would fold
+        def loss(params):
+            return jnp.mean(jnp.square(_pooled(module, variables, params, x, split, dtype)))
 
-    def step(params, _):
-        g = jax.grad(loss)(params)
-        return jax.tree.map(lambda p, d: p - 1e-3 * d, params, g), None
+        def step(params, _):
+            g = jax.grad(loss)(params)
+            return jax.tree.map(lambda p, d: p - 1e-3 * d, params, g), None
+        return lax.scan(step, params, None, length=TRAIN_STEPS)[0]
 
-    fn = jax.jit(lambda p: lax.scan(step, p, None, length=TRAIN_STEPS)[0])
-    return best_seconds(fn, (variables["params"],))
+    return best_seconds(jax.jit(steps), (variables["params"], x))
 
 
 def tune_dtype(name: str, split: str, image_size: int, batch: int, path=None) -> dict:
