@@ -19,14 +19,13 @@ way the study's code did, in Keras 3 on JAX (``pip install -e '.[test]'``): per 
 ``predict``, and an SVM on the pooled features. Its results differ from handjax's (its own
 initialisation and random numbers); only its wall time is compared.
 GFLOP/s figures count the convolutions and matrix products in the step's jaxpr
-(``bench.jaxpr_flops``) and are compared with a matmul peak measured in the same run.
+(``handjax.flops.jaxpr_flops``) and are compared with a matmul peak measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import optax
 
 from handjax import backbones
 from handjax.bench_keras import peak_rss_gib
+from handjax.flops import jaxpr_flops
 
 # handjax.train is imported inside the functions that need it: ``steps`` needs only the
 # backbones, and so runs where tensorflow-datasets (imported by the data pipeline) is not
@@ -61,34 +61,6 @@ def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     return 2 * n**3 / _best_time(fn, a, a) / 1e9
-
-
-def jaxpr_flops(jaxpr) -> float:
-    """Multiply-add FLOPs (2 per multiply-add) of the convolutions and matrix products in a
-    (closed) jaxpr, nested ones included (a scan's body counts ``length`` times): the
-    model's work, counted the same on every backend. XLA's own cost analysis cannot serve
-    across backends: on GPU it leaves out the convolutions that run as cuDNN calls (it
-    counted ~1% of VGG19's train step there)."""
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-            window = math.prod(rhs[d] for d in spec[2:])
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * window * rhs[spec[1]]
-        elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
-                lhs[d] for d in contract)
-        times = eqn.params.get("length", 1) if name == "scan" else 1
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
-                    total += times * jaxpr_flops(sub)
-    return total
 
 
 # --------------------------------------------------------------------------- steps

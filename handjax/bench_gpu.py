@@ -2,8 +2,10 @@
 to end on an accelerator, in one call (a short device session measures it all).
 
 It prints and writes (``--json``) the sweep's wall time, each cell's ``timing.json`` parts,
-the phase-2 program's MFU (its FLOPs from XLA's cost analysis of the compiled epoch program,
-per second of phase-2 epochs, over the device's bf16 peak) and, where ``keras`` is
+the phase-2 program's MFU (the compiled epoch program's FLOPs per second of phase-2 epochs,
+over the device's bf16 peak; FLOPs counted from its jaxpr, ``timing.json``'s
+``flops_phase2``, with XLA's cost analysis, ``xla_flops_phase2``, beside it: on GPU that
+one leaves out the convs cuDNN runs) and, where ``keras`` is
 importable, the plain Keras 3 protocol of one cell on the same device and its ratio. On a
 CPU it refuses in one line: the figures are the accelerator's.
 """
@@ -57,10 +59,11 @@ def study_config(a):
     return c
 
 
-def phase2_mfu(timing: dict, epochs2: int, peak_tflops: float | None) -> float | None:
-    """Phase 2's FLOPs per second (XLA's count of one compiled epoch x epochs / the
+def phase2_mfu(timing: dict, epochs2: int, peak_tflops: float | None,
+               key: str = "flops_phase2") -> float | None:
+    """Phase 2's FLOPs per second (``timing[key]``, one compiled epoch, x epochs / the
     epochs' seconds) over ``peak_tflops``; None where a figure is missing."""
-    flops, seconds = timing.get("flops_phase2"), timing.get("epochs2_s")
+    flops, seconds = timing.get(key), timing.get("epochs2_s")
     if not (flops and seconds and peak_tflops):
         return None
     return flops * epochs2 / seconds / (peak_tflops * 1e12)
@@ -87,7 +90,9 @@ def main(argv, peak_lookup=lambda kind: None) -> int:
     for (loss, model), cell in spec.cells.items():
         timing = json.loads((root / "study" / cell.name / "timing.json").read_text())
         mfu = phase2_mfu(timing, a.epochs2, peak)
-        report["cells"][cell.name] = dict(timing, phase2_mfu=mfu)
+        report["cells"][cell.name] = dict(
+            timing, phase2_mfu=mfu, phase2_mfu_xla=phase2_mfu(timing, a.epochs2, peak,
+                                                              "xla_flops_phase2"))
         print(f"  {cell.name:28s} wall {timing.get('wall_time_s', 0):7.1f} s  phase 2 "
               f"{timing.get('epochs2_s', 0):6.1f} s  MFU "
               + ("n/a" if mfu is None else f"{100 * mfu:.1f}%"), flush=True)
