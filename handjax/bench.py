@@ -274,12 +274,18 @@ def fresh_import_seconds(module: str = "handjax.train") -> float:
 
 
 def warm_up(spec) -> float:
-    """Pay the process's one-time costs before any timed run: JAX's backend start, the
+    """Pay the process's one-time costs before any timed run: the conv tuner's measuring
+    (once per machine and model; later processes read its cache), JAX's backend start, the
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
     here) and the later ones get them free."""
     from handjax import features
-    from handjax.models import classifier
+    from handjax.models import classifier, tuning
+    tune_s = tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size,
+                         budget_s=float("inf"))
+    if tune_s:
+        print(f"  conv tuning, once per machine and model (cached; untimed): {tune_s:.1f} s",
+              flush=True)
     t = time.perf_counter()
     examples = features.protocol_data(spec.data, spec.seed, spec.n_folds).examples
     classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
