@@ -424,7 +424,7 @@ def _clinical_results(spec, prep, workdir: Path, decisions, preds, calib) -> dic
 
 
 def _write_outputs(workdir: Path, results: dict, timing: dict, preds) -> None:
-    from handjax import report
+    from handjax import evaluate, report
     try:
         write_results(workdir, results, timing)
         report.write_run(workdir, results, preds)
@@ -433,7 +433,7 @@ def _write_outputs(workdir: Path, results: dict, timing: dict, preds) -> None:
                             "space or fix permissions, then rerun the same command (it "
                             "resumes from the last checkpoint)") from e
     if distributed.is_primary():
-        console.summary(results, METRIC_KEYS, str(workdir / "results.md"))
+        console.summary(results, evaluate.METRIC_KEYS, str(workdir / "results.md"))
 
 
 def results_record(spec, prep: features.Prepared, decisions: dict) -> dict:
