@@ -158,3 +158,23 @@ def test_tune_skips_without_auto(cache):
     spec = configs.parse_run(configs.cell("vgg16", "categorical", "smoke")).model
     assert tuning.tune(spec, 32, 8, timer=None) == 0.0
     assert not tuned.cache_path().exists()
+
+
+def test_tune_with_dtype_auto_decides_and_compute_dtype_reads_it(cache):
+    if jax.default_backend() != "cpu":
+        pytest.skip("tuning runs on CPU only")
+    from handjax.models import classifier
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.model.conv_impl, c.model.dtype = "auto", "auto"
+    model = configs.parse_run(c).model
+    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, matmul=4.0))
+    assert tuning.tune(model, 16, 4, timer=timer, budget_s=1e9) > 0
+    assert {k.split("/")[1] for k, _, _ in timer.calls} == {"float32", "bfloat16"}
+    key = tuned.model_key("vgg16", "block4_pool", 16)
+    entry = tuned.read()["dtypes"][key]
+    assert entry["dtype"] == tuning.choose_dtype(entry["seconds"], entry["max_prob_diff"])
+    assert classifier.compute_dtype("auto", key) == jnp.dtype(entry["dtype"])
+    # Read back by a later run: nothing measured again.
+    again = FakeTimer(timer.seconds)
+    tuning.tune(model, 16, 4, timer=again)
+    assert again.calls == []
