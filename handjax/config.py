@@ -29,7 +29,7 @@ LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
 MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2", "convnext_tiny", "efficientnetv2_b0")
 STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
 STUDY_LOSSES = "categorical,binary,custom"
-CONV_IMPLS = ("auto", "table", "xla", "im2col", "mmgrad", "winograd", "matmul")
+CONV_IMPLS = ("auto", "table", "xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
 DTYPES = ("float32", "bfloat16")
 MAX_IMAGE_SIZE = 1024
 
@@ -60,7 +60,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # "auto": on CPU each conv's algorithm measured on this machine once, cached under
     # $HANDJAX_CACHE/tuning (the table where unmeasured); "table": the fixed table alone
     # (handjax.models.convs.conv_policy); or one of "xla", "im2col", "mmgrad", "winograd",
-    # "matmul" everywhere it applies.
+    # "winograd4", "matmul" everywhere it applies.
     c.model.conv_impl = "auto"
 
     c.head = ml_collections.ConfigDict(dict(hidden=256, dropout=0.5))

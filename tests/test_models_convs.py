@@ -154,11 +154,17 @@ def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
 # and im2col's input gradients the largest). No bias: its bf16 gradient is a sum with
 # cancellation (3% off in every algorithm alike), not the conv's.
 AGREE_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
+# Winograd F(4x4, 3x3) rounds more in its transforms (coefficients up to 8 and 1/24):
+# float32 within 1e-4 (measured 1.1e-5 here, see test_winograd4_matches_float64_conv). In
+# bfloat16 it measured 5.6e-2 off, so the tuner never offers it there (tuning.candidates).
+AGREE_TOL_WINOGRAD4 = {"float32": 1e-4}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("algorithm", convs.ALGORITHMS)
 def test_every_algorithm_agrees_with_xla_float32(algorithm, dtype):
+    if algorithm == "winograd4" and dtype == "bfloat16":
+        pytest.skip("not a bfloat16 candidate (5.6e-2 off)")
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.normal(size=(2, 10, 9, 128)), jnp.float32)
     make = lambda impl, dt: convs.Conv(16, use_bias=False, impl=impl, dtype=jnp.dtype(dt))  # noqa: E731
@@ -173,7 +179,8 @@ def test_every_algorithm_agrees_with_xla_float32(algorithm, dtype):
     ours = jax.jit(lambda: value_and_grads(algorithm, dtype))()
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
         err = float(jnp.abs(a.astype(jnp.float32) - b).max() / jnp.abs(b).max())
-        assert err <= AGREE_TOL[dtype], (algorithm, dtype, err)
+        tol = (AGREE_TOL_WINOGRAD4 if algorithm == "winograd4" else AGREE_TOL)[dtype]
+        assert err <= tol, (algorithm, dtype, err)
 
 
 @pytest.mark.parametrize("cin", [2, 7])  # 2: the all-taps-on-X branch (RGB layer); 7: X/G shifts
@@ -222,6 +229,33 @@ def test_winograd_matches_float64_conv(hw, padding):
                        lambda x, w: convs._lax_conv(x, w, 1, pads))]
     for ours, ref in zip(*grads):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+@pytest.mark.parametrize("hw,padding", [((8, 8), "SAME"), ((7, 10), "SAME"), ((9, 6), "VALID"),
+                                        ((14, 14), "SAME")])
+def test_winograd4_matches_float64_conv(hw, padding):
+    """F(4x4, 3x3) Winograd in float32 against an exact float64 correlation (VGG-sized
+    channels): outputs within 3e-5 of the output's scale (measured 0.9-1.5e-5, against
+    F(2x2, 3x3)'s ~1e-6: the price of 4x fewer multiplies); gradients equal lax.conv's."""
+    rng = np.random.default_rng(sum(hw) + 1)
+    x = rng.normal(size=(2, *hw, 256))
+    k = rng.normal(size=(3, 3, 256, 8)) / 48.0
+    pads = convs._explicit_pads(padding, hw, (3, 3), 1)
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], k[i, j])
+                for i in range(3) for j in range(3))
+    x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+    y = jax.jit(convs.conv_winograd4, static_argnums=2)(x32, k32, pads)
+    assert y.shape == exact.shape and y.dtype == jnp.float32
+    err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
+    assert err < 3e-5, err
+    cot = jnp.asarray(rng.normal(size=exact.shape), jnp.float32)
+    grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1)))(x32, k32)
+             for f in (lambda x, w: convs.conv_winograd4(x, w, pads),
+                       lambda x, w: convs._lax_conv(x, w, 1, pads))]
+    for ours, ref in zip(*grads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
 
 
 def test_bfloat16_im2col_accumulates_in_float32():

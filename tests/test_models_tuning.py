@@ -43,18 +43,18 @@ def test_model_layers_and_candidates():
     trained = [l for l in layers if l["purpose"] == "train"]
     # vgg16 after block4_pool: block5's three 512->512 convs share one key at 16 px (1x1 map)
     assert [l["key"] for l in trained] == ["train/float32/1x1x512->512/k3x3/s1"]
-    assert tuning.candidates(trained[0]) == ("im2col", "mmgrad", "winograd", "matmul")
+    assert tuning.candidates(trained[0]) == ("im2col", "mmgrad", "winograd", "winograd4", "matmul")
     frozen = [l for l in layers if l["purpose"] == "frozen"]
-    assert all(tuning.candidates(l) == ("xla", "im2col", "winograd") for l in frozen)
+    assert all(tuning.candidates(l) == ("xla", "im2col", "winograd", "winograd4") for l in frozen)
     assert frozen[-1]["in_shape"] == (16, 16, 3)  # least work last
     assert tuning.batch_for(trained[0], 16) == 16
 
 
 def test_tuner_picks_the_argmin_of_its_measurements(cache):
     layers = _layers()
-    slow = dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, matmul=4.0)
+    slow = dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, winograd4=0.7, matmul=4.0)
     frozen_key = next(l["key"] for l in layers if l["purpose"] == "frozen")
-    timer = FakeTimer(slow, {frozen_key: dict(xla=0.1, im2col=0.2, winograd=0.3)})
+    timer = FakeTimer(slow, {frozen_key: dict(xla=0.1, im2col=0.2, winograd=0.3, winograd4=0.4)})
     measured = tuning.tune_layers(layers, 16, timer=timer)
     assert set(measured) == {l["key"] for l in layers}
     for key, entry in measured.items():
@@ -67,7 +67,7 @@ def test_tuner_picks_the_argmin_of_its_measurements(cache):
 
 def test_cache_round_trips_and_later_runs_measure_nothing(cache):
     layers = _layers()
-    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, matmul=4.0))
+    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, winograd4=0.7, matmul=4.0))
     tuning.tune_layers(layers, 16, timer=timer)
     path = tuned.cache_path()
     assert path.parent == cache / "tuning"
@@ -80,7 +80,7 @@ def test_cache_round_trips_and_later_runs_measure_nothing(cache):
 
 
 def test_a_different_key_re_tunes(cache):
-    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
+    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, winograd4=4.5, matmul=5.0))
     tuning.tune_layers(_layers(16), 16, timer=timer)
     n = len(timer.calls)
     tuning.tune_layers(_layers(32), 16, timer=timer)  # other shapes: measured anew
@@ -102,7 +102,7 @@ def test_corrupt_cache_is_one_line_and_re_tuned(cache, text):
     lines = []
     assert tuned.read(path, say=lines.append)["layers"] == {}
     assert len(lines) == 1 and "unreadable" in lines[0]
-    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
+    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, winograd4=4.5, matmul=5.0))
     assert tuning.tune_layers(_layers(), 16, timer=timer)
     assert json.loads(path.read_text())["schema"] == tuned.SCHEMA
 
@@ -110,11 +110,11 @@ def test_corrupt_cache_is_one_line_and_re_tuned(cache, text):
 def test_budget_stops_starting_new_layers(cache):
     layers = _layers()
     ticks = iter(range(100))
-    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, matmul=5.0))
+    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, winograd4=4.5, matmul=5.0))
     measured = tuning.tune_layers(layers, 16, timer=timer, budget_s=6.5,
                                   clock=lambda: float(next(ticks)))
-    # One clock reading per candidate: the train layer's 4 (t = 1..4) and the first frozen
-    # layer's 3 (t = 5, 6, then 7 > 6.5: not started, so that layer is not kept).
+    # One clock reading per candidate: the train layer's 5 (t = 1..5) and the first frozen
+    # layer's 4 (t = 6, then 7 > 6.5: not started, so that layer is not kept).
     assert list(measured) == [layers[0]["key"]] and len(timer.calls) == 6
     assert set(json.loads(tuned.cache_path().read_text())["layers"]) == {layers[0]["key"]}
 
@@ -167,7 +167,7 @@ def test_tune_with_dtype_auto_decides_and_compute_dtype_reads_it(cache):
     c = configs.cell("vgg16", "categorical", "smoke")
     c.model.conv_impl, c.model.dtype = "auto", "auto"
     model = configs.parse_run(c).model
-    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, matmul=4.0))
+    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, winograd4=0.7, matmul=4.0))
     assert tuning.tune(model, 16, 4, timer=timer, budget_s=1e9) > 0
     assert {k.split("/")[1] for k, _, _ in timer.calls} == {"float32", "bfloat16"}
     key = tuned.model_key("vgg16", "block4_pool", 16)
