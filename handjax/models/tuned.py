@@ -120,6 +120,7 @@ def write(data: dict, path: Path | None = None) -> Path:
     path = cache_path() if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".convs-", suffix=".json")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the cache from the machine's other users
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.write("\n")
