@@ -136,7 +136,8 @@ def model_parts(spec, image_size: int, seed: int, num_classes: int, loss_name: s
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
     fields shared by training and inference (an ordinal loss gets its ordinal head)."""
     split = spec.split or backbones.DEFAULT_TRAINABLE_FROM[spec.name]
-    dtype = compute_dtype(spec.dtype, tuned.model_key(spec.name, split, image_size))
+    measured = tuned.model_key(spec.name, split, image_size) if spec.conv_impl == "auto" else None
+    dtype = compute_dtype(spec.dtype, measured)
     backbone, variables = load_backbone(spec, seed, dtype)
     if split not in backbone.stages:
         raise ConfigError(f"config.model.split={split!r} is not a stage of {spec.name}; "
