@@ -48,12 +48,18 @@ def preload(module: str = "handjax.evaluate"):
     sklearn's SVM, pipeline, calibration and metrics, scipy.optimize, matplotlib's users)
     with the prepare and compile work that does not need it; the first real ``import`` of
     it then waits for that thread's, or finds it done. (``import handjax.train`` without
-    them measured ~0.6x the time with them; the data splits still import sklearn's core
-    during prepare, which the thread's import then shares.)"""
+    them measured ~0.6x the time with them.) Started after prepare, when the main thread
+    imports little else (orbax), so the two imports share no half-imported package."""
     import importlib
     import threading
-    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True,
-                              name=f"preload {module}")
+
+    def target():
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the real import later says what is wrong
+            pass
+
+    thread = threading.Thread(target=target, daemon=True, name=f"preload {module}")
     thread.start()
     return thread
 
@@ -371,10 +377,10 @@ def _run_locked(spec, workdir: Path) -> dict:
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, spec.config_json)
-    preload()
     timing: dict = {"imports_s": IMPORT_S}
     timing["tune_s"] = tune_convs(spec)
     prep = features.prepare(spec, workdir)
+    preload()  # after prepare, whose data splits import sklearn's core themselves
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(spec, prep))
     timing["prepare_s"] = time.perf_counter() - t0 - timing["tune_s"]
