@@ -3,6 +3,7 @@ timer pins the definition), its cache round-trips and is keyed by machine and la
 corrupt cache is one line and re-tuned, and "auto" runs what was measured while "table"
 stays the table."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +15,9 @@ from handjax.models import convs, tuned, tuning
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty HANDJAX_CACHE and no in-memory copies, before and after."""
+    """An empty HANDJAX_CACHE (a path no earlier test read)."""
     monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "cache"))
-    tuned.forget()
-    yield tmp_path / "cache"
-    tuned.forget()
+    return tmp_path / "cache"
 
 
 def _layers(image_size=16):
@@ -73,10 +72,15 @@ def test_cache_round_trips_and_later_runs_measure_nothing(cache):
     assert path.parent == cache / "tuning"
     on_disk = json.loads(path.read_text())
     assert on_disk["machine"] == tuned.machine()
-    tuned.forget()  # a new process: read from disk
     again = FakeTimer(timer.seconds)
     assert tuning.tune_layers(layers, 16, timer=again) == {} and again.calls == []
-    assert tuned.layer_choice(layers[0]["key"]) == on_disk["layers"][layers[0]["key"]]["algorithm"]
+    key = layers[0]["key"]
+    assert tuned.layer_choice(key) == on_disk["layers"][key]["algorithm"]
+    # What is on disk counts (another process may have written it): edited, it is reread.
+    on_disk["layers"][key]["algorithm"] = "im2col"
+    path.write_text(json.dumps(on_disk))
+    os.utime(path, ns=(0, 10**18))  # a surely different mtime
+    assert tuned.layer_choice(key) == "im2col"
 
 
 def test_a_different_key_re_tunes(cache):

@@ -24,7 +24,7 @@ SCHEMA = 1
 # CPU flags that change which conv algorithm and dtype win (vector width, bf16/fp16 units).
 _FLAG_PREFIXES = ("avx", "amx", "fma", "f16c")
 
-_MEMO: dict[Path, dict] = {}
+_MEMO: dict[Path, tuple[int | None, dict]] = {}   # path -> (its mtime when read, contents)
 
 
 def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, tuple[str, ...]]:
@@ -93,15 +93,23 @@ def _valid(data) -> bool:
             and isinstance(data.get("layers"), dict) and isinstance(data.get("dtypes"), dict))
 
 
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def read(path: Path | None = None, say=None) -> dict:
-    """The file's contents (memoised per path); missing: empty; unreadable or of another
-    schema: empty, and one line through ``say`` (default: the console) saying it is
-    tuned again."""
+    """The file's contents (kept in memory until the file changes); missing: empty;
+    unreadable or of another schema: empty, and one line through ``say`` (default: the
+    console) saying it is tuned again."""
     path = cache_path() if path is None else path
-    if path in _MEMO:
-        return _MEMO[path]
+    mtime = _mtime(path)
+    if path in _MEMO and _MEMO[path][0] == mtime:
+        return _MEMO[path][1]
     data = None
-    if path.exists():
+    if mtime is not None:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -111,8 +119,8 @@ def read(path: Path | None = None, say=None) -> dict:
                 from handjax.console import say
             say(f"conv tuning cache {path} is unreadable; tuning again")
             data = None
-    _MEMO[path] = data if data is not None else empty(machine())
-    return _MEMO[path]
+    _MEMO[path] = (mtime, data if data is not None else empty(machine()))
+    return _MEMO[path][1]
 
 
 def write(data: dict, path: Path | None = None) -> Path:
@@ -125,13 +133,8 @@ def write(data: dict, path: Path | None = None) -> Path:
         json.dump(data, f, indent=1, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
-    _MEMO[path] = data
+    _MEMO[path] = (_mtime(path), data)
     return path
-
-
-def forget() -> None:
-    """Drop the in-memory copies (the files stay): the next read goes to disk."""
-    _MEMO.clear()
 
 
 def layer_choice(key: str) -> str | None:
