@@ -201,16 +201,18 @@ def bench_dtypes(models, size: int, batch: int, peaks: dict, impl: str = "auto",
 def bench_folds(spec) -> list[dict]:
     """Phase-1 and phase-2 epochs of the fold program under each fold mapping."""
     from handjax import features, folds
-    prep = features.prepare(spec)
-    labels = jnp.asarray(prep.examples.labels)
+    from handjax.data.cohort import load_cohort
+    cohort = load_cohort(spec.data, spec.seed, spec.n_folds)
+    prep = features.prepare(spec, cohort)
+    labels = jnp.asarray(cohort.labels)
     rows = []
     for phase in (1, 2):
         inputs = prep.inputs1 if phase == 1 else prep.inputs2
-        batches = folds.epoch_batches([tr for tr, _ in prep.folds],
+        batches = folds.epoch_batches(cohort.train_sets,
                                       batch_size=spec.train.batch_size,
                                       n_views=inputs.shape[0], seed=0, phase=phase, epoch=0)
         for kind in ("vmap", "map", "loop"):
-            states = folds.states_for(phase, prep, spec)
+            states = folds.states_for(phase, prep.fold_model, spec)
             fn = jax.jit(lambda s, x, y, b, k, kind=kind: folds.epoch_fn(
                 s, x, y, b, k, fold_map=kind))
             t = time.perf_counter()
@@ -279,7 +281,7 @@ def warm_up(spec) -> float:
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
     here) and the later ones get them free."""
-    from handjax import features
+    from handjax.data.cohort import load_cohort
     from handjax.models import classifier, tuning
     tune_s = tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size,
                          budget_s=float("inf"))
@@ -287,7 +289,7 @@ def warm_up(spec) -> float:
         print(f"  conv tuning, once per machine and model (cached; untimed): {tune_s:.1f} s",
               flush=True)
     t = time.perf_counter()
-    examples = features.protocol_data(spec.data, spec.seed, spec.n_folds).examples
+    examples = load_cohort(spec.data, spec.seed, spec.n_folds).examples
     classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
                            len(examples.class_names))
     importlib.import_module("handjax.checkpoint")  # imports orbax
@@ -298,7 +300,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
                    bf16: bool = False) -> dict:
     """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
     with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs."""
-    from handjax import evaluate, train
+    from handjax import metrics, train
     fast = specs["handjax"]
     out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
     print(f"  imports of a run (handjax.train, a fresh process): {out['imports_s']:.1f} s",
@@ -326,7 +328,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     same = all(np.allclose(out["plain"]["results"]["decisions"][d]["per_fold"][m],
                            out["handjax"]["results"]["decisions"][d]["per_fold"][m],
                            atol=1e-6)
-               for d in ("cnn", "cnn_mec") for m in evaluate.METRIC_KEYS)
+               for d in ("cnn", "cnn_mec") for m in metrics.STUDY_METRICS)
     print(f"  speed-up handjax vs plain: {ratio:.1f}x   CNN results identical: {same}  "
           f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     out["ratio"] = ratio

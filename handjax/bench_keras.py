@@ -40,11 +40,10 @@ def import_keras():
 
 def keras_data(fast):
     """Labels [N], folds and views [V, N, H, W, 3] uint8: exactly the arrays handjax uses."""
-    from handjax import features
-    pd = features.protocol_data(fast.data, fast.seed, fast.n_folds, fast.train.inner_val)
-    examples, views = pd.examples, pd.views
-    folds = [(np.setdiff1d(tr, inner), te) for (tr, te), inner in zip(pd.folds, pd.inner)]
-    return np.asarray(examples.labels), len(examples.class_names), folds, views
+    from handjax.data.cohort import load_cohort
+    cohort = load_cohort(fast.data, fast.seed, fast.n_folds, fast.train.inner_val)
+    folds = list(zip(cohort.train_sets, cohort.test_sets))
+    return cohort.labels, len(cohort.examples.class_names), folds, cohort.views
 
 
 def keras_model(keras, fast, n_classes: int):

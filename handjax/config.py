@@ -18,6 +18,7 @@ import json
 import ml_collections
 
 from handjax.errors import ConfigError
+from handjax.models.convs import CONV_IMPLS
 
 # The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
 # "custom" is our reading of the study's custom_loss: its three metrics on a soft confusion
@@ -27,9 +28,8 @@ LOSSES = {"categorical": ("categorical", 1.0), "binary": ("binary", 1.0),
           "custom": ("soft_custom", 0.0), "severity": ("severity", 1.0),
           "corn": ("corn", 0.0), "coral": ("coral", 0.0)}
 MODEL_NAMES = ("vgg16", "vgg19", "resnet50", "mobilenetv2", "convnext_tiny", "efficientnetv2_b0")
-STUDY_MODELS = "vgg16,vgg19,resnet50,mobilenetv2"
-STUDY_LOSSES = "categorical,binary,custom"
-CONV_IMPLS = ("auto", "table", "xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
+STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "mobilenetv2")   # the study's table
+STUDY_LOSSES = ("categorical", "binary", "custom")
 DTYPES = ("float32", "bfloat16")
 MAX_IMAGE_SIZE = 1024
 
@@ -133,8 +133,8 @@ def cell(model: str, loss: str, arg=None) -> ml_collections.ConfigDict:
     return cell_config(c, model, loss)
 
 
-EXTENDED_MODELS = STUDY_MODELS + ",convnext_tiny,efficientnetv2_b0"
-EXTENDED_LOSSES = STUDY_LOSSES + ",corn,coral"
+EXTENDED_MODELS = STUDY_MODELS + ("convnext_tiny", "efficientnetv2_b0")
+EXTENDED_LOSSES = STUDY_LOSSES + ("corn", "coral")
 
 
 def study_config(arg=None) -> ml_collections.ConfigDict:
@@ -148,8 +148,8 @@ def study_config(arg=None) -> ml_collections.ConfigDict:
                           "or ':extended_smoke'")
     c = get_config("smoke" if smoke else None)
     c.name = ("study_extended" if extended else "study") + ("_smoke" if smoke else "")
-    c.models = EXTENDED_MODELS if extended else STUDY_MODELS
-    c.losses = EXTENDED_LOSSES if extended else STUDY_LOSSES
+    c.models = ",".join(EXTENDED_MODELS if extended else STUDY_MODELS)
+    c.losses = ",".join(EXTENDED_LOSSES if extended else STUDY_LOSSES)
     return c
 
 
@@ -254,7 +254,7 @@ def parse(config) -> RunSpec | SweepSpec:
 
 def _parse_sweep(config) -> SweepSpec:
     models = _names(config.models, MODEL_NAMES, "models")
-    losses = _names(config.get("losses", STUDY_LOSSES), tuple(LOSSES), "losses")
+    losses = _names(config.get("losses", ",".join(STUDY_LOSSES)), tuple(LOSSES), "losses")
     cells = {(l, m): parse_run(cell_config(config, m, l)) for l in losses for m in models}
     return SweepSpec(config.name, tuple(models), tuple(losses), cells)
 

@@ -1,92 +1,31 @@
-"""What every fold shares, computed once per run: the photos and their folds, the image
-views, and the outputs of the layers frozen in each phase.
+"""The fold program's inputs, computed once per run: the model every fold starts from and
+the outputs of the layers frozen in each phase.
 
 Why the cache is exact: layers frozen in a phase hold the same (pretrained) values in every
-fold, so their outputs are the same for every fold and epoch. Augmentation is applied to the
-*images*, so it must happen before the frozen prefix: we precompute ``V`` views per image
-(view 0 is the photo itself, views 1..V-1 are random ``data.augment`` draws) and each
-training example draws one view per epoch.
+fold, so their outputs are the same for every fold and epoch. Augmentation happens to the
+*images* before the frozen prefix (the cohort's fixed views, :mod:`handjax.data.cohort`), and
+each training example draws one view per epoch.
+
+The data half of a run (photos, labels, subjects, folds) is :class:`handjax.data.Cohort`;
+this module builds the model half, :class:`FoldInputs`, which :mod:`handjax.folds` reads.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from tqdm.auto import tqdm
 
-from handjax import backbones, data
-from handjax.models import classifier
+from handjax.data.cohort import Cohort
+from handjax.models import backbones, classifier, convs
 
-
-# --------------------------------------------------------------------------- photos
-def load_examples(spec, seed: int, n_folds: int = data.N_FOLDS) -> data.Examples:
-    """The configured photos: the user's folder if ``spec.root`` is set, else synthetic hands."""
-    if spec.root:
-        return data.load_folder(spec.root, image_size=spec.image_size,
-                                on_error=spec.on_error,
-                                class_map=dict(spec.class_map) if spec.class_map else None,
-                                min_per_class=n_folds)
-    return data.load_synthetic(n_per_class=spec.n_per_class, image_size=spec.image_size,
-                               seed=seed)
-
-
-def describe_data(examples: data.Examples, groups: np.ndarray | None) -> dict:
-    """Source, size, class counts and near-duplicate groups, for the results header."""
-    desc = dict(data.describe(examples))
-    desc["class_names"] = list(examples.class_names)
-    if groups is None:
-        desc["duplicate_groups"] = None
-    else:
-        _, counts = np.unique(groups, return_counts=True)
-        desc["duplicate_groups"] = int(np.sum(counts > 1))
-    return desc
-
-
-def augmented_views(images: np.ndarray, n_views: int, key) -> np.ndarray:
-    """[V, N, H, W, 3] uint8: view 0 is the photo, views 1.. are ``data.augment`` draws."""
-    views = [images]
-    for v in range(1, n_views):
-        views.append(np.asarray(data.augment(jax.random.fold_in(key, v), images)))
-    return np.stack(views)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtocolData:
-    """What every run of the protocol trains on: photos, subjects, splits, image views."""
-    examples: data.Examples
-    dup_groups: np.ndarray | None      # near-duplicate groups (None without dedup)
-    subjects: np.ndarray
-    metadata: dict                     # subgroup columns, one value per photo
-    folds: list                        # [(train, test)] index arrays
-    inner: list                        # per fold: inner validation photos (within train)
-    views: np.ndarray                  # [V, N, H, W, 3] uint8
-
-
-def protocol_data(spec, seed: int, n_folds: int, inner_val: float = 0.0) -> ProtocolData:
-    """Photos, subjects and metadata, folds grouped by subject and near-duplicate group, the
-    inner validation splits and the image views (``spec``: a DataSpec)."""
-    from handjax import distributed   # processes may share $HANDJAX_CACHE: one writes it
-    examples = distributed.primary_first(lambda: load_examples(spec, seed, n_folds))
-    dup = data.duplicate_groups(examples.images) if spec.dedup else None
-    if spec.metadata:
-        subjects, metadata = data.load_metadata(spec.metadata, examples.ids)
-    elif not spec.root:     # synthetic: two photos (left and right hand) per person
-        subjects, metadata = data.synthetic_metadata(examples.ids, seed)
-    else:                   # a folder without a CSV: each photo its own subject
-        subjects, metadata = np.asarray(examples.ids, str), {}
-    known = subjects if spec.metadata or not spec.root else None
-    folds = data.folds(examples.labels, n_splits=n_folds, seed=seed, groups=dup,
-                       subjects=known)
-    inner = data.inner_splits(folds, np.asarray(examples.labels),
-                              data.merge_groups(dup, subjects), inner_val, seed)
-    views = augmented_views(examples.images, spec.views,
-                            jax.random.fold_in(jax.random.key(seed), 2))
-    return ProtocolData(examples, dup, subjects, metadata, folds, inner, views)
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import ModelSpec, RunSpec
 
 
 # --------------------------------------------------------------------------- batching
@@ -126,11 +65,11 @@ def _batches(fn, flat: np.ndarray, batch: int, desc: str | None):
 PER_IMAGE_MIN_PIXELS = 28 * 28
 
 
-def per_image_boundary(backbone, variables, image_hw: tuple[int, int], split: str,
-                       dtype) -> str | None:
+def per_image_boundary(backbone, variables, image_hw: tuple[int, int],
+                       split: str) -> str | None:
     """The last stage boundary up to ``split`` whose output map has at least
     ``PER_IMAGE_MIN_PIXELS`` pixels (``None``: no such stage)."""
-    x = jax.ShapeDtypeStruct((1, *image_hw, 3), dtype)
+    x = jax.ShapeDtypeStruct((1, *image_hw, 3), backbone.dtype)
     stages = backbone.stages[:backbone.stages.index(split) + 1]
     start, found = None, None
     for stage in stages:   # one stage per trace: the whole prefix is traced once
@@ -142,12 +81,13 @@ def per_image_boundary(backbone, variables, image_hw: tuple[int, int], split: st
     return found
 
 
-def frozen_forward(backbone, variables, name: str, images, split: str, dtype,
+def frozen_forward(backbone, variables, name: str, images, split: str,
                    per_image: str | None = None):
     """The frozen prefix on RGB images [B, H, W, 3]: preprocessing, then the stages up to
     ``per_image`` one image at a time (``lax.map``), then the rest up to ``split`` on the
-    whole batch. Same values as one pass (inference-mode layers work per image)."""
-    x = backbones.preprocess(name, images).astype(dtype)
+    whole batch, in the backbone's compute dtype. Same values as one pass (inference-mode
+    layers work per image)."""
+    x = backbones.preprocess(name, images).astype(backbone.dtype)
     if per_image is not None:
         x = jax.lax.map(lambda xi: backbone.apply(variables, xi[None], train=False,
                                                   stop=per_image)[0], x)
@@ -155,28 +95,28 @@ def frozen_forward(backbone, variables, name: str, images, split: str, dtype,
 
 
 def frozen_features(backbone, variables, name: str, views: np.ndarray, split: str, *,
-                    dtype, batch: int = 10, store_dtype=np.float32,
-                    per_image: bool | None = None, spill=None) -> np.ndarray:
+                    batch: int = 10, store_dtype=np.float32, per_image: bool | None = None,
+                    spill: Path | None = None) -> np.ndarray:
     """Output of the frozen prefix (up to ``split``) for every view and image, computed once.
 
     Batches have one size (at most ``batch``, the last one padded) so that the function
     compiles once; the size is chosen so that padding wastes the least. Inference-only, so
-    the convs are chosen for the "frozen" purpose (``conv_impl="auto"`` in float32: Winograd
-    on maps up to 28x28 on CPU, ``lax.conv`` elsewhere; see :mod:`handjax.models.convs`).
-    ``per_image`` (default: on CPU) runs the large-map stages one image at a time (see
-    ``PER_IMAGE_MIN_PIXELS``). ``spill``: a ``.npy`` path; the features are then written
-    there batch by batch and returned as a read-only ``np.memmap`` (a cache larger than RAM).
+    the convs are chosen for the "frozen" purpose (see :mod:`handjax.models.convs`); the
+    compute dtype is the backbone's own (``model.dtype``, resolved once by
+    :func:`handjax.models.classifier.compute_dtype`). ``per_image`` (default: on CPU) runs
+    the large-map stages one image at a time (see ``PER_IMAGE_MIN_PIXELS``). ``spill``: a
+    ``.npy`` path; the features are then written there batch by batch and returned as a
+    read-only ``np.memmap`` (a cache larger than RAM).
     """
     flat = views.reshape((-1,) + views.shape[2:])
     batch = even_batch(len(flat), batch)
-    backbone = backbones.for_purpose(backbone, "frozen")
+    backbone = convs.for_purpose(backbone, "frozen")
     if per_image is None:
         per_image = jax.default_backend() == "cpu"
-    cut = (per_image_boundary(backbone, variables, flat.shape[1:3], split, dtype)
-           if per_image else None)
+    cut = per_image_boundary(backbone, variables, flat.shape[1:3], split) if per_image else None
     # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
     # constants into the executable (slower compile, huge persistent-cache entries).
-    fn = jax.jit(lambda v, x: frozen_forward(backbone, v, name, x, split, dtype, cut))
+    fn = jax.jit(lambda v, x: frozen_forward(backbone, v, name, x, split, cut))
     fn = functools.partial(fn, variables)
     out = None
     if spill is not None:
@@ -191,29 +131,29 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
     return feats.reshape(views.shape[:2] + feats.shape[1:])
 
 
-def cache_nbytes(backbone, variables, name: str, views: np.ndarray, split: str, *, dtype,
+def cache_nbytes(backbone, variables, name: str, views: np.ndarray, split: str, *,
                  store_dtype) -> int:
     """Bytes of :func:`frozen_features`'s output, from shapes alone (nothing runs)."""
-    backbone = backbones.for_purpose(backbone, "frozen")
+    backbone = convs.for_purpose(backbone, "frozen")
     x = jax.ShapeDtypeStruct((1,) + views.shape[2:], views.dtype)
-    out = jax.eval_shape(lambda v, x: frozen_forward(backbone, v, name, x, split, dtype),
+    out = jax.eval_shape(lambda v, x: frozen_forward(backbone, v, name, x, split),
                          variables, x)
     return int(np.prod(views.shape[:2]) * np.prod(out.shape[1:]) * np.dtype(store_dtype).itemsize)
 
 
-def spill_path(workdir, nbytes: int, budget_gb: float):
+def spill_path(workdir: Path | None, nbytes: int, budget_gb: float) -> Path | None:
     """Where the frozen-feature cache goes: ``None`` (RAM) when it fits ``budget_gb``, else
     ``<workdir>/frozen_features.<process>.npy``."""
     if workdir is None or nbytes <= budget_gb * 2**30:
         return None
-    from pathlib import Path
     return Path(workdir) / f"frozen_features.{jax.process_index()}.npy"
 
 
-def pooled_features(model, params, stats, feats, batch: int = 64):
+def pooled_features(model: classifier.Classifier, params, stats, feats,
+                    batch: int = 64) -> np.ndarray:
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
     variables = {"params": params, "batch_stats": stats}
-    backbone = backbones.for_purpose(model.backbone, "frozen")
+    backbone = convs.for_purpose(model.backbone, "frozen")
 
     def pooled(variables, x):
         out = backbone.apply(variables, x.astype(model.dtype), train=False, start=model.split)
@@ -225,59 +165,83 @@ def pooled_features(model, params, stats, feats, batch: int = 64):
     return out.reshape(feats.shape[:2] + out.shape[1:])
 
 
-# --------------------------------------------------------------------------- preparation
-@struct.dataclass
-class Prepared:
-    """Everything the fold program shares across folds, built once per run.
+# --------------------------------------------------------------------------- the fold model
+@dataclasses.dataclass(frozen=True)
+class FoldModel:
+    """What every fold starts from: the ``Classifier`` the steps run, the backbone values
+    shared by all folds (the trained subtree only, in cached mode), the layers phase 2
+    trains, the head's input width, phase 1's mode, and whether phase 2's trained layers
+    run ``lax.conv`` (the conv policy's choice: it decides how steps map over folds)."""
 
-    ``inputs1``/``inputs2`` are the phase inputs [V, N, ...] shared by all folds: pooled
-    features and the cached boundary features (cached mode), or the image views (plain).
-    """
-
-    examples: data.Examples = struct.field(pytree_node=False)
-    folds: list = struct.field(pytree_node=False)
-    data_desc: dict = struct.field(pytree_node=False)
-    model: classifier.Classifier = struct.field(pytree_node=False)
-    trainable: frozenset = struct.field(pytree_node=False)   # backbone layers of phase 2
-    backbone_params: Any = struct.field(pytree_node=False)
-    backbone_stats: Any = struct.field(pytree_node=False)
-    inputs1: Any = struct.field(pytree_node=False)
-    mode1: str = struct.field(pytree_node=False)
-    inputs2: Any = struct.field(pytree_node=False)
-    cache_bytes: int = struct.field(pytree_node=False)
-    head_dim: int = struct.field(pytree_node=False)          # the head's input width
-    subjects: Any = struct.field(pytree_node=False, default=None)
-    metadata: dict = struct.field(pytree_node=False, default_factory=dict)
-    inner: list = struct.field(pytree_node=False, default=None)  # per fold, inner val idx
+    model: classifier.Classifier
+    trainable: frozenset             # backbone layers trained in phase 2
+    backbone_params: Any
+    backbone_stats: Any
+    head_dim: int
+    mode1: str                       # "pooled" (cached) or "frozen" (plain)
+    lax_conv: bool
 
 
-def prepare(spec, workdir=None) -> Prepared:
-    """Data, folds, backbone split and the shared (frozen-layer) inputs of both phases
-    (``spec``: a RunSpec). A frozen-feature cache larger than ``train.cache_budget_gb``
-    goes to a file in ``workdir`` (``inputs2`` is then an ``np.memmap``)."""
-    pd = protocol_data(spec.data, spec.seed, spec.n_folds, spec.train.inner_val)
-    examples, folds, views = pd.examples, pd.folds, pd.views
+def trains_lax_conv(model: classifier.Classifier, input_shape: tuple) -> bool:
+    """Whether the trained layers (from the model's ``start``) run ``lax.conv`` on inputs of
+    ``input_shape`` (one example): the conv policy's choices, traced on shapes only."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), model.dtype)
+    algorithms = backbones.conv_algorithms(model.backbone, x, start=model.start)
+    return any(map(convs.runs_lax_conv, algorithms.values()))
+
+
+def fold_model(model_spec: ModelSpec, image_size: int, seed: int, num_classes: int, *, loss_name: str,
+               plain: bool) -> tuple[FoldModel, dict]:
+    """The fold model of ``model_spec`` (a ModelSpec) and the backbone's full variables.
+    ``plain``: the classifier takes raw images (``train.mode="plain"``, and inference);
+    else it starts at the split, on the frozen-feature cache."""
     backbone, variables, top, common = classifier.model_parts(
-        spec.model, spec.data.image_size, spec.seed, len(examples.class_names),
-        loss_name=spec.loss.name)
-    name, dtype, split = spec.model.name, common["dtype"], common["split"]
+        model_spec, image_size, seed, num_classes, loss_name=loss_name)
     params, stats = variables["params"], variables.get("batch_stats", {})
-    desc = describe_data(examples, pd.dup_groups)
-    desc["n_subjects"] = len(np.unique(pd.subjects))
-    shared = dict(subjects=pd.subjects, metadata=pd.metadata, inner=pd.inner)
-    if spec.train.mode == "plain":
+    image = (image_size, image_size, 3)
+    if plain:
         model = classifier.Classifier(start=None, **common)
-        dim = classifier.feature_dim(backbone, variables, spec.data.image_size, dtype)
-        return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
-                        views, "frozen", views, 0, dim, **shared)
-    store = np.float32 if spec.train.cache_dtype == "float32" else jnp.bfloat16
-    nbytes = cache_nbytes(backbone, variables, name, views, split, dtype=dtype,
-                          store_dtype=store)
-    feats = frozen_features(backbone, variables, name, views, split, dtype=dtype,
-                            store_dtype=store,
-                            spill=spill_path(workdir, nbytes, spec.train.cache_budget_gb))
-    model = classifier.Classifier(start=split, **common)
+        dim = classifier.feature_dim(backbone, variables, image_size, common["dtype"])
+        return FoldModel(model, frozenset(top), params, stats, dim, "frozen",
+                         trains_lax_conv(model, image)), variables
+    model = classifier.Classifier(start=common["split"], **common)
+    shape = classifier.boundary_shape(backbone, variables, image_size, common["split"],
+                                      common["dtype"])
     params, stats = classifier.subtree(params, top), classifier.subtree(stats, top)
-    pooled = pooled_features(model, params, stats, feats)
-    return Prepared(examples, folds, desc, model, frozenset(top), params, stats,
-                    pooled, "pooled", feats, int(feats.nbytes), pooled.shape[-1], **shared)
+    dim = classifier.feature_dim(backbone, variables, image_size, common["dtype"])
+    return FoldModel(model, frozenset(top), params, stats, dim, "pooled",
+                     trains_lax_conv(model, shape[1:])), variables
+
+
+# --------------------------------------------------------------------------- preparation
+@dataclasses.dataclass(frozen=True)
+class FoldInputs:
+    """The input of the fold program: the fold model and each phase's inputs [V, N, ...]
+    shared by all folds: pooled features (phase 1) and the frozen-feature cache (phase 2)
+    in cached mode, the image views in plain mode. ``inputs2`` is an ``np.memmap`` when the
+    cache spilled to disk."""
+
+    fold_model: FoldModel
+    inputs1: Any
+    inputs2: Any
+    cache_bytes: int
+
+
+def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None) -> FoldInputs:
+    """The fold model and the shared (frozen-layer) inputs of both phases for the RunSpec
+    ``run_spec`` on ``cohort``'s views. A frozen-feature cache larger than
+    ``train.cache_budget_gb`` goes to a file in ``workdir``."""
+    views = cohort.views
+    plain = run_spec.train.mode == "plain"
+    fm, variables = fold_model(run_spec.model, run_spec.data.image_size, run_spec.seed,
+                               len(cohort.examples.class_names),
+                               loss_name=run_spec.loss.name, plain=plain)
+    if plain:
+        return FoldInputs(fm, views, views, 0)
+    backbone, name, split = fm.model.backbone, fm.model.backbone_name, fm.model.split
+    store = np.float32 if run_spec.train.cache_dtype == "float32" else jnp.bfloat16
+    nbytes = cache_nbytes(backbone, variables, name, views, split, store_dtype=store)
+    feats = frozen_features(backbone, variables, name, views, split, store_dtype=store,
+                            spill=spill_path(workdir, nbytes, run_spec.train.cache_budget_gb))
+    pooled = pooled_features(fm.model, fm.backbone_params, fm.backbone_stats, feats)
+    return FoldInputs(fm, pooled, feats, int(feats.nbytes))

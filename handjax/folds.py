@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import flax.linen as nn
 import jax
@@ -22,8 +22,12 @@ import numpy as np
 import optax
 from flax import struct
 
-from handjax import backbones, losses, ordinal
-from handjax.features import Prepared, even_batch
+from handjax import losses, ordinal
+from handjax.features import FoldInputs, FoldModel, even_batch
+from handjax.models import convs
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import LossSpec, RunSpec
 
 
 class FoldState(struct.PyTreeNode):
@@ -112,7 +116,7 @@ def eval_step(state: FoldState, x: jax.Array, mode: str):
     chosen for the "eval_folds" purpose, see :mod:`handjax.models.convs`)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     model = state.model
-    model = model.clone(backbone=backbones.for_purpose(model.backbone, "eval_folds"))
+    model = model.clone(backbone=convs.for_purpose(model.backbone, "eval_folds"))
     return model.apply(variables, x, train=False, mode=mode)
 
 
@@ -155,16 +159,6 @@ def resolve_eval_fold_map(kind: str, train_map: str) -> str:
     if kind == "auto" and train_map == "vmap" and jax.default_backend() == "cpu":
         return "map"
     return train_map
-
-
-def trains_lax_conv(states: FoldState, prep: Prepared) -> bool:
-    """Whether phase 2's trained layers (from the model's ``start``) run ``lax.conv``: the
-    conv policy's choices, traced on shapes only (nothing runs)."""
-    del states  # the layers and their convs follow from the model and the input shape
-    model = prep.model
-    x = jax.ShapeDtypeStruct((1,) + prep.inputs2.shape[2:], model.dtype)
-    algorithms = backbones.conv_algorithms(model.backbone, x, start=model.start)
-    return any(map(backbones.runs_lax_conv, algorithms.values()))
 
 
 def _fold_keys(key, n_steps: int, n_folds: int):
@@ -237,13 +231,6 @@ def plain_epoch(compiled_step):
         stack = lambda axis: lambda *a: jnp.stack(a, axis)  # noqa: E731
         return jax.tree.map(stack(0), *folds), jax.tree.map(stack(1), *sums)
     return run
-
-
-def fold_mesh(n_folds: int, enabled: bool):
-    """The fold axis's device mesh (every process's devices), or ``None``: see
-    :func:`handjax.distributed.fold_mesh`."""
-    from handjax import distributed
-    return distributed.fold_mesh(n_folds, enabled)
 
 
 def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
@@ -369,52 +356,54 @@ def epoch_batches(train_sets, *, batch_size: int, n_views: int, seed: int, phase
 
 
 # --------------------------------------------------------------------------- states per phase
-def make_loss(spec) -> Callable:
-    """The optax-shaped per-example loss of ``spec`` (a LossSpec)."""
-    kwargs = {"ce_weight": spec.ce_weight} if spec.name == "severity" else {}
-    return losses.get(spec.name, **kwargs)
+def make_loss(loss_spec: LossSpec) -> Callable:
+    """The optax-shaped per-example loss of ``loss_spec`` (a LossSpec)."""
+    kwargs = {"ce_weight": loss_spec.ce_weight} if loss_spec.name == "severity" else {}
+    return losses.get(loss_spec.name, **kwargs)
 
 
-def initial_states(prep: Prepared, *, n_folds: int, seed: int, lr: float,
+def initial_states(fold_model: FoldModel, *, n_folds: int, seed: int, lr: float,
                    loss_fn: Callable, decide: Callable | None = None) -> FoldState:
     """K phase-1 states: shared backbone values, a differently seeded head per fold."""
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), n_folds)
+    model = fold_model.model
 
     def head(key):
-        return prep.model.init(key, jnp.zeros((1, prep.head_dim)), mode="pooled")["params"]["head"]
+        return model.init(key, jnp.zeros((1, fold_model.head_dim)), mode="pooled")["params"]["head"]
 
     one = {"backbone": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                    prep.backbone_params),
+                                    fold_model.backbone_params),
            "head": jax.eval_shape(head, keys[0])}
     tx = make_tx(one, lr, trainable_layers=())
 
     def fold_state(key, backbone_params, backbone_stats):
         return create_state({"backbone": backbone_params, "head": head(key)},
-                            {"backbone": backbone_stats}, model=prep.model, mode=prep.mode1,
+                            {"backbone": backbone_stats}, model=model, mode=fold_model.mode1,
                             tx=tx, loss_fn=loss_fn, decide=decide)
     # One compiled program (heads, the backbone values broadcast to K real copies, the
     # optimiser states) instead of one compilation per eager op.
     return jax.jit(jax.vmap(fold_state, in_axes=(0, None, None)))(
-        keys, prep.backbone_params, prep.backbone_stats)
+        keys, fold_model.backbone_params, fold_model.backbone_stats)
 
 
-def to_phase2(states: FoldState, prep: Prepared, lr: float) -> FoldState:
+def to_phase2(states: FoldState, fold_model: FoldModel, lr: float) -> FoldState:
     """Unfreeze the top block(s): a fresh Adam at the lower rate, as Keras's recompile does."""
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), states.params)
-    tx = make_tx(one, lr, trainable_layers=prep.trainable)
+    tx = make_tx(one, lr, trainable_layers=fold_model.trainable)
     return jax.jit(jax.vmap(lambda st: create_state(
-        st.params, st.batch_stats, model=prep.model, mode="tune", tx=tx, loss_fn=st.loss_fn,
-        decide=st.decide)))(states)
+        st.params, st.batch_stats, model=fold_model.model, mode="tune", tx=tx,
+        loss_fn=st.loss_fn, decide=st.decide)))(states)
 
 
-def states_for(phase: int, prep: Prepared, spec) -> FoldState:
+def states_for(phase: int, fold_model: FoldModel, run_spec: RunSpec) -> FoldState:
     """Fresh K-fold states as they stand at the start of ``phase`` (1 or 2) for the RunSpec
-    ``spec``: the structure a checkpoint of that phase restores into."""
-    decide = (functools.partial(ordinal.decide, spec.loss.name)
-              if spec.loss.name in ordinal.ORDINAL else None)
-    states = initial_states(prep, n_folds=spec.n_folds, seed=spec.seed, lr=spec.train.lr1,
-                            loss_fn=make_loss(spec.loss), decide=decide)
-    return to_phase2(states, prep, spec.train.lr2) if phase == 2 else states
+    ``run_spec``: the structure a checkpoint of that phase restores into."""
+    loss = run_spec.loss.name
+    decide = functools.partial(ordinal.decide, loss) if loss in ordinal.ORDINAL else None
+    states = initial_states(fold_model, n_folds=run_spec.n_folds, seed=run_spec.seed,
+                            lr=run_spec.train.lr1, loss_fn=make_loss(run_spec.loss),
+                            decide=decide)
+    return to_phase2(states, fold_model, run_spec.train.lr2) if phase == 2 else states
 
 
 @functools.lru_cache(maxsize=None)
@@ -422,6 +411,17 @@ def _eval_jit(mode: str, fmap: str):
     return jax.jit(functools.partial(eval_fn, mode=mode, fold_map=fmap))
 
 
-def eval_fold_map(states: FoldState, prep: Prepared, kind: str) -> str:
+def eval_fold_map(fold_model: FoldModel, kind: str) -> str:
     """The fold mapping of the forward-only programs for ``train.fold_map=kind``."""
-    return resolve_eval_fold_map(kind, resolve_fold_map(kind, trains_lax_conv(states, prep)))
+    return resolve_eval_fold_map(kind, resolve_fold_map(kind, fold_model.lax_conv))
+
+
+def fold_outputs(states: FoldState, inputs: FoldInputs, test_sets: list,
+                 fmap: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-fold logits [K, N, C] and pooled features [K, N, D] on every image (view 0 of
+    the phase-2 inputs); ``fmap`` is the evaluation fold mapping (:func:`eval_fold_map`)."""
+    n = inputs.inputs2.shape[1]
+    idx = np.broadcast_to(np.arange(n, dtype=np.int32), (len(test_sets), n))
+    logits, pooled = eval_columns(states, inputs.inputs2[0], idx, mode="tune", fold_map=fmap,
+                                  width=eval_width(test_sets))
+    return np.asarray(logits), np.asarray(pooled)

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax import struct
 
+from handjax import checkpoint, features, folds
 from handjax import config as configs
-from handjax import features, folds
+from handjax import workdir as workdirs
 from handjax.errors import RunError, TrainingError
 from handjax.models import classifier
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import RunSpec
 
 
 class TrainedRun(struct.PyTreeNode):
@@ -18,11 +22,11 @@ class TrainedRun(struct.PyTreeNode):
 
     ``model`` is a ``Classifier`` that takes RGB images in [0, 255]; ``variables`` are its
     variables stacked along a leading fold axis (frozen prefix + that fold's trained top
-    and head). ``spec`` is the run's RunSpec; ``results`` its ``results.json``.
+    and head). ``run_spec`` is the run's RunSpec; ``results`` its ``results.json``.
     """
 
     variables: Any
-    spec: Any = struct.field(pytree_node=False)
+    run_spec: Any = struct.field(pytree_node=False)
     model: classifier.Classifier = struct.field(pytree_node=False)
     results: dict = struct.field(pytree_node=False)
 
@@ -39,66 +43,59 @@ def read_json(path: Path) -> dict:
 def load_run(workdir) -> TrainedRun:
     """Rebuild the fold models of the run in ``workdir`` from its config and last checkpoint."""
     import ml_collections
-    from handjax import checkpoint, train
     workdir = Path(workdir)
     for need in ("config.json", "results.json"):
         if not (workdir / need).is_file():
             raise RunError(f"{workdir / need} not found: point --workdir at a finished run "
                            "(python launch.py --config ...)")
-    spec = configs.parse_run(ml_collections.ConfigDict(read_json(workdir / "config.json")))
+    run_spec = configs.parse_run(ml_collections.ConfigDict(read_json(workdir / "config.json")))
     results = read_json(workdir / "results.json")
-    check_weights(workdir, spec)
-    like, stub, variables = _template(spec, len(results["data"]["class_names"]))
-    sched = train.schedule(spec.train)
+    check_weights(workdir, run_spec)
+    like, fold_model, variables = _template(run_spec, len(results["data"]["class_names"]))
+    sched = checkpoint.schedule(run_spec.train)
     manager = checkpoint.manager(workdir)
     try:
         done = checkpoint.latest(manager)
         if done != len(sched):
             raise TrainingError(f"{workdir}: training is not finished ({done} of {len(sched)} "
                                 "epochs); rerun its launch command to resume")
-        states = train.restore_states(manager, done, like, final=True)
+        states = checkpoint.restore_states(manager, done, like, final=True)
     finally:
         checkpoint.close(manager)
-    return TrainedRun(variables=_full_variables(variables, states, spec.n_folds), spec=spec,
-                      model=stub.model, results=results)
+    # The fold models take raw images: the shared frozen prefix runs inside them.
+    return TrainedRun(variables=_full_variables(variables, states, run_spec.n_folds),
+                      run_spec=run_spec, model=fold_model.model.clone(start=None),
+                      results=results)
 
 
-def check_weights(workdir: Path, spec) -> None:
+def check_weights(workdir: Path, run_spec: RunSpec) -> None:
     """The frozen layers come from the weight file named in the config: refuse it when its
     bytes differ from the ones the run trained with (``ledger.json``), so a changed or
     replaced file cannot change a prediction silently."""
-    from handjax import train
     ledger = workdir / "ledger.json"
     if not ledger.is_file():
         raise RunError(f"{ledger} not found: this run predates weight checking; retrain it "
                        "(python launch.py --config ... --restart)")
     want = read_json(ledger).get("weights")
     try:
-        have = train.weights_fingerprint(spec.model, spec.seed)
+        have = workdirs.weights_fingerprint(run_spec.model, run_spec.seed)
     except OSError as e:
-        raise RunError(f"the run's weight file {spec.model.weights} cannot be read "
+        raise RunError(f"the run's weight file {run_spec.model.weights} cannot be read "
                        f"({e.strerror}); restore it or retrain") from e
     if have != want:
-        raise RunError(f"the weight file {spec.model.weights} differs from the one this run "
+        raise RunError(f"the weight file {run_spec.model.weights} differs from the one this run "
                        f"was trained with (sha256 {have[:12]}... vs {str(want)[:12]}...); "
                        "restore the original file or retrain")
 
 
-def _template(spec, num_classes: int):
-    """The final fold states' structure (to restore into), a stub Prepared whose model takes
-    raw images, and the backbone's full variables."""
-    backbone, variables, top, common = classifier.model_parts(
-        spec.model, spec.data.image_size, spec.seed, num_classes, loss_name=spec.loss.name)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    plain = spec.train.mode == "plain"
-    if not plain:
-        params, stats = classifier.subtree(params, top), classifier.subtree(stats, top)
-    dim = classifier.feature_dim(backbone, variables, spec.data.image_size, common["dtype"])
-    stub = features.Prepared(None, None, None, classifier.Classifier(start=None, **common),
-                             frozenset(top), params, stats, None,
-                             "frozen" if plain else "pooled", None, 0, dim)
-    last_phase = 2 if spec.train.epochs2 else 1
-    return folds.states_for(last_phase, stub, spec), stub, variables
+def _template(run_spec: RunSpec, num_classes: int):
+    """The final fold states' structure (to restore into), the fold model they were trained
+    from, and the backbone's full variables."""
+    fold_model, variables = features.fold_model(
+        run_spec.model, run_spec.data.image_size, run_spec.seed, num_classes,
+        loss_name=run_spec.loss.name, plain=run_spec.train.mode == "plain")
+    last_phase = 2 if run_spec.train.epochs2 else 1
+    return folds.states_for(last_phase, fold_model, run_spec), fold_model, variables
 
 
 def _full_variables(variables, states, k: int) -> dict:

@@ -13,14 +13,22 @@ order (0 normal, 1 Heberden's nodes, 2 rheumatoid arthritis).
   gradient, whatever their logits.
 
 The study says only that its ``custom_loss`` was "a loss based on the custom metrics".
-handjax's reading is :func:`soft_custom`: ``soft_plus + soft_multi + (1 - soft_precision)``,
-all three metrics with their better direction made lower. Two facts to keep in mind:
-the study's own table shows its custom-loss CNNs made *more* under-severity errors than
-cross-entropy (mean cus_plus 1.02 against 0.24 for categorical CE), and an
-under-severity-only penalty has a degenerate minimum: calling every photo RA makes
-``soft_plus`` and ``soft_multi`` exactly 0 (tested). The precision term, which weighs the
-over-severity false positives, is what keeps :func:`soft_custom` away from that minimum.
-``severity`` is handjax's own objective, not the study's.
+handjax's reading is :func:`soft_custom`: ``soft_plus + soft_multi + (1 - soft custom_precision)``,
+all three metrics with their better direction made lower. **It collapses to "always RA"**
+(tested): calling every photo RA makes ``soft_plus`` and ``soft_multi`` exactly 0, and the
+precision term does not prevent it — for a constant prediction the soft precisions are
+ratios of class counts whatever the probabilities, so among constant predictions always-RA
+is the unique minimum (0.7148 for 40/30/30 photos, 5/7 for equal classes), which beats a
+symmetric classifier of accuracy below ~0.75; and a model that can rank photos keeps N's and
+H's precision high with vanishing, well-placed probabilities while still calling nearly
+everything RA. Gradient descent finds that from every start tried; a smoke run (random
+weights) predicts RA for every photo. The study's custom-loss CNNs collapsed the *other*
+way: accuracy 0.34–0.57 with custom_plus 1.04–1.29 for three of the four backbones (0.50
+for ResNet50), against 0.21–0.31 for categorical CE — they under-called. So ``soft_custom``
+is a reading of the study's words, not a reproduction of its loss, and not a loss to use
+for fewer under-severity errors: ``severity`` (cross-entropy plus an expected cost,
+handjax's own objective, not the study's) is built for that and keeps CE's gradient, and the
+``cnn_mec`` decision rule moves borderline calls up without retraining.
 """
 from __future__ import annotations
 
@@ -131,25 +139,11 @@ def corn_loss(logits, labels):
     conditional subset the example belongs to. Its masked mean over the batch (the
     trainer's reduction) is the mean of the per-example sums: every example weighs the
     same whatever the batch's label mix, and a higher grade (more tasks) weighs more.
-    :func:`corn_loss_batch` is the paper's / coral-pytorch's normalisation instead.
+    The paper's / coral-pytorch's normalisation (per batch) differs by a factor that changes
+    with the batch's label mix; the tests compare both.
     """
     terms, _ = _corn_terms(logits, labels)
     return terms.sum(-1)
-
-
-def corn_loss_batch(logits, labels, mask=None):
-    """CORN normalised as in the paper and coral-pytorch's ``corn_loss``: a scalar.
-
-    ``sum over tasks of the task's summed BCE / the number of (example, task) pairs``,
-    counting only examples with ``mask`` 1 (``None``: all); a masked example adds nothing
-    to either sum. It equals ``corn_loss``'s masked mean times ``n / n_pairs``, a factor
-    in ``[1/(K-1), 1]`` that changes with each batch's label mix.
-    """
-    terms, member = _corn_terms(logits, labels)
-    if mask is not None:
-        keep = jnp.asarray(mask, logits.dtype)[..., None] > 0
-        terms, member = jnp.where(keep, terms, 0.0), jnp.where(keep, member, 0.0)
-    return terms.sum() / jnp.maximum(member.sum(), 1.0)
 
 
 def _masked_probs(logits, mask):
@@ -191,19 +185,17 @@ def soft_multi(logits, labels, mask):
     return metrics.custom_multi(soft_confusion(logits, labels, mask, logits.shape[-1]))
 
 
-def soft_precision(logits, labels, mask):
-    """custom_precision (default weights) of the soft confusion matrix (higher is better).
-
-    Unlike the hard metric's 0/0 := 0, a class that receives only vanishing probability
-    keeps the ratio of its tiny masses (e.g. 1/3 for N when every photo is called RA with
-    the same confidence): the soft precision is continuous, the hard one is not there."""
-    return metrics.custom_precision(soft_confusion(logits, labels, mask, logits.shape[-1]))
-
-
 def soft_custom(logits, labels, mask):
     """handjax's reading of the study's custom_loss: ``soft_plus + soft_multi +
-    (1 - soft_precision)``, all three custom metrics made lower-is-better, from one soft
-    confusion matrix. 0 only for a perfect, confident batch."""
+    (1 - soft custom_precision)``, all three custom metrics made lower-is-better, from one soft
+    confusion matrix. 0 only for a perfect, confident batch.
+
+    What it does in training: it is drawn to "always RA" (see the module docstring). Among
+    predictions that ignore the photo, always-RA is its unique minimum, ``1 - (n_N/n +
+    n_H/(n_H + 1.5 n_N + n_R) + n_R/(n_R + 2 n_N + 1.2 n_H)) / 3`` (0.7148 for 40/30/30
+    photos); on weakly informative features it calls >= 85% of photos RA where
+    cross-entropy reaches 0.6 accuracy (both tested). The study's own custom-loss rows
+    under-called instead (custom_plus 1.0–1.3), so this is not the study's loss in effect."""
     cm = soft_confusion(logits, labels, mask, logits.shape[-1])
     return metrics.custom_plus(cm) + metrics.custom_multi(cm) + 1.0 - metrics.custom_precision(cm)
 

@@ -12,7 +12,9 @@ stacked ``(folds, K, K)`` array both work. A ratio whose denominator is zero (an
 row or column) counts as 0: an absent class contributes nothing rather than NaN.
 
 The study lost the formula images of custom_plus and custom_multi; the readings here are
-handjax's (custom_multi's is chosen against the study's table, see ``docs/custom_multi.md``).
+handjax's. custom_multi's is one of a family of readings consistent with the study's table
+(the pairwise sum fits it best; ``per_class``, r_HN·r_RN and twice the pairwise sum fit
+nearly as well; see ``docs/custom_multi.md``), so its values are ours, not the study's.
 Worked example, the study's example matrix with our readings: ``cm = [[6,0,0],[4,4,1],
 [3,3,3]]`` gives accuracy 0.5417, custom_plus 1.1111, custom_multi 0.4074 (33/81),
 custom_precision 0.5824.
@@ -30,6 +32,9 @@ import numpy as np
 #   R: from N 2,   from H 1.2   -> TP/(TP + FP*2 + FP*1.2)
 # Over-severity false positives (a milder true class predicted as more severe) weigh
 # more for H and R, so "precision" of the severe classes punishes alarm-raising.
+# The study's four metrics, in its table's order: the one list (results.json, tables).
+STUDY_METRICS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
+
 DEFAULT_PRECISION_WEIGHTS = np.array(
     [[0.0, 1.0, 1.0],
      [1.5, 0.0, 1.0],
@@ -129,9 +134,11 @@ def custom_multi(cm):
     For 3 classes ``r_HN r_RN + r_HN r_RH + r_RN r_RH`` with ``r_ij = cm[i, j] / n_i``;
     in general ``((sum r)^2 - sum r^2) / 2`` over the cells ``i > j``. It is 0 whenever at
     most one kind of under-severity error occurs, so, unlike custom_plus, it can be 0 with
-    under-severity errors present, as four rows of the study's table are. Of the readings
-    tried it is the one best supported by all 24 (plus, multi) pairs of that table, computed
-    per whole test fold (``docs/custom_multi.md``, ``python -m handjax.readings``).
+    under-severity errors present, as four rows of the study's table are. It is one of a
+    family of readings consistent with all 24 (plus, multi) pairs of that table — with
+    :func:`custom_multi_per_class`, ``r_HN * r_RN`` and ``2 *`` this sum — and the best fit
+    among them, computed per whole test fold (``docs/custom_multi.md``,
+    ``python -m handjax.readings``); the table does not single it out.
     Range 0 … 1.25 for K = 3 (every H called N, R split evenly between N and H).
     Lower is better.
     """

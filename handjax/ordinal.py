@@ -3,7 +3,7 @@
 The classes are ordered by severity (0 normal < 1 Heberden's nodes < 2 rheumatoid
 arthritis). An ordinal head emits ``K-1`` logits ``z_k``, one binary task "is the grade
 above ``k``?" per threshold ``k = 0..K-2``; the losses are ``losses.corn_loss`` /
-``losses.corn_loss_batch`` and ``losses.coral_loss``.
+``losses.coral_loss``.
 
 * CORN (Shi, Cao & Raschka 2021, arXiv 2111.08851): ``z_k`` is the logit of the
   *conditional* ``P(y > k | y >= k)``, so ``P(y > k) = prod_{j <= k} sigmoid(z_j)``,

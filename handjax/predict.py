@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from handjax import backbones, data, losses, metrics
+from handjax import data, losses, metrics
 from handjax.evaluate import probabilities
 from handjax.inference import TrainedRun, load_run
+from handjax.models import backbones
 from handjax.models.classifier import Classifier
 
 CHUNK = 8          # photos per forward pass (padded, so every chunk reuses one compilation)
@@ -101,7 +102,7 @@ def ensemble(run: TrainedRun, images: np.ndarray, cost=losses.DEFAULT_COST):
     class, rescaled to [0, 1]. ``min_cost`` is the minimum-expected-cost decision on
     ``probs`` under ``cost``.
     """
-    forward = fold_forward(run.model, run.spec.loss.name)
+    forward = fold_forward(run.model, run.run_spec.loss.name)
     n_folds = jax.tree.leaves(run.variables)[0].shape[0]
     probs, cams = [], []
     for k in range(n_folds):  # a loop: vmap over conv weights is slow on XLA:CPU
@@ -136,7 +137,7 @@ def predict(run: TrainedRun, photos) -> list[Prediction]:
     Every photo is decoded first, so an unreadable one raises ``data.DataError`` before
     any model runs.
     """
-    size = run.spec.data.image_size
+    size = run.run_spec.data.image_size
     images = np.stack([data.decode_image(p, size) for p in photos])
     probs, chosen, mec, cams = ensemble(run, images)
     return [Prediction(str(p), probs[i], int(chosen[i]), int(mec[i]), cams[i])

@@ -1,4 +1,8 @@
-"""Which reading of the study's lost custom_multi formula can produce its results table?
+"""Which readings of the study's lost custom_multi formula can produce its results table?
+
+The answer is a family, not one formula: the table rules readings out (handjax's first,
+``weighted``, among them) but leaves several consistent with it; handjax uses the best fit,
+``pairwise`` (``docs/custom_multi.md`` shows which members fit which rows).
 
 The study kept its table (``SEED.md``) but lost the formula images of custom_multi and
 custom_plus. This module tests candidate readings of custom_multi against all 24 (plus,
@@ -26,6 +30,7 @@ multi) pairs of that table by simulation (approximate Bayesian computation):
 
     python -m handjax.readings            # the table of docs/custom_multi.md (~30 s)
     python -m handjax.readings --sims 20000 --seed 1
+    python -m handjax.readings --prior plain   # a second prior (:data:`PRIORS`)
 """
 from __future__ import annotations
 
@@ -79,6 +84,12 @@ CANDIDATES = {
     "pairwise": metrics.custom_multi,
     # per true class, the rate of being called milder, multiplied over H and R
     "per_class": metrics.custom_multi_per_class,
+    # only the two rates of being called N: r_HN * r_RN
+    "hn_rn": lambda cm: _rate(cm, 1, 0) * _rate(cm, 2, 0),
+    # pairwise, scaled: the mean of the three products, half (or twice) their sum
+    "pairwise/3": lambda cm: metrics.custom_multi(cm) / 3,
+    "pairwise/2": lambda cm: metrics.custom_multi(cm) / 2,
+    "2*pairwise": lambda cm: 2 * metrics.custom_multi(cm),
     # "multi-grade" misses only: R called N (two grades too mild)
     "two_grade": lambda cm: _rate(cm, 2, 0),
     # the rates weighted by the number of grades missed (as custom_precision weights)
@@ -90,20 +101,29 @@ BATCH = 16
 MAX_PER_CLASS = 50
 
 
-def _prior(rng, s):
+# The priors over a study's error structure: the share of collapse-prone studies, the
+# Beta(a, a) of the under-severity share of H's and R's errors, and the range of the
+# folds' Dirichlet concentration. "broad" is the default of docs/custom_multi.md; "plain"
+# (no collapse, uniform shares, folds alike) checks how much the conclusion owes to it.
+PRIORS = {"broad": {"collapse": 1 / 3, "share_beta": 0.5, "concentration": (1.0, 300.0)},
+          "plain": {"collapse": 0.0, "share_beta": 1.0, "concentration": (30.0, 300.0)}}
+
+
+def _prior(rng, s, prior: str = "broad"):
     """Per-study base confusion probabilities ``(s, 3, 3)`` and fold concentrations."""
-    # A third of the studies have collapse-prone models (per-class accuracy near 0 or 1,
-    # e.g. "call nearly everything R"), as the custom-loss rows look.
-    collapse = rng.uniform(size=(s, 1)) < 1 / 3
+    cfg = PRIORS[prior]
+    # Under "broad", a third of the studies have collapse-prone models (per-class accuracy
+    # near 0 or 1, e.g. "call nearly everything R"), as the custom-loss rows look.
+    collapse = rng.uniform(size=(s, 1)) < cfg["collapse"]
     a = np.where(collapse, rng.beta(0.3, 0.3, size=(s, 3)), rng.uniform(size=(s, 3)))
     v, split = rng.uniform(size=(2, s))
-    u_h, u_r = rng.beta(0.5, 0.5, size=(2, s))
+    u_h, u_r = rng.beta(cfg["share_beta"], cfg["share_beta"], size=(2, s))
     e = 1 - a
     p = np.stack([
         np.stack([a[:, 0], e[:, 0] * v, e[:, 0] * (1 - v)], -1),
         np.stack([e[:, 1] * u_h, a[:, 1], e[:, 1] * (1 - u_h)], -1),
         np.stack([e[:, 2] * u_r * split, e[:, 2] * u_r * (1 - split), a[:, 2]], -1)], 1)
-    conc = np.exp(rng.uniform(np.log(1), np.log(300), size=s))
+    conc = np.exp(rng.uniform(*np.log(cfg["concentration"]), size=s))
     return p, conc
 
 
@@ -160,15 +180,15 @@ def _batch_mean(values, cms):
     return per_fold.mean(-1)
 
 
-def simulate(n_sims: int, seed: int = 0, chunk: int = 20000) -> dict:
+def simulate(n_sims: int, seed: int = 0, chunk: int = 20000, prior: str = "broad") -> dict:
     """Simulated 5-fold means: ``{"accuracy": (n,), "plus": {mode: (n,)},
-    "multi": {reading: {mode: (n,)}}}``."""
+    "multi": {reading: {mode: (n,)}}}``; ``prior`` names one of :data:`PRIORS`."""
     rng = np.random.default_rng(seed)
     out = {"accuracy": [], "plus": {m: [] for m in MODES},
            "multi": {r: {m: [] for m in MODES} for r in CANDIDATES}}
     for start in range(0, n_sims, chunk):
         s = min(chunk, n_sims - start)
-        p, conc = _prior(rng, s)
+        p, conc = _prior(rng, s, prior)
         labels = _folds(rng, s)
         preds = _predictions(rng, p, conc, labels)
         for mode in MODES:
@@ -244,8 +264,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sims", type=int, default=100000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior", choices=sorted(PRIORS), default="broad")
     args = parser.parse_args(argv)
-    print(markdown(simulate(args.sims, args.seed)))
+    print(markdown(simulate(args.sims, args.seed, prior=args.prior)))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
-from matplotlib.patches import Rectangle
 
-METRICS = ("accuracy", "custom_multi", "custom_plus", "custom_precision")
+from handjax import clinical, plots
+from handjax.config import STUDY_LOSSES, STUDY_MODELS
+from handjax.data.base import CLASSES
+from handjax.metrics import STUDY_METRICS
+
 # Column suffixes of the study's table, in its order.
 METRIC_COLUMNS = {"accuracy": "acc", "custom_multi": "cus_multi",
                   "custom_plus": "cus_plus", "custom_precision": "cus_precision"}
@@ -33,12 +35,10 @@ MODEL_NAMES = {"vgg16": "VGG16", "vgg19": "VGG19", "resnet50": "ResNet50",
 # which the study did not have) keep their own name as their label.
 LOSS_GROUPS = {"categorical": "categorical", "binary": "binary", "custom": "custom_loss"}
 STUDY_COLUMNS = tuple(f"{DECISION_PREFIX[d]}_{METRIC_COLUMNS[m]}"
-                      for d in ("cnn", "svm", "cnn_mec") for m in METRICS)
+                      for d in ("cnn", "svm", "cnn_mec") for m in STUDY_METRICS)
 # Clinical columns beside the seed's, from the calibrated CNN's pooled out-of-fold figures.
 CLINICAL_COLUMNS = {"CNN_auroc_macro [95% CI]": "auroc_macro", "CNN_qwk": "qwk",
-                    "CNN_sens_ra": "sensitivity_ra", "CNN_ece": "ece"}
-STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "mobilenetv2")
-STUDY_LOSSES = ("categorical", "binary", "custom")
+                    "CNN_sens_ra": "sensitivity_ra", "CNN_ece_sweep": "ece_sweep"}
 
 
 # ------------------------------------------------------------------------ numbers
@@ -89,14 +89,14 @@ def _data_line(data: dict) -> str:
 def _decision_markdown(key: str, decision: dict, class_names) -> str:
     per_fold = decision["per_fold"]
     mean, std = summarize(per_fold)
-    n_folds = len(per_fold[METRICS[0]])
-    rows = [[f] + [f"{per_fold[m][f]:.4f}" for m in METRICS] for f in range(n_folds)]
-    rows.append(["mean ± std"] + [format_pm(mean[m], std[m]) for m in METRICS])
+    n_folds = len(per_fold[STUDY_METRICS[0]])
+    rows = [[f] + [f"{per_fold[m][f]:.4f}" for m in STUDY_METRICS] for f in range(n_folds)]
+    rows.append(["mean ± std"] + [format_pm(mean[m], std[m]) for m in STUDY_METRICS])
     cm = confusion_sum(decision)
     cm_rows = [[f"**{name}**"] + [int(c) for c in row] for name, row in zip(class_names, cm)]
     return "\n\n".join([
         f"## {DECISION_TITLES.get(key, key)}",
-        _md_table(["fold", *METRICS], rows),
+        _md_table(["fold", *STUDY_METRICS], rows),
         "Confusion matrix summed over folds (rows true, columns predicted; "
         "below the diagonal = under-severity):",
         _md_table(["true \\ predicted", *class_names], cm_rows),
@@ -127,77 +127,17 @@ def run_markdown(results: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plot_confusion(cm, class_names, title: str, path) -> Path:
-    """Heat map of ``cm`` with counts, under-severity cells (i > j) framed in red."""
-    cm = np.asarray(cm)
-    k = len(cm)
-    fig = Figure(figsize=(4.2, 3.8), dpi=100)
-    ax = fig.add_subplot()
-    ax.imshow(cm, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            dark = cm[i, j] > 0.5 * cm.max()
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                    color="white" if dark else "black")
-            if i > j:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
-                                       edgecolor="red", linewidth=2.5))
-    ax.set(xticks=range(k), yticks=range(k), xticklabels=class_names,
-           yticklabels=class_names, xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
-
-
 def read_metrics_jsonl(path) -> list[dict]:
     """The per-epoch records of ``metrics.jsonl`` (blank lines skipped)."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(records: list[dict], path) -> Path:
-    """Loss and accuracy per fold against epochs (phase 1 then phase 2): training solid,
-    the test fold dashed (``test_*``, shown, never used for tuning), the inner validation
-    split dotted (``val_*``), and a thin dotted line where phase 2 starts."""
-    fig = Figure(figsize=(9, 3.6), dpi=100)
-    axes = fig.subplots(1, 2)
-    folds = sorted({r["fold"] for r in records if "fold" in r})
-    colors = [f"C{i}" for i in range(10)]
-    for fold in folds:
-        rows = [r for r in records if r.get("fold") == fold]
-        x = np.arange(1, len(rows) + 1)  # epochs of both phases, in file order
-        color = colors[fold % len(colors)]
-        for ax, key in zip(axes, ("loss", "accuracy")):
-            ax.plot(x, [r.get(key, np.nan) for r in rows], color=color, label=f"fold {fold}")
-            for prefix, style in (("test_", "--"), ("val_", ":")):
-                if any(f"{prefix}{key}" in r for r in rows):
-                    ax.plot(x, [r.get(f"{prefix}{key}", np.nan) for r in rows], style,
-                            color=color)
-        starts = [i + 1 for i, r in enumerate(rows) if r.get("phase") == 2]
-        if starts:
-            for ax in axes:
-                ax.axvline(starts[0] - 0.5, color=color, linestyle=":", linewidth=0.8)
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.set(xlabel="epoch (phase 1, then phase 2)", ylabel=key,
-               title=f"{key}: train (solid), test fold (dashed, not for tuning), "
-                     "inner val (dotted)")
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
-
-
-def write_predictions(workdir, preds) -> Path:
-    """``predictions.csv``: one row per photo, every rule's out-of-fold probabilities and
-    decisions (:func:`handjax.clinical.write_predictions`)."""
-    from handjax import clinical
-    return clinical.write_predictions(Path(workdir) / "predictions.csv", preds)
-
-
-def write_run(workdir, results: dict, preds=None) -> list[Path]:
+def write_run(workdir, results: dict) -> list[Path]:
     """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
-    min-expected-cost), ``curves.png`` if ``metrics.jsonl`` exists and, given the out-of-fold
-    ``preds``, ``roc.png`` and ``reliability.png``. Returns the paths."""
+    min-expected-cost), ``curves.png`` if ``metrics.jsonl`` exists and, if
+    ``predictions.csv`` does, ``roc.png`` and ``reliability.png``. Everything is read from
+    ``results`` (the run's results.json) and the workdir's files. Returns the paths."""
     from handjax import distributed
     if not distributed.is_primary():   # process 0 writes the reports
         return []
@@ -205,31 +145,38 @@ def write_run(workdir, results: dict, preds=None) -> list[Path]:
     md = workdir / "results.md"
     md.write_text(run_markdown(results), encoding="utf-8")
     written = [md]
-    class_names = results.get("data", {}).get("class_names", ["normal", "heberden", "ra"])
+    class_names = results.get("data", {}).get("class_names", list(CLASSES))
     for key, decision in results.get("decisions", {}).items():
         title = f"{results.get('name', '')}\n{DECISION_PREFIX.get(key, key)}, summed over folds"
-        written.append(plot_confusion(confusion_sum(decision), class_names, title,
-                                      workdir / f"confusion_{key}.png"))
+        written.append(plots.plot_confusion(confusion_sum(decision), class_names, title,
+                                            workdir / f"confusion_{key}.png"))
     jsonl = workdir / "metrics.jsonl"
     if jsonl.exists():
         records = read_metrics_jsonl(jsonl)
         if records:
-            written.append(plot_curves(records, workdir / "curves.png"))
-    if preds is not None:
-        written += _clinical_plots(workdir, results, preds)
+            written.append(plots.plot_curves(records, workdir / "curves.png"))
+    if (workdir / "predictions.csv").exists():
+        written += _clinical_plots(workdir, results)
     return written
 
 
-def _clinical_plots(workdir: Path, results: dict, preds) -> list[Path]:
-    from handjax import plots_clinical
+def _clinical_plots(workdir: Path, results: dict) -> list[Path]:
+    """ROC with the frozen operating points and reliability before/after calibration, drawn
+    from ``predictions.csv`` with the figures of ``results``."""
+    preds = clinical.read_predictions(workdir / "predictions.csv")
     points = {task: {f"{kind} >= target": {
         "sensitivity": e["sensitivity"]["value"], "specificity": e["specificity"]["value"]}
         for kind, e in kinds.items() if e.get("sensitivity")}
         for task, kinds in results.get("operating_points", {}).items()}
-    return [plots_clinical.plot_roc(workdir / "roc.png", preds.label,
-                                    preds.probs["cnn_calibrated"], points),
-            plots_clinical.plot_reliability(workdir / "reliability.png", preds.label,
-                                            preds.probs["cnn"], preds.probs["cnn_calibrated"])]
+    ece = {rule: results.get("clinical", {}).get(rule, {}).get("ece_10bin", {}).get("value")
+           for rule in ("cnn", "cnn_calibrated")}
+    return [plots.plot_roc(workdir / "roc.png", preds.label, preds.probs["cnn_calibrated"],
+                           points),
+            plots.plot_reliability(workdir / "reliability.png", preds.label,
+                                   {"before calibration": preds.probs["cnn"],
+                                    "after calibration": preds.probs["cnn_calibrated"]},
+                                   {"before calibration": ece["cnn"],
+                                    "after calibration": ece["cnn_calibrated"]})]
 
 
 # ------------------------------------------------------------------------ clinical
@@ -237,7 +184,7 @@ CLINICAL_RULE = "cnn_calibrated"   # the headline's and the study table's clinic
 CLINICAL_ROWS = ("accuracy", "balanced_accuracy", "auroc_macro", "auroc_any_disease",
                  "auroc_ra", "sensitivity_ra", "specificity_ra", "sensitivity_heberden",
                  "specificity_heberden", "qwk", "mae_grade", "under_severity_rate", "brier",
-                 "ece", "log_loss")
+                 "ece_sweep", "ece_10bin", "log_loss")
 
 
 def format_ci(entry, digits: int = 3) -> str:
@@ -264,7 +211,8 @@ def headline(results: dict) -> str:
         f"- AUROC (macro, one-vs-rest): **{format_ci(c.get('auroc_macro'))}**",
         f"- RA sensitivity {format_ci(c.get('sensitivity_ra'))}, specificity "
         f"{format_ci(c.get('specificity_ra'))} (argmax decision)",
-        f"- calibration error (ECE, 10 bins): {format_ci(c.get('ece'))}",
+        f"- calibration error (top-label ECE, equal-mass sweep): {format_ci(c.get('ece_sweep'))}"
+        f"; with 10 equal-width bins {format_ci(c.get('ece_10bin'))} (biased upward)",
         f"- 95% CIs: percentile bootstrap over {boot.get('unit', 'subject')}s "
         f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); every "
         "figure is recomputable from predictions.csv",
@@ -342,7 +290,7 @@ def _cell_stats(cell: dict) -> dict:
         if decision is None:
             continue
         mean, std = summarize(decision["per_fold"])
-        for m in METRICS:
+        for m in STUDY_METRICS:
             out[f"{prefix}_{METRIC_COLUMNS[m]}"] = (mean[m], std[m])
     return out
 
@@ -451,37 +399,20 @@ def study_table(cells: dict, models, losses) -> tuple[str, str, list]:
     return markdown, buf.getvalue(), missing
 
 
-def plot_acc_vs_plus(cells: dict, models, losses, path) -> Path:
-    """Accuracy against custom_plus (lower is safer), one labelled point per cell and
-    decision: CNN circles, SVM squares, MEC triangles; colour by loss."""
-    fig = Figure(figsize=(7, 5), dpi=100)
-    ax = fig.add_subplot()
-    markers = {"cnn": "o", "svm": "s", "cnn_mec": "^"}
+def acc_vs_plus_points(cells: dict, models, losses) -> list[dict]:
+    """One point per cell and decision: fold-mean custom_plus and accuracy (see
+    :func:`handjax.plots.plot_acc_vs_plus`)."""
+    points = []
     for li, loss in enumerate(losses):
         for model in models:
-            cell = cells.get((loss, model))
-            if not cell:
-                continue
-            for key, marker in markers.items():
-                decision = cell.get("decisions", {}).get(key)
-                if decision is None:
+            for key, decision in (cells.get((loss, model)) or {}).get("decisions", {}).items():
+                if key not in DECISION_PREFIX:
                     continue
                 mean, _ = summarize(decision["per_fold"])
-                ax.scatter(mean["custom_plus"], mean["accuracy"], marker=marker,
-                           color=f"C{li}", s=40)
-                ax.annotate(f"{display_model(model)} {DECISION_PREFIX[key]}",
-                            (mean["custom_plus"], mean["accuracy"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-    for li, loss in enumerate(losses):  # legend proxies: colour = loss, marker = decision
-        ax.scatter([], [], color=f"C{li}", marker="o", label=LOSS_GROUPS.get(loss, loss))
-    for key, marker in markers.items():
-        ax.scatter([], [], color="gray", marker=marker, label=DECISION_PREFIX[key])
-    ax.set(xlabel="custom_plus (summed under-severity rates, lower is safer)",
-           ylabel="accuracy", title="accuracy vs under-severity, mean over folds")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+                points.append({"plus": mean["custom_plus"], "accuracy": mean["accuracy"],
+                               "label": f"{display_model(model)} {DECISION_PREFIX[key]}",
+                               "loss": li, "decision": key})
+    return points
 
 
 def write_study(study_dir, cells: dict, models, losses) -> list:
@@ -495,5 +426,8 @@ def write_study(study_dir, cells: dict, models, losses) -> list:
     markdown, csv_text, missing = study_table(cells, models, losses)
     (study_dir / "study.md").write_text(markdown, encoding="utf-8")
     (study_dir / "study.csv").write_text(csv_text, encoding="utf-8")
-    plot_acc_vs_plus(cells, models, losses, study_dir / "study_acc_vs_plus.png")
+    markers = {"cnn": ("o", "CNN"), "svm": ("s", "SVM"), "cnn_mec": ("^", "MEC")}
+    plots.plot_acc_vs_plus(acc_vs_plus_points(cells, models, losses),
+                           [LOSS_GROUPS.get(lo, lo) for lo in losses], markers,
+                           study_dir / "study_acc_vs_plus.png")
     return missing

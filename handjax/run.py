@@ -8,9 +8,9 @@ from handjax import config as configs
 def main(config, workdir, restart: bool = False) -> dict:
     """Run ``config`` (a ConfigDict) in ``workdir``: the study's sweep or one cell
     (``restart``: discard what a previous run left there)."""
-    spec = configs.parse(config)
-    if isinstance(spec, configs.SweepSpec):
+    parsed = configs.parse(config)
+    if isinstance(parsed, configs.SweepSpec):
         from handjax import sweep
-        return sweep.run(spec, workdir, restart=restart)
+        return sweep.run(parsed, workdir, restart=restart)
     from handjax import train
-    return train.run(spec, workdir, restart=restart)
+    return train.run(parsed, workdir, restart=restart)

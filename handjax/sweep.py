@@ -16,24 +16,29 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from handjax import console, distributed, train, workdir as workdirs
+from handjax import console, distributed, train
+from handjax import workdir as workdirs
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import SweepSpec
 
 LEDGER = "sweep_ledger.json"
 
 
-def run(spec, workdir, restart: bool = False) -> dict:
-    """Run every cell of the SweepSpec ``spec``; returns ``{(loss, model): results}``
+def run(sweep_spec: SweepSpec, workdir, restart: bool = False) -> dict:
+    """Run every cell of the SweepSpec ``sweep_spec``; returns ``{(loss, model): results}``
     (``restart``: every cell from scratch)."""
     from handjax import report
     workdir = Path(workdir)
     cells = {}
-    for loss in spec.losses:
-        for model in spec.models:
+    for loss in sweep_spec.losses:
+        for model in sweep_spec.models:
             mark(workdir, f"{model}_{loss}", "pending")
-    for loss in spec.losses:
-        for model in spec.models:
-            cell = spec.cells[(loss, model)]
+    for loss in sweep_spec.losses:
+        for model in sweep_spec.models:
+            cell = sweep_spec.cells[(loss, model)]
             sub = workdir / f"{model}_{loss}"
             done = sub / "results.json"
             distributed.barrier(f"handjax_sweep_{sub.name}")   # everyone sees the same files
@@ -46,7 +51,7 @@ def run(spec, workdir, restart: bool = False) -> dict:
             mark(workdir, sub.name, "running")
             cells[(loss, model)] = train.run(cell, sub, restart=restart)
             mark(workdir, sub.name, "done")
-    report.write_study(workdir, cells, list(spec.models), list(spec.losses))
+    report.write_study(workdir, cells, list(sweep_spec.models), list(sweep_spec.losses))
     console.say(f"study table: {workdir / 'study.md'}")
     return cells
 

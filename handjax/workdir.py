@@ -13,11 +13,15 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from handjax.errors import TrainingError
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import ModelSpec
 
 
 def enable_compilation_cache(workdir: Path) -> None:
@@ -82,6 +86,16 @@ def file_fingerprint(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def weights_fingerprint(model_spec: ModelSpec, seed: int) -> str:
+    """SHA-256 of the backbone's weight file, or the seed of a random init."""
+    if model_spec.weights is None:
+        return f"random init, seed {seed}"
+    if model_spec.weights == "imagenet":
+        from handjax.models.keras_weights import fetch_weights
+        return file_fingerprint(fetch_weights(model_spec.name))
+    return file_fingerprint(model_spec.weights)
 
 
 def check_ledger(workdir: Path, entries: dict) -> None:

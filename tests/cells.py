@@ -1,7 +1,8 @@
 """Tiny configs shared by the tests: VGG16 at 32 px on 30 synthetic images, random
 weights, 2+1 epochs (``handjax.config.cell(..., "smoke")``)."""
 from handjax import config as configs
-from handjax import train
+from handjax import features, train
+from handjax.data.cohort import load_cohort
 
 
 def tiny_config(model: str = "vgg16", loss: str = "categorical", **train_overrides):
@@ -13,6 +14,12 @@ def tiny_config(model: str = "vgg16", loss: str = "categorical", **train_overrid
 
 def tiny_spec(**train_overrides):
     return configs.parse_run(tiny_config(**train_overrides))
+
+
+def prepare(spec):
+    """``(cohort, fold inputs)`` of a RunSpec, built as ``train.run`` builds them."""
+    cohort = load_cohort(spec.data, spec.seed, spec.n_folds, spec.train.inner_val)
+    return cohort, features.prepare(spec, cohort)
 
 
 def run(config, workdir) -> dict:

@@ -1,5 +1,6 @@
 """handjax.compare: McNemar by hand, the paired subject bootstrap, mismatched runs."""
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -35,12 +36,59 @@ def test_mcnemar_against_a_hand_count_and_exact_binomial():
     assert compare.mcnemar(y, a, a)["p_value"] == 1.0
 
 
+def test_subject_mcnemar_with_one_photo_per_subject_is_the_exact_mcnemar():
+    rng = np.random.default_rng(7)
+    for n in (10, 40, 200):
+        y = rng.integers(0, 3, n)
+        a = np.where(rng.random(n) < 0.7, y, (y + 1) % 3)
+        b = np.where(rng.random(n) < 0.55, y, (y + 2) % 3)
+        exact = compare.mcnemar(y, a, b)
+        perm = compare.mcnemar_subjects(y, a, b, np.arange(n))
+        assert perm["p_value"] == pytest.approx(exact["p_value"], rel=1e-9, abs=1e-15)
+        assert perm["statistic"] == exact["a_only_correct"] - exact["b_only_correct"]
+
+
+def _enumerated_p(totals):
+    """Two-sided sign-flip p-value by listing all 2^S sign vectors, in float64."""
+    totals = np.asarray(totals)
+    signs = np.array(list(itertools.product((-1, 1), repeat=len(totals))))
+    null = np.abs(signs @ totals)
+    return np.mean(null >= abs(totals.sum()))
+
+
+def test_subject_mcnemar_equals_enumeration_of_all_sign_flips():
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        n_subjects = rng.integers(1, 11)
+        photos = rng.integers(1, 5, n_subjects)            # 1-4 photos a subject
+        subjects = np.repeat(np.arange(n_subjects), photos)
+        n = len(subjects)
+        y = np.zeros(n, int)
+        a, b = (np.where(rng.random(n) < q, 0, 1) for q in (0.7, 0.4))
+        d = (a == y).astype(int) - (b == y)
+        totals = np.bincount(subjects, weights=d)
+        got = compare.mcnemar_subjects(y, a, b, subjects.astype(str))
+        assert got["p_value"] == pytest.approx(_enumerated_p(totals), abs=1e-12)
+        assert got["n_subjects_discordant"] == np.sum(totals != 0)
+
+
+def test_subject_mcnemar_does_not_count_a_persons_photos_twice():
+    """Six people, both hands photographed, each time A right and B wrong on both photos:
+    photo-level McNemar sees 12 concordant wins (p = 2/4096), the subject test six (p = 2/64)."""
+    y = np.zeros(12, int)
+    a, b = np.zeros(12, int), np.ones(12, int)
+    subjects = np.repeat(np.arange(6), 2)
+    assert compare.mcnemar(y, a, b)["p_value"] == pytest.approx(2 / 2 ** 12)
+    assert compare.mcnemar_subjects(y, a, b, subjects)["p_value"] == pytest.approx(2 / 2 ** 6)
+
+
 def test_identical_runs_differ_by_exactly_zero():
     a = _run(1)
     r = compare.compare_runs(a, dataclasses.replace(a), n_boot=200)
     d = r["auroc_macro_difference"]
     assert d["value"] == 0 and d["ci95"] == [0.0, 0.0] and d["n_finite"] == 200
-    assert r["mcnemar"]["a_only_correct"] == r["mcnemar"]["b_only_correct"] == 0
+    assert r["mcnemar_photo"]["a_only_correct"] == r["mcnemar_photo"]["b_only_correct"] == 0
+    assert r["mcnemar_subject"]["statistic"] == 0 and r["mcnemar_subject"]["p_value"] == 1.0
 
 
 def test_paired_bootstrap_uses_the_same_subjects_for_both_runs():
@@ -77,6 +125,12 @@ def test_runs_on_different_photos_or_folds_are_refused(tmp_path):
     other_folds = dataclasses.replace(a, fold=(a.fold + 1) % 5)
     with pytest.raises(clinical.PredictionsError, match="fold for 60 photos"):
         compare.compare_runs(a, other_folds)
+    other_subjects = dataclasses.replace(
+        a, subject=np.array([f"s{i // 3}" for i in range(60)], dtype=object))
+    # i // 2 == i // 3 only for i = 0, 1, 3: 57 photos change subject
+    with pytest.raises(clinical.PredictionsError, match="differ in subject for 57 photos") as e:
+        compare.compare_runs(a, other_subjects)
+    assert "\n" not in str(e.value) and "same subjects" in str(e.value)
     with pytest.raises(clinical.PredictionsError, match="rule 'svm'"):
         compare.compare_runs(a, a, rule="svm")
 

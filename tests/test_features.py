@@ -3,22 +3,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cells import tiny_config, tiny_spec
+from cells import prepare, tiny_config, tiny_spec
 from handjax import backbones, features
 from handjax import config as configs
+from handjax.data.cohort import load_cohort
 
 
 def test_per_image_prefix_equals_one_batched_pass():
     module, variables = backbones.load("vgg16", None, seed=0)
     views = (np.random.default_rng(0).random((1, 3, 56, 56, 3)) * 255).astype(np.uint8)
     # 56 px: block1_pool's output is 28x28, the last map that large
-    assert features.per_image_boundary(module, variables, (56, 56), "block4_pool",
-                                       jnp.float32) == "block1_pool"
-    kw = dict(dtype=jnp.float32)
+    assert features.per_image_boundary(module, variables, (56, 56),
+                                       "block4_pool") == "block1_pool"
     batched = features.frozen_features(module, variables, "vgg16", views, "block4_pool",
-                                       per_image=False, **kw)
+                                       per_image=False)
     per_image = features.frozen_features(module, variables, "vgg16", views, "block4_pool",
-                                         per_image=True, **kw)
+                                         per_image=True)
     assert batched.shape == (1, 3, 3, 3, 512)
     np.testing.assert_allclose(per_image, batched, rtol=1e-5,
                                atol=1e-5 * np.abs(batched).max())
@@ -32,8 +32,8 @@ def test_even_batch_wastes_the_least_padding():
 
 def test_bfloat16_cache_is_close_to_float32():
     """The optional bf16 feature cache halves memory at ~3 significant digits."""
-    full = features.prepare(tiny_spec())
-    half = features.prepare(tiny_spec(cache_dtype="bfloat16"))
+    _, full = prepare(tiny_spec())
+    _, half = prepare(tiny_spec(cache_dtype="bfloat16"))
     assert half.inputs2.dtype == jnp.bfloat16
     assert half.cache_bytes * 2 == full.cache_bytes
     ref = np.asarray(full.inputs2, np.float32)
@@ -50,7 +50,7 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
     c = tiny_config()
     c.model.weights = "imagenet"
     with pytest.raises(backbones.WeightsError) as err:
-        features.prepare(configs.parse_run(c))
+        prepare(configs.parse_run(c))
     msg = str(err.value)
     assert "\n" not in msg
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
@@ -93,7 +93,7 @@ def test_folds_never_split_a_subject(tmp_path):
     c = tiny_config()
     c.data.root, c.data.metadata = str(tmp_path), str(tmp_path / "meta.csv")
     spec = configs.parse_run(c)
-    pd = features.protocol_data(spec.data, spec.seed, spec.n_folds, inner_val=0.25)
+    pd = load_cohort(spec.data, spec.seed, spec.n_folds, inner_val=0.25)
     assert len(np.unique(pd.subjects)) == 18 and set(pd.metadata) == {"tone"}
     fold_of = {}
     for k, (tr, te) in enumerate(pd.folds):

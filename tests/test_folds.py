@@ -6,24 +6,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cells import tiny_config, tiny_spec
+from cells import prepare, tiny_config, tiny_spec
 from handjax import config as configs
-from handjax import features, folds
+from handjax import folds
 
 
 @pytest.fixture(scope="module")
 def prepared():
     spec = tiny_spec()
-    return spec, features.prepare(spec)
+    return spec, prepare(spec)
 
 
 def _one_epoch(states, prep, phase, fold_map):
-    inputs = prep.inputs1 if phase == 1 else prep.inputs2
-    batches = folds.epoch_batches([tr for tr, _ in prep.folds], batch_size=8,
+    cohort, fold_inputs = prep
+    inputs = fold_inputs.inputs1 if phase == 1 else fold_inputs.inputs2
+    batches = folds.epoch_batches(cohort.train_sets, batch_size=8,
                                   n_views=inputs.shape[0], seed=0, phase=phase, epoch=0)
     fn = jax.jit(lambda s, x, y, b, k: folds.epoch_fn(s, x, y, b, k, fold_map=fold_map))
-    return fn(states, inputs, jnp.asarray(prep.examples.labels), batches,
-              jax.random.key(1))
+    return fn(states, inputs, jnp.asarray(cohort.labels), batches, jax.random.key(1))
 
 
 @pytest.mark.parametrize("phase", [1, 2])
@@ -31,7 +31,7 @@ def test_vmap_map_and_loop_agree(prepared, phase):
     spec, prep = prepared
     outs = {}
     for kind in ("vmap", "map", "loop"):
-        outs[kind], _ = _one_epoch(folds.states_for(phase, prep, spec), prep, phase, kind)
+        outs[kind], _ = _one_epoch(folds.states_for(phase, prep[1].fold_model, spec), prep, phase, kind)
     for kind in ("map", "loop"):
         # Same math, different batching of the kernels: float32 rounding only.
         chex.assert_trees_all_close(outs[kind].params, outs["vmap"].params,
@@ -40,7 +40,7 @@ def test_vmap_map_and_loop_agree(prepared, phase):
 
 def test_frozen_parameters_stay_bit_identical(prepared):
     spec, prep = prepared
-    states = folds.states_for(1, prep, spec)
+    states = folds.states_for(1, prep[1].fold_model, spec)
     before = jax.tree.map(np.asarray, states.params)
     states, _ = _one_epoch(states, prep, 1, "vmap")
     # Phase 1: the backbone top is frozen, heads train.
@@ -50,28 +50,29 @@ def test_frozen_parameters_stay_bit_identical(prepared):
                               before["head"]["head_logits"]["kernel"])
     # Phase 2, plain path: the prefix (in the state there) stays bit-identical, top trains.
     plain_spec = tiny_spec(mode="plain")
-    plain = features.prepare(plain_spec)
-    st = folds.states_for(2, plain, plain_spec)
+    plain = prepare(plain_spec)
+    st = folds.states_for(2, plain[1].fold_model, plain_spec)
     before = jax.tree.map(np.asarray, st.params["backbone"])
     st, _ = _one_epoch(st, plain, 2, "map")
     after = jax.tree.map(np.asarray, st.params["backbone"])
     for layer in before:
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after[layer]),
                                                          jax.tree.leaves(before[layer])))
-        assert same == (layer not in plain.trainable), layer
+        assert same == (layer not in plain[1].fold_model.trainable), layer
 
 
 def test_step_compiles_once_per_phase(prepared, monkeypatch):
     spec, prep = prepared
     counted = chex.assert_max_traces(folds.train_step, n=1)
     monkeypatch.setattr(folds, "train_step", counted)
-    states = folds.states_for(1, prep, spec)
+    states = folds.states_for(1, prep[1].fold_model, spec)
     fn = jax.jit(lambda s, x, y, b, k: folds.epoch_fn(s, x, y, b, k, fold_map="vmap"))
-    inputs = prep.inputs1
+    cohort, fold_inputs = prep
+    inputs = fold_inputs.inputs1
     for epoch in range(3):   # three epochs, new batches each time: one trace
-        batches = folds.epoch_batches([tr for tr, _ in prep.folds], batch_size=8,
+        batches = folds.epoch_batches(cohort.train_sets, batch_size=8,
                                       n_views=inputs.shape[0], seed=0, phase=1, epoch=epoch)
-        states, _ = fn(states, inputs, jnp.asarray(prep.examples.labels), batches,
+        states, _ = fn(states, inputs, jnp.asarray(cohort.labels), batches,
                        jax.random.key(epoch))
 
 
@@ -93,9 +94,9 @@ def test_auto_fold_map_follows_the_trained_convs():
         c.model.name = "vgg19"
         c.data.image_size = 112            # block5 sees 7x7 maps: im2col on CPU
     spec = configs.parse_run(c)
-    prep = features.prepare(spec)
+    _, inputs = prepare(spec)
     on_cpu = jax.default_backend() == "cpu"
-    assert folds.trains_lax_conv(folds.states_for(1, prep, spec), prep) is False
+    assert inputs.fold_model.lax_conv is False
     assert folds.resolve_fold_map("auto", False) == "vmap"
     assert folds.resolve_fold_map("auto", True) == ("loop" if on_cpu else "vmap")
     assert folds.resolve_fold_map("map", False) == "map"
@@ -105,8 +106,8 @@ def test_auto_fold_map_follows_the_trained_convs():
     assert folds.resolve_eval_fold_map("vmap", "vmap") == "vmap"   # an explicit choice holds
     c.model.conv_impl = "xla"
     spec = configs.parse_run(c)
-    prep = features.prepare(spec)
-    assert folds.trains_lax_conv(folds.states_for(1, prep, spec), prep) is True
+    _, inputs = prepare(spec)
+    assert inputs.fold_model.lax_conv is True
 
 
 def test_batch_level_loss_trains_with_masked_unequal_folds(prepared):
@@ -117,7 +118,7 @@ def test_batch_level_loss_trains_with_masked_unequal_folds(prepared):
     soft = losses.get("soft_custom")
     outs = {}
     for kind in ("vmap", "map"):
-        states = folds.states_for(1, prep, spec).replace(loss_fn=soft)
+        states = folds.states_for(1, prep[1].fold_model, spec).replace(loss_fn=soft)
         outs[kind], sums = _one_epoch(states, prep, 1, kind)
         assert np.isfinite(np.asarray(sums["loss"])).all()
     chex.assert_trees_all_close(outs["map"].params, outs["vmap"].params, rtol=1e-4, atol=1e-5)

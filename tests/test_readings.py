@@ -1,5 +1,6 @@
 """The custom_multi study (handjax.readings): its criterion and its key conclusion."""
 import numpy as np
+import pytest
 
 from handjax import metrics, readings
 
@@ -67,3 +68,21 @@ def test_markdown_lists_every_row_and_candidate():
         assert f"| {name} |" in text
     for name in readings.CANDIDATES:
         assert f"| {name} | fold |" in text
+
+
+def test_family_members_by_hand_on_the_study_example():
+    """The study's example matrix: r_HN = 4/9, r_RN = 3/9, r_RH = 3/9; pairwise 33/81."""
+    cm = np.array([[6, 0, 0], [4, 4, 1], [3, 3, 3]], np.float32)
+    want = {"pairwise": 33 / 81, "hn_rn": 12 / 81, "per_class": (4 / 9) * (6 / 9),
+            "pairwise/3": 11 / 81, "pairwise/2": 16.5 / 81, "2*pairwise": 66 / 81,
+            "triple": 36 / 729}
+    for name, value in want.items():
+        assert float(readings.CANDIDATES[name](cm)) == pytest.approx(value, rel=1e-6), name
+
+
+def test_priors_differ_as_documented():
+    rng = np.random.default_rng(0)
+    _, conc = readings._prior(rng, 2000, "plain")
+    assert conc.min() >= 30 - 1e-9 and conc.max() <= 300 + 1e-9
+    _, broad = readings._prior(rng, 2000, "broad")
+    assert broad.min() < 30

@@ -72,7 +72,7 @@ def test_study_layout_and_cell_formatting():
         [0.70, 0.72, 0.74, 0.76, 0.78]
     cells[("binary", "vgg19")]["clinical"] = {"cnn_calibrated": {
         "auroc_macro": {"value": 0.852, "ci95": [0.802, 0.896]}, "qwk": {"value": 0.5},
-        "sensitivity_ra": {"value": 0.76}, "ece": {"value": None}}}
+        "sensitivity_ra": {"value": 0.76}, "ece_sweep": {"value": None}}}
     markdown, csv_text, missing = report.study_table(cells, MODELS, LOSSES)
     assert missing == []
     assert "Missing cells: none." in markdown

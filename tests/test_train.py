@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cells import run, tiny_config, tiny_spec
-from handjax import features, folds, train
+from cells import prepare, run, tiny_config, tiny_spec
+from handjax import evaluate, folds, train
+from handjax.metrics import STUDY_METRICS
 from handjax.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +47,9 @@ def test_results_layout(reference):
     assert results == _results(workdir)
     assert results["n_folds"] == 5 and results["data"]["n"] == 30
     assert results["data"]["class_counts"] == {"normal": 10, "heberden": 10, "ra": 10}
-    for name in train.DECISIONS:
+    for name in evaluate.DECISIONS:
         d = results["decisions"][name]
-        for key in train.METRIC_KEYS:
+        for key in STUDY_METRICS:
             per_fold = d["per_fold"][key]
             assert len(per_fold) == 5
             assert np.isclose(d["mean"][key], np.mean(per_fold))
@@ -110,8 +111,8 @@ def test_final_checkpoint_holds_no_optimiser_state_and_a_rerun_restores_it(
         reference, prepared, workroot):
     from handjax import checkpoint
     workdir, results = reference
-    spec, prep = prepared
-    states = folds.states_for(2, prep, spec)
+    spec, (_, inputs) = prepared
+    states = folds.states_for(2, inputs.fold_model, spec)
     assert jax.tree.leaves(states.opt_state)
     finished = workroot / "finished"
     shutil.copytree(workdir, finished)
@@ -140,7 +141,7 @@ def test_nan_guard_names_fold_phase_step(workroot, monkeypatch):
 @pytest.fixture(scope="module")
 def prepared():
     spec = tiny_spec()
-    return spec, features.prepare(spec)
+    return spec, prepare(spec)
 
 
 def test_cached_path_equals_plain_path(reference, workroot):
@@ -148,7 +149,7 @@ def test_cached_path_equals_plain_path(reference, workroot):
     plain = run(tiny_config(mode="plain"), workroot / "plain")
     cached = reference[1]
     for name in ("cnn", "cnn_mec"):
-        for key in train.METRIC_KEYS:
+        for key in STUDY_METRICS:
             np.testing.assert_allclose(plain["decisions"][name]["per_fold"][key],
                                        cached["decisions"][name]["per_fold"][key],
                                        atol=1e-6)
@@ -180,8 +181,8 @@ def test_fold_axis_sharded_over_four_devices_matches_one(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    for name in train.DECISIONS:
-        for key in train.METRIC_KEYS:
+    for name in evaluate.DECISIONS:
+        for key in STUDY_METRICS:
             np.testing.assert_allclose(res["True"][name]["per_fold"][key],
                                        res["False"][name]["per_fold"][key], atol=1e-6)
 

@@ -1,4 +1,4 @@
-"""Hand photos -> uint8 arrays, labels and ids; cross-validation folds; augmentation.
+"""Hand photos -> uint8 arrays, labels and ids; who is in them; how they are split.
 
 One module per job, in the order photos flow through them:
 
@@ -9,26 +9,43 @@ One module per job, in the order photos flow through them:
 * ``splits``: near-duplicate and subject groups, stratified folds (``duplicate_groups``,
   ``merge_groups``, ``folds``, the inner validation splits ``inner_splits``).
 * ``augment``: random flips, warps and colour changes in pure JAX (``augment``).
+* ``cohort``: the data record of a run (``Cohort``, ``load_cohort``): photos, views,
+  subjects, metadata, folds; what evaluation and the reports read.
 * ``synthetic``: the procedural hand renderer (``render_hand``); synthetic and medically
   meaningless.
 * ``preview``: the contact-sheet CLI (``contact_sheet``, ``main``).
 * ``base``: what they share (``CLASSES``, ``N_FOLDS``, ``DataError``, ``Examples``).
 
+The face is light: ``from handjax.data import CLASSES`` imports no TFDS (only ``augment``,
+which needs JAX, is bound at once); every other name loads its module on first use.
+
     python -m handjax.data preview --out sheet.png   # contact sheet of synthetic hands
 """
+from __future__ import annotations
 
+import importlib
+
+# ``augment`` is both a module and its function: bound here so the name is the function.
 from handjax.data.augment import augment
 from handjax.data.base import CLASSES, DISPLAY_NAMES, N_FOLDS, DataError, Examples
-from handjax.data.decode import decode_image
-from handjax.data.preview import contact_sheet, main
-from handjax.data.sources import (IMAGE_EXTENSIONS, HandConditions, SyntheticHands, describe,
-                                  load_folder, load_metadata, load_synthetic)
-from handjax.data.splits import duplicate_groups, folds, inner_splits, merge_groups
-from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, synthetic_metadata
 
-__all__ = [
-    "CLASSES", "DISPLAY_NAMES", "IMAGE_EXTENSIONS", "N_FOLDS", "SYNTHETIC_SIZE", "DataError",
-    "Examples", "HandConditions", "SyntheticHands", "augment", "contact_sheet", "decode_image",
-    "describe", "duplicate_groups", "folds", "inner_splits", "load_folder", "load_metadata",
-    "load_synthetic", "main", "merge_groups", "render_hand", "synthetic_metadata",
-]
+_LAZY = {
+    "Cohort": "cohort", "load_cohort": "cohort",
+    "decode_image": "decode", "contact_sheet": "preview", "main": "preview",
+    "IMAGE_EXTENSIONS": "sources", "HandConditions": "sources", "SyntheticHands": "sources",
+    "describe": "sources", "load_folder": "sources", "load_metadata": "sources",
+    "load_synthetic": "sources", "duplicate_groups": "splits", "folds": "splits",
+    "inner_splits": "splits", "merge_groups": "splits", "SYNTHETIC_SIZE": "synthetic",
+    "render_hand": "synthetic", "synthetic_metadata": "synthetic",
+}
+
+__all__ = ["CLASSES", "DISPLAY_NAMES", "N_FOLDS", "DataError", "Examples", "augment",
+           *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'handjax.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"handjax.data.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

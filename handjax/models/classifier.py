@@ -3,16 +3,19 @@ pooling and the head; and :func:`model_parts`, which builds it from a :class:`Mo
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handjax import backbones, ordinal
+from handjax import ordinal
 from handjax.errors import ConfigError
-from handjax.models import convs, tuned
+from handjax.models import backbones, convs, keras_weights, tuned
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import ModelSpec
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -99,15 +102,15 @@ class Classifier(nn.Module):
         return head(pooled, train=train), pooled
 
 
-def load_backbone(spec, seed: int, dtype=None):
-    """The backbone of ``spec`` (a ModelSpec) and its weights, in compute ``dtype`` (default:
-    ``spec.dtype``'s); offline ImageNet gets a way out."""
-    dtype = compute_dtype(spec.dtype) if dtype is None else dtype
+def load_backbone(model_spec: ModelSpec, seed: int, dtype=None):
+    """The backbone of ``model_spec`` (a ModelSpec) and its weights, in compute ``dtype``
+    (default: ``model_spec.dtype``'s); offline ImageNet gets a way out."""
+    dtype = compute_dtype(model_spec.dtype) if dtype is None else dtype
     try:
-        return backbones.load(spec.name, spec.weights, seed=seed,
-                              dtype=dtype, conv_impl=spec.conv_impl)
-    except backbones.WeightsError as e:
-        raise backbones.WeightsError(
+        return keras_weights.load(model_spec.name, model_spec.weights, seed=seed,
+                                  dtype=dtype, conv_impl=model_spec.conv_impl)
+    except keras_weights.WeightsError as e:
+        raise keras_weights.WeightsError(
             f"{e} -- or train from random weights: --config.model.weights=none") from e
 
 
@@ -132,19 +135,21 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
                           x).shape[-1]
 
 
-def model_parts(spec, image_size: int, seed: int, num_classes: int, loss_name: str = ""):
+def model_parts(model_spec: ModelSpec, image_size: int, seed: int, num_classes: int,
+                loss_name: str = "") -> tuple:
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
     fields shared by training and inference (an ordinal loss gets its ordinal head)."""
-    split = spec.split or backbones.DEFAULT_TRAINABLE_FROM[spec.name]
-    measured = tuned.model_key(spec.name, split, image_size) if spec.conv_impl == "auto" else None
-    dtype = compute_dtype(spec.dtype, measured)
-    backbone, variables = load_backbone(spec, seed, dtype)
+    split = model_spec.split or backbones.DEFAULT_TRAINABLE_FROM[model_spec.name]
+    measured = (tuned.model_key(model_spec.name, split, image_size)
+                if model_spec.conv_impl == "auto" else None)
+    dtype = compute_dtype(model_spec.dtype, measured)
+    backbone, variables = load_backbone(model_spec, seed, dtype)
     if split not in backbone.stages:
-        raise ConfigError(f"config.model.split={split!r} is not a stage of {spec.name}; "
+        raise ConfigError(f"config.model.split={split!r} is not a stage of {model_spec.name}; "
                           f"choose one of {', '.join(backbone.stages)}")
     shape = boundary_shape(backbone, variables, image_size, split, dtype)
-    common = dict(backbone=backbone, backbone_name=spec.name, split=split,
-                  hidden=spec.hidden, dropout=spec.dropout, num_classes=num_classes,
+    common = dict(backbone=backbone, backbone_name=model_spec.name, split=split,
+                  hidden=model_spec.hidden, dropout=model_spec.dropout, num_classes=num_classes,
                   dtype=dtype, ordinal=loss_name if loss_name in ordinal.ORDINAL else None)
     return backbone, variables, top_layers(backbone, split, shape), common
 
