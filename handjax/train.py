@@ -11,34 +11,45 @@ Data flow (module map: ``handjax/__init__.py``)::
 """
 from __future__ import annotations
 
+# The evaluation stage (evaluate, clinical: sklearn's SVM, calibration and metrics,
+# scipy.optimize) is not imported here: :func:`preload` imports it in the background while
+# the folds train.
+import contextlib
+import dataclasses
+import functools
+import json
+import os
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-_T_IMPORT = time.perf_counter()
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
 
-# What importing this module's dependencies costs (jax, the data pipeline, ...): timing.json's
-# imports_s, paid by the first run of a process. The evaluation stage (evaluate, clinical:
-# sklearn's SVM, calibration and metrics, scipy.optimize) is not among them: :func:`preload`
-# imports it in the background while the folds train.
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from handjax import checkpoint, console, distributed, features, folds
+from handjax import workdir as workdirs
+from handjax.data.cohort import Cohort, load_cohort
+from handjax.errors import TrainingError
+from handjax.features import FoldInputs
+from handjax.metrics import STUDY_METRICS
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
-from handjax import checkpoint, console, distributed, features, folds  # noqa: E402
-from handjax import workdir as workdirs  # noqa: E402
-from handjax.data.cohort import Cohort, load_cohort  # noqa: E402
-from handjax.errors import TrainingError  # noqa: E402
-from handjax.features import FoldInputs  # noqa: E402
-from handjax.metrics import STUDY_METRICS  # noqa: E402
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; elsewhere None)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
 
-IMPORT_S = time.perf_counter() - _T_IMPORT
+
+# timing.json's imports_s: the process's age once this module and its imports are loaded.
+# For ``launch.py`` that is Python's start, every import and the flags; in a longer-lived
+# process (bench, tests) it includes whatever ran before.
+IMPORT_S = process_age()
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax import clinical
@@ -329,7 +340,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, run_spec.config_json)
-    timing: dict = {"imports_s": IMPORT_S}
+    timing: dict = {} if IMPORT_S is None else {"imports_s": IMPORT_S}
     timing["tune_s"] = tune_convs(run_spec)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val)
