@@ -6,6 +6,7 @@
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
     python -m handjax.bench scaling    # wall time and peak RSS at N = 150, 600, 2400 photos
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
+    python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
 
 ``protocol`` runs the same protocol (model, input size, images, epochs, folds, SVM) twice:
 handjax's fold program (shared frozen-layer cache, compiled epochs, matmul convs on CPU) and
@@ -18,15 +19,13 @@ way the study's code did, in Keras 3 on JAX (``pip install -e '.[test]'``): per 
 ``predict``, and an SVM on the pooled features. Its results differ from handjax's (its own
 initialisation and random numbers); only its wall time is compared.
 GFLOP/s figures count the convolutions and matrix products in the step's jaxpr
-(``bench.jaxpr_flops``) and are compared with a matmul peak measured in the same run.
+(``handjax.flops.jaxpr_flops``) and are compared with a matmul peak measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
-import math
-import resource
 import sys
 import tempfile
 import time
@@ -38,15 +37,12 @@ import numpy as np
 import optax
 
 from handjax import backbones, console
+from handjax.bench_keras import peak_rss_gib
+from handjax.flops import jaxpr_flops
 
 # handjax.train is imported inside the functions that need it: ``steps`` needs only the
 # backbones, and so runs where tensorflow-datasets (imported by the data pipeline) is not
 # installed, e.g. a GPU box's stock JAX image.
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (GiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _best_time(fn, *args, repeat: int = 3) -> float:
@@ -65,34 +61,6 @@ def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     return 2 * n**3 / _best_time(fn, a, a) / 1e9
-
-
-def jaxpr_flops(jaxpr) -> float:
-    """Multiply-add FLOPs (2 per multiply-add) of the convolutions and matrix products in a
-    (closed) jaxpr, nested ones included (a scan's body counts ``length`` times): the
-    model's work, counted the same on every backend. XLA's own cost analysis cannot serve
-    across backends: on GPU it leaves out the convolutions that run as cuDNN calls (it
-    counted ~1% of VGG19's train step there)."""
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-            window = math.prod(rhs[d] for d in spec[2:])
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * window * rhs[spec[1]]
-        elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
-                lhs[d] for d in contract)
-        times = eqn.params.get("length", 1) if name == "scan" else 1
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
-                    total += times * jaxpr_flops(sub)
-    return total
 
 
 # --------------------------------------------------------------------------- steps
@@ -130,7 +98,18 @@ def module_channels(module, variables, size: int) -> int:
     return jax.eval_shape(lambda: module.apply(variables, x, train=False)).shape[-1]
 
 
-STEP_IMPLS = ("xla", "im2col", "mmgrad", "winograd", "auto")
+STEP_IMPLS = ("xla", "im2col", "mmgrad", "winograd", "matmul", "table", "auto")
+STEPS_TUNE_BUDGET_S = 600.0   # 'steps' tunes every layer of the network before timing "auto"
+
+
+def tune_whole_network(name: str, size: int, batch: int, dtype) -> float:
+    """Tune every conv of ``name`` for training (the 'steps' benchmark trains all layers),
+    reading what this machine's cache already holds; returns the seconds spent."""
+    from handjax.models import tuning
+    t = time.perf_counter()
+    layers = [l for l in tuning.model_layers(name, dtype, size, None) if l["purpose"] == "train"]
+    tuning.tune_layers(layers, batch, budget_s=STEPS_TUNE_BUDGET_S)
+    return time.perf_counter() - t
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor datasheets) by device_kind substring, for MFU.
 BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
@@ -158,6 +137,10 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
     peak_tflops = peak_tflops or (bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None)
     impls = ("xla",) + tuple(i for i in impls if i != "xla")  # xla: the FLOP count
     for name in models:
+        if "auto" in impls and jax.default_backend() == "cpu":
+            sec = tune_whole_network(name, size, batch, dtype)
+            print(f"  {name:12s} conv tuning for 'auto' (every layer trains): {sec:.1f} s",
+                  flush=True)
         steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in impls}
         flops = steps["xla"][3]
         best = dict.fromkeys(impls, float("inf"))
@@ -179,11 +162,9 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
                   f"GFLOP/s ({100 * flops / sec / 1e9 / peak:5.1f}% of matmul peak)  step "
                   f"{sec * 1e3:7.1f} ms  compile {compile_s:5.1f} s  {best['xla'] / sec:4.2f}x xla"
                   f"{mfu}", flush=True)
-        if "auto" in best:
-            auto = backbones.conv_policy(jax.default_backend(), size * size, dtype,
-                                         "train", winograd_ok=False)
-            print(f"  {name:12s} auto (here: {auto} on the largest maps) / xla step speed: "
-                  f"{best['xla'] / best['auto']:.2f}x", flush=True)
+        if "auto" in best and "table" in best:
+            print(f"  {name:12s} auto (measured choices) / table step speed: "
+                  f"{best['table'] / best['auto']:.2f}x", flush=True)
         del steps
     return rows
 
@@ -252,7 +233,8 @@ def bench_folds(spec) -> list[dict]:
 def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
                      n_folds: int, weights: str, batch: int = 16):
     """The specs of the protocol comparison: handjax's way, the plain way, and handjax in
-    bfloat16 compute (``{"handjax": ..., "plain": ..., "handjax-bf16": ...}``)."""
+    bfloat16 compute (``{"handjax": ..., "plain": ..., "handjax-bf16": ...}``), and the
+    handjax ConfigDict they come from (``"config"``)."""
     from handjax import config as configs
     fast = configs.cell(model, "categorical")
     fast.model.weights = weights
@@ -270,25 +252,76 @@ def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epoc
     half = fast.copy_and_resolve_references()
     half.model.dtype = "bfloat16"
     return {"handjax": configs.parse_run(fast), "plain": configs.parse_run(plain),
-            "handjax-bf16": configs.parse_run(half)}
+            "handjax-bf16": configs.parse_run(half), "config": fast}
+
+
+def bench_repeats(config, repeats: int, workroot: Path) -> dict:
+    """Repeated cross-validation's cost: the protocol cell at R = 1 and at R = ``repeats``
+    (R x K fold models in one array program), one after the other in this process after a
+    shared warm-up. The training time (both phases' epochs and their compilation) is what
+    the issue's aim of <= 2.5x at R = 3 is about; the wall time adds evaluation (SVMs,
+    bootstrap) that grows with R too."""
+    from handjax import config as configs
+    from handjax import train
+    specs = {}
+    for r in (1, repeats):
+        c = config.copy_and_resolve_references()
+        c.repeats = r
+        specs[r] = configs.parse_run(c)
+    out = {"warmup_s": warm_up(specs[1])}
+    for r, spec in specs.items():
+        t = time.perf_counter()
+        results = train.run(spec, workroot / f"repeats{r}")
+        wall = time.perf_counter() - t
+        timing = json.loads((workroot / f"repeats{r}" / "timing.json").read_text())
+        fit = timing.get("fit_s", 0.0)
+        out[f"R={r}"] = {"wall_s": wall, "fit_s": fit, "timing": timing}
+        _protocol_line(f"R={r}", wall, timing, None,
+                       results["decisions"]["cnn"]["mean"]["accuracy"],
+                       results["decisions"]["svm"]["mean"]["accuracy"])
+    one, many = out["R=1"], out[f"R={repeats}"]
+    out["fit_ratio"] = many["fit_s"] / one["fit_s"]
+    out["wall_ratio"] = many["wall_s"] / one["wall_s"]
+    print(f"  repeats {repeats} against 1: training {out['fit_ratio']:.2f}x "
+          f"({many['fit_s']:.1f} s vs {one['fit_s']:.1f} s), end to end "
+          f"{out['wall_ratio']:.2f}x", flush=True)
+    return out
 
 
 def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | None,
                    cnn_acc: float, svm_acc: float) -> None:
     compiled = "compile in train" if compile_s is None else f"compile {compile_s:.1f} s"
-    print(f"  {label:12s} wall {wall:7.1f} s  (prepare {timing.get('prepare_s', 0):.1f} s,"
-          f" {compiled}, train {timing.get('run_s', 0):.1f} s, "
+    tune = f"tune {timing['tune_s']:.1f} s, " if "tune_s" in timing else ""
+    phases = (f" (phase 1 {timing['epochs1_s']:.1f} s, phase 2 {timing['epochs2_s']:.1f} s)"
+              if "epochs2_s" in timing else "")
+    print(f"  {label:12s} wall {wall:7.1f} s  ({tune}prepare {timing.get('prepare_s', 0):.1f} s,"
+          f" {compiled}, train {timing.get('run_s', 0):.1f} s{phases}, "
           f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
           f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
 
 
+def fresh_import_seconds(module: str = "handjax.train") -> float:
+    """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
+    before its first line of work (this process has paid it already)."""
+    import subprocess
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+    return time.perf_counter() - t
+
+
 def warm_up(spec) -> float:
-    """Pay the process's one-time costs before any timed run: JAX's backend start, the
+    """Pay the process's one-time costs before any timed run: the conv tuner's measuring
+    (once per machine and model; later processes read its cache), JAX's backend start, the
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
     here) and the later ones get them free."""
     from handjax.data.cohort import load_cohort
-    from handjax.models import classifier
+    from handjax.models import classifier, tuning
+    tune_s = tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size,
+                         budget_s=float("inf"))
+    if tune_s:
+        print(f"  conv tuning, once per machine and model (cached; untimed): {tune_s:.1f} s",
+              flush=True)
     t = time.perf_counter()
     examples = load_cohort(spec.data, spec.seed, spec.n_folds).examples
     classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
@@ -303,7 +336,9 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs."""
     from handjax import metrics, train
     fast = specs["handjax"]
-    out = {"warmup_s": warm_up(fast)}
+    out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
+    print(f"  imports of a run (handjax.train, a fresh process): {out['imports_s']:.1f} s",
+          flush=True)
     print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
     labels = ["handjax", "handjax-bf16", "plain"] if bf16 else ["handjax", "plain"]
     for label in labels:
@@ -461,10 +496,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["scaling"]:   # its own flags; each point in a fresh process
         return scaling_main(argv[1:])
+    if argv[:1] == ["gpu-study"]:  # its own flags; refuses on a CPU
+        from handjax import bench_gpu
+        return bench_gpu.main(argv[1:], peak_lookup=bf16_peak_tflops)
     p = argparse.ArgumentParser(prog="python -m handjax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all",
-                   choices=("protocol", "steps", "folds", "all"))
+                   choices=("protocol", "steps", "folds", "repeats", "all"))
     p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
     p.add_argument("--models", default="vgg19", help="comma list for 'steps'")
     p.add_argument("--image-size", type=console.int_at_least(32, 1024), default=112)
@@ -484,6 +522,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
     p.add_argument("--keras", action="store_true",
                    help="'protocol'/'all': also run the protocol written plainly in Keras 3")
+    p.add_argument("--repeats", type=console.int_at_least(2), default=3,
+                   help="'repeats': R, measured against R = 1")
     p.add_argument("--json", help="also write the measurements to this file")
     a = p.parse_args(argv)
     if a.keras:
@@ -528,12 +568,16 @@ def main(argv=None) -> int:
                 peaks = {"float32": report["matmul_peak_gflops"],
                          "bfloat16": report["bf16_matmul_peak_gflops"]}
                 report["dtypes"] = bench_dtypes(models, a.image_size, a.batch, peaks)
-        if a.what in ("folds", "protocol", "all"):
+        if a.what in ("folds", "protocol", "repeats", "all"):
             specs = protocol_configs(a.model, a.image_size, a.n_per_class, e1, e2, a.folds,
                                      a.weights, a.batch)
         if a.what in ("folds", "all"):
             print(f"\nfold mapping, {a.model} {a.image_size} px, {a.folds} folds:")
             report["folds"] = bench_folds(specs["handjax"])
+        if a.what == "repeats":
+            print(f"\nrepeated cross-validation: {a.model} {a.image_size} px, "
+                  f"{3 * a.n_per_class} synthetic images, {e1}+{e2} epochs, {a.folds} folds:")
+            report["repeats"] = bench_repeats(specs["config"], a.repeats, Path(tmp))
         if a.what in ("protocol", "all"):
             print(f"\nprotocol: {a.model} {a.image_size} px, {3 * a.n_per_class} synthetic "
                   f"images, {e1}+{e2} epochs, {a.folds} folds + SVM, weights={a.weights}:")

@@ -5,19 +5,24 @@ after another, each compiled anew), on exactly the arrays and folds handjax uses
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import jax
 import numpy as np
 
 from handjax import backbones
-from handjax.bench import peak_rss_gib
 
 
 # handjax backbone -> (keras.applications constructor, module holding its preprocess_input)
 KERAS_APPS = {"vgg16": ("VGG16", "vgg16"), "vgg19": ("VGG19", "vgg19"),
               "resnet50": ("ResNet50", "resnet50"),
               "mobilenetv2": ("MobileNetV2", "mobilenet_v2")}
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 NO_KERAS = "bench protocol --keras: keras is not installed; pip install -e '.[test]'"

@@ -62,8 +62,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.name = "vgg19"
     c.model.weights = "imagenet"   # "imagenet" | "none" (random) | path to a Keras .h5 file
     c.model.split = ""             # "" -> unfreeze the model's top block(s) in phase 2
-    c.model.dtype = "float32"      # "bfloat16" on GPU/TPU; "auto": bf16 where it pays
-    c.model.conv_impl = "auto"     # "auto" | "xla" | "im2col" | "mmgrad" | "winograd"
+    c.model.dtype = "float32"      # "bfloat16" on GPU/TPU; "auto": bf16 where it measures faster
+    # "auto": on CPU each conv's algorithm measured on this machine once, cached under
+    # $HANDJAX_CACHE/tuning (the table where unmeasured); "table": the fixed table alone
+    # (handjax.models.convs.conv_policy); or one of "xla", "im2col", "mmgrad", "winograd",
+    # "winograd4", "matmul" everywhere it applies.
+    c.model.conv_impl = "auto"
 
     c.head = ml_collections.ConfigDict(dict(hidden=256, dropout=0.5))
     c.loss = ml_collections.ConfigDict(dict(name="categorical", ce_weight=1.0,
@@ -111,7 +115,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.train.epochs1 = 2
     c.train.epochs2 = 1
     c.head.hidden = 32
-
+    c.model.conv_impl = "table"   # no tuning pass; the same algorithms on every machine
 
 def cell_config(config, model: str, loss: str) -> ml_collections.ConfigDict:
     """``config`` specialised to one study cell (the sweep fields, if any, removed)."""

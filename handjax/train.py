@@ -11,10 +11,14 @@ Data flow (module map: ``handjax/__init__.py``)::
 """
 from __future__ import annotations
 
+# The evaluation stage (evaluate, clinical: sklearn's SVM, calibration and metrics,
+# scipy.optimize) is not imported here: :func:`preload` imports it in the background while
+# the folds train.
 import contextlib
 import dataclasses
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,15 +28,53 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from handjax import checkpoint, clinical, console, distributed, evaluate, features, folds
+from handjax import checkpoint, console, distributed, features, folds
 from handjax import workdir as workdirs
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.errors import TrainingError
 from handjax.features import FoldInputs
 from handjax.metrics import STUDY_METRICS
 
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; elsewhere None)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# timing.json's imports_s: the process's age once this module and its imports are loaded.
+# For ``launch.py`` that is Python's start, every import and the flags; in a longer-lived
+# process (bench, tests) it includes whatever ran before.
+IMPORT_S = process_age()
+
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax import clinical
     from handjax.config import RunSpec
+
+
+def preload(module: str = "handjax.evaluate"):
+    """Import ``module`` in a daemon thread, overlapping its import (the evaluation stage:
+    sklearn's SVM, pipeline, calibration and metrics, scipy.optimize) with the compile and
+    training work that does not need it; the first real ``import`` of it then waits for that
+    thread's, or finds it done. (``import handjax.train`` without them measured ~0.6x the
+    time with them.) Started after prepare, when the main thread imports little else, so
+    the two imports share no half-imported package."""
+    import importlib
+    import threading
+
+    def target():
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the real import later says what is wrong
+            pass
+
+    thread = threading.Thread(target=target, daemon=True, name=f"preload {module}")
+    thread.start()
+    return thread
 
 
 # --------------------------------------------------------------------------- resuming
@@ -106,10 +148,26 @@ def compile_epoch(plain: bool, fmap: str, mesh, timing: dict, phase: int, args):
 
 def _compile(fn, timing: dict, label: str, *args):
     """Ahead-of-time compile (donating the states), timing compile apart from running."""
+    from handjax.flops import jaxpr_flops
     t = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=0).lower(*args).compile()
+    traced = jax.jit(fn, donate_argnums=0).trace(*args)
+    compiled = traced.lower().compile()
     timing[f"compile_{label}_s"] = time.perf_counter() - t
+    # The epoch's model work (convs and matmuls, a scan's body times its length), and
+    # XLA's own count (which leaves out cuDNN's convs on GPU), for MFU figures.
+    timing[f"flops_{label}"] = jaxpr_flops(traced.jaxpr)
+    timing[f"xla_flops_{label}"] = xla_flops(compiled)
     return compiled
+
+
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled program by XLA's cost analysis (0.0 where it gives none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without a cost model
+        return 0.0
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def check_finite(sums, phase: int, epoch: int, steps_per_epoch: int) -> None:
@@ -270,22 +328,31 @@ def ledger_entries(run_spec: RunSpec, cohort: Cohort) -> dict:
             "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed)}
 
 
+def tune_convs(run_spec: RunSpec) -> float:
+    """Seconds the conv tuner spent measuring what this machine's cache lacked for the run's
+    model (:func:`handjax.models.tuning.tune`; 0.0 when it had all, or off CPU)."""
+    from handjax.models import tuning
+    return tuning.tune(run_spec.model, run_spec.data.image_size, run_spec.train.batch_size)
+
+
 def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     t0 = time.perf_counter()
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, run_spec.config_json)
         workdirs.mark_incomplete(workdir)     # until every result is written
-    timing: dict = {}
+    timing: dict = {} if IMPORT_S is None else {"imports_s": IMPORT_S}
     repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
     console.say(f"{run_spec.name}: {run_spec.n_folds} folds{repeats}, {run_spec.model.name} "
                 f"at {run_spec.data.image_size} px, loss {run_spec.loss.label} -> {workdir}")
+    timing["tune_s"] = tune_convs(run_spec)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(run_spec, cohort))
     inputs = features.prepare(run_spec, cohort, workdir)
-    timing["prepare_s"] = time.perf_counter() - t0
+    preload()  # after prepare, whose data splits import sklearn's core themselves
+    timing["prepare_s"] = time.perf_counter() - t0 - timing["tune_s"]
     console.say(f"{len(cohort.labels)} photos; frozen features "
                 f"{inputs.cache_bytes / 2**20:.1f} MiB")
     t = time.perf_counter()
@@ -307,6 +374,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
 def _train_and_evaluate(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path,
                         timing: dict) -> tuple[dict, clinical.Predictions, dict]:
     """Fit (resuming), then the out-of-fold decisions while the last checkpoint is written."""
+    from handjax import evaluate
     manager = checkpoint.manager(workdir)
     try:
         t = time.perf_counter()
@@ -327,6 +395,7 @@ def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Pat
              preds: clinical.Predictions, calib: dict) -> dict:
     """``predictions.csv`` (process 0 writes it), then results.json's record with the
     clinical figures recomputed from that file."""
+    from handjax import clinical
     csv_path = workdir / "predictions.csv"
     if distributed.is_primary():   # one writer; every process then reads the same file
         try:

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from handjax import bench
+from handjax.flops import jaxpr_flops
 
 CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -19,7 +20,7 @@ def test_jaxpr_flops_counts_convs_dots_and_scan_bodies():
     a, b = jnp.ones((5, 6)), jnp.ones((6, 6))
     conv = 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)       # 2 x outputs x (window x in-channels)
     dots = 3 * 2 * (5 * 6) * 6                       # scanned 3 times
-    assert bench.jaxpr_flops(jax.make_jaxpr(f)(x, k, a, b)) == conv + dots
+    assert jaxpr_flops(jax.make_jaxpr(f)(x, k, a, b)) == conv + dots
 
 
 def test_train_step_flops_are_three_forward_passes():
@@ -79,3 +80,39 @@ def test_bad_flag_values_are_argparse_errors(argv, needle, capsys):
 def test_epochs_flag_normalises_a_good_value():
     from handjax import console
     assert console.epochs("2+1") == "2+1" and console.epochs(" 3 + 0") == "3+0"
+
+
+def test_gpu_study_refuses_on_cpu_in_one_line(capsys):
+    if jax.default_backend() != "cpu":
+        pytest.skip("an accelerator is visible")
+    from handjax import bench_gpu
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gpu-study", "--epochs", "1+1"])
+    assert str(e.value) == bench_gpu.NO_ACCELERATOR and "\n" not in str(e.value)
+
+
+def test_gpu_study_arguments_and_mfu():
+    from handjax import bench_gpu
+    from handjax import config as configs
+    a = bench_gpu.parse_args([])
+    assert (a.image_size, a.epochs1, a.epochs2) == (224, 10, 10)
+    spec = configs.parse(bench_gpu.study_config(a))
+    assert len(spec.cells) == 12
+    assert all(c.data.image_size == 224 and c.train.epochs2 == 10 for c in spec.cells.values())
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(["--epochs", "ten"])
+    # 1e12 FLOPs an epoch, 10 epochs in 20 s = 0.5 TFLOP/s of a 1 TFLOP/s peak
+    assert bench_gpu.phase2_mfu({"flops_phase2": 1e12, "epochs2_s": 20.0}, 10, 1.0) == 0.5
+    assert bench_gpu.phase2_mfu({"epochs2_s": 20.0}, 10, 1.0) is None
+
+
+@pytest.mark.slow  # trains the tiny cell at R = 1 and R = 2
+def test_bench_repeats_measures_both_in_one_run(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert bench.main(["repeats", "--quick", "--repeats", "2", "--epochs", "1+1",
+                       "--model", "vgg16", "--json", str(out)]) == 0
+    import json
+    rep = json.loads(out.read_text())["repeats"]
+    assert rep["R=2"]["fit_s"] > 0 and rep["R=1"]["fit_s"] > 0
+    assert rep["fit_ratio"] == pytest.approx(rep["R=2"]["fit_s"] / rep["R=1"]["fit_s"])
+    assert "repeats 2 against 1: training" in capsys.readouterr().out

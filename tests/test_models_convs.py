@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handjax.models import convs
+from handjax.models import conv_algorithms, convs
 
 # ----------------------------------------------------------------------------- conv_policy's table
 
@@ -68,6 +68,8 @@ def test_conv_algorithm_table(kind):
                         assert convs.conv_algorithm(impl, backend, px, dtype, purpose, **kw) == want
                     policy = convs.conv_policy(backend, px, dtype, purpose, winograd_ok=kind == ((3, 3), 1, False))
                     want = KIND_TABLE[kind][policy]
+                    assert convs.conv_algorithm("table", backend, px, dtype, purpose, **kw) == want
+                    # "auto" without a layer shape (nothing to look up): the table
                     assert convs.conv_algorithm("auto", backend, px, dtype, purpose, **kw) == want
     # e.g. ResNet's 56x56 stride-1 1x1 conv trains by mmgrad on CPU; its stride-2 ones by im2col
     assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1)) == M
@@ -144,6 +146,43 @@ def test_conv_impls_match_lax_conv(k, stride, padding, depthwise):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl), g, g_xla)
 
 
+# Every algorithm against ``xla`` in float32 on the same inputs (VGG-sized channels, so that
+# rounding in the transforms would show), errors relative to the reference's largest |value|:
+# float32 compute within 1e-5 (measured <= 2e-6, a direct float32 conv's rounding); bfloat16
+# compute (operands rounded to bf16, float32 accumulation) within 2e-2 (bf16's unit roundoff
+# 2**-8 = 0.4%, times the few roundings of operands and result; measured <= 7.5e-3, Winograd's
+# and im2col's input gradients the largest). No bias: its bf16 gradient is a sum with
+# cancellation (3% off in every algorithm alike), not the conv's.
+AGREE_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
+# Winograd F(4x4, 3x3) rounds more in its transforms (coefficients up to 8 and 1/24):
+# float32 within 1e-4 (measured 1.1e-5 here, see test_winograd4_matches_float64_conv). In
+# bfloat16 it measured 5.6e-2 off, so the tuner never offers it there (tuning.candidates).
+AGREE_TOL_WINOGRAD4 = {"float32": 1e-4}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("algorithm", convs.ALGORITHMS)
+def test_every_algorithm_agrees_with_xla_float32(algorithm, dtype):
+    if algorithm == "winograd4" and dtype == "bfloat16":
+        pytest.skip("not a bfloat16 candidate (5.6e-2 off)")
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 10, 9, 128)), jnp.float32)
+    make = lambda impl, dt: convs.Conv(16, use_bias=False, impl=impl, dtype=jnp.dtype(dt))  # noqa: E731
+    params = make("xla", "float32").init(jax.random.key(0), x)
+    cot = jnp.asarray(rng.normal(size=(2, 10, 9, 16)), jnp.float32)
+
+    def value_and_grads(impl, dt):
+        loss = lambda p, x: jnp.sum(make(impl, dt).apply(p, x).astype(jnp.float32) * cot)  # noqa: E731
+        return make(impl, dt).apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+
+    ref = jax.jit(lambda: value_and_grads("xla", "float32"))()
+    ours = jax.jit(lambda: value_and_grads(algorithm, dtype))()
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        err = float(jnp.abs(a.astype(jnp.float32) - b).max() / jnp.abs(b).max())
+        tol = (AGREE_TOL_WINOGRAD4 if algorithm == "winograd4" else AGREE_TOL)[dtype]
+        assert err <= tol, (algorithm, dtype, err)
+
+
 @pytest.mark.parametrize("cin", [2, 7])  # 2: the all-taps-on-X branch (RGB layer); 7: X/G shifts
 @pytest.mark.parametrize("k,padding", [(3, "SAME"), (3, "VALID"), (5, ((1, 3), (2, 0)))])
 def test_mmgrad_kernel_gradient_in_batch_chunks(k, padding, cin, monkeypatch):
@@ -152,16 +191,16 @@ def test_mmgrad_kernel_gradient_in_batch_chunks(k, padding, cin, monkeypatch):
     rng = np.random.default_rng(k + cin)
     x = jnp.asarray(rng.normal(size=(6, 11, 9, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(k, k, cin, 4)), jnp.float32)
-    pads = convs._explicit_pads(padding, x.shape[1:3], (k, k), 1)
-    cot = jnp.asarray(rng.normal(size=convs._lax_conv(x, kernel, 1, pads).shape), jnp.float32)
+    pads = conv_algorithms._explicit_pads(padding, x.shape[1:3], (k, k), 1)
+    cot = jnp.asarray(rng.normal(size=conv_algorithms._lax_conv(x, kernel, 1, pads).shape), jnp.float32)
     grads = {
         name: jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, 1, pads) * cot), argnums=(0, 1)))(x, kernel)
-        for name, fn in (("xla", convs._lax_conv), ("mmgrad", lambda x, w, _, p: convs.conv_mmgrad(x, w, p)))
+        for name, fn in (("xla", conv_algorithms._lax_conv), ("mmgrad", lambda x, w, _, p: conv_algorithms.conv_mmgrad(x, w, p)))
     }
     for ours, ref in zip(grads["mmgrad"], grads["xla"]):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
     # The scan really ran in chunks: 3 steps of 2 images.
-    jaxpr = jax.make_jaxpr(lambda x, g: convs._kernel_grad(x, g, kernel.shape, pads))(x, cot)
+    jaxpr = jax.make_jaxpr(lambda x, g: conv_algorithms._kernel_grad(x, g, kernel.shape, pads))(x, cot)
     scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
     assert len(scans) == 1 and scans[0].params["length"] == 3
 
@@ -174,22 +213,49 @@ def test_winograd_matches_float64_conv(hw, padding):
     rng = np.random.default_rng(sum(hw))
     x = rng.normal(size=(2, *hw, 256))
     k = rng.normal(size=(3, 3, 256, 8)) / 48.0
-    pads = convs._explicit_pads(padding, hw, (3, 3), 1)
+    pads = conv_algorithms._explicit_pads(padding, hw, (3, 3), 1)
     xp = np.pad(x, ((0, 0), *pads, (0, 0)))
     oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
     exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], k[i, j])
                 for i in range(3) for j in range(3))
     x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
-    y = jax.jit(convs.conv_winograd, static_argnums=2)(x32, k32, pads)
+    y = jax.jit(conv_algorithms.conv_winograd, static_argnums=2)(x32, k32, pads)
     assert y.shape == exact.shape and y.dtype == jnp.float32
     err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
     assert err < 2e-6, err
     cot = jnp.asarray(rng.normal(size=exact.shape), jnp.float32)
     grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1)))(x32, k32)
-             for f in (lambda x, w: convs.conv_winograd(x, w, pads),
-                       lambda x, w: convs._lax_conv(x, w, 1, pads))]
+             for f in (lambda x, w: conv_algorithms.conv_winograd(x, w, pads),
+                       lambda x, w: conv_algorithms._lax_conv(x, w, 1, pads))]
     for ours, ref in zip(*grads):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+@pytest.mark.parametrize("hw,padding", [((8, 8), "SAME"), ((7, 10), "SAME"), ((9, 6), "VALID"),
+                                        ((14, 14), "SAME")])
+def test_winograd4_matches_float64_conv(hw, padding):
+    """F(4x4, 3x3) Winograd in float32 against an exact float64 correlation (VGG-sized
+    channels): outputs within 3e-5 of the output's scale (measured 0.9-1.5e-5, against
+    F(2x2, 3x3)'s ~1e-6: the price of 4x fewer multiplies); gradients equal lax.conv's."""
+    rng = np.random.default_rng(sum(hw) + 1)
+    x = rng.normal(size=(2, *hw, 256))
+    k = rng.normal(size=(3, 3, 256, 8)) / 48.0
+    pads = conv_algorithms._explicit_pads(padding, hw, (3, 3), 1)
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
+    exact = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], k[i, j])
+                for i in range(3) for j in range(3))
+    x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+    y = jax.jit(conv_algorithms.conv_winograd4, static_argnums=2)(x32, k32, pads)
+    assert y.shape == exact.shape and y.dtype == jnp.float32
+    err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
+    assert err < 3e-5, err
+    cot = jnp.asarray(rng.normal(size=exact.shape), jnp.float32)
+    grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot), argnums=(0, 1)))(x32, k32)
+             for f in (lambda x, w: conv_algorithms.conv_winograd4(x, w, pads),
+                       lambda x, w: conv_algorithms._lax_conv(x, w, 1, pads))]
+    for ours, ref in zip(*grads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
 
 
 def test_bfloat16_im2col_accumulates_in_float32():
@@ -201,7 +267,7 @@ def test_bfloat16_im2col_accumulates_in_float32():
     x = jnp.asarray(rng.uniform(0, 1, (2, 6, 6, 256)), jnp.bfloat16)
     k = jnp.asarray(rng.uniform(0, 1, (3, 3, 256, 8)), jnp.bfloat16)
     pads = ((1, 1), (1, 1))
-    y = convs.conv_im2col(x, k, 1, pads)
+    y = conv_algorithms.conv_im2col(x, k, 1, pads)
     assert y.dtype == jnp.bfloat16
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
     kd = np.asarray(k, np.float64)
@@ -221,7 +287,7 @@ def test_bfloat16_matmul_conv_and_gradients_match_float64(padding):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.uniform(0, 1, (2, 6, 5, 256)), jnp.bfloat16)
     k = jnp.asarray(rng.uniform(0, 1, (3, 3, 256, 8)), jnp.bfloat16)
-    pads = convs._explicit_pads(padding, x.shape[1:3], (3, 3), 1)
+    pads = conv_algorithms._explicit_pads(padding, x.shape[1:3], (3, 3), 1)
     xd, kd = np.asarray(x, np.float64), np.asarray(k, np.float64)
     xp = np.pad(xd, ((0, 0), *pads, (0, 0)))
     oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
@@ -234,7 +300,7 @@ def test_bfloat16_matmul_conv_and_gradients_match_float64(padding):
     for i, j in taps:
         dxp[:, i:i + oh, j:j + ow] += np.einsum("bhwo,co->bhwc", gd, kd[i, j])
     dx = dxp[:, pads[0][0]:pads[0][0] + x.shape[1], pads[1][0]:pads[1][0] + x.shape[2]]
-    y, vjp = jax.vjp(lambda x, k: convs.conv_matmul(x, k, pads), x, k)
+    y, vjp = jax.vjp(lambda x, k: conv_algorithms.conv_matmul(x, k, pads), x, k)
     gx, gk = vjp(g)
     for ours, ref in ((y, exact), (gx, dx), (gk, dk.reshape(k.shape))):
         assert ours.dtype == jnp.bfloat16 and ours.shape == ref.shape

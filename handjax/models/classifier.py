@@ -12,17 +12,22 @@ import numpy as np
 
 from handjax import ordinal
 from handjax.errors import ConfigError
-from handjax.models import backbones, convs, keras_weights
+from handjax.models import backbones, convs, keras_weights, tuned
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def compute_dtype(name: str):
-    """``model.dtype`` as a dtype; "auto": bfloat16 where it pays (:func:`convs.bf16_pays`:
-    GPU/TPU, or a CPU with AMX), else float32. Parameters stay float32 in every case."""
+def compute_dtype(name: str, measured_key: str | None = None):
+    """``model.dtype`` as a dtype. "auto": on CPU the dtype the conv tuner measured faster
+    (and in agreement) for the model part ``measured_key`` (:func:`tuned.model_key`), where
+    it measured one; else bfloat16 where it pays (:func:`convs.bf16_pays`: GPU/TPU, or a
+    CPU with AMX), else float32. Parameters stay float32 in every case."""
     if name == "auto":
-        name = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
+        measured = tuned.dtype_choice(measured_key) if measured_key else None
+        if measured is None or jax.default_backend() != "cpu":
+            measured = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
+        name = measured
     return COMPUTE_DTYPES[name]
 
 
@@ -95,13 +100,13 @@ class Classifier(nn.Module):
         return head(pooled, train=train), pooled
 
 
-def load_backbone(model_spec, seed: int):
-    """The backbone of ``model_spec`` (a ModelSpec) and its weights; offline ImageNet gets a
-    way out."""
+def load_backbone(model_spec, seed: int, dtype=None):
+    """The backbone of ``model_spec`` (a ModelSpec) and its weights, in compute ``dtype``
+    (default: ``model_spec.dtype``'s); offline ImageNet gets a way out."""
+    dtype = compute_dtype(model_spec.dtype) if dtype is None else dtype
     try:
         return keras_weights.load(model_spec.name, model_spec.weights, seed=seed,
-                                  dtype=compute_dtype(model_spec.dtype),
-                                  conv_impl=model_spec.conv_impl)
+                                  dtype=dtype, conv_impl=model_spec.conv_impl)
     except keras_weights.WeightsError as e:
         raise keras_weights.WeightsError(
             f"{e} -- or train from random weights: --config.model.weights=none") from e
@@ -132,9 +137,11 @@ def model_parts(model_spec, image_size: int, seed: int, num_classes: int,
                 loss_name: str = "") -> tuple:
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
     fields shared by training and inference (an ordinal loss gets its ordinal head)."""
-    dtype = compute_dtype(model_spec.dtype)
-    backbone, variables = load_backbone(model_spec, seed)
     split = model_spec.split or backbones.DEFAULT_TRAINABLE_FROM[model_spec.name]
+    measured = (tuned.model_key(model_spec.name, split, image_size)
+                if model_spec.conv_impl == "auto" else None)
+    dtype = compute_dtype(model_spec.dtype, measured)
+    backbone, variables = load_backbone(model_spec, seed, dtype)
     if split not in backbone.stages:
         raise ConfigError(f"config.model.split={split!r} is not a stage of {model_spec.name}; "
                           f"choose one of {', '.join(backbone.stages)}")

@@ -7,13 +7,18 @@ Algorithms (all take the same parameters, so weights load the same way in every 
     "mmgrad"    ``lax.conv`` forward and input gradient, the kernel gradient as matmuls
                 (stride-1 dense convs only)
     "winograd"  Winograd's F(2x2, 3x3) (3x3 stride-1 dense convs only)
+    "winograd4" Winograd's F(4x4, 3x3): fewer multiplies, ~10x the rounding (3x3 stride-1
+                dense convs only; a tuner candidate, never the table's choice)
     "matmul"    im2col's forward, and both gradients as ``dot_general`` over im2col patches
                 with float32 accumulation (custom VJP; stride-1 dense convs only)
 
 A conv that the chosen algorithm cannot compute runs "im2col" (:func:`conv_algorithm`).
 
-``conv_impl="auto"`` (the default) is decided by :func:`conv_policy` alone, from the backend,
-the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
+``conv_impl="auto"`` (the default) is, on CPU, the algorithm measured fastest for each conv
+on this machine (:mod:`handjax.models.tuning` times the candidates once per machine and model
+and caches the choice, :mod:`handjax.models.tuned`), and where nothing was measured, and off
+CPU, the table below. ``conv_impl="table"`` is the table alone: :func:`conv_policy`, from the
+backend, the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
 stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of ``Conv`` and
 ``Backbone``; :func:`for_purpose` clones a module into another)::
 
@@ -47,16 +52,20 @@ pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``). Off C
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "im2col", "mmgrad", "winograd", "matmul")
+from handjax.models import tuned
+from handjax.models.conv_algorithms import (_explicit_pads, _lax_conv, conv_im2col,
+                                            conv_matmul, conv_mmgrad, conv_winograd,
+                                            conv_winograd4, depthwise_im2col)
+
+CONV_IMPLS = ("auto", "table", "xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
+# The algorithms themselves (what "auto" measures, and "table" chooses among but winograd4).
+ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
 PURPOSES = ("train", "frozen", "eval_folds")
 
 # Thresholds of conv_policy (output pixels per image); see the module docstring.
@@ -79,7 +88,8 @@ def check_purpose(purpose: str) -> None:
 
 
 def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_ok: bool) -> str:
-    """What ``conv_impl="auto"`` means for one conv (the table in the module docstring).
+    """What ``conv_impl="table"`` means for one conv (the table in the module docstring; also
+    ``"auto"``'s choice for a conv the tuner has not measured).
 
     ``backend``: ``jax.default_backend()``; ``out_pixels``: output pixels per image;
     ``dtype``: the compute dtype; ``purpose``: one of :data:`PURPOSES`; ``winograd_ok``:
@@ -134,17 +144,30 @@ def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
 
 
 def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
-                   kernel_size=(3, 3), strides: int = 1, depthwise: bool = False) -> str:
-    """The algorithm a conv runs: ``impl`` ("auto": :func:`conv_policy`'s choice) where it
-    applies, else "im2col" ("mmgrad" and "matmul" need a stride-1 dense conv, "winograd" a
-    3x3 one)."""
+                   kernel_size=(3, 3), strides: int = 1, depthwise: bool = False,
+                   in_shape=None, features: int | None = None) -> str:
+    """The algorithm a conv runs: ``impl`` where it applies, else "im2col" ("mmgrad" and
+    "matmul" need a stride-1 dense conv, "winograd" a 3x3 one).
+
+    ``impl="table"``: :func:`conv_policy`'s choice. ``impl="auto"``: on CPU, the algorithm
+    :mod:`handjax.models.tuning` measured fastest for this conv on this machine
+    (:func:`handjax.models.tuned.layer_choice` of the key made of ``purpose``, ``dtype``,
+    ``in_shape`` (h, w, cin), ``features`` and the kernel), where one was measured; else,
+    and off CPU, the table's.
+    """
     check_conv_impl(impl)
     check_purpose(purpose)
     stride1_dense = strides == 1 and not depthwise
     plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
-    if impl == "auto":
-        impl = conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
-    if (impl in ("mmgrad", "matmul") and not stride1_dense) or (impl == "winograd" and not plain3x3):
+    measured = None
+    if impl == "auto" and backend == "cpu" and in_shape is not None and features is not None:
+        measured = tuned.layer_choice(tuned.layer_key(
+            purpose, jnp.dtype(dtype).name, tuple(in_shape), features, tuple(kernel_size),
+            strides, depthwise))
+    if impl in ("auto", "table"):
+        impl = measured or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
+    if ((impl in ("mmgrad", "matmul") and not stride1_dense)
+            or (impl in ("winograd", "winograd4") and not plain3x3)):
         return "im2col"
     return impl
 
@@ -156,6 +179,22 @@ def runs_lax_conv(algorithm: str) -> bool:
 
 
 _RECORDERS: list[list[tuple[str, str]]] = []
+
+
+_LAYER_RECORDERS: list[list[dict]] = []
+
+
+@contextlib.contextmanager
+def record_layers():
+    """Collects, for every ``Conv`` traced inside the block, what the tuner needs to time it:
+    ``{"name", "purpose", "dtype", "in_shape" (h, w, cin), "features", "kernel_size",
+    "strides", "depthwise", "pads", "key"}`` (trace-time, like :func:`record_impls`)."""
+    seen: list[dict] = []
+    _LAYER_RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        del _LAYER_RECORDERS[next(i for i, r in enumerate(_LAYER_RECORDERS) if r is seen)]
 
 
 @contextlib.contextmanager
@@ -179,278 +218,6 @@ def for_purpose(module: nn.Module, purpose: str) -> nn.Module:
     ``purpose`` (same parameters)."""
     check_purpose(purpose)
     return module.clone(purpose=purpose)
-
-
-# ----------------------------------------------------------------------------- im2col
-
-
-def _explicit_pads(padding, spatial, kernel_size, stride):
-    """(lo, hi) pads per spatial dim; "SAME" follows XLA/TF (extra pixel at the end)."""
-    if isinstance(padding, str):
-        return tuple(lax.padtype_to_pads(spatial, kernel_size, (stride, stride), padding))
-    return tuple(tuple(p) for p in padding)
-
-
-def _shifted_slices(x, kernel_size, stride, pads):
-    """The kh*kw strided windows of the padded input, each shaped like the conv output."""
-    kh, kw = kernel_size
-    if any(p for pair in pads for p in pair):
-        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    oh = (x.shape[1] - kh) // stride + 1
-    ow = (x.shape[2] - kw) // stride + 1
-    return [
-        x[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-
-
-def conv_im2col(x, kernel, stride, pads):
-    """Convolution as one matmul over the concatenated shifted windows.
-
-    Autodiff of this form is matmuls and slices, which XLA:CPU runs ~2x faster than
-    the gradient of ``lax.conv`` (measured on VGG19 train steps).
-    """
-    kh, kw, cin, cout = kernel.shape
-    cols = _shifted_slices(x, (kh, kw), stride, pads)
-    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    # Concatenation order (i, j, c) matches kernel.reshape's row-major (kh, kw, cin) order.
-    return _matmul(patches, kernel.reshape(kh * kw * cin, cout))
-
-
-def _matmul_f32(a, b):
-    """``a @ b`` accumulated and returned in float32, whatever the operands' dtype: for
-    bfloat16 operands the accurate form, and the one XLA:CPU runs on AMX tiles where the
-    CPU has them (measured 4-5x its float32 peak on a Sapphire Rapids Xeon, against ~1x for
-    a bfloat16 ``lax.conv`` or a bfloat16-accumulating matmul)."""
-    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
-
-
-def _matmul(a, b):
-    """:func:`_matmul_f32` rounded back to the operands' dtype."""
-    return _matmul_f32(a, b).astype(a.dtype)
-
-
-def depthwise_im2col(x, kernel, stride, pads):
-    """Depthwise convolution (kernel (kh, kw, 1, C)) as a weighted sum of shifted windows."""
-    kh, kw, _, _ = kernel.shape
-    cols = _shifted_slices(x, (kh, kw), stride, pads)
-    taps = kernel.reshape(kh * kw, -1)
-    return sum(col * taps[t] for t, col in enumerate(cols))
-
-
-# ----------------------------------------------------------------------------- mmgrad
-
-_KERNEL_GRAD_CHUNK_BYTES = 8 * 2**20
-
-
-def _kernel_grad_one(x, g, kernel_shape, pads):
-    """dL/dkernel for one batch chunk (see :func:`_kernel_grad`), in float32."""
-    kh, kw, cin, cout = kernel_shape
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    rows, oh, ow = xp.shape[1], g.shape[1], g.shape[2]
-    if kh * kw * cin <= kw * cin + kh * cout:  # few input channels (the RGB layer): X^T g
-        xs = jnp.stack([xp[:, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=3)
-        return _matmul_f32(xs.reshape(-1, kh * kw * cin).T, g.reshape(-1, cout)).reshape(kernel_shape)
-    xs = jnp.stack([xp[:, :, j : j + ow] for j in range(kw)], axis=3)  # b, rows, ow, kw, cin
-    gp = jnp.pad(g, ((0, 0), (kh - 1, rows - oh), (0, 0), (0, 0)))
-    gs = jnp.stack([gp[:, kh - 1 - i : kh - 1 - i + rows] for i in range(kh)], axis=3)  # g[h - i]
-    dw = _matmul_f32(xs.reshape(-1, kw * cin).T, gs.reshape(-1, kh * cout))  # (j, c), (i, o)
-    return dw.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
-
-
-def _kernel_grad(x, g, kernel_shape, pads):
-    """dL/dkernel of a stride-1 conv as matmuls: (kw*cin, K) @ (K, kh*cout).
-
-    dW[i, j] = sum_{b,h,w} xpad[b, h+i, w+j] g[b, h, w]. Put the kw column shifts of xpad
-    on channels (X) and the kh row shifts of g on channels (G), both on the grid of xpad's
-    rows x the output's columns; then X^T G holds every (i, j) tap block. Only kw + kh
-    shifted copies are built instead of kh*kw, and the matmul is wide enough to run near
-    peak. The batch is scanned in chunks whose copies (~8 MiB) stay in cache, which
-    measured 1.3-1.5x faster than one big matmul on VGG's 112-28 px maps.
-    """
-    b = x.shape[0]
-    kh, kw, cin, _ = kernel_shape
-    xp_rows = x.shape[1] + sum(pads[0])
-    per_image = xp_rows * g.shape[2] * kw * cin * x.dtype.itemsize
-    want = max(2, min(b, round(_KERNEL_GRAD_CHUNK_BYTES / per_image)))
-    chunk = max(d for d in range(1, want + 1) if b % d == 0)
-    if chunk == b:
-        return _kernel_grad_one(x, g, kernel_shape, pads)
-    split = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])  # noqa: E731
-
-    def body(acc, xg):  # float32 partial sums (_kernel_grad_one never rounds them)
-        return acc + _kernel_grad_one(*xg, kernel_shape, pads), None
-
-    acc = jnp.zeros(kernel_shape, jnp.float32)
-    return lax.scan(body, acc, (split(x), split(g)))[0]
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_mmgrad(x, kernel, pads):
-    """Stride-1 ``lax.conv`` whose kernel gradient is :func:`_kernel_grad`'s matmul.
-
-    The forward pass and the input gradient are forward-type ``lax.conv`` calls (XLA:CPU runs
-    those near its matmul peak, also inside ``lax.scan``); only the kernel gradient, slow on
-    XLA:CPU and pathologically slow inside loops, is replaced.
-    """
-    return _lax_conv(x, kernel, 1, pads)
-
-
-def _mmgrad_fwd(x, kernel, pads):
-    return _lax_conv(x, kernel, 1, pads), (x, kernel)
-
-
-def _mmgrad_bwd(pads, res, g):
-    x, kernel = res
-    kh, kw = kernel.shape[:2]
-    # dL/dx: the "full" correlation of g with the flipped, in/out-swapped kernel, written as
-    # a plain forward conv. (XLA's own transpose rule runs ~4-7x slower inside lax.scan
-    # bodies on XLA:CPU, and its kernel gradient 100x slower there.)
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    (lo_h, hi_h), (lo_w, hi_w) = pads
-    dx = _lax_conv(g, flipped, 1, ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)))
-    return dx.astype(x.dtype), _kernel_grad(x, g, kernel.shape, pads).astype(kernel.dtype)
-
-
-conv_mmgrad.defvjp(_mmgrad_fwd, _mmgrad_bwd)
-
-
-# ----------------------------------------------------------------------------- matmul (custom VJP)
-
-# dot_general dimension numbers ((lhs contracting, rhs contracting), (batch, batch)).
-_CHANNELS_BY_ROWS = (((3,), (0,)), ((), ()))  # (b, h, w, K) . (K, cout): contract K
-_ROWS_BY_COLUMNS = (((1,), (0,)), ((), ()))   # (cout, n) . (n, K): contract the n pixels
-
-
-def _patches(x, kernel_size, pads):
-    """(b, oh, ow, kh*kw*cin): the stride-1 windows in kernel.reshape's (kh, kw, cin) order."""
-    cols = _shifted_slices(x, kernel_size, 1, pads)
-    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-
-
-def _patch_dot(x, kernel, pads):
-    """Stride-1 conv as one dot_general of x's patches with the (K, cout) kernel, in float32."""
-    kh, kw, cin, cout = kernel.shape
-    return lax.dot_general(_patches(x, (kh, kw), pads), kernel.reshape(kh * kw * cin, cout),
-                           _CHANNELS_BY_ROWS, preferred_element_type=jnp.float32)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_matmul(x, kernel, pads):
-    """Stride-1 conv whose forward pass and both gradients are single ``dot_general`` calls
-    over im2col patches, each accumulating in float32 (bfloat16 operands stay bfloat16).
-
-    Forward: patches(x) (b, oh, ow, K) . kernel (K, cout), contracting K. Input gradient:
-    the "full" correlation of g with the flipped, in/out-swapped kernel, as the same
-    patches dot (so a forward-type matmul, no scatter-add of patch gradients). Kernel
-    gradient: patches(x) . g contracting over (b, oh, ow) of both operands at once, so the
-    matmul reads the patches as stored. :func:`_kernel_grad_dot` says how.
-    """
-    return _patch_dot(x, kernel, pads).astype(x.dtype)
-
-
-def _matmul_fwd(x, kernel, pads):
-    return conv_matmul(x, kernel, pads), (x, kernel)
-
-
-def _matmul_bwd(pads, res, g):
-    x, kernel = res
-    kh, kw, cin, cout = kernel.shape
-    (lo_h, hi_h), (lo_w, hi_w) = pads
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # small: the weights only
-    full = ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w))
-    dx = _patch_dot(g, flipped, full)
-    dw = _kernel_grad_dot(_patches(x, (kh, kw), pads), g)
-    return dx.astype(x.dtype), dw.reshape(kernel.shape).astype(kernel.dtype)
-
-
-def _kernel_grad_dot(patches, g):
-    """patches^T g, (K, cout) in float32, contracting the n = b*oh*ow pixels.
-
-    Written as (g^T . patches)^T: g (n, cout) transposed, a plain (cout, n) . (n, K) dot,
-    the product transposed back. XLA folds both transposes into the dot (the optimised
-    XLA:CPU program has no transpose or copy left), whereas contracting (b, oh, ow) of
-    patches and g directly made XLA:CPU copy the patches (9x g's size) into a transposed
-    layout first: that form measured 1.2-1.3x slower (VGG19 block5, 5 folds x 16 images).
-    """
-    n = g.shape[0] * g.shape[1] * g.shape[2]
-    gt = g.reshape(n, g.shape[3]).T
-    dw_t = lax.dot_general(gt, patches.reshape(n, -1), _ROWS_BY_COLUMNS,
-                           preferred_element_type=jnp.float32)
-    return dw_t.T
-
-
-conv_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-# ----------------------------------------------------------------------------- Winograd
-
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input
-# tile d and 2x2 output tile Y; 16 multiplies per output tile instead of 36.
-_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
-_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): G g G^T on a flattened 3x3 g
-
-
-def _combine(coefs, items):
-    """sum(c * item) over the coefficients c in {-1, 0, 1} of B^T and A^T: adds only."""
-    out = None
-    for c, item in zip(coefs, items):
-        if c:
-            term = item if c > 0 else -item
-            out = term if out is None else out + term
-    return out
-
-
-def conv_winograd(x, kernel, pads):
-    """Stride-1 3x3 convolution by Winograd's F(2x2, 3x3): 2.25x fewer multiplies.
-
-    The input is cut into overlapping 4x4 tiles (stride 2, read as contiguous slices of
-    its even/odd rows and columns), each transformed by B^T d B; the kernel by G g G^T (one
-    (16, 9) matmul); the 16 transformed positions are then 16 matmuls [tiles, cin] x
-    [cin, cout] done as one batched matmul, and A^T m A turns each product tile back into
-    2x2 outputs. Its autodiff is the same kind of program (transposed adds, and matmuls of
-    the same size), so gradients get the same saving. Transforms and sums run in float32;
-    the error measured ~1e-6 of the output's scale, like a direct float32 conv.
-    """
-    n, h, w, cin = x.shape
-    cout = kernel.shape[-1]
-    dtype = x.dtype
-    (lo_h, hi_h), (lo_w, hi_w) = pads
-    oh, ow = h + lo_h + hi_h - 2, w + lo_w + hi_w - 2
-    th, tw = -(-oh // 2), -(-ow // 2)
-    # Zero rows/columns past the requested padding only feed outputs that are cropped.
-    xp = jnp.pad(x.astype(jnp.float32),
-                 ((0, 0), (lo_h, 2 * th + 2 - h - lo_h), (lo_w, 2 * tw + 2 - w - lo_w), (0, 0)))
-    rows = xp.reshape(n, th + 1, 2, 2 * tw + 2, cin)  # tile row a, row i: rows[:, a + i//2, i%2]
-    d = [rows[:, i // 2: i // 2 + th, i % 2] for i in range(4)]
-    bt_rows = jnp.stack([_combine(c, d) for c in _WINOGRAD_BT]).reshape(4, n, th, tw + 1, 2, cin)
-    e = [bt_rows[:, :, :, j // 2: j // 2 + tw, j % 2] for j in range(4)]
-    v = jnp.stack([_combine(c, e) for c in _WINOGRAD_BT], axis=1)  # (4, 4, n, th, tw, cin)
-    v = v.reshape(16, n * th * tw, cin).astype(dtype)
-    u = (jnp.asarray(_WINOGRAD_GG) @ kernel.astype(jnp.float32).reshape(9, cin * cout)).reshape(16, cin, cout)
-    m = _matmul_f32(v, u.astype(dtype)).reshape(4, 4, n, th, tw, cout)
-    s = [_combine(c, [m[r] for r in range(4)]) for c in _WINOGRAD_AT]  # p: (4, n, th, tw, cout)
-    y = [jnp.stack([_combine(c, [sp[q] for q in range(4)]) for c in _WINOGRAD_AT], axis=3)
-         for sp in s]  # p: (n, th, tw, 2, cout)
-    y = jnp.stack(y, axis=2).reshape(n, 2 * th, 2 * tw, cout)[:, :oh, :ow]
-    return y.astype(dtype)
-
-
-# ----------------------------------------------------------------------------- lax.conv
-
-
-def _lax_conv(x, kernel, stride, pads, groups=1):
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=pads,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -490,15 +257,26 @@ class Conv(nn.Module):
         out_pixels = -(-x.shape[1] // self.strides) * -(-x.shape[2] // self.strides)
         algorithm = conv_algorithm(self.impl, jax.default_backend(), out_pixels, self.dtype,
                                    self.purpose, kernel_size=self.kernel_size,
-                                   strides=self.strides, depthwise=self.depthwise)
+                                   strides=self.strides, depthwise=self.depthwise,
+                                   in_shape=x.shape[1:], features=self.features)
         for seen in _RECORDERS:
             seen.append((self.name, algorithm))
+        for seen in _LAYER_RECORDERS:
+            layer = dict(name=self.name, purpose=self.purpose, dtype=jnp.dtype(self.dtype).name,
+                         in_shape=tuple(x.shape[1:]), features=self.features,
+                         kernel_size=tuple(self.kernel_size), strides=self.strides,
+                         depthwise=self.depthwise, pads=pads)
+            seen.append(dict(layer, key=tuned.layer_key(
+                layer["purpose"], layer["dtype"], layer["in_shape"], self.features,
+                layer["kernel_size"], self.strides, self.depthwise)))
         if algorithm == "mmgrad":
             y = conv_mmgrad(x, kernel, pads)
         elif algorithm == "matmul":
             y = conv_matmul(x, kernel, pads)
         elif algorithm == "winograd":
             y = conv_winograd(x, kernel, pads)
+        elif algorithm == "winograd4":
+            y = conv_winograd4(x, kernel, pads)
         elif algorithm == "im2col":
             fn = depthwise_im2col if self.depthwise else conv_im2col
             y = fn(x, kernel, self.strides, pads)
