@@ -178,7 +178,8 @@ def test_tune_with_dtype_auto_decides_and_compute_dtype_reads_it(cache):
     entry = tuned.read()["dtypes"][key]
     assert entry["dtype"] == tuning.choose_dtype(entry["seconds"], entry["max_prob_diff"])
     assert classifier.compute_dtype("auto", key) == jnp.dtype(entry["dtype"])
-    # Read back by a later run: nothing measured again.
+    # Read back by a later run: nothing measured again, the model not even traced.
     again = FakeTimer(timer.seconds)
-    tuning.tune(model, 16, 4, timer=again)
+    assert tuning.tune(model, 16, 4, timer=again) == 0.0
     assert again.calls == []
+    assert tuned.read()["complete"] == {f"{key}/b4/float32+bfloat16": True}

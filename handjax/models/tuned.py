@@ -7,7 +7,8 @@ accelerator kind; the JAX and jaxlib versions), so another machine or another JA
 another file, and so re-tunes. Inside, ``"layers"`` maps :func:`layer_key` (purpose,
 compute dtype, the conv's shape) to the algorithm kept and the seconds measured for each
 candidate; ``"dtypes"`` maps :func:`model_key` to ``model.dtype="auto"``'s measured
-decision. An unreadable file is one console line, and is tuned again.
+decision; ``"complete"`` marks the (model part, batch, dtypes) whose every conv is measured,
+so that later runs need not even trace the model. An unreadable file is one console line, and is tuned again.
 """
 from __future__ import annotations
 

@@ -280,14 +280,20 @@ def tune(model_spec, image_size: int, batch: int, *, timer: Timer = time_layer,
     t = time.perf_counter()
     split = model_spec.split or backbones.DEFAULT_TRAINABLE_FROM[model_spec.name]
     dtypes = ("float32", "bfloat16") if model_spec.dtype == "auto" else (model_spec.dtype,)
+    key = tuned.model_key(model_spec.name, split, image_size)
+    done = f"{key}/b{batch}/{'+'.join(dtypes)}"
+    if tuned.read().get("complete", {}).get(done):  # skips tracing the model (~0.5 s)
+        return 0.0
     layers = [l for dt in dtypes
               for l in model_layers(model_spec.name, jnp.dtype(dt), image_size, split)]
     measured = tune_layers(layers, batch, timer=timer, budget_s=budget_s)
-    key = tuned.model_key(model_spec.name, split, image_size)
     left = sum(l["key"] not in tuned.read()["layers"] for l in layers)
     if (model_spec.dtype == "auto" and tuned.dtype_choice(key) is None and not left
             and time.perf_counter() - t < budget_s):  # each dtype with its own choices
         tune_dtype(model_spec.name, split, image_size, batch)
+    if not left and (model_spec.dtype != "auto" or tuned.dtype_choice(key) is not None):
+        data = tuned.read()
+        tuned.write(dict(data, complete={**data.get("complete", {}), done: True}))
     seconds = time.perf_counter() - t
     if measured or model_spec.dtype == "auto" and seconds > 0.5:
         say(f"conv tuning: {len(measured)} conv shapes measured in {seconds:.1f} s"
