@@ -187,7 +187,7 @@ def test_every_algorithm_agrees_with_xla_float32(algorithm, dtype):
 @pytest.mark.parametrize("k,padding", [(3, "SAME"), (3, "VALID"), (5, ((1, 3), (2, 0)))])
 def test_mmgrad_kernel_gradient_in_batch_chunks(k, padding, cin, monkeypatch):
     """The matmul kernel gradient equals lax.conv's when the batch is scanned in chunks."""
-    monkeypatch.setattr(convs, "_KERNEL_GRAD_CHUNK_BYTES", 1)  # forces chunks of 2 images
+    monkeypatch.setattr(conv_algorithms, "_KERNEL_GRAD_CHUNK_BYTES", 1)  # forces chunks of 2 images
     rng = np.random.default_rng(k + cin)
     x = jnp.asarray(rng.normal(size=(6, 11, 9, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(k, k, cin, 4)), jnp.float32)

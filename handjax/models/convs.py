@@ -63,9 +63,9 @@ from handjax.models.conv_algorithms import (_explicit_pads, _lax_conv, conv_im2c
                                             conv_matmul, conv_mmgrad, conv_winograd,
                                             conv_winograd4, depthwise_im2col)
 
-CONV_IMPLS = ("auto", "table", "xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
 # The algorithms themselves (what "auto" measures, and "table" chooses among but winograd4).
 ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
+CONV_IMPLS = ("auto", "table") + ALGORITHMS   # model.conv_impl: a policy, or one algorithm
 PURPOSES = ("train", "frozen", "eval_folds")
 
 # Thresholds of conv_policy (output pixels per image); see the module docstring.
