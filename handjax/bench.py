@@ -46,13 +46,9 @@ from handjax.flops import jaxpr_flops
 
 
 def _best_time(fn, *args, repeat: int = 3) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Best of ``repeat`` timed runs after a compiling one: the tuner's own timer."""
+    from handjax.models.tuning import best_seconds
+    return best_seconds(fn, args, repeats=repeat)
 
 
 def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
