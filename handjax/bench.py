@@ -8,11 +8,13 @@
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
     python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
 
-``protocol`` runs the same protocol (model, input size, images, epochs, folds, SVM) twice:
-handjax's fold program (shared frozen-layer cache, compiled epochs, matmul convs on CPU) and
-a plain reference inside handjax that works the way the study's Keras code did (the frozen
-base recomputed at every step, ``lax.conv``, the folds one after another). Both train on the
-same batches, so their results agree; the ratio of wall times is the speed-up.
+``protocol`` (:mod:`handjax.bench_protocol`) runs the same protocol (model, input size,
+images, epochs, folds, SVM) as handjax's fold program (shared frozen-layer cache, compiled
+epochs, tuned convs on CPU) twice, with JAX's compilation cache first empty, then filled
+("handjax-warm": a rerun), and as a plain reference inside handjax that works the way the
+study's Keras code did (the frozen base recomputed at every step, ``lax.conv``, the folds
+one after another; ``--no-plain`` leaves it out). Both train on the same batches, so their
+results agree; the ratio of wall times is the speed-up.
 With ``--keras`` (also under ``all``) a third run does the same protocol on the same data the
 way the study's code did, in Keras 3 on JAX (``pip install -e '.[test]'``): per fold a fresh
 ``keras.applications`` model, ``fit`` with the base frozen then its top block(s) unfrozen,
@@ -33,11 +35,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from handjax import backbones, console
 from handjax.bench_keras import peak_rss_gib
+from handjax.bench_protocol import bench_protocol, bench_repeats, protocol_configs
 from handjax.flops import jaxpr_flops
 
 # handjax.train is imported inside the functions that need it: ``steps`` needs only the
@@ -225,168 +227,6 @@ def bench_folds(spec) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------- protocol
-def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
-                     n_folds: int, weights: str, batch: int = 16):
-    """The specs of the protocol comparison: handjax's way, the plain way, and handjax in
-    bfloat16 compute (``{"handjax": ..., "plain": ..., "handjax-bf16": ...}``), and the
-    handjax ConfigDict they come from (``"config"``)."""
-    from handjax import config as configs
-    fast = configs.cell(model, "categorical")
-    fast.model.weights = weights
-    fast.data.image_size = size
-    fast.data.n_per_class = n_per_class
-    fast.data.views = 2
-    fast.n_folds = n_folds
-    fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
-    fast.train.batch_size = batch
-    fast.train.inner_val = 0.0       # the study's protocol: whole training folds
-    plain = fast.copy_and_resolve_references()
-    plain.train.mode = "plain"       # folds and steps one after another, from Python
-    plain.model.conv_impl = "xla"
-    plain.train.fold_map = "map"     # its evaluation, too, one fold after another
-    half = fast.copy_and_resolve_references()
-    half.model.dtype = "bfloat16"
-    return {"handjax": configs.parse_run(fast), "plain": configs.parse_run(plain),
-            "handjax-bf16": configs.parse_run(half), "config": fast}
-
-
-def bench_repeats(config, repeats: int, workroot: Path) -> dict:
-    """Repeated cross-validation's cost: the protocol cell at R = 1 and at R = ``repeats``
-    (R x K fold models in one array program), one after the other in this process after a
-    shared warm-up. The training time (both phases' epochs and their compilation) is what
-    the issue's aim of <= 2.5x at R = 3 is about; the wall time adds evaluation (SVMs,
-    bootstrap) that grows with R too."""
-    from handjax import config as configs
-    from handjax import train
-    specs = {}
-    for r in (1, repeats):
-        c = config.copy_and_resolve_references()
-        c.repeats = r
-        specs[r] = configs.parse_run(c)
-    out = {"warmup_s": warm_up(specs[1])}
-    for r, spec in specs.items():
-        t = time.perf_counter()
-        results = train.run(spec, workroot / f"repeats{r}")
-        wall = time.perf_counter() - t
-        timing = json.loads((workroot / f"repeats{r}" / "timing.json").read_text())
-        fit = timing.get("fit_s", 0.0)
-        out[f"R={r}"] = {"wall_s": wall, "fit_s": fit, "timing": timing}
-        _protocol_line(f"R={r}", wall, timing, None,
-                       results["decisions"]["cnn"]["mean"]["accuracy"],
-                       results["decisions"]["svm"]["mean"]["accuracy"])
-    one, many = out["R=1"], out[f"R={repeats}"]
-    out["fit_ratio"] = many["fit_s"] / one["fit_s"]
-    out["wall_ratio"] = many["wall_s"] / one["wall_s"]
-    print(f"  repeats {repeats} against 1: training {out['fit_ratio']:.2f}x "
-          f"({many['fit_s']:.1f} s vs {one['fit_s']:.1f} s), end to end "
-          f"{out['wall_ratio']:.2f}x", flush=True)
-    return out
-
-
-def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | None,
-                   cnn_acc: float, svm_acc: float) -> None:
-    compiled = "compile in train" if compile_s is None else f"compile {compile_s:.1f} s"
-    tune = f"tune {timing['tune_s']:.1f} s, " if "tune_s" in timing else ""
-    phases = (f" (phase 1 {timing['epochs1_s']:.1f} s, phase 2 {timing['epochs2_s']:.1f} s)"
-              if "epochs2_s" in timing else "")
-    print(f"  {label:12s} wall {wall:7.1f} s  ({tune}prepare {timing.get('prepare_s', 0):.1f} s,"
-          f" {compiled}, train {timing.get('run_s', 0):.1f} s{phases}, "
-          f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
-          f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
-
-
-def fresh_import_seconds(module: str = "handjax.train") -> float:
-    """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
-    before its first line of work (this process has paid it already)."""
-    import subprocess
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
-    return time.perf_counter() - t
-
-
-def warm_up(spec) -> float:
-    """Pay the process's one-time costs before any timed run: the conv tuner's measuring
-    (once per machine and model; later processes read its cache), JAX's backend start, the
-    compilations of data generation and weight initialisation (the same for every run of
-    the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
-    here) and the later ones get them free."""
-    from handjax.data.cohort import load_cohort
-    from handjax.models import classifier, tuning
-    tune_s = tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size,
-                         budget_s=float("inf"))
-    if tune_s:
-        print(f"  conv tuning, once per machine and model (cached; untimed): {tune_s:.1f} s",
-              flush=True)
-    t = time.perf_counter()
-    examples = load_cohort(spec.data, spec.seed, spec.n_folds).examples
-    classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
-                           len(examples.class_names))
-    importlib.import_module("handjax.checkpoint")  # imports orbax
-    return time.perf_counter() - t
-
-
-def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
-                   bf16: bool = False) -> dict:
-    """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
-    with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs."""
-    from handjax import metrics, train
-    fast = specs["handjax"]
-    out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
-    print(f"  imports of a run (handjax.train, a fresh process): {out['imports_s']:.1f} s",
-          flush=True)
-    print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
-    labels = ["handjax", "handjax-bf16", "plain"] if bf16 else ["handjax", "plain"]
-    for label in labels:
-        t = time.perf_counter()
-        results = train.run(specs[label], workroot / label)
-        wall = time.perf_counter() - t
-        timing = json.loads((workroot / label / "timing.json").read_text())
-        compile_s = sum(v for k, v in timing.items() if k.startswith("compile"))
-        out[label] = {"wall_s": wall, "compile_s": compile_s, "timing": timing,
-                      "results": results, "peak_rss_gib": peak_rss_gib()}
-        n = results["data"]["n"]
-        _protocol_line(label, wall, timing, compile_s,
-                       results["decisions"]["cnn"]["mean"]["accuracy"],
-                       results["decisions"]["svm"]["mean"]["accuracy"])
-        if results["cache_bytes"]:
-            views = fast.data.views
-            print(f"               frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} MiB "
-                  f"({results['cache_bytes'] / (n * views) / 1024:.1f} KiB per image-view, "
-                  f"{n} images x {views} views)", flush=True)
-    ratio = out["plain"]["wall_s"] / out["handjax"]["wall_s"]
-    same = all(np.allclose(out["plain"]["results"]["decisions"][d]["per_fold"][m],
-                           out["handjax"]["results"]["decisions"][d]["per_fold"][m],
-                           atol=1e-6)
-               for d in ("cnn", "cnn_mec") for m in metrics.STUDY_METRICS)
-    print(f"  speed-up handjax vs plain: {ratio:.1f}x   CNN results identical: {same}  "
-          f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    out["ratio"] = ratio
-    out["results_identical"] = same
-    if bf16:
-        out["ratio_bf16"] = out["plain"]["wall_s"] / out["handjax-bf16"]["wall_s"]
-        acc = [out[k]["results"]["decisions"]["cnn"]["per_fold"]["accuracy"]
-               for k in ("handjax", "handjax-bf16")]
-        out["bf16_max_fold_accuracy_change"] = float(np.max(np.abs(np.subtract(*acc))))
-        print(f"  speed-up handjax-bf16 vs plain: {out['ratio_bf16']:.1f}x   per-fold CNN "
-              f"accuracy vs float32: max change {out['bf16_max_fold_accuracy_change']:.4f}",
-              flush=True)
-        epoch2 = [out[k]["timing"].get("epochs2_s", 0.0) / max(1, specs[k].train.epochs2)
-                  for k in ("handjax", "handjax-bf16")]
-        out["phase2_epoch_s"] = dict(zip(("float32", "bfloat16"), epoch2))
-        out["phase2_bf16_speedup"] = epoch2[0] / epoch2[1] if epoch2[1] else float("nan")
-        print(f"  phase-2 epoch: float32 {epoch2[0]:.3f} s, bfloat16 {epoch2[1]:.3f} s: "
-              f"bf16 / float32 epoch speed {out['phase2_bf16_speedup']:.2f}x", flush=True)
-    if keras:
-        from handjax.bench_keras import keras_protocol
-        k = out["keras"] = keras_protocol(fast)
-        _protocol_line("keras", k["wall_s"], k["timing"], None, k["cnn_acc"], k["svm_acc"])
-        out["ratio_keras"] = k["wall_s"] / out["handjax"]["wall_s"]
-        print(f"  speed-up handjax vs keras: {out['ratio_keras']:.1f}x   "
-              f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    return out
-
-
 # --------------------------------------------------------------------------- scaling
 SCALING_SIZES = {"full": (150, 600, 2400), "quick": (30, 60, 120)}
 
@@ -518,6 +358,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
     p.add_argument("--keras", action="store_true",
                    help="'protocol'/'all': also run the protocol written plainly in Keras 3")
+    p.add_argument("--no-plain", action="store_true",
+                   help="'protocol': leave out the plain path (at 10+10 epochs as long as Keras)")
     p.add_argument("--repeats", type=console.int_at_least(2), default=3,
                    help="'repeats': R, measured against R = 1")
     p.add_argument("--json", help="also write the measurements to this file")
@@ -578,7 +420,7 @@ def main(argv=None) -> int:
             print(f"\nprotocol: {a.model} {a.image_size} px, {3 * a.n_per_class} synthetic "
                   f"images, {e1}+{e2} epochs, {a.folds} folds + SVM, weights={a.weights}:")
             out = bench_protocol(specs, Path(tmp), keras=a.keras,
-                                 bf16=a.dtype == "bfloat16")
+                                 bf16=a.dtype == "bfloat16", plain=not a.no_plain)
             report["protocol"] = {k: ({kk: vv for kk, vv in v.items() if kk != "results"}
                                       if isinstance(v, dict) else v) for k, v in out.items()}
     print(f"\npeak RSS of this process: {peak_rss_gib():.2f} GiB")

@@ -170,8 +170,9 @@ def pooled_features(model: classifier.Classifier, params, stats, feats,
 class FoldModel:
     """What every fold starts from: the ``Classifier`` the steps run, the backbone values
     shared by all folds (the trained subtree only, in cached mode), the layers phase 2
-    trains, the head's input width, phase 1's mode, and whether phase 2's trained layers
-    run ``lax.conv`` (the conv policy's choice: it decides how steps map over folds)."""
+    trains, the head's input width, phase 1's mode, and the conv algorithms phase 2's
+    trained layers run (the conv policy's or the tuner's choice: they decide how steps map
+    over folds, :func:`handjax.folds.resolve_fold_map`)."""
 
     model: classifier.Classifier
     trainable: frozenset             # backbone layers trained in phase 2
@@ -179,15 +180,15 @@ class FoldModel:
     backbone_stats: Any
     head_dim: int
     mode1: str                       # "pooled" (cached) or "frozen" (plain)
-    lax_conv: bool
+    trained_algorithms: frozenset   # e.g. {'winograd'}
 
 
-def trains_lax_conv(model: classifier.Classifier, input_shape: tuple) -> bool:
-    """Whether the trained layers (from the model's ``start``) run ``lax.conv`` on inputs of
-    ``input_shape`` (one example): the conv policy's choices, traced on shapes only."""
+def trained_algorithms(model: classifier.Classifier, input_shape: tuple) -> frozenset:
+    """The conv algorithms the trained layers (from the model's ``start``) run on inputs of
+    ``input_shape`` (one example): the conv policy's or tuner's choices, traced on shapes
+    only."""
     x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), model.dtype)
-    algorithms = backbones.conv_algorithms(model.backbone, x, start=model.start)
-    return any(map(convs.runs_lax_conv, algorithms.values()))
+    return frozenset(backbones.conv_algorithms(model.backbone, x, start=model.start).values())
 
 
 def fold_model(model_spec: ModelSpec, image_size: int, seed: int, num_classes: int, *, loss_name: str,
@@ -203,14 +204,14 @@ def fold_model(model_spec: ModelSpec, image_size: int, seed: int, num_classes: i
         model = classifier.Classifier(start=None, **common)
         dim = classifier.feature_dim(backbone, variables, image_size, common["dtype"])
         return FoldModel(model, frozenset(top), params, stats, dim, "frozen",
-                         trains_lax_conv(model, image)), variables
+                         trained_algorithms(model, image)), variables
     model = classifier.Classifier(start=common["split"], **common)
     shape = classifier.boundary_shape(backbone, variables, image_size, common["split"],
                                       common["dtype"])
     params, stats = classifier.subtree(params, top), classifier.subtree(stats, top)
     dim = classifier.feature_dim(backbone, variables, image_size, common["dtype"])
     return FoldModel(model, frozenset(top), params, stats, dim, "pooled",
-                     trains_lax_conv(model, shape[1:])), variables
+                     trained_algorithms(model, shape[1:])), variables
 
 
 # --------------------------------------------------------------------------- preparation

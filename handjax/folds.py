@@ -141,29 +141,30 @@ def fold_mapper(kind: str) -> Callable:
     raise ValueError(f"config.train.fold_map={kind!r}: expected 'auto', 'vmap', 'map' or 'loop'")
 
 
-def resolve_fold_map(kind: str, lax_conv: bool) -> str:
-    """'auto': vmap, except on XLA:CPU when the trained layers run ``lax.conv`` (``lax_conv``):
-    vmap over fold parameters turns those into grouped convolutions, ~7x slower there than
-    an unrolled loop over folds. Dense heads and matmul-form convs (im2col, CPU's default
-    for VGG's top block) vmap into batched matmuls: ``python -m handjax.bench folds``,
-    VGG19 112 px, phase-2 epoch: vmap 8.0 s, loop 8.3 s, lax.map 8.8 s, and vmap compiles
-    in 1.6 s against 5.2 s for the loop."""
+def resolve_fold_map(kind: str, algorithms: frozenset) -> str:
+    """'auto': vmap, except on XLA:CPU when the trained layers run an algorithm of
+    :data:`handjax.models.convs.UNROLL_FOLDS` (``algorithms``: theirs): an unrolled loop
+    over folds there (lax.conv: vmap over fold kernels makes grouped convs, ~7x slower;
+    Winograd: the loop's epoch measured 1.2x vmap's). Dense heads and im2col/matmul convs
+    vmap into batched matmuls (``python -m handjax.bench folds``)."""
     if kind != "auto":
         return kind
-    if lax_conv and jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu" and algorithms & convs.UNROLL_FOLDS:
         return "loop"
     return "vmap"
 
 
-def resolve_eval_fold_map(kind: str, train_map: str) -> str:
+def resolve_eval_fold_map(kind: str, algorithms: frozenset) -> str:
     """The fold mapping of programs that run trained backbone layers forward only (phase-2
     validation, the final outputs): "auto" on XLA:CPU maps the folds one after another
-    (``lax.map``) where training vmaps them. Forward only, per-fold matmuls ran faster one
-    fold at a time than batched over folds: VGG19 112 px, outputs of 5 folds x 150 images,
-    2.5-2.8 s against 3.4-3.7 s. Otherwise the training mapping."""
-    if kind == "auto" and train_map == "vmap" and jax.default_backend() == "cpu":
+    (``lax.map``) unless the layers run ``lax.conv`` (then as training: a loop). Forward
+    only, per-fold matmuls ran faster one fold at a time: VGG19 112 px, outputs of 5 folds
+    x 150 images, best of 3 interleaved: lax.map 3.46 s, loop 3.87 s, vmap 4.59 s.
+    Otherwise the training mapping."""
+    if (kind == "auto" and jax.default_backend() == "cpu"
+            and not any(map(convs.runs_lax_conv, algorithms))):
         return "map"
-    return train_map
+    return resolve_fold_map(kind, algorithms)
 
 
 def _fold_keys(key, n_steps: int, n_folds: int):
@@ -427,7 +428,7 @@ def _eval_jit(mode: str, fmap: str):
 
 def eval_fold_map(fold_model: FoldModel, kind: str) -> str:
     """The fold mapping of the forward-only programs for ``train.fold_map=kind``."""
-    return resolve_eval_fold_map(kind, resolve_fold_map(kind, fold_model.lax_conv))
+    return resolve_eval_fold_map(kind, fold_model.trained_algorithms)
 
 
 def fold_outputs(states: FoldState, inputs: FoldInputs, test_sets: list,

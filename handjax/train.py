@@ -119,10 +119,11 @@ class Plan:
     def fold_maps(self, phase: int, kind: str) -> tuple[str, str]:
         """(training, evaluation) fold mappings of ``phase``."""
         fm = self.fold_model
-        fmap = folds.resolve_fold_map(kind, (phase == 2 or fm.mode1 != "pooled")
-                                      and fm.lax_conv)
+        trained = (fm.trained_algorithms if phase == 2 or fm.mode1 != "pooled"
+                   else frozenset())   # phase 1 on pooled features trains the heads only
+        fmap = folds.resolve_fold_map(kind, trained)
         # Evaluation (forward only) of the phase-2 models may map folds differently.
-        return fmap, fmap if phase == 1 else folds.resolve_eval_fold_map(kind, fmap)
+        return fmap, fmap if phase == 1 else folds.resolve_eval_fold_map(kind, trained)
 
 
 def compile_epoch(plain: bool, fmap: str, mesh, timing: dict, phase: int, args):

@@ -6,13 +6,13 @@ import pytest
 
 pytest.importorskip("keras")  # conftest sets KERAS_BACKEND=jax
 
-from handjax import bench, bench_keras  # noqa: E402
+from handjax import bench_keras, bench_protocol  # noqa: E402
 
 pytestmark = pytest.mark.slow  # Keras trains the protocol
 
 
 def test_keras_protocol_tiny():
-    specs = bench.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,
+    specs = bench_protocol.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,
                                    n_folds=2, weights="none", batch=8)
     fast = specs["handjax"]
     fast = dataclasses.replace(fast, model=dataclasses.replace(fast.model, hidden=16))

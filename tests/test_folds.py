@@ -90,26 +90,30 @@ def test_epoch_batches_cover_each_training_set_once_and_mask_padding():
 
 @pytest.mark.slow  # compiles the auto fold map: ~25 s on 2 cores
 def test_auto_fold_map_follows_the_trained_convs():
-    """vmap unless XLA:CPU would batch ``lax.conv`` kernels into grouped convolutions."""
+    """vmap unless XLA:CPU runs the trained convs faster with the folds unrolled (lax.conv,
+    which vmap batches into grouped convolutions, and Winograd); forward-only programs
+    lax.map the folds on CPU unless they run lax.conv."""
     c = tiny_config()
     with c.unlocked():
         c.model.name = "vgg19"
-        c.data.image_size = 112            # block5 sees 7x7 maps: im2col on CPU
+        c.data.image_size = 112            # block5 sees 7x7 maps: im2col on CPU (the table)
     spec = configs.parse_run(c)
     _, inputs = prepare(spec)
     on_cpu = jax.default_backend() == "cpu"
-    assert inputs.fold_model.lax_conv is False
-    assert folds.resolve_fold_map("auto", False) == "vmap"
-    assert folds.resolve_fold_map("auto", True) == ("loop" if on_cpu else "vmap")
-    assert folds.resolve_fold_map("map", False) == "map"
-    # forward-only programs of the trained layers: lax.map over folds on CPU under "auto"
-    assert folds.resolve_eval_fold_map("auto", "vmap") == ("map" if on_cpu else "vmap")
-    assert folds.resolve_eval_fold_map("auto", "loop") == "loop"
-    assert folds.resolve_eval_fold_map("vmap", "vmap") == "vmap"   # an explicit choice holds
+    assert inputs.fold_model.trained_algorithms == ({"im2col"} if on_cpu else {"xla"})
+    im2col, wino, lax_conv = frozenset({"im2col"}), frozenset({"winograd"}), frozenset({"xla"})
+    assert folds.resolve_fold_map("auto", im2col) == "vmap"
+    assert folds.resolve_fold_map("auto", wino) == ("loop" if on_cpu else "vmap")
+    assert folds.resolve_fold_map("auto", lax_conv) == ("loop" if on_cpu else "vmap")
+    assert folds.resolve_fold_map("map", lax_conv) == "map"           # an explicit choice holds
+    assert folds.resolve_eval_fold_map("auto", im2col) == ("map" if on_cpu else "vmap")
+    assert folds.resolve_eval_fold_map("auto", wino) == ("map" if on_cpu else "vmap")
+    assert folds.resolve_eval_fold_map("auto", lax_conv) == ("loop" if on_cpu else "vmap")
+    assert folds.resolve_eval_fold_map("vmap", im2col) == "vmap"
     c.model.conv_impl = "xla"
     spec = configs.parse_run(c)
     _, inputs = prepare(spec)
-    assert inputs.fold_model.lax_conv is True
+    assert inputs.fold_model.trained_algorithms == {"xla"}
 
 
 def test_batch_level_loss_trains_with_masked_unequal_folds(prepared):
