@@ -47,7 +47,6 @@ def bench_repeats(config, repeats: int, workroot: Path) -> dict:
     the issue's aim of <= 2.5x at R = 3 is about; the wall time adds evaluation (SVMs,
     bootstrap) that grows with R too."""
     from handjax import config as configs
-    from handjax import train
     specs = {}
     for r in (1, repeats):
         c = config.copy_and_resolve_references()
@@ -55,15 +54,9 @@ def bench_repeats(config, repeats: int, workroot: Path) -> dict:
         specs[r] = configs.parse_run(c)
     out = {"warmup_s": warm_up(specs[1])}
     for r, spec in specs.items():
-        t = time.perf_counter()
-        results = train.run(spec, workroot / f"repeats{r}")
-        wall = time.perf_counter() - t
-        timing = json.loads((workroot / f"repeats{r}" / "timing.json").read_text())
-        fit = timing.get("fit_s", 0.0)
-        out[f"R={r}"] = {"wall_s": wall, "fit_s": fit, "timing": timing}
-        _protocol_line(f"R={r}", wall, timing, None,
-                       results["decisions"]["cnn"]["mean"]["accuracy"],
-                       results["decisions"]["svm"]["mean"]["accuracy"])
+        run = _timed_run(spec, workroot / f"repeats{r}", f"R={r}")
+        out[f"R={r}"] = {"wall_s": run["wall_s"], "fit_s": run["timing"].get("fit_s", 0.0),
+                         "timing": run["timing"]}
     one, many = out["R=1"], out[f"R={repeats}"]
     out["fit_ratio"] = many["fit_s"] / one["fit_s"]
     out["wall_ratio"] = many["wall_s"] / one["wall_s"]

@@ -172,19 +172,21 @@ def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str
     return impl
 
 
+# The algorithms that call lax.conv in their forward pass ("xla", and "mmgrad"'s forward):
+# the convs that vmap over per-fold kernels turns into grouped convs.
+LAX_CONV = frozenset({"xla", "mmgrad"})
 # Trained-layer algorithms whose epoch program runs faster on XLA:CPU with the folds unrolled
-# (a Python loop inside the trace) than vmapped over per-fold kernels. "xla" and "mmgrad":
-# vmap turns their lax.conv into grouped convs (~7x slower). Winograd: VGG19 at 112 px, the
-# phase-2 epoch of 5 folds (2-core AMD EPYC, interleaved, best of 4): loop 9.78 s, lax.map
-# 11.2 s, vmap 11.9 s ("winograd4" is the same kind of program). im2col and matmul vmap into
-# batched matmuls about as fast as the loop (vmap 8.0 s, loop 8.3 s) and compile faster.
-UNROLL_FOLDS = frozenset({"xla", "mmgrad", "winograd", "winograd4"})
+# (a Python loop inside the trace) than vmapped over per-fold kernels. LAX_CONV: vmap makes
+# grouped convs of them (~7x slower). Winograd: VGG19 at 112 px, the phase-2 epoch of 5
+# folds (2-core AMD EPYC, interleaved, best of 4): loop 9.78 s, lax.map 11.2 s, vmap 11.9 s
+# ("winograd4" is the same kind of program). im2col and matmul vmap into batched matmuls
+# about as fast as the loop (vmap 8.0 s, loop 8.3 s) and compile faster.
+UNROLL_FOLDS = LAX_CONV | {"winograd", "winograd4"}
 
 
 def runs_lax_conv(algorithm: str) -> bool:
-    """Whether ``algorithm`` calls ``lax.conv`` in its forward pass ("xla", and "mmgrad"'s
-    forward): the convs that ``vmap`` over per-fold kernels turns into grouped convs."""
-    return algorithm in ("xla", "mmgrad")
+    """Whether ``algorithm`` calls ``lax.conv`` in its forward pass (:data:`LAX_CONV`)."""
+    return algorithm in LAX_CONV
 
 
 _RECORDERS: list[list[tuple[str, str]]] = []
