@@ -77,6 +77,26 @@ def test_step_compiles_once_per_phase(prepared, monkeypatch):
                        jax.random.key(epoch))
 
 
+def test_loop_traces_the_fold_body_once_and_keeps_each_fold_apart():
+    """The unrolled loop traces its body once for K folds (inlined K times) and gives each
+    fold exactly what the body gives that fold alone."""
+    traced = []
+
+    def body(args):
+        w, x = args
+        traced.append(1)
+        return jnp.tanh(x @ w).sum(0), w * 2.0
+
+    w = jax.random.normal(jax.random.key(0), (5, 4, 3))
+    x = jax.random.normal(jax.random.key(1), (5, 6, 4))
+    out = jax.jit(lambda w, x: folds.fold_mapper("loop")(body, (w, x)))(w, x)
+    assert len(traced) == 1
+    for k in range(5):
+        ref = jax.jit(body)((w[k], x[k]))
+        chex.assert_trees_all_close(jax.tree.map(lambda a, k=k: a[k], out), ref,
+                                    rtol=1e-6, atol=1e-6)
+
+
 def test_epoch_batches_cover_each_training_set_once_and_mask_padding():
     sets = [np.arange(0, 7), np.arange(10, 22)]
     b = folds.epoch_batches(sets, batch_size=5, n_views=3, seed=0, phase=1, epoch=0)
