@@ -114,6 +114,9 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
     if per_image is None:
         per_image = jax.default_backend() == "cpu"
     cut = per_image_boundary(backbone, variables, flat.shape[1:3], split) if per_image else None
+    variables = backbones.with_winograd_kernels(
+        backbone, variables, jax.ShapeDtypeStruct((1, *flat.shape[1:]), backbone.dtype),
+        stop=split)
     # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
     # constants into the executable (slower compile, huge persistent-cache entries).
     fn = jax.jit(lambda v, x: frozen_forward(backbone, v, name, x, split, cut))
@@ -159,8 +162,11 @@ def pooled_features(model: classifier.Classifier, params, stats, feats,
         out = backbone.apply(variables, x.astype(model.dtype), train=False, start=model.split)
         return jnp.mean(out.astype(jnp.float32), axis=(1, 2))
 
-    fn = functools.partial(jax.jit(pooled), variables)   # weights as an argument, as above
     flat = feats.reshape((-1,) + feats.shape[2:])
+    variables = backbones.with_winograd_kernels(
+        backbone, variables, jax.ShapeDtypeStruct((1, *flat.shape[1:]), model.dtype),
+        start=model.split)
+    fn = functools.partial(jax.jit(pooled), variables)   # weights as an argument, as above
     out = map_batches(fn, flat, even_batch(len(flat), batch))
     return out.reshape(feats.shape[:2] + out.shape[1:])
 

@@ -323,3 +323,27 @@ def test_bf16_pays_only_with_a_bf16_matrix_unit(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
     assert convs.cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "amx_bf16", "amx_tile"}
     assert convs.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+@pytest.mark.parametrize("impl", ["winograd", "winograd4"])
+def test_pretransformed_winograd_kernels_give_the_same_features(impl):
+    """A prefix run with its Winograd kernels transformed once gives bit-for-bit the values
+    of one that transforms them at every call, and really reads the transformed kernels
+    (zeroing them changes the output); a kernel of the other form's positions is refused."""
+    from handjax.models import backbones
+    backbone = convs.for_purpose(backbones.build("vgg16", conv_impl=impl), "frozen")
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-100.0, maxval=100.0)
+    variables = backbone.init(jax.random.key(1), x, train=False, stop="block3_pool")
+    plus = backbones.with_winograd_kernels(backbone, variables, x, stop="block3_pool")
+    transformed = plus[convs.TRANSFORMED]
+    assert set(transformed) == {"block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2",
+                                "block3_conv1", "block3_conv2", "block3_conv3"}  # every conv
+    run = jax.jit(lambda v: backbone.apply(v, x, train=False, stop="block3_pool"))
+    np.testing.assert_array_equal(np.asarray(run(plus)), np.asarray(run(variables)))
+    zeroed = {**plus, convs.TRANSFORMED: jax.tree.map(jnp.zeros_like, transformed)}
+    assert not np.array_equal(np.asarray(run(zeroed)), np.asarray(run(variables)))
+    other = conv_algorithms.winograd_kernel if impl == "winograd4" else conv_algorithms.winograd4_kernel
+    wrong = {**plus, convs.TRANSFORMED: {"block2_conv1": {
+        "kernel": other(variables["params"]["block2_conv1"]["kernel"])}}}
+    with pytest.raises(ValueError, match="block2_conv1"):
+        run(wrong)

@@ -278,7 +278,41 @@ def conv_algorithms(backbone: Backbone, x, *, start: str | None = None,
     call order, for ``x`` (an array or ``jax.ShapeDtypeStruct``: the output of ``start``).
     Traced on shapes only; nothing runs. E.g. whether trained layers run ``lax.conv``:
     ``any(map(convs.runs_lax_conv, conv_algorithms(b, x, start=split).values()))``."""
+    return dict(_recorded_algorithms(backbone, x, start, stop))
+
+
+def _recorded_algorithms(backbone: Backbone, x, start, stop) -> list[tuple[str, str]]:
     with convs.record_impls() as seen:
         jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False, start=start,
                                                stop=stop), x)
-    return dict(seen)
+    return seen
+
+
+def with_winograd_kernels(backbone: Backbone, variables: dict, x, *, start: str | None = None,
+                          stop: str | None = None) -> dict:
+    """``variables`` plus, for each conv between ``start`` and ``stop`` that runs Winograd
+    on ``x`` (as for :func:`conv_algorithms`), its kernel transformed once, in the compute
+    dtype, into the ``convs.TRANSFORMED`` collection: for programs that apply the same
+    weights to many batches. The outputs are the same values. A layer name that runs two
+    different Winograd forms (possible only in nested backbones) is left untransformed."""
+    forms: dict[str, set] = {}
+    for name, algorithm in _recorded_algorithms(backbone, x, start, stop):
+        forms.setdefault(name, set()).add(algorithm)
+    chosen = {name: next(iter(a)) for name, a in forms.items()
+              if len(a) == 1 and next(iter(a)) in convs.WINOGRAD_KERNELS}
+
+    def walk(tree):
+        out = {}
+        for name, sub in tree.items():
+            if not isinstance(sub, dict):
+                continue
+            if "kernel" in sub and name in chosen:
+                kernel = sub["kernel"].astype(backbone.dtype)
+                out[name] = {"kernel": convs.WINOGRAD_KERNELS[chosen[name]][1](kernel)}
+            elif "kernel" not in sub and (inner := walk(sub)):
+                out[name] = inner
+        return out
+
+    if not chosen:
+        return variables
+    return {**variables, convs.TRANSFORMED: jax.jit(walk)(variables["params"])}
