@@ -183,3 +183,21 @@ def test_tune_with_dtype_auto_decides_and_compute_dtype_reads_it(cache):
     assert tuning.tune(model, 16, 4, timer=again) == 0.0
     assert again.calls == []
     assert tuned.read()["complete"] == {f"{key}/b4/float32+bfloat16": True}
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])
+def test_frozen_winograd_is_timed_as_the_frozen_programs_run_it(algorithm):
+    """The tuner times a frozen Winograd layer with its kernel transformed beforehand (as
+    the frozen prefix runs it: no G g G^T in the timed program), to the same outputs."""
+    layer = next(l for l in _layers(32) if l["purpose"] == "frozen" and l["in_shape"][-1] == 64)
+    fn, (ku, x) = tuning.layer_program(layer, algorithm, 2)
+    kernel, u = ku
+    assert u.shape == (convs.WINOGRAD_KERNELS[algorithm][0], *kernel.shape[2:])
+    timed = jax.make_jaxpr(fn)(ku, x)
+    # the only dot_generals left are the batched matmul over the transformed positions
+    dots = [e for e in timed.eqns[0].params["jaxpr"].eqns if e.primitive.name == "dot_general"]
+    assert [d.invars[1].aval.shape for d in dots] == [u.shape]
+    plain = convs.Conv(layer["features"], layer["kernel_size"], layer["strides"], layer["pads"],
+                       use_bias=False, impl=algorithm, purpose="frozen")
+    ref = plain.apply({"params": {"kernel": kernel}}, x)
+    assert jnp.array_equal(fn(ku, x), ref)

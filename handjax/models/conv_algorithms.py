@@ -1,7 +1,7 @@
 """The conv algorithms themselves, each a pure function of (x, kernel, pads) with the same
 values as ``lax.conv`` (tested against it and against float64): im2col, mmgrad (im2col
 forward, matmul-form kernel gradient), the matmul form with a custom VJP, Winograd
-F(2x2, 3x3) and F(4x4, 3x3), and ``lax.conv`` itself. Which one a layer runs is
+F(2x2, 3x3) (a custom VJP too) and F(4x4, 3x3), and ``lax.conv`` itself. Which one a layer runs is
 :mod:`handjax.models.convs`' decision (its policy and tuner); this module only computes.
 """
 from __future__ import annotations
