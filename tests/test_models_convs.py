@@ -342,7 +342,8 @@ def test_pretransformed_winograd_kernels_give_the_same_features(impl):
     np.testing.assert_array_equal(np.asarray(run(plus)), np.asarray(run(variables)))
     zeroed = {**plus, convs.TRANSFORMED: jax.tree.map(jnp.zeros_like, transformed)}
     assert not np.array_equal(np.asarray(run(zeroed)), np.asarray(run(variables)))
-    other = conv_algorithms.winograd_kernel if impl == "winograd4" else conv_algorithms.winograd4_kernel
+    other = (conv_algorithms.winograd_kernel if impl == "winograd4"
+             else conv_algorithms.winograd4_kernel)
     wrong = {**plus, convs.TRANSFORMED: {"block2_conv1": {
         "kernel": other(variables["params"]["block2_conv1"]["kernel"])}}}
     with pytest.raises(ValueError, match="block2_conv1"):

@@ -298,8 +298,8 @@ def with_winograd_kernels(backbone: Backbone, variables: dict, x, *, start: str 
     forms: dict[str, set] = {}
     for name, algorithm in _recorded_algorithms(backbone, x, start, stop):
         forms.setdefault(name, set()).add(algorithm)
-    chosen = {name: next(iter(a)) for name, a in forms.items()
-              if len(a) == 1 and next(iter(a)) in convs.WINOGRAD_KERNELS}
+    chosen = {name: a.pop() for name, a in forms.items()
+              if len(a) == 1 and a <= convs.WINOGRAD_KERNELS.keys()}
 
     def walk(tree):
         out = {}

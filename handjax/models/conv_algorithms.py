@@ -1,8 +1,9 @@
 """The conv algorithms themselves, each a pure function of (x, kernel, pads) with the same
 values as ``lax.conv`` (tested against it and against float64): im2col, mmgrad (im2col
 forward, matmul-form kernel gradient), the matmul form with a custom VJP, Winograd
-F(2x2, 3x3) (a custom VJP too) and F(4x4, 3x3), and ``lax.conv`` itself. Which one a layer runs is
-:mod:`handjax.models.convs`' decision (its policy and tuner); this module only computes.
+F(2x2, 3x3) (a custom VJP too) and F(4x4, 3x3), and ``lax.conv`` itself. Which one a layer
+runs is :mod:`handjax.models.convs`' decision (its policy and tuner); this module only
+computes.
 """
 from __future__ import annotations
 
@@ -239,7 +240,8 @@ def _combine(coefs, items):
 
 def _transformed(gg, kernel):
     """``gg`` (P, 9) applied to every (cin, cout) 3x3 kernel: (P, cin, cout) float32. A
-    kernel of rank 3 is taken as already transformed (:func:`pretransform`)."""
+    kernel of rank 3 is taken as already transformed (as
+    :func:`handjax.models.backbones.with_winograd_kernels` stores it)."""
     if kernel.ndim == 3:
         return kernel
     cin, cout = kernel.shape[2:]
