@@ -52,7 +52,9 @@ def _fail(message: str, code: int = 1):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from handjax import console, distributed, run, user_errors
+    from handjax import console, user_errors
+    from handjax.train import distributed
+    from handjax.cli import launch as run
     try:   # before any JAX computation
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:

@@ -10,4 +10,4 @@ Override any field from the command line: ``--config.train.lr2=3e-5``; a misspel
 an error. ``--config.data.root=/path/to/photos`` trains on your own ImageFolder of photos
 (``normal/``, ``heberden/``, ``ra/``) instead of the embedded synthetic hands.
 """
-from handjax.config import get_config  # noqa: F401  (the protocol itself)
+from handjax.config import get_config# noqa: F401  (the protocol itself)

@@ -8,4 +8,4 @@
 Each cell runs in its own sub-workdir (finished cells are skipped on rerun, interrupted ones
 resume); ``study.md`` / ``study.csv`` / ``study_acc_vs_plus.png`` land in the study workdir.
 """
-from handjax.config import study_config as get_config  # noqa: F401
+from handjax.config import study_config as get_config# noqa: F401

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from handjax import clinical, console
-from handjax import workdir as workdirs
+from handjax import evaluation as clinical, console
+from handjax.train import workdir as workdirs
 
 
 def _aligned(a: clinical.Predictions, b: clinical.Predictions, names=("A", "B")):

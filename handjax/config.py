@@ -21,7 +21,7 @@ import re
 import ml_collections
 
 from handjax.errors import ConfigError
-from handjax.models.convs import CONV_IMPLS
+from handjax.models.kernels.convs import CONV_IMPLS
 
 # The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
 # "custom" is our reading of the study's custom_loss: its three metrics on a soft confusion
@@ -65,7 +65,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"      # "bfloat16" on GPU/TPU; "auto": bf16 where it measures faster
     # "auto": on CPU each conv's algorithm measured on this machine once, cached under
     # $HANDJAX_CACHE/tuning (the table where unmeasured); "table": the fixed table alone
-    # (handjax.models.convs.conv_policy); or one of "xla", "im2col", "mmgrad", "winograd",
+    # (handjax.models.kernels.convs.conv_policy); or one of "xla", "im2col", "mmgrad", "winograd",
     # "winograd4", "matmul" everywhere it applies.
     c.model.conv_impl = "auto"
 

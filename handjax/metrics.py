@@ -138,7 +138,7 @@ def custom_multi(cm):
     family of readings consistent with all 24 (plus, multi) pairs of that table — with
     :func:`custom_multi_per_class`, ``r_HN * r_RN`` and ``2 *`` this sum — and the best fit
     among them, computed per whole test fold (``docs/custom_multi.md``,
-    ``python -m handjax.readings``); the table does not single it out.
+    ``python -m handjax.evaluation.readings``); the table does not single it out.
     Range 0 … 1.25 for K = 3 (every H called N, R split evenly between N and H).
     Lower is better.
     """

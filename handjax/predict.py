@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from handjax import console, data, losses, metrics
-from handjax.evaluate import probabilities
-from handjax.inference import TrainedRun, load_run
+from handjax.evaluation.scoring import probabilities
+from handjax.model.ensemble import TrainedRun, load_run
 from handjax.models import backbones
 from handjax.models.classifier import Classifier
 

@@ -20,7 +20,7 @@ seen by any of them, so the ``fold`` column of ``predictions.csv`` is -1 for eve
 - ``cnn_mec``: the minimum-expected-cost decision (``losses.DEFAULT_COST``) on the mean
   calibrated probabilities;
 - ``svm``: each fold's SVM refitted exactly as the run fitted it
-  (:func:`handjax.evaluate.svm_fold_probabilities`: that fold's training split, the pooled
+  (:func:`handjax.evaluation.scoring.svm_fold_probabilities`: that fold's training split, the pooled
   features of that fold's fine-tuned backbone, Platt scaling cross-validated by subject);
   the probabilities are the mean of the folds' Platt probabilities, and the decision is their
   argmax (the K SVC ``predict`` votes could tie; the mean probability cannot be outvoted by
@@ -50,15 +50,16 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from handjax import clinical, console, losses, metrics, plots, report
-from handjax import workdir as workdirs
-from handjax.data.base import CLASSES, DataError, Examples
+from handjax import evaluation as clinical, console, losses, metrics
+from handjax.report import plots, markdown as report
+from handjax.train import workdir as workdirs
+from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.data.sources import describe, load_folder, load_metadata
 from handjax.data.splits import duplicate_groups
 from handjax.errors import RunError
-from handjax.evaluate import probabilities, svm_fold_probabilities
-from handjax.inference import TrainedRun, load_run, read_json
+from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
+from handjax.model.ensemble import TrainedRun, load_run, read_json
 from handjax.predict import chunked
 
 FOLD = -1   # predictions.csv's fold column: every fold model scores every new photo

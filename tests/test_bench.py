@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from handjax import bench
-from handjax.flops import jaxpr_flops
+from handjax.bench import suite as bench
+from handjax.train.flops import jaxpr_flops
 
 CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -85,14 +85,14 @@ def test_epochs_flag_normalises_a_good_value():
 def test_gpu_study_refuses_on_cpu_in_one_line(capsys):
     if jax.default_backend() != "cpu":
         pytest.skip("an accelerator is visible")
-    from handjax import bench_gpu
+    from handjax.bench import gpu as bench_gpu
     with pytest.raises(SystemExit) as e:
         bench.main(["gpu-study", "--epochs", "1+1"])
     assert str(e.value) == bench_gpu.NO_ACCELERATOR and "\n" not in str(e.value)
 
 
 def test_gpu_study_arguments_and_mfu():
-    from handjax import bench_gpu
+    from handjax.bench import gpu as bench_gpu
     from handjax import config as configs
     a = bench_gpu.parse_args([])
     assert (a.image_size, a.epochs1, a.epochs2) == (224, 10, 10)

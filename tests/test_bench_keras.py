@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("keras")  # conftest sets KERAS_BACKEND=jax
 
-from handjax import bench_keras, bench_protocol  # noqa: E402
+from handjax.bench import keras_peer as bench_keras, protocol as bench_protocol# noqa: E402
 
 pytestmark = pytest.mark.slow  # Keras trains the protocol
 

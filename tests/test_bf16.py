@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cells import run, tiny_config
-from handjax import clinical
+from handjax import evaluation as clinical
 
 pytestmark = pytest.mark.slow  # every test trains the smoke cell twice
 

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import struct
 
-from handjax import checkpoint
+from handjax.train import checkpoint
 from handjax.errors import TrainingError
 
 

@@ -1,4 +1,4 @@
-"""handjax.clinical against sklearn and float64 references; the subject bootstrap's coverage."""
+"""handjax.evaluation against sklearn and float64 references; the subject bootstrap's coverage."""
 import math
 
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 from scipy.special import logsumexp
 from sklearn import metrics as skm
 
-from handjax import clinical, plots
-from handjax.clinical import metrics as clinical_metrics
-from handjax.data.base import CLASSES
+from handjax import evaluation as clinical
+from handjax.report import plots
+from handjax.evaluation import clinical as clinical_metrics
+from handjax.data.records import CLASSES
 
 
 def _data(n=150, seed=0, signal=2.0, pairs=True):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from handjax import clinical, compare
+from handjax import evaluation as clinical, compare
 
 
 def _run(seed, n=60, noise=1.0):

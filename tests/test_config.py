@@ -114,7 +114,8 @@ def test_class_map_parses():
 
 
 def test_model_names_are_the_backbone_registry():
-    from handjax import backbones
+    from handjax.models import backbones, keras_weights
+    from handjax.models.kernels import convs
 
     assert configs.MODEL_NAMES == backbones.NAMES
 

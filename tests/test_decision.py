@@ -3,8 +3,9 @@ vectorised curve against a plain float64 loop, and the plot / table that show th
 import numpy as np
 import pytest
 
-from handjax import clinical, plots, report
-from handjax.clinical import decision
+from handjax import evaluation as clinical
+from handjax.report import plots, markdown as report
+from handjax.evaluation import net_benefit as decision
 
 
 def test_net_benefit_hand_computed():

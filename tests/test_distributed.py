@@ -1,4 +1,4 @@
-"""handjax.distributed: padding helpers, cluster detection, and two CPU processes joined by
+"""handjax.train.distributed: padding helpers, cluster detection, and two CPU processes joined by
 ``jax.distributed`` (gloo collectives) training the smoke cell with its 5 folds sharded
 unevenly over the 2 processes' devices: the same confusion matrices as one process (the
 pinned golden file, which ``test_train`` checks against a one-process run)."""
@@ -12,17 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handjax import distributed
+from handjax.train import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "smoke_confusions.json"
 
 SCRIPT = r"""
 import json, sys
-from handjax import distributed
+from handjax.train import distributed
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import jax
-from handjax import config, train
+from handjax import config
+from handjax.train import fit as train
 assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
 r = train.run(config.parse_run(config.cell("vgg16", "categorical", "smoke")), sys.argv[3])
 print("RESULT " + json.dumps({k: r["decisions"][k]["confusion"] for k in ("cnn", "svm")}))

@@ -5,8 +5,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from cells import prepare, tiny_spec
-from handjax import data, evaluate, folds
-from handjax.data.base import Examples
+from handjax import data
+from handjax.evaluation import scoring as evaluate
+from handjax.train import fold_program as folds
+from handjax.data.records import Examples
 from handjax.data.cohort import Cohort
 from handjax.metrics import STUDY_METRICS
 
@@ -72,7 +74,7 @@ def _outputs(prep, seed=0, scale=3.0):
 
 
 def _record_choices(monkeypatch):
-    from handjax.clinical import operating
+    from handjax.evaluation import operating
     seen, real = [], operating.threshold_choice
 
     def choice(scores, positive, **kw):
@@ -85,7 +87,7 @@ def _record_choices(monkeypatch):
 def test_inner_split_calibration_and_thresholds_only_see_inner_photos(monkeypatch):
     """With train.inner_val > 0: the temperature fit and the threshold choice of each fold
     receive only that fold's inner split, never one of its test photos."""
-    from handjax import clinical
+    from handjax import evaluation as clinical
     prep = _fake_prep()
     n, k = len(prep.examples.labels), len(prep.folds)
     logits, pooled = _outputs(prep)
@@ -126,7 +128,7 @@ def test_cross_fitted_temperature_is_the_nll_minimiser_of_the_other_folds_rows(t
     """The definition: for every fold k, the temperature used is the minimiser of the NLL of
     the other folds' rows of predictions.csv (their uncalibrated cnn probabilities), and the
     calibrated column of fold k is softmax(log p / T_k)."""
-    from handjax import clinical
+    from handjax import evaluation as clinical
     prep = _fake_prep(n_per_class=20, k=4, inner_frac=0.0)
     preds, calib = evaluate.out_of_fold(_outputs(prep, scale=1.5), prep,
                                         loss_name="categorical", svm_spec=_SVM, seed=0,
@@ -146,7 +148,7 @@ def test_cross_fitted_temperature_is_the_nll_minimiser_of_the_other_folds_rows(t
 
 
 def test_changing_fold_k_labels_does_not_change_its_temperature():
-    from handjax import clinical
+    from handjax import evaluation as clinical
     prep = _fake_prep(n_per_class=20, k=4, inner_frac=0.0)
     logits, _ = _outputs(prep, scale=1.5)
     probs = np.asarray(evaluate.probabilities("categorical", logits), np.float64)
@@ -208,7 +210,8 @@ def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):
     is computed, each interval is empty, and the report says so (it was an IndexError
     after all training)."""
     import dataclasses
-    from handjax import clinical, report
+    from handjax import evaluation as clinical
+    from handjax.report import markdown as report
     from handjax.config import EvalSpec
     prep = _fake_prep()
     prep = dataclasses.replace(

@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 from cells import prepare, tiny_config, tiny_spec
-from handjax import backbones, features
+from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs
+from handjax.train import features
 from handjax import config as configs
 
 
 def test_per_image_prefix_equals_one_batched_pass():
-    module, variables = backbones.load("vgg16", None, seed=0)
+    module, variables = keras_weights.load("vgg16", None, seed=0)
     views = (np.random.default_rng(0).random((1, 3, 56, 56, 3)) * 255).astype(np.uint8)
     # 56 px: block1_pool's output is 28x28, the last map that large
     assert features.per_image_boundary(module, variables, (56, 56),
@@ -49,7 +51,7 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(keras_weights, "_download", offline)
     c = tiny_config()
     c.model.weights = "imagenet"
-    with pytest.raises(backbones.WeightsError) as err:
+    with pytest.raises(keras_weights.WeightsError) as err:
         prepare(configs.parse_run(c))
     msg = str(err.value)
     assert "\n" not in msg
@@ -65,7 +67,8 @@ def test_spilled_cache_gives_identical_results(tmp_path):
     import json
     from pathlib import Path
 
-    from handjax import config, train
+    from handjax import config
+    from handjax.train import fit as train
     c = config.cell("vgg16", "categorical", "smoke")
     c.train.cache_budget_gb = 1e-9
     results = train.run(config.parse_run(c), tmp_path)

@@ -8,7 +8,7 @@ import pytest
 
 from cells import prepare, tiny_config, tiny_spec
 from handjax import config as configs
-from handjax import folds
+from handjax.train import fold_program as folds
 
 
 @pytest.fixture(scope="module")

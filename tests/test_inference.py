@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from handjax import inference, workdir as workdirs
+from handjax.model import ensemble as inference
+from handjax.train import workdir as workdirs
 from handjax.errors import RunError
 
 

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handjax import backbones
-from handjax.models import convs
+from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs
+from handjax.models.kernels import convs
 from keras_reference import KERAS_APPS, PARAM_COUNTS, TOL, keras_ref
 
 MAX_REL_ERR = {}
@@ -51,7 +52,7 @@ def test_matches_keras(name, refs):
 
     x = backbones.preprocess(name, ref.images)
     for impl in ("xla", "im2col", "mmgrad", "winograd"):
-        module, variables = backbones.load(name, weights=ref.path, conv_impl=impl)
+        module, variables = keras_weights.load(name, weights=ref.path, conv_impl=impl)
         out, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(variables, x)
         _check_close(name, out, ref.features, f"conv_impl={impl}")
         # train=False leaves the running statistics alone.
@@ -64,7 +65,7 @@ def test_train_mode_matches_keras(name, refs):
     """train=True: batch statistics normalise and every running average moves as Keras's
     do (BN momentum, epsilon, biased batch variance), in one training call on each side."""
     ref = refs(name)
-    module, variables = backbones.load(name, weights=ref.path, conv_impl="xla")
+    module, variables = keras_weights.load(name, weights=ref.path, conv_impl="xla")
     x = backbones.preprocess(name, ref.images)
     keras_out, keras_stats = ref.predict(train=True)
     ours, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
@@ -99,7 +100,7 @@ def test_preprocess_matches_keras():
 
 @pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_param_counts_and_tree(name):
-    module, variables = backbones.load(name, seed=3)
+    module, variables = keras_weights.load(name, seed=3)
     assert sum(a.size for a in jax.tree.leaves(variables)) == PARAM_COUNTS[name]
     assert set(variables["params"]) == set(backbones.keras_layer_order(name))
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
@@ -108,15 +109,15 @@ def test_param_counts_and_tree(name):
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(lambda s: s.shape, flax_shapes)
     # Seeded: same seed same values, other seed other values.
     first = backbones.keras_layer_order(name)[0]
-    _, again = backbones.load(name, seed=3)
-    _, other = backbones.load(name, seed=4)
+    _, again = keras_weights.load(name, seed=3)
+    _, other = keras_weights.load(name, seed=4)
     np.testing.assert_array_equal(variables["params"][first]["kernel"], again["params"][first]["kernel"])
     assert not np.allclose(variables["params"][first]["kernel"], other["params"][first]["kernel"])
 
 
 @pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_start_stop_split(name):
-    module, variables = backbones.load(name, seed=1, conv_impl="xla")
+    module, variables = keras_weights.load(name, seed=1, conv_impl="xla")
     boundary = backbones.DEFAULT_TRAINABLE_FROM[name]
     assert boundary in module.stages
     x = backbones.preprocess(name, np.random.default_rng(1).uniform(0, 255, (2, 32, 40, 3)))
@@ -139,7 +140,7 @@ def test_start_stop_split(name):
 @pytest.mark.parametrize("impl", ["xla", "im2col", "mmgrad", "winograd", "matmul"])
 def test_bfloat16_compute_keeps_float32_params(impl):
     # ResNet50 at init: identity BN and residual adds keep activations O(1).
-    module32, variables = backbones.load("resnet50", seed=2, conv_impl=impl)
+    module32, variables = keras_weights.load("resnet50", seed=2, conv_impl=impl)
     module16 = backbones.build("resnet50", dtype=jnp.bfloat16, conv_impl=impl)
     x = backbones.preprocess("resnet50", np.random.default_rng(2).uniform(0, 255, (2, 48, 40, 3)))
     y32 = jax.jit(module32.apply)(variables, x)
@@ -168,7 +169,7 @@ def test_bad_input_errors():
         backbones.build("vgg16", conv_impl="fft")
     with pytest.raises(ValueError, match="purpose"):
         backbones.build("vgg16", purpose="auto_forward")
-    module, variables = backbones.load("vgg16")
+    module, variables = keras_weights.load("vgg16")
     with pytest.raises(ValueError, match="unknown stage boundary"):
         module.apply(variables, jnp.zeros((1, 32, 32, 3)), stop="block9_pool")
 
@@ -180,7 +181,7 @@ def test_registry_is_the_one_source_of_names_and_hooks():
     assert backbones.NAMES == tuple(backbones.MODELS)
     for name, cls in backbones.MODELS.items():
         assert backbones.DEFAULT_TRAINABLE_FROM[name] == cls.trainable_from in cls.stages
-        assert backbones.WEIGHT_FILES[name] == cls.weight_file
+        assert keras_weights.WEIGHT_FILES[name] == cls.weight_file
         assert isinstance(backbones.build(name), cls)
 
 
@@ -189,7 +190,7 @@ def test_conv_algorithms_follow_the_policy_per_layer():
     map, and the "frozen" clone differs from "train" exactly where the table says."""
     x = jax.ShapeDtypeStruct((2, 112, 112, 3), jnp.float32)
     train = backbones.conv_algorithms(backbones.build("vgg16"), x)
-    frozen = backbones.conv_algorithms(backbones.for_purpose(backbones.build("vgg16"), "frozen"), x)
+    frozen = backbones.conv_algorithms(convs.for_purpose(backbones.build("vgg16"), "frozen"), x)
     assert list(train) == list(backbones.keras_layer_order("vgg16"))  # call order, every conv
     backend = jax.default_backend()
     for layer in train:
@@ -203,4 +204,4 @@ def test_conv_algorithms_follow_the_policy_per_layer():
     mid = jax.ShapeDtypeStruct((2, 7, 7, 512), jnp.float32)
     top = backbones.conv_algorithms(backbones.build("vgg16"), mid, start="block4_pool")
     assert list(top) == ["block5_conv1", "block5_conv2", "block5_conv3"]
-    assert any(map(backbones.runs_lax_conv, top.values())) == (backend != "cpu")
+    assert any(map(convs.runs_lax_conv, top.values())) == (backend != "cpu")

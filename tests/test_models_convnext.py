@@ -15,7 +15,8 @@ import keras_reference as kp
 import numpy as np
 import pytest
 
-from handjax import backbones
+from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs
 from handjax.models import convnext, keras_weights
 
 NAME = "convnext_tiny"
@@ -51,7 +52,7 @@ def test_matches_keras(ref):
     assert weighted[:-1] == list(order[:-1]) and weighted[-1].startswith(convnext.HEAD_NORM)
     x = backbones.preprocess(NAME, images)
     for impl in ("xla", "im2col"):  # ConvNeXt has no stride-1 dense convs: mmgrad/winograd = im2col
-        module, variables = backbones.load(NAME, weights=path, conv_impl=impl)
+        module, variables = keras_weights.load(NAME, weights=path, conv_impl=impl)
         assert set(variables) == {"params"}
         out = jax.jit(module.apply)(variables, x)
         err = kp.relative_error(out, expected)
@@ -60,7 +61,7 @@ def test_matches_keras(ref):
 
 
 def test_params_tree_and_split():
-    module, variables = backbones.load(NAME, seed=1, conv_impl="xla")
+    module, variables = keras_weights.load(NAME, seed=1, conv_impl="xla")
     assert sum(a.size for a in jax.tree.leaves(variables)) == PARAMS
     kp.assert_tree_like_flax_init(module, variables)
     first = variables["params"][f"{NAME}_stage_0_block_0_layer_scale"]["gamma"]
@@ -88,14 +89,14 @@ def test_params_tree_and_split():
 def test_weight_file_is_keras_canonical(ref, monkeypatch, tmp_path):
     from keras.src.applications import convnext as keras_convnext
 
-    spec = backbones.WEIGHT_FILES[NAME]
+    spec = keras_weights.WEIGHT_FILES[NAME]
     assert spec.url == keras_convnext.BASE_WEIGHTS_PATH + spec.file == keras_convnext.BASE_WEIGHTS_PATH + NAME + "_notop.h5"
     assert spec.md5 == keras_convnext.WEIGHTS_HASHES[NAME][1]  # SHA-256, 64 hex digits
 
     # "imagenet" downloads once into the cache and checks Keras's SHA-256.
     monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path))
     good = Path(ref[1]).read_bytes()
-    monkeypatch.setitem(backbones.WEIGHT_FILES, NAME, spec._replace(md5=hashlib.sha256(good).hexdigest()))
+    monkeypatch.setitem(keras_weights.WEIGHT_FILES, NAME, spec._replace(md5=hashlib.sha256(good).hexdigest()))
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
 
@@ -104,20 +105,20 @@ def test_weight_file_is_keras_canonical(ref, monkeypatch, tmp_path):
 
     monkeypatch.setattr(keras_weights, "_download", download(bytes(bad)))
     with pytest.raises(ValueError, match="SHA-256 hash mismatch"):
-        backbones.load(NAME, weights="imagenet")
+        keras_weights.load(NAME, weights="imagenet")
     monkeypatch.setattr(keras_weights, "_download", download(good))
-    _, variables = backbones.load(NAME, weights="imagenet")
-    _, direct = backbones.load(NAME, weights=ref[1])
+    _, variables = keras_weights.load(NAME, weights="imagenet")
+    _, direct = keras_weights.load(NAME, weights=ref[1])
     jax.tree.map(np.testing.assert_array_equal, variables, direct)
 
     def offline(url, dest):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setitem(backbones.WEIGHT_FILES, NAME, spec)
+    monkeypatch.setitem(keras_weights.WEIGHT_FILES, NAME, spec)
     monkeypatch.setattr(keras_weights, "_download", offline)
-    with pytest.raises(backbones.WeightsError, match="by hand"):
-        backbones.load(NAME, weights="imagenet")
+    with pytest.raises(keras_weights.WeightsError, match="by hand"):
+        keras_weights.load(NAME, weights="imagenet")
 
 
 @pytest.mark.slow

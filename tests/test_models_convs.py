@@ -1,4 +1,4 @@
-"""handjax.models.convs: every conv algorithm against lax.conv or an exact float64 conv
+"""handjax.models.kernels.convs: every conv algorithm against lax.conv or an exact float64 conv
 (values and gradients), and conv_policy's whole table, pinned."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handjax.models import conv_algorithms, convs
+from handjax.models.kernels import algorithms as conv_algorithms, convs
 
 # ----------------------------------------------------------------------------- conv_policy's table
 

@@ -12,7 +12,8 @@ import keras_reference as kp
 import numpy as np
 import pytest
 
-from handjax import backbones
+from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs
 from handjax.models import efficientnetv2
 
 NAME = "efficientnetv2_b0"
@@ -45,7 +46,7 @@ def test_matches_keras(ref):
     assert kp.keras_weighted_layers(model) == list(backbones.keras_layer_order(NAME))
     x = backbones.preprocess(NAME, images)
     for impl in ("xla", "mmgrad", "winograd"):  # winograd: the fused blocks' 3x3 stride-1 convs
-        module, variables = backbones.load(NAME, weights=path, conv_impl=impl)
+        module, variables = keras_weights.load(NAME, weights=path, conv_impl=impl)
         out, state = jax.jit(lambda v, x, m=module: m.apply(v, x, mutable=["batch_stats"]))(variables, x)
         err = kp.relative_error(out, expected)
         print(f"\n{NAME} conv_impl={impl}: max|diff|/max|keras| = {err:.2e}")
@@ -69,7 +70,7 @@ def test_train_mode_matches_keras(ref):
     finally:
         for d in drops:
             d.rate = ours[d.name]
-    module, variables = backbones.load(NAME, weights=path, conv_impl="xla")
+    module, variables = keras_weights.load(NAME, weights=path, conv_impl="xla")
     module = module.clone(drop_connect_rate=0.0)
     x = backbones.preprocess(NAME, images)
     out, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
@@ -88,7 +89,7 @@ def test_train_mode_matches_keras(ref):
 def test_drop_connect_drops_whole_images():
     """train=True: a residual block's branch is kept (scaled by 1/(1 - rate)) or dropped per
     image, at Keras's rate for that block, drawn from the "dropout" rng collection."""
-    module, variables = backbones.load(NAME, seed=0, conv_impl="xla")
+    module, variables = keras_weights.load(NAME, seed=0, conv_impl="xla")
     start, stop = "block6a_project_bn", "block6b_add"
     block = efficientnetv2.blocks()[efficientnetv2.STAGES.index(stop) - 1]
     rate = 0.2 * block.index / 21
@@ -117,7 +118,7 @@ def test_drop_connect_drops_whole_images():
 
 
 def test_params_tree_and_split():
-    module, variables = backbones.load(NAME, seed=1, conv_impl="xla")
+    module, variables = keras_weights.load(NAME, seed=1, conv_impl="xla")
     assert sum(a.size for a in jax.tree.leaves(variables)) == PARAMS
     kp.assert_tree_like_flax_init(module, variables)
 
@@ -135,7 +136,7 @@ def test_params_tree_and_split():
 def test_weight_file_is_keras_canonical():
     from keras.src.applications import efficientnet_v2 as keras_effnet
 
-    spec = backbones.WEIGHT_FILES[NAME]
+    spec = keras_weights.WEIGHT_FILES[NAME]
     assert spec.file == "efficientnetv2-b0_notop.h5"  # Keras: name + "_notop.h5"
     assert spec.url == keras_effnet.BASE_WEIGHTS_PATH + spec.file
     assert spec.md5 == keras_effnet.WEIGHTS_HASHES["b0"][1]

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from handjax import backbones, cache
+from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs
+from handjax import cache
 from handjax.models import keras_weights
 from keras_reference import KERAS_APPS, keras_ref
 
@@ -47,7 +49,7 @@ def _old_layer_name(name, layer):
 def _rewrite_old_style(name, src, dst):
     """Copies a Keras 3 legacy file into an older naming style: renamed layers/weights,
     str (not bytes) attributes, weightless layers listed, groups in another order."""
-    layers = backbones.read_keras_h5(src)
+    layers = keras_weights.read_keras_h5(src)
     names = [_old_layer_name(name, layer) for layer, _ in layers]
     with h5py.File(dst, "w") as f:
         f.attrs["layer_names"] = np.array(["input_1"] + names[:1] + ["some_relu"] + names[1:], dtype=h5py.string_dtype())
@@ -68,7 +70,7 @@ def test_old_file_styles_load_the_same_arrays(name, refs, tmp_path):
     """Only positions matter: the older naming styles give exactly the Keras 3 file's
     arrays, which are Keras's own weights (depthwise kernels transposed to (kh, kw, 1, C))."""
     ref = refs(name)
-    _, variables = backbones.load(name, weights=ref.path)
+    _, variables = keras_weights.load(name, weights=ref.path)
     keras_weights_by_layer = {layer.name: [np.asarray(w.value) for w in layer.weights]
                               for layer in ref.model.layers if layer.weights}
     for layer, arrays in keras_weights_by_layer.items():
@@ -79,15 +81,15 @@ def test_old_file_styles_load_the_same_arrays(name, refs, tmp_path):
             np.testing.assert_array_equal(ours["kernel"], arrays[0])
     old = tmp_path / f"{name}_old.h5"
     _rewrite_old_style(name, ref.path, old)
-    _, old_variables = backbones.load(name, weights=old)
+    _, old_variables = keras_weights.load(name, weights=old)
     jax.tree.map(np.testing.assert_array_equal, old_variables, variables)
 
 
 @pytest.mark.slow  # builds a Keras reference
 def test_mismatched_file_lists_every_problem(refs, tmp_path):
     vgg16 = refs("vgg16").path
-    with pytest.raises(backbones.WeightsError) as err:
-        backbones.load("vgg19", weights=vgg16)
+    with pytest.raises(keras_weights.WeightsError) as err:
+        keras_weights.load("vgg19", weights=vgg16)
     msg = str(err.value)
     assert "file has 13 layers with weights, vgg19 has 16" in msg
     assert "missing: layer #15 block5_conv4" in msg and "shape (3, 3, 256, 512), expected (3, 3, 256, 256)" in msg
@@ -98,16 +100,16 @@ def test_mismatched_file_lists_every_problem(refs, tmp_path):
         del f["block2_conv1"]["block2_conv1_W_1:0"]
         f["block2_conv1"].create_dataset("block2_conv1_W_1:0", data=np.zeros((3, 3, 64, 99), np.float32))
         f["block3_conv2"].attrs["weight_names"] = np.array(["block3_conv2_W_1:0"], dtype=h5py.string_dtype())
-    with pytest.raises(backbones.WeightsError) as err:
-        backbones.load("vgg16", weights=bad)
+    with pytest.raises(keras_weights.WeightsError) as err:
+        keras_weights.load("vgg16", weights=bad)
     msg = str(err.value)
     assert "block2_conv1" in msg and "(3, 3, 64, 99)" in msg
     assert "block3_conv2" in msg and "1 weights, expected 2" in msg
 
 
 def test_missing_file_is_named():
-    with pytest.raises(backbones.WeightsError, match="not found"):
-        backbones.load("vgg16", weights="/nonexistent/file.h5")
+    with pytest.raises(keras_weights.WeightsError, match="not found"):
+        keras_weights.load("vgg16", weights="/nonexistent/file.h5")
 
 
 # ----------------------------------------------------------------------------- cache and downloads
@@ -118,10 +120,10 @@ def test_cache_dir_ignores_an_empty_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "mine"))
     assert cache.cache_dir() == tmp_path / "mine"
-    assert backbones.weights_dir() == tmp_path / "mine" / "weights"
+    assert keras_weights.weights_dir() == tmp_path / "mine" / "weights"
     default = tmp_path / "home" / ".cache" / "handjax"
     monkeypatch.setenv("HANDJAX_CACHE", "")
-    assert cache.cache_dir() == default and backbones.weights_dir() == default / "weights"
+    assert cache.cache_dir() == default and keras_weights.weights_dir() == default / "weights"
     monkeypatch.delenv("HANDJAX_CACHE")
     assert cache.cache_dir() == default
     monkeypatch.setenv("HANDJAX_CACHE", "~/elsewhere")
@@ -151,41 +153,41 @@ def _no_download(url, dest):
 @pytest.mark.slow  # builds a Keras reference
 def test_imagenet_download_hash_checked(refs, cache_weights, monkeypatch):
     good = open(refs("vgg16").path, "rb").read()
-    spec = backbones.WeightFile("vgg16_test_notop.h5", "https://example.invalid/vgg16_test_notop.h5",
+    spec = keras_weights.WeightFile("vgg16_test_notop.h5", "https://example.invalid/vgg16_test_notop.h5",
                                 hashlib.md5(good).hexdigest())  # fmt: skip
-    monkeypatch.setitem(backbones.WEIGHT_FILES, "vgg16", spec)
+    monkeypatch.setitem(keras_weights.WEIGHT_FILES, "vgg16", spec)
 
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF
     calls = []
     monkeypatch.setattr(keras_weights, "_download", _fake_download(bytes(flipped), calls))
     with pytest.raises(ValueError, match="MD5 hash mismatch for vgg16_test_notop.h5"):
-        backbones.load("vgg16", weights="imagenet")
+        keras_weights.load("vgg16", weights="imagenet")
     assert calls == [spec.url] and os.listdir(cache_weights) == []  # temp file removed too
 
     monkeypatch.setattr(keras_weights, "_download", _fake_download(good, calls))
-    _, from_cache = backbones.load("vgg16", weights="imagenet")
+    _, from_cache = keras_weights.load("vgg16", weights="imagenet")
     assert sorted(os.listdir(cache_weights)) == [spec.file]
-    _, direct = backbones.load("vgg16", weights=refs("vgg16").path)
+    _, direct = keras_weights.load("vgg16", weights=refs("vgg16").path)
     jax.tree.map(np.testing.assert_array_equal, from_cache, direct)
 
     monkeypatch.setattr(keras_weights, "_download", _no_download)  # second use: cache only
-    backbones.load("vgg16", weights="imagenet")
+    keras_weights.load("vgg16", weights="imagenet")
 
 
 def test_mobilenet_sha256_recorded_on_first_download(cache_weights, monkeypatch):
-    spec = backbones.WEIGHT_FILES["mobilenetv2"]
+    spec = keras_weights.WEIGHT_FILES["mobilenetv2"]
     assert spec.md5 is None
     payload = b"not really weights" * 100
     monkeypatch.setattr(keras_weights, "_download", _fake_download(payload, []))
-    path = backbones.fetch_weights("mobilenetv2")
+    path = keras_weights.fetch_weights("mobilenetv2")
     record = (cache_weights / (spec.file + ".sha256")).read_text().split()[0]
     assert record == hashlib.sha256(payload).hexdigest()
     monkeypatch.setattr(keras_weights, "_download", _no_download)
-    assert backbones.fetch_weights("mobilenetv2") == path
+    assert keras_weights.fetch_weights("mobilenetv2") == path
     path.write_bytes(payload[:-1] + b"X")
     with pytest.raises(ValueError, match="SHA-256 hash mismatch.*delete it"):
-        backbones.fetch_weights("mobilenetv2")
+        keras_weights.fetch_weights("mobilenetv2")
 
 
 def test_offline_imagenet_gives_clear_error(cache_weights, monkeypatch):
@@ -193,9 +195,9 @@ def test_offline_imagenet_gives_clear_error(cache_weights, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(keras_weights, "_download", offline)
-    spec = backbones.WEIGHT_FILES["resnet50"]
-    with pytest.raises(backbones.WeightsError) as err:
-        backbones.load("resnet50", weights="imagenet")
+    spec = keras_weights.WEIGHT_FILES["resnet50"]
+    with pytest.raises(keras_weights.WeightsError) as err:
+        keras_weights.load("resnet50", weights="imagenet")
     msg = str(err.value)
     assert spec.url in msg and str(cache_weights / spec.file) in msg and "by hand" in msg
     assert os.listdir(cache_weights) == []
@@ -219,7 +221,7 @@ def test_published_hash_kind_follows_its_length(tmp_path):
     """Like Keras's get_file: a 64-hex-digit published hash is SHA-256 (ConvNeXt's), else MD5."""
     path = tmp_path / "w.h5"
     path.write_bytes(b"weights")
-    spec = backbones.WEIGHT_FILES["convnext_tiny"]
+    spec = keras_weights.WEIGHT_FILES["convnext_tiny"]
     record = tmp_path / "none.sha256"
     for good in (hashlib.sha256(b"weights").hexdigest(), hashlib.md5(b"weights").hexdigest()):
         keras_weights._verify(path, spec._replace(md5=good), record)

@@ -1,4 +1,4 @@
-"""handjax.models.tuning and tuned: the tuner keeps the argmin of what it measured (a fake
+"""handjax.models.kernels.tuning and tuned: the tuner keeps the argmin of what it measured (a fake
 timer pins the definition), its cache round-trips and is keyed by machine and layer, a
 corrupt cache is one line and re-tuned, and "auto" runs what was measured while "table"
 stays the table."""
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from handjax import config as configs
-from handjax.models import convs, tuned, tuning
+from handjax.models.kernels import convs, plan as tuned, tuning
 
 
 @pytest.fixture

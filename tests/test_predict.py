@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from cells import run, tiny_config
-from handjax import data, evaluate, inference, predict
+from handjax import data, predict
+from handjax.evaluation import scoring as evaluate
+from handjax.model import ensemble as inference
 
 ROOT = Path(__file__).resolve().parents[1]
 

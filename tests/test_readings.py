@@ -1,8 +1,9 @@
-"""The custom_multi study (handjax.readings): its criterion and its key conclusion."""
+"""The custom_multi study (handjax.evaluation.readings): its criterion and its key conclusion."""
 import numpy as np
 import pytest
 
-from handjax import metrics, readings
+from handjax import metrics
+from handjax.evaluation import readings
 
 
 def _sim(multi, plus, acc=0.7):

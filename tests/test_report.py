@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from handjax import plots, report
+from handjax.report import plots, markdown as report
 
 MODELS = ["vgg16", "vgg19", "resnet50", "mobilenetv2"]
 LOSSES = ["categorical", "binary", "custom"]

@@ -1,4 +1,4 @@
-"""handjax.run, the entry point: the setup is checked before any work, and a full disk
+"""handjax.cli.launch, the entry point: the setup is checked before any work, and a full disk
 anywhere in a run is one line naming the path."""
 import errno
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from cells import tiny_config
-from handjax import cache, run, train
+from handjax import cache
+from handjax.cli import launch as run
+from handjax.train import fit as train
 from handjax.errors import SetupError
 
 

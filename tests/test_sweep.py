@@ -5,7 +5,8 @@ import pytest
 
 from cells import experiment
 from handjax import config as configs
-from handjax import run, sweep
+from handjax.cli import launch as run
+from handjax.train import sweep
 from handjax.errors import ConfigError
 
 study = experiment("study")

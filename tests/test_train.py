@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from cells import prepare, run, tiny_config, tiny_spec
-from handjax import evaluate, folds
+from handjax.evaluation import scoring as evaluate
+from handjax.train import fold_program as folds
 from handjax.metrics import STUDY_METRICS
 from handjax.errors import TrainingError
 
@@ -87,7 +88,7 @@ def test_same_seed_same_results(reference, workroot):
 
 
 def test_resume_after_interruption_equals_uninterrupted(reference, workroot, monkeypatch):
-    from handjax import checkpoint
+    from handjax.train import checkpoint
     workdir = workroot / "interrupted"
     real_save = checkpoint.save
     calls = []
@@ -111,7 +112,7 @@ def test_resume_after_interruption_equals_uninterrupted(reference, workroot, mon
 
 def test_final_checkpoint_holds_no_optimiser_state_and_a_rerun_restores_it(
         reference, prepared, workroot):
-    from handjax import checkpoint
+    from handjax.train import checkpoint
     workdir, results = reference
     spec, (_, inputs) = prepared
     states = folds.states_for(2, inputs.fold_model, spec)
@@ -163,7 +164,8 @@ def test_cached_path_equals_plain_path(reference, workroot):
 SHARD_SCRIPT = r"""
 import json, sys
 import jax
-from handjax import config, train
+from handjax import config
+from handjax.train import fit as train
 assert jax.device_count() == 4, jax.devices()
 out = {}
 for shard in (False, True):
@@ -225,7 +227,7 @@ def test_repeats_predict_every_photo_twice_and_the_first_repeat_is_the_single_ru
     """``repeats=2``: R x K fold models trained as one program; every photo predicted once
     per repeat; repeat 0 (seed's fold assignment, the same head keys and batches) gives the
     R = 1 run's predictions."""
-    from handjax import clinical
+    from handjax import evaluation as clinical
     c = tiny_config()
     c.repeats = 2
     results = run(c, workroot / "repeats2")

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from cells import run, tiny_config
 
-from handjax import clinical, validate
+from handjax import evaluation as clinical, validate
 from handjax.data import CLASSES, DataError, load_synthetic
 from handjax.errors import RunError, TrainingError
 
@@ -167,8 +167,8 @@ def test_validate_end_to_end_on_a_disjoint_folder(trained, tmp_path):
 @pytest.mark.slow
 def test_fold_models_rebuilt_score_the_runs_own_test_photos_as_it_did(trained):
     workdir, _ = trained
-    from handjax.evaluate import probabilities
-    from handjax.inference import load_run
+    from handjax.evaluation.scoring import probabilities
+    from handjax.model.ensemble import load_run
     run = load_run(workdir)
     cohort = validate.training_cohort(workdir, run)
     [(logits, _)] = validate.fold_outputs(run, np.asarray(cohort.examples.images))

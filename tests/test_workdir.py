@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cells import run, tiny_config
-from handjax import checkpoint, workdir as workdirs
+from handjax.train import checkpoint, workdir as workdirs
 from handjax.errors import TrainingError
 
 
@@ -42,7 +42,7 @@ def test_data_fingerprint_sees_one_pixel():
 
 def test_second_run_into_a_locked_workdir_stops_at_once(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from handjax import workdir as w\n"
+        [sys.executable, "-c", "import sys, time; from handjax.train import workdir as w\n"
          "with w.Lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -94,7 +94,8 @@ def test_kill_mid_run_then_changed_folder_is_refused_and_restart_works(tmp_path,
     Image.fromarray(img).save(photos / "ra" / "new.png")
     with pytest.raises(TrainingError, match="other data"):
         run(c, workdir)
-    from handjax import config as configs, train
+    from handjax import config as configs
+    from handjax.train import fit as train
     results = train.run(configs.parse_run(c), workdir, restart=True)
     assert results["data"]["n"] == 16
 
@@ -113,7 +114,9 @@ def test_a_run_that_stops_before_its_results_leaves_the_workdir_incomplete(tmp_p
     """A failure after training started (here: in preparing the data, standing in for one in
     evaluation) leaves INCOMPLETE, which compare and predict refuse; a finished run clears it."""
     from cells import tiny_spec
-    from handjax import compare, features, inference, train
+    from handjax import compare
+    from handjax.train import features, fit as train
+    from handjax.model import ensemble as inference
     from handjax.errors import RunError
 
     def fail(*a, **k):

@@ -28,7 +28,7 @@ import importlib
 
 # ``augment`` is both a module and its function: bound here so the name is the function.
 from handjax.data.augment import augment
-from handjax.data.base import CLASSES, DISPLAY_NAMES, N_FOLDS, DataError, Examples
+from handjax.data.records import CLASSES, DISPLAY_NAMES, N_FOLDS, DataError, Examples
 
 _LAZY = {
     "Cohort": "cohort", "load_cohort": "cohort",

@@ -3,7 +3,7 @@
 A :class:`Cohort` is what evaluation and the reports read: the photos (and their fixed
 augmented views), labels, subjects, metadata columns, near-duplicate groups, the
 cross-validation folds and the inner validation splits. It knows nothing of models; the
-fold program's inputs (:class:`handjax.features.FoldInputs`) are built from it.
+fold program's inputs (:class:`handjax.train.features.FoldInputs`) are built from it.
 
 Augmentation is applied to the *images*: ``V`` views per photo are drawn once (view 0 is
 the photo itself, views 1..V-1 random :func:`handjax.data.augment` draws) so that layers
@@ -19,10 +19,9 @@ import numpy as np
 
 from handjax import console
 from handjax.data.augment import augment
-from handjax.data.base import N_FOLDS, DataError, Examples
+from handjax.data.records import N_FOLDS, DataError, Examples
 from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic
-from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits,
-                                 label_conflicts, merge_groups)
+from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits, label_conflicts, merge_groups)
 from handjax.data.synthetic import synthetic_metadata
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -142,7 +141,7 @@ def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float =
     inner validation splits and the image views. ``repeats`` R > 1: R fold assignments
     (seeds ``seed .. seed + R - 1``, each subject- and duplicate-aware), repeat-major; the
     first is the R = 1 assignment."""
-    from handjax import distributed   # processes may share $HANDJAX_CACHE: one writes it
+    from handjax.train import distributed# processes may share $HANDJAX_CACHE: one writes it
     examples = distributed.primary_first(lambda: load_examples(data_spec, seed, n_folds))
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
     examples, dup = one_label_per_photo(examples, dup, data_spec.on_error)

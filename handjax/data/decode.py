@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from handjax.data.base import DataError
+from handjax.data.records import DataError
 
 _DECODER_VERSION = "3"  # bump when decoding changes, so cached folders are rebuilt
 MIN_PHOTO_SIDE = 8      # px: a smaller photo (a 1x1 tracking pixel, an icon) holds no hand

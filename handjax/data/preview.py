@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from handjax.console import int_at_least
-from handjax.data.base import CLASSES, DISPLAY_NAMES, DataError
+from handjax.data.records import CLASSES, DISPLAY_NAMES, DataError
 from handjax.data.sources import _synthetic_records, load_folder
 
 # what `python -m handjax.data --help` has always said

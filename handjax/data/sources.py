@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from handjax.cache import cache_dir
-from handjax.data.base import CLASSES, N_FOLDS, DataError, Examples
+from handjax.data.records import CLASSES, N_FOLDS, DataError, Examples
 from handjax.data.decode import _DECODER_VERSION, _check_size, decode_image
 from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, subject_traits
 

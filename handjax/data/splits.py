@@ -8,7 +8,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from handjax.data.base import N_FOLDS, DataError
+from handjax.data.records import N_FOLDS, DataError
 
 log = logging.getLogger(__name__)
 

@@ -409,7 +409,7 @@ def synthetic_metadata(ids, seed: int) -> tuple[np.ndarray, dict]:
     2j and 2j+1 of a class are one person's left and right hand (:func:`subject_traits`);
     columns ``skin_tone`` (light / medium / dark palette thirds), ``severity_band`` and
     ``hand``."""
-    from handjax.data.base import CLASSES
+    from handjax.data.records import CLASSES
     subjects, tones, bands, hands = [], [], [], []
     for key in ids:
         _, name, i = str(key).rsplit("/", 2)

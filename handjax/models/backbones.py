@@ -13,7 +13,7 @@ Every layer is named exactly as Keras names it, so the weight converter
     module.apply(variables, x, start="block4_pool")   # run only the layers after a boundary
 
 ``MODELS`` maps each name to its ``Backbone`` subclass (hooks: see
-:class:`handjax.models.base.Backbone`); a new architecture is one more entry.
+:class:`handjax.models.common.Backbone`); a new architecture is one more entry.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from handjax.models import convs
+from handjax.models.kernels import convs
 from handjax.models.convnext import ConvNeXtTiny
 from handjax.models.efficientnetv2 import EfficientNetV2B0
-from handjax.models.base import (KERAS_BASE_URL, Backbone, WeightFile, caffe_preprocess,
-                                 tf_preprocess)
+from handjax.models.common import (KERAS_BASE_URL, Backbone, WeightFile, caffe_preprocess, tf_preprocess)
 
 # ----------------------------------------------------------------------------- VGG
 
@@ -244,7 +243,7 @@ def check_name(name: str) -> None:
 def build(name: str, *, dtype=jnp.float32, conv_impl: str = "auto",
           purpose: str = "train") -> Backbone:
     """The Flax module for ``name`` (no parameters). ``dtype`` is the compute dtype;
-    ``conv_impl`` and ``purpose``: see :mod:`handjax.models.convs`."""
+    ``conv_impl`` and ``purpose``: see :mod:`handjax.models.kernels.convs`."""
     check_name(name)
     convs.check_conv_impl(conv_impl)  # validate early
     convs.check_purpose(purpose)

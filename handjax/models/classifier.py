@@ -12,7 +12,8 @@ import numpy as np
 
 from handjax import ordinal
 from handjax.errors import ConfigError
-from handjax.models import backbones, convs, keras_weights, tuned
+from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs, plan as tuned
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -4,7 +4,7 @@ Keras keeps its input normalisation inside the model (``PreStem``: ImageNet mean
 [0, 255] pixels), which :func:`preprocess` is here. Keras's stem and downsampling layers are
 nested ``Sequential`` models, one weight group each in its HDF5 files: :data:`KERAS_GROUPS`
 names the Flax modules each group fills (the ``keras_groups`` hook of
-:class:`handjax.models.base.Backbone`). No BatchNorm, so the variables hold no
+:class:`handjax.models.common.Backbone`). No BatchNorm, so the variables hold no
 ``batch_stats``; Keras's ConvNeXtTiny has ``drop_path_rate=0.0`` (no stochastic depth), so
 ``train=True`` and ``train=False`` compute the same thing.
 """
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handjax.models.base import KERAS_BASE_URL, Backbone, WeightFile
+from handjax.models.common import KERAS_BASE_URL, Backbone, WeightFile
 
 PREFIX = "convnext_tiny"
 DEPTHS = (3, 3, 9, 3)  # Keras MODEL_CONFIGS["tiny"]

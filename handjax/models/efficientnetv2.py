@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handjax.models.base import KERAS_BASE_URL, Backbone, WeightFile
+from handjax.models.common import KERAS_BASE_URL, Backbone, WeightFile
 
 _EPS, _MOMENTUM = 1e-3, 0.9  # Keras BatchNormalization default epsilon; efficientnet_v2 bn_momentum
 DROP_CONNECT_RATE = 0.2  # Keras EfficientNetV2 default

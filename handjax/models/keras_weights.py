@@ -24,7 +24,7 @@ from tqdm import tqdm
 from handjax.errors import HandjaxError
 from handjax.cache import cache_dir
 from handjax.models.backbones import MODELS, build, check_name, keras_layer_order
-from handjax.models.base import WeightFile
+from handjax.models.common import WeightFile
 
 __all__ = ["WEIGHT_FILES", "WeightFile", "WeightsError", "fetch_weights", "load",
            "read_keras_h5", "variables_from_keras", "weights_dir"]

@@ -8,7 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from handjax import config, train
+from handjax import config
+from handjax.train import fit as train
 
 
 def main() -> None:

@@ -1,0 +1,188 @@
+"""``python -m handjax.bench protocol`` (and ``repeats``): the study's protocol end to end,
+handjax against the plain way (and the Keras 3 reference, :mod:`handjax.bench.keras_peer`), in one
+process after a shared warm-up, so that the ratios are measured side by side.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from handjax.bench.keras_peer import peak_rss_gib
+
+
+def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
+                     n_folds: int, weights: str, batch: int = 16):
+    """The specs of the protocol comparison: handjax's way, the plain way, and handjax in
+    bfloat16 compute (``{"handjax": ..., "plain": ..., "handjax-bf16": ...}``), and the
+    handjax ConfigDict they come from (``"config"``)."""
+    from handjax import config as configs
+    fast = configs.cell(model, "categorical")
+    fast.model.weights = weights
+    fast.data.image_size = size
+    fast.data.n_per_class = n_per_class
+    fast.data.views = 2
+    fast.n_folds = n_folds
+    fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
+    fast.train.batch_size = batch
+    fast.train.inner_val = 0.0       # the study's protocol: whole training folds
+    plain = fast.copy_and_resolve_references()
+    plain.train.mode = "plain"       # folds and steps one after another, from Python
+    plain.model.conv_impl = "xla"
+    plain.train.fold_map = "map"     # its evaluation, too, one fold after another
+    half = fast.copy_and_resolve_references()
+    half.model.dtype = "bfloat16"
+    return {"handjax": configs.parse_run(fast), "plain": configs.parse_run(plain),
+            "handjax-bf16": configs.parse_run(half), "config": fast}
+
+
+def bench_repeats(config, repeats: int, workroot: Path) -> dict:
+    """Repeated cross-validation's cost: the protocol cell at R = 1 and at R = ``repeats``
+    (R x K fold models in one array program), one after the other in this process after a
+    shared warm-up. The training time (both phases' epochs and their compilation) is what
+    the issue's aim of <= 2.5x at R = 3 is about; the wall time adds evaluation (SVMs,
+    bootstrap) that grows with R too."""
+    from handjax import config as configs
+    specs = {}
+    for r in (1, repeats):
+        c = config.copy_and_resolve_references()
+        c.repeats = r
+        specs[r] = configs.parse_run(c)
+    out = {"warmup_s": warm_up(specs[1])}
+    for r, spec in specs.items():
+        run = _timed_run(spec, workroot / f"repeats{r}", f"R={r}")
+        out[f"R={r}"] = {"wall_s": run["wall_s"], "fit_s": run["timing"].get("fit_s", 0.0),
+                         "timing": run["timing"]}
+    one, many = out["R=1"], out[f"R={repeats}"]
+    out["fit_ratio"] = many["fit_s"] / one["fit_s"]
+    out["wall_ratio"] = many["wall_s"] / one["wall_s"]
+    print(f"  repeats {repeats} against 1: training {out['fit_ratio']:.2f}x "
+          f"({many['fit_s']:.1f} s vs {one['fit_s']:.1f} s), end to end "
+          f"{out['wall_ratio']:.2f}x", flush=True)
+    return out
+
+
+def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | None,
+                   cnn_acc: float, svm_acc: float) -> None:
+    compiled = "compile in train" if compile_s is None else f"compile {compile_s:.1f} s"
+    tune = f"tune {timing['tune_s']:.1f} s, " if "tune_s" in timing else ""
+    phases = (f" (phase 1 {timing['epochs1_s']:.1f} s, phase 2 {timing['epochs2_s']:.1f} s)"
+              if "epochs2_s" in timing else "")
+    print(f"  {label:12s} wall {wall:7.1f} s  ({tune}prepare {timing.get('prepare_s', 0):.1f} s,"
+          f" {compiled}, train {timing.get('run_s', 0):.1f} s{phases}, "
+          f"evaluate {timing.get('evaluate_s', 0):.1f} s)  "
+          f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
+
+
+def fresh_import_seconds(module: str = "handjax.train") -> float:
+    """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
+    before its first line of work (this process has paid it already)."""
+    import subprocess
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+    return time.perf_counter() - t
+
+
+def warm_up(spec) -> float:
+    """Pay the process's one-time costs before any timed run: the conv tuner's measuring
+    (once per machine and model; later processes read its cache), JAX's backend start, the
+    compilations of data generation and weight initialisation (the same for every run of
+    the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
+    here) and the later ones get them free."""
+    from handjax.data.cohort import load_cohort
+    from handjax.models import classifier
+    from handjax.models.kernels import tuning
+    tune_s = tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size,
+                         budget_s=float("inf"))
+    if tune_s:
+        print(f"  conv tuning, once per machine and model (cached; untimed): {tune_s:.1f} s",
+              flush=True)
+    t = time.perf_counter()
+    examples = load_cohort(spec.data, spec.seed, spec.n_folds).examples
+    classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
+                           len(examples.class_names))
+    importlib.import_module("handjax.train.checkpoint")  # imports orbax
+    return time.perf_counter() - t
+
+
+def _timed_run(spec, workdir: Path, label: str) -> dict:
+    """``train.run`` of ``spec`` in ``workdir``, timed; prints its one-line summary."""
+    from handjax.train import fit as train
+    t = time.perf_counter()
+    results = train.run(spec, workdir)
+    wall = time.perf_counter() - t
+    timing = json.loads((workdir / "timing.json").read_text())
+    compile_s = sum(v for k, v in timing.items() if k.startswith("compile"))
+    _protocol_line(label, wall, timing, compile_s,
+                   results["decisions"]["cnn"]["mean"]["accuracy"],
+                   results["decisions"]["svm"]["mean"]["accuracy"])
+    return {"wall_s": wall, "compile_s": compile_s, "timing": timing, "results": results,
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
+                   bf16: bool = False, plain: bool = True) -> dict:
+    """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
+    with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs.
+
+    handjax runs twice: "handjax" with JAX's persistent compilation cache empty (a first
+    run), then "handjax-warm", the same run again with that cache filled (a rerun, or any
+    later run of the same model and shapes: what the ratios are quoted for). ``plain=False``
+    leaves the plain path out (at 10+10 epochs it takes as long as Keras)."""
+    from handjax import metrics
+    fast = specs["handjax"]
+    out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
+    print(f"  imports of a run (handjax.train, a fresh process): {out['imports_s']:.1f} s",
+          flush=True)
+    print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
+    runs = [("handjax", "handjax"), ("handjax-warm", "handjax")]
+    runs += [("handjax-bf16", "handjax-bf16")] if bf16 else []
+    runs += [("plain", "plain")] if plain else []
+    for label, which in runs:
+        out[label] = _timed_run(specs[which], workroot / label, label)
+        results = out[label]["results"]
+        if results["cache_bytes"] and label == "handjax":
+            n, views = results["data"]["n"], fast.data.views
+            print(f"               frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} MiB "
+                  f"({results['cache_bytes'] / (n * views) / 1024:.1f} KiB per image-view, "
+                  f"{n} images x {views} views)", flush=True)
+    if plain:
+        out["ratio"] = out["plain"]["wall_s"] / out["handjax"]["wall_s"]
+        out["ratio_warm"] = out["plain"]["wall_s"] / out["handjax-warm"]["wall_s"]
+        same = all(np.allclose(out["plain"]["results"]["decisions"][d]["per_fold"][m],
+                               out["handjax"]["results"]["decisions"][d]["per_fold"][m],
+                               atol=1e-6)
+                   for d in ("cnn", "cnn_mec") for m in metrics.STUDY_METRICS)
+        out["results_identical"] = same
+        print(f"  speed-up handjax vs plain: {out['ratio']:.1f}x first run, "
+              f"{out['ratio_warm']:.1f}x warm   CNN results identical: {same}  "
+              f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    if bf16:
+        ref = out["plain"]["wall_s"] if plain else out["handjax"]["wall_s"]
+        out["ratio_bf16"] = ref / out["handjax-bf16"]["wall_s"]
+        acc = [out[k]["results"]["decisions"]["cnn"]["per_fold"]["accuracy"]
+               for k in ("handjax", "handjax-bf16")]
+        out["bf16_max_fold_accuracy_change"] = float(np.max(np.abs(np.subtract(*acc))))
+        print(f"  speed-up handjax-bf16 vs {'plain' if plain else 'handjax'}: "
+              f"{out['ratio_bf16']:.1f}x   per-fold CNN accuracy vs float32: max change "
+              f"{out['bf16_max_fold_accuracy_change']:.4f}", flush=True)
+        epoch2 = [out[k]["timing"].get("epochs2_s", 0.0) / max(1, specs[k].train.epochs2)
+                  for k in ("handjax", "handjax-bf16")]
+        out["phase2_epoch_s"] = dict(zip(("float32", "bfloat16"), epoch2))
+        out["phase2_bf16_speedup"] = epoch2[0] / epoch2[1] if epoch2[1] else float("nan")
+        print(f"  phase-2 epoch: float32 {epoch2[0]:.3f} s, bfloat16 {epoch2[1]:.3f} s: "
+              f"bf16 / float32 epoch speed {out['phase2_bf16_speedup']:.2f}x", flush=True)
+    if keras:
+        from handjax.bench.keras_peer import keras_protocol
+        k = out["keras"] = keras_protocol(fast)
+        _protocol_line("keras", k["wall_s"], k["timing"], None, k["cnn_acc"], k["svm_acc"])
+        out["ratio_keras"] = k["wall_s"] / out["handjax"]["wall_s"]
+        out["ratio_keras_warm"] = k["wall_s"] / out["handjax-warm"]["wall_s"]
+        print(f"  speed-up handjax vs keras: {out['ratio_keras']:.1f}x first run, "
+              f"{out['ratio_keras_warm']:.1f}x warm   peak RSS {peak_rss_gib():.2f} GiB",
+              flush=True)
+    return out

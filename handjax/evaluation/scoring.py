@@ -1,0 +1,250 @@
+"""Scoring the trained folds: out-of-fold predictions for every decision rule (the rows of
+``predictions.csv``) and the study's per-fold metrics. The clinical figures computed from
+those rows live in :mod:`handjax.evaluation`.
+
+Decision rules, each photo scored by the one fold model that never saw it:
+
+- ``cnn``: the network's decision (argmax; for ordinal heads the count of P(y > k) > 0.5);
+- ``cnn_calibrated`` (ours): the CNN's probabilities with one temperature per fold, T_k,
+  cross-fitted: the NLL minimiser over the other folds' out-of-fold predictions, so fold k's
+  photos never tune fold k and no photo is taken from training (:func:`fold_calibration`;
+  with ``train.inner_val > 0``, fitted on each fold's inner split instead);
+- ``cnn_mec`` (ours): the minimum-expected-cost decision on the calibrated probabilities,
+  and scored with them;
+- ``svm``: the study's SVM columns: per fold, the pooled features of that fold's fine-tuned
+  backbone (the head's input) go through ``Pipeline([StandardScaler(), SVC(...)])`` fitted on
+  the fold's training split; its decisions stay SVC's ``predict`` (so they may differ from
+  the argmax of its probabilities). Its probabilities: Platt scaling by
+  ``CalibratedClassifierCV(SVC, method="sigmoid", ensemble=False)`` fitted inside the
+  training split, its internal folds grouped by subject (sklearn 1.9 deprecates SVC's own
+  ``probability=True``).
+
+Operating points (the triage tasks of :data:`handjax.evaluation.TASKS`) are chosen per fold on
+the same rows as its temperature (calibrated with it), for sensitivity >= ``eval.sensitivity``
+and for specificity >= ``eval.specificity``, then frozen and applied to the test fold.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from handjax import evaluation as clinical, losses, metrics, ordinal
+from handjax.data.cohort import Cohort
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax.config import SvmSpec
+
+# The decisions the study's per-fold metrics are reported for (results.json, tables).
+DECISIONS = ("cnn", "cnn_mec", "svm")
+
+
+# --------------------------------------------------------------------------- SVM probe
+def make_svm(*, kernel: str = "rbf", C: float = 1.0, class_weight=None,
+             seed: int = 0) -> Pipeline:
+    """StandardScaler + SVC, the features standardised on the training split only."""
+    svc = SVC(kernel=kernel, C=C, class_weight=class_weight or None, random_state=seed)
+    return Pipeline([("scale", StandardScaler()), ("svc", svc)])
+
+
+def platt_cv(y_train, subjects_train=None, seed: int = 0):
+    """The internal CV of the SVM's Platt scaling: ``StratifiedGroupKFold`` splits that keep
+    each subject's photos on one side (a person's other hand would otherwise score the
+    calibration fit), at most 5 and at most the fewest subjects of any class, so every
+    training part holds every class. Without subjects, or where a class has fewer than two
+    subjects (tiny smoke data): an int, sklearn's photo-level StratifiedKFold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    y_train = np.asarray(y_train)
+    if subjects_train is None:
+        return int(min(5, np.bincount(y_train).min()))
+    groups = np.asarray(subjects_train).astype(str)
+    per_class = min(len(np.unique(groups[y_train == c])) for c in np.unique(y_train))
+    if per_class >= 2:
+        cv = StratifiedGroupKFold(n_splits=int(min(5, per_class)), shuffle=True,
+                                  random_state=seed)
+        splits = list(cv.split(np.zeros(len(y_train)), y_train, groups))
+        if all(len(np.unique(y_train[fit])) == len(np.unique(y_train)) for fit, _ in splits):
+            return splits
+    # A class held by one subject (tiny smoke data) cannot be split by subject: photo folds.
+    return int(min(5, np.bincount(y_train).min()))
+
+
+def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
+    """Per fold: (test decisions, test probabilities) of SVMs fitted on the training split.
+
+    Decisions: the study's SVC ``predict``. Probabilities: Platt scaling fitted by
+    ``CalibratedClassifierCV(SVC(...), method="sigmoid", ensemble=False)`` inside the
+    training split (cross-validated by :func:`platt_cv`, grouped by ``subjects`` when given),
+    never on the test photos."""
+    from sklearn.calibration import CalibratedClassifierCV
+    labels = np.asarray(labels)
+    out = []
+    for k, (tr, te) in enumerate(folds):
+        x_tr, y_tr = np.asarray(pooled[k][tr], np.float64), labels[tr]
+        x_te = np.asarray(pooled[k][te], np.float64)
+        decide = make_svm(**svm_kwargs).fit(x_tr, y_tr)
+        cv = platt_cv(y_tr, None if subjects is None else np.asarray(subjects)[tr],
+                      svm_kwargs.get("seed", 0))
+        platt = make_svm(**svm_kwargs)
+        platt.steps[-1] = ("svc", CalibratedClassifierCV(platt.steps[-1][1], method="sigmoid",
+                                                         cv=cv, ensemble=False))
+        platt.fit(x_tr, y_tr)
+        out.append((decide.predict(x_te).astype(np.int32), platt.predict_proba(x_te)))
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def probabilities(loss_name: str, logits):
+    """Class probabilities from logits: softmax, normalised sigmoids for binary CE, and the
+    chained (CORN) or cumulative (CORAL) conditionals of the ordinal heads."""
+    if loss_name in ordinal.ORDINAL:
+        return ordinal.ORDINAL[loss_name].probabilities(logits)
+    if loss_name == "binary":
+        p = jax.nn.sigmoid(logits)
+        return p / jnp.sum(p, axis=-1, keepdims=True)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+# --------------------------------------------------------------------------- metrics
+_fold_metrics = jax.jit(jax.vmap(metrics.all_metrics))  # one compilation, not one per op
+
+
+def decision_summary(cms: np.ndarray) -> dict:
+    """Per-fold metrics of stacked confusion matrices [K, C, C], their mean and std (ddof 0)."""
+    per_fold = _fold_metrics(jnp.asarray(cms))
+    per_fold = {k: [float(v) for v in np.asarray(per_fold[k])] for k in metrics.STUDY_METRICS}
+    return {"per_fold": per_fold,
+            "mean": {k: float(np.mean(v)) for k, v in per_fold.items()},
+            "std": {k: float(np.std(v)) for k, v in per_fold.items()},
+            "confusion": np.asarray(cms).astype(int).tolist(),
+            "confusion_sum": np.asarray(cms).sum(0).astype(int).tolist()}
+
+
+def fold_calibration(probs_all: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+                     inner: list) -> tuple[list[float], list[tuple], str]:
+    """Per fold k: its temperature T_k, and the photos its operating points are chosen on
+    (``(calibrated probabilities, labels)``), never one of fold k's test photos and none taken
+    from training.
+
+    Cross-fitting (``train.inner_val=0``, the default): T_k minimises the NLL of the other
+    folds' out-of-fold CNN probabilities (:func:`clinical.cross_fitted_temperatures`), and
+    fold k's thresholds are chosen on those same rows, calibrated with T_k. With an inner
+    split (``inner_val > 0``): both on fold k's inner photos, predicted by fold k's model."""
+    k_folds = len(probs_all)
+    if not any(len(v) for v in inner):
+        oof = probs_all[fold_of, np.arange(len(labels))]
+        temps = clinical.cross_fitted_temperatures(oof, labels, fold_of)
+        rows = [fold_of != k for k in range(k_folds)]
+        z = clinical.log_probs(oof)
+        choose = [(clinical.apply_temperature(z[r], t), labels[r]) for r, t in zip(rows, temps)]
+        return temps, choose, "cross-fitted"
+    temps, choose = [], []
+    for k in range(k_folds):
+        z = clinical.log_probs(probs_all[k, inner[k]])
+        t = clinical.fit_temperature(z, labels[inner[k]]) if len(inner[k]) else 1.0
+        temps.append(t)
+        choose.append((clinical.apply_temperature(z, t), labels[inner[k]]))
+    return temps, choose, "inner split"
+
+
+CALIBRATION_METHODS = {
+    "cross-fitted": "per fold k, the NLL minimiser over the other folds' out-of-fold "
+                    "predictions (fold k's photos never used for fold k; no extra training)",
+    "inner split": "each fold's inner validation split (train.inner_val), held out of CNN "
+                   "training",
+}
+
+
+def out_of_fold(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_name: str,
+                svm_spec: SvmSpec, seed: int, targets: dict) -> tuple[clinical.Predictions, dict]:
+    """Every photo's prediction by the fold model that held it out, for every rule (one row
+    per photo per repeat), plus the calibration record (per-fold temperatures, how they were
+    fitted, the frozen threshold choices). ``outputs``: per-fold logits and pooled features
+    on every photo (:func:`handjax.train.fold_program.fold_outputs`), repeat-major; ``targets``:
+    ``{"sensitivity": 0.9, ...}``. Each repeat is calibrated within itself."""
+    logits, pooled = outputs
+    k = cohort.n_folds
+    parts, calibs = [], []
+    for r in range(cohort.repeats):
+        models = slice(r * k, (r + 1) * k)
+        preds, calib = _repeat_out_of_fold(logits[models], pooled[models], cohort, r,
+                                           loss_name=loss_name, svm_spec=svm_spec, seed=seed,
+                                           targets=targets)
+        preds.repeat = np.full(len(preds.file), r)
+        parts.append(preds)
+        calibs.append(calib)
+    per_model = ("temperatures", "at_bound", "thresholds")   # R x K entries, repeat-major
+    calib = {key: sum((c[key] for c in calibs), []) if key in per_model else calibs[0][key]
+             for key in calibs[0]}
+    return clinical.Predictions.concat(parts), calib
+
+
+def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: str,
+                        svm_spec: SvmSpec, seed: int,
+                        targets: dict) -> tuple[clinical.Predictions, dict]:
+    """:func:`out_of_fold` of repeat ``r`` (its K fold models' outputs)."""
+    labels = cohort.labels
+    n = len(labels)
+    splits = cohort.repeat_folds(r)
+    inner = cohort.inner[r * cohort.n_folds:(r + 1) * cohort.n_folds]
+    probs_all = np.asarray(probabilities(loss_name, jnp.asarray(logits)), np.float64)
+    fold_of = np.full(n, -1)
+    for k, (_, te) in enumerate(splits):
+        fold_of[te] = k
+    temps, choose, method = fold_calibration(probs_all, labels, fold_of, inner)
+    probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
+    pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
+    cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
+    svm_out = svm_fold_probabilities(pooled, labels, splits, subjects=cohort.subjects,
+                                     kernel=svm_spec.kernel, C=svm_spec.C,
+                                     class_weight=svm_spec.class_weight, seed=seed)
+    thresholds = []
+    for k, (_, te) in enumerate(splits):
+        cal = clinical.apply_temperature(clinical.log_probs(probs_all[k, te]), temps[k])
+        thresholds.append(clinical.fold_thresholds(*choose[k], targets))
+        probs["cnn"][te], probs["cnn_calibrated"][te] = probs_all[k, te], cal
+        pred["cnn"][te] = np.asarray(ordinal.decide(loss_name, jnp.asarray(logits[k, te])))
+        pred["cnn_calibrated"][te] = cal.argmax(-1)
+        pred["cnn_mec"][te] = np.asarray(metrics.min_expected_cost(
+            jnp.asarray(cal, jnp.float32), cost))
+        pred["svm"][te], probs["svm"][te] = svm_out[k]
+    probs = {r: p / p.sum(-1, keepdims=True) for r, p in probs.items()}  # exact in float64
+    preds = clinical.Predictions(file=np.asarray(cohort.examples.ids, str),
+                                 subject=np.asarray(cohort.subjects, str), fold=fold_of,
+                                 label=labels, probs=probs, pred=pred,
+                                 extra=dict(cohort.metadata),
+                                 class_names=tuple(cohort.examples.class_names))
+    calib = {"method": method, "fitted_on": CALIBRATION_METHODS[method],
+             "temperatures": [float(t) for t in temps],
+             "at_bound": [clinical.at_bound(t) for t in temps],
+             "bounds": list(clinical.TEMPERATURE_BOUNDS), "thresholds": thresholds}
+    return preds, calib
+
+
+def decisions_per_fold(preds: clinical.Predictions, n_classes: int) -> dict:
+    """The study's per-fold metrics of the cnn, cnn_mec and svm decisions (out of fold);
+    with repeats, over all R x K folds (repeat-major), so the mean pools the repeats."""
+    model = preds.repeat * (int(preds.fold.max()) + 1) + preds.fold
+    out = {}
+    for name in DECISIONS:
+        cms = [np.asarray(metrics.confusion_matrix(
+            jnp.asarray(preds.label[model == k]),
+            jnp.asarray(preds.pred[name][model == k]), n_classes))
+            for k in range(int(model.max()) + 1)]
+        out[name] = decision_summary(np.stack(cms))
+    return out
+
+
+def evaluate(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_name: str,
+             svm_spec: SvmSpec, seed: int, targets: dict) -> tuple[dict, clinical.Predictions, dict]:
+    """Out-of-fold predictions (:func:`out_of_fold`) and the study's per-fold metrics of the
+    cnn, cnn_mec and svm decisions. Returns ``(decisions, predictions, calibration)``."""
+    preds, calib = out_of_fold(outputs, cohort, loss_name=loss_name, svm_spec=svm_spec,
+                               seed=seed, targets=targets)
+    return decisions_per_fold(preds, len(cohort.examples.class_names)), preds, calib

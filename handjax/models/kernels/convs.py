@@ -1,0 +1,310 @@
+"""Every 2-D convolution algorithm handjax runs, and the one policy that picks among them.
+
+Algorithms (all take the same parameters, so weights load the same way in every mode):
+
+    "xla"       ``lax.conv`` (``conv_general_dilated``); depthwise: grouped
+    "im2col"    one matmul over the kh*kw shifted windows (depthwise: their weighted sum)
+    "mmgrad"    ``lax.conv`` forward and input gradient, the kernel gradient as matmuls
+                (stride-1 dense convs only)
+    "winograd"  Winograd's F(2x2, 3x3) (3x3 stride-1 dense convs only)
+    "winograd4" Winograd's F(4x4, 3x3): fewer multiplies, ~10x the rounding (3x3 stride-1
+                dense convs only; a tuner candidate, never the table's choice)
+    "matmul"    im2col's forward, and both gradients as ``dot_general`` over im2col patches
+                with float32 accumulation (custom VJP; stride-1 dense convs only)
+
+A conv that the chosen algorithm cannot compute runs "im2col" (:func:`conv_algorithm`).
+
+``conv_impl="auto"`` (the default) is, on CPU, the algorithm measured fastest for each conv
+on this machine (:mod:`handjax.models.kernels.tuning` times the candidates once per machine and model
+and caches the choice, :mod:`handjax.models.kernels.plan`), and where nothing was measured, and off
+CPU, the table below. ``conv_impl="table"`` is the table alone: :func:`conv_policy`, from the
+backend, the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
+stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of ``Conv`` and
+``Backbone``; :func:`for_purpose` clones a module into another)::
+
+    purpose       the program                      CPU, float32
+    "train"       may differentiate the backbone   P >= 784: mmgrad; w and P >= 100: winograd;
+                                                   else im2col
+    "frozen"      forward, one set of weights      w and P <= 784: winograd; else xla
+    "eval_folds"  forward, vmapped or mapped over  w and P <= 784: winograd; else as "train"
+                  per-fold weights
+
+    CPU, bfloat16, "train": matmul.
+    CPU, bfloat16, "frozen" and "eval_folds": P >= 784: mmgrad; else im2col (never winograd).
+    Off CPU, every purpose, every dtype: xla.
+
+Why (measured on this project's CPU, VGG19 at 112 px, batch 16): XLA:CPU runs forward convs
+near its matmul peak, but its conv *gradients* are slow (and 50-150x slower inside
+``lax.scan`` bodies). Training: below 28x28 the im2col matmul beat mmgrad, above it mmgrad
+won by 1.1-1.7x; from 10x10 to 28x28 Winograd's train step beat both for float32 3x3 stride-1
+convs (14x14x512: 1.6x) and tied with im2col on 7x7. Forward only, Winograd beat ``lax.conv``
+on maps up to 28x28 (VGG19 blocks 3/4/5: 1.1x/1.7x/1.4x) and lost on larger ones (0.5-0.8x).
+Under vmap over per-fold weights ``lax.conv`` becomes grouped convolutions, slow on XLA:CPU,
+hence "eval_folds" keeps "train"'s matmul forms. In bfloat16 "im2col"'s float32-accumulating
+matmul runs on AMX where the CPU has it; "matmul" keeps the gradients on that form too
+(autodiff of im2col, and mmgrad's bf16 ``lax.conv``, have no fast path there). Whether bf16
+pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``). Off CPU
+``lax.conv`` is cuDNN's.
+
+:func:`record_impls` collects, at trace time, the algorithm each ``Conv`` resolved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from handjax.models.kernels import plan as tuned
+from handjax.models.kernels.algorithms import (_explicit_pads, _lax_conv, conv_im2col, conv_matmul, conv_mmgrad, conv_winograd, conv_winograd4, depthwise_im2col, winograd4_kernel, winograd_kernel)
+
+# The algorithms themselves (what "auto" measures, and "table" chooses among but winograd4).
+ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
+CONV_IMPLS = ("auto", "table") + ALGORITHMS   # model.conv_impl: a policy, or one algorithm
+PURPOSES = ("train", "frozen", "eval_folds")
+
+# Thresholds of conv_policy (output pixels per image); see the module docstring.
+_MMGRAD_MIN_PIXELS = 28 * 28
+_WINOGRAD_MIN_PIXELS = 10 * 10
+_WINOGRAD_FORWARD_MAX_PIXELS = 28 * 28
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+def check_conv_impl(impl: str) -> None:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise ValueError(f"conv purpose must be one of {PURPOSES}, got {purpose!r}")
+
+
+def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_ok: bool) -> str:
+    """What ``conv_impl="table"`` means for one conv (the table in the module docstring; also
+    ``"auto"``'s choice for a conv the tuner has not measured).
+
+    ``backend``: ``jax.default_backend()``; ``out_pixels``: output pixels per image;
+    ``dtype``: the compute dtype; ``purpose``: one of :data:`PURPOSES`; ``winograd_ok``:
+    the conv is 3x3, stride 1, not depthwise. Returns "xla", "im2col", "mmgrad" or
+    "winograd" or "matmul" (:func:`conv_algorithm` then falls back to "im2col" where
+    "mmgrad" or "matmul" does not apply).
+    """
+    check_purpose(purpose)
+    if backend != "cpu":
+        return "xla"
+    float32 = jnp.dtype(dtype) == jnp.float32
+    if purpose == "train" and not float32:
+        return "matmul"
+    winograd = winograd_ok and float32
+    if purpose != "train" and float32:  # forward only
+        if winograd and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
+            return "winograd"
+        if purpose == "frozen":
+            return "xla"
+    if out_pixels >= _MMGRAD_MIN_PIXELS:
+        return "mmgrad"
+    if winograd and out_pixels >= _WINOGRAD_MIN_PIXELS:
+        return "winograd"
+    return "im2col"
+
+
+# CPU flags of the bfloat16 matmul units XLA:CPU uses (Intel AMX tiles). avx512_bf16 alone
+# (Cooper Lake, AMD Zen 4) is left out: unmeasured, and XLA:CPU's bf16 dots there may run as
+# float32 ones plus conversions, as they do on CPUs without any bf16 unit (measured ~0.8x).
+BF16_CPU_FLAGS = ("amx_bf16",)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (Linux; elsewhere an empty set)."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
+    """Whether bfloat16 compute beats float32 here: on GPU/TPU always; on CPU only with a
+    bf16 matrix unit (:data:`BF16_CPU_FLAGS` among ``flags``, default :func:`cpu_flags`)."""
+    if backend != "cpu":
+        return True
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
+                   kernel_size=(3, 3), strides: int = 1, depthwise: bool = False,
+                   in_shape=None, features: int | None = None) -> str:
+    """The algorithm a conv runs: ``impl`` where it applies, else "im2col" ("mmgrad" and
+    "matmul" need a stride-1 dense conv, "winograd" a 3x3 one).
+
+    ``impl="table"``: :func:`conv_policy`'s choice. ``impl="auto"``: on CPU, the algorithm
+    :mod:`handjax.models.kernels.tuning` measured fastest for this conv on this machine
+    (:func:`handjax.models.kernels.plan.layer_choice` of the key made of ``purpose``, ``dtype``,
+    ``in_shape`` (h, w, cin), ``features`` and the kernel), where one was measured; else,
+    and off CPU, the table's.
+    """
+    check_conv_impl(impl)
+    check_purpose(purpose)
+    stride1_dense = strides == 1 and not depthwise
+    plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
+    measured = None
+    if impl == "auto" and backend == "cpu" and in_shape is not None and features is not None:
+        measured = tuned.layer_choice(tuned.layer_key(
+            purpose, jnp.dtype(dtype).name, tuple(in_shape), features, tuple(kernel_size),
+            strides, depthwise))
+    if impl in ("auto", "table"):
+        impl = measured or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
+    if ((impl in ("mmgrad", "matmul") and not stride1_dense)
+            or (impl in ("winograd", "winograd4") and not plain3x3)):
+        return "im2col"
+    return impl
+
+
+# The algorithms that call lax.conv in their forward pass ("xla", and "mmgrad"'s forward):
+# the convs that vmap over per-fold kernels turns into grouped convs.
+LAX_CONV = frozenset({"xla", "mmgrad"})
+# Trained-layer algorithms whose epoch program runs faster on XLA:CPU with the folds unrolled
+# (a Python loop inside the trace) than vmapped over per-fold kernels. LAX_CONV: vmap makes
+# grouped convs of them (~7x slower). Winograd: VGG19 at 112 px, the phase-2 epoch of 5
+# folds (2-core AMD EPYC, interleaved, best of 4): loop 9.78 s, lax.map 11.2 s, vmap 11.9 s
+# ("winograd4" is the same kind of program). im2col and matmul vmap into batched matmuls
+# about as fast as the loop (vmap 8.0 s, loop 8.3 s) and compile faster.
+UNROLL_FOLDS = LAX_CONV | {"winograd", "winograd4"}
+
+
+def runs_lax_conv(algorithm: str) -> bool:
+    """Whether ``algorithm`` calls ``lax.conv`` in its forward pass (:data:`LAX_CONV`)."""
+    return algorithm in LAX_CONV
+
+
+_RECORDERS: list[list[tuple[str, str]]] = []
+
+
+_LAYER_RECORDERS: list[list[dict]] = []
+
+
+@contextlib.contextmanager
+def record_layers():
+    """Collects, for every ``Conv`` traced inside the block, what the tuner needs to time it:
+    ``{"name", "purpose", "dtype", "in_shape" (h, w, cin), "features", "kernel_size",
+    "strides", "depthwise", "pads", "key"}`` (trace-time, like :func:`record_impls`)."""
+    seen: list[dict] = []
+    _LAYER_RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        del _LAYER_RECORDERS[next(i for i, r in enumerate(_LAYER_RECORDERS) if r is seen)]
+
+
+@contextlib.contextmanager
+def record_impls():
+    """Collects ``(layer name, algorithm)`` for every ``Conv`` traced inside the block.
+
+    Trace-time Python, so shapes suffice: ``with record_impls() as seen:
+    jax.eval_shape(fn, ...)``. A call that hits a jit cache traces nothing: trace a fresh
+    function (``jax.eval_shape`` of a new lambda does).
+    """
+    seen: list[tuple[str, str]] = []
+    _RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:  # by identity: list.remove would match an equal (e.g. empty) outer list
+        del _RECORDERS[next(i for i, r in enumerate(_RECORDERS) if r is seen)]
+
+
+def for_purpose(module: nn.Module, purpose: str) -> nn.Module:
+    """``module`` (a ``Backbone`` or ``Conv``) cloned with its convs resolved for
+    ``purpose`` (same parameters)."""
+    check_purpose(purpose)
+    return module.clone(purpose=purpose)
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+# A program that applies fixed weights to many batches (the frozen prefix) may transform the
+# Winograd convs' kernels once (:func:`handjax.models.backbones.with_winograd_kernels`) into
+# this variable collection; ``Conv`` then reads G g G^T from there instead of recomputing it
+# at every call (VGG19's frozen prefix at 112 px, batch 10: 0.305 -> 0.283 s; same values).
+TRANSFORMED = "winograd_kernels"
+WINOGRAD_KERNELS = {"winograd": (16, winograd_kernel), "winograd4": (36, winograd4_kernel)}
+
+
+class Conv(nn.Module):
+    """2-D convolution with ``nn.Conv``'s parameters ("kernel" (kh, kw, cin, cout), "bias").
+
+    ``impl`` is one of :data:`CONV_IMPLS` and ``purpose`` one of :data:`PURPOSES`; the
+    algorithm that runs is :func:`conv_algorithm`'s. The parameters are identical in every
+    mode, so weights load the same way.
+    ``depthwise=True`` gives Keras's DepthwiseConv2D (multiplier 1), kernel (kh, kw, 1, C).
+    Padding: "SAME", "VALID" or explicit ((lo, hi), (lo, hi)).
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    padding: Any = "SAME"
+    use_bias: bool = True
+    depthwise: bool = False
+    impl: str = "auto"
+    dtype: Any = jnp.float32
+    purpose: str = "train"
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        if self.depthwise and self.features != cin:
+            raise ValueError(f"depthwise conv needs features == input channels, got {self.features} vs {cin}")
+        shape = (*self.kernel_size, 1 if self.depthwise else cin, self.features)
+        # Keras's default initialisers (glorot_uniform kernel, zero bias), so seeded random
+        # inits are statistically like Keras's weights=None.
+        kernel = self.param("kernel", nn.initializers.glorot_uniform(), shape, jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        pads = _explicit_pads(self.padding, x.shape[1:3], self.kernel_size, self.strides)
+        out_pixels = -(-x.shape[1] // self.strides) * -(-x.shape[2] // self.strides)
+        algorithm = conv_algorithm(self.impl, jax.default_backend(), out_pixels, self.dtype,
+                                   self.purpose, kernel_size=self.kernel_size,
+                                   strides=self.strides, depthwise=self.depthwise,
+                                   in_shape=x.shape[1:], features=self.features)
+        for seen in _RECORDERS:
+            seen.append((self.name, algorithm))
+        for seen in _LAYER_RECORDERS:
+            layer = dict(name=self.name, purpose=self.purpose, dtype=jnp.dtype(self.dtype).name,
+                         in_shape=tuple(x.shape[1:]), features=self.features,
+                         kernel_size=tuple(self.kernel_size), strides=self.strides,
+                         depthwise=self.depthwise, pads=pads)
+            seen.append(dict(layer, key=tuned.layer_key(
+                layer["purpose"], layer["dtype"], layer["in_shape"], self.features,
+                layer["kernel_size"], self.strides, self.depthwise)))
+        if algorithm in WINOGRAD_KERNELS and self.has_variable(TRANSFORMED, "kernel"):
+            kernel = self.get_variable(TRANSFORMED, "kernel")   # G g G^T, done once
+            if kernel.shape[0] != WINOGRAD_KERNELS[algorithm][0]:
+                raise ValueError(f"{self.name}: a pre-transformed kernel of {kernel.shape[0]} "
+                                 f"positions cannot run {algorithm}")
+        if algorithm == "mmgrad":
+            y = conv_mmgrad(x, kernel, pads)
+        elif algorithm == "matmul":
+            y = conv_matmul(x, kernel, pads)
+        elif algorithm == "winograd":
+            y = conv_winograd(x, kernel, pads)
+        elif algorithm == "winograd4":
+            y = conv_winograd4(x, kernel, pads)
+        elif algorithm == "im2col":
+            fn = depthwise_im2col if self.depthwise else conv_im2col
+            y = fn(x, kernel, self.strides, pads)
+        else:
+            y = _lax_conv(x, kernel, self.strides, pads, cin if self.depthwise else 1)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
