@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from handjax import evaluation as clinical, console
+from handjax import cli, console, evaluation as clinical
+from handjax.errors import RunError
 from handjax.train import workdir as workdirs
 
 
@@ -152,8 +153,8 @@ def _csv_path(run: str) -> Path:
     p = Path(run)
     p = p / "predictions.csv" if p.is_dir() else p
     if not p.is_file():
-        raise FileNotFoundError(f"no predictions.csv at {p}: pass a run's workdir or its "
-                                "predictions.csv")
+        raise RunError(f"no predictions.csv at {p}: pass a run's workdir or its "
+                       "predictions.csv")
     workdirs.check_finished(p.parent)   # a run that failed after writing predictions.csv
     return p
 
@@ -182,6 +183,7 @@ def _format(r: dict, a: str, b: str) -> str:
         mcnemar_line, auroc_line])
 
 
+@cli.command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m handjax.compare",
                                  description=__doc__.split("\n\n")[0])
@@ -193,15 +195,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=console.int_at_least(0), default=0)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
-    try:
-        a, b = (clinical.read_predictions(_csv_path(r)) for r in (args.run_a, args.run_b))
-        result = compare_runs(a, b, args.rule, n_boot=args.n_boot, seed=args.seed)
-    except (ValueError, FileNotFoundError) as e:
-        console.error(str(e))
-        return 2
+    a, b = (clinical.read_predictions(_csv_path(r)) for r in (args.run_a, args.run_b))
+    result = compare_runs(a, b, args.rule, n_boot=args.n_boot, seed=args.seed)
     print(json.dumps(result, indent=1) if args.json else _format(result, args.run_a, args.run_b))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

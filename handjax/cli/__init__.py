@@ -1,0 +1,64 @@
+"""Every entry point, and the one handler they all share for what users can get wrong.
+
+``python launch.py`` (-> :mod:`handjax.cli.launch`) and ``python -m handjax.<command>``
+(``predict``, ``validate``, ``compare``, ``tune``, ``serve``, ``data``, ``bench``) end the
+same way (:func:`command`):
+
+=====  =====================================================================
+exit   meaning
+=====  =====================================================================
+0      done
+1      bad input or setup: one line ``handjax: error: ...`` naming the file or key
+2      usage: an unknown flag, a missing argument (argparse's and absl's own code)
+130    interrupted (Ctrl-C): "rerun the same command to resume" where that applies
+=====  =====================================================================
+
+``HANDJAX_DEBUG=1`` lets a user error raise with its traceback, for a bug report. Anything
+that is not a user error (a bug) keeps its traceback always.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def debugging() -> bool:
+    """``HANDJAX_DEBUG`` set to anything but empty or 0: user errors keep their traceback."""
+    return os.environ.get("HANDJAX_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    """Print ``handjax: error: <message>`` (one line) and return ``code`` for ``sys.exit``."""
+    from handjax import console
+    console.error(" ".join(str(message).split()))
+    return code
+
+
+def command(main: Callable[..., int | None], interrupted: str = INTERRUPTED):
+    """Wrap a CLI ``main(argv) -> exit code``: the project's errors become one line and
+    exit 1, Ctrl-C exits 130 with ``interrupted``; argparse's usage exits (2) pass through."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        from handjax import user_errors
+        try:
+            return main(*args, **kwargs) or EXIT_OK
+        except user_errors() as e:
+            if debugging():
+                raise
+            from handjax.config import one_line
+            return fail(one_line(e))
+        except KeyboardInterrupt:
+            if debugging():
+                raise
+            return fail(interrupted, EXIT_INTERRUPTED)
+    return wrapped
+
+
+def run(main: Callable[..., int | None], argv=None) -> None:
+    """``sys.exit(command(main)(argv))``: what each ``__main__`` block calls."""
+    sys.exit(command(main)(sys.argv[1:] if argv is None else argv))
