@@ -1,28 +1,24 @@
 """handjax: transfer learning for hand-photo triage in JAX/Flax.
 
-One stage, one module:
+The floor plan is the pipeline; data flows one way, down this list (docs/developing.md has
+the whole map and a glossary):
 
+- ``cli/``: every entry point's shared handler (exit codes, one-line errors); ``launch``;
 - ``config``: the protocol's settings and the one place that reads them (-> frozen specs);
-- ``data/``: photos -> arrays (``decode``, ``sources``), ``splits`` (near-duplicate groups,
-  folds), ``augment``, ``synthetic`` hands, ``cohort`` (the data record of a run);
-- ``models/``: ``convs`` (conv algorithms and the one conv policy), ``backbones`` (Keras
-  ImageNet CNNs ported to Flax), ``keras_weights`` (h5 files, download + hash),
-  ``classifier`` (backbone + head); ``backbones`` re-exports their public API;
-- ``losses`` and ``metrics``: severity-aware objectives (optax-shaped; pure jnp);
-- ``features``: the fold program's input (the fold model, the frozen-feature cache);
-- ``folds``: the K-fold program (states, steps, fold mapping, epoch programs, batches);
-- ``train``: the fit loop and ``run()``; ``checkpoint``: orbax checkpoints; ``workdir``;
-- ``evaluate``: decision rules, the SVM probe, per-fold metrics (``predictions.csv`` rows);
-- ``clinical/``: every clinical figure from ``predictions.csv`` (tasks, metrics, bootstrap,
-  calibration, operating points) and ``results.json`` assembled in one place;
-- ``plots``: every PNG; ``report``: tables; ``sweep``: the study's table; ``run``: the entry
-  point; ``compare``: two runs, paired tests;
-- ``inference`` + ``predict``: a trained run -> ensemble predictions and Grad-CAM;
-- ``validate``: a trained run on a second photo set -> the same clinical figures;
-- ``bench`` (+ ``bench_keras``): speed figures side by side; ``console``: what the terminal shows.
+- ``data/``: photos -> arrays (decode, sources, splits, augment, synthetic hands, cohort);
+- ``models/``: the Keras ImageNet CNNs in Flax, their weights, the classifier head;
+  ``models/kernels/``: the conv algorithms and the conv plan;
+- ``losses``, ``metrics``, ``ordinal``: the base layer (severity-aware objectives, the
+  study's metrics as pure jnp), used by every stage below;
+- ``train/``: the frozen features, the K-fold program, the fit loop, checkpoints, workdir;
+- ``evaluation/``: decision rules, the SVM probe, every clinical figure from predictions;
+- ``model/``: a finished run's model, as predict, validate and serve use it;
+- ``report/``: results.md and every PNG;
+- ``predict``, ``validate``, ``compare``: commands (``python -m handjax.<command>``);
+- ``bench/``: speed figures side by side.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,168 @@
+"""The doc runner: every command in a fenced ```bash block of README.md and docs/*.md runs.
+
+A page's bash blocks are run in order, in one scratch folder per page (``launch.py`` and
+``experiments/`` linked in), so a later command can use what an earlier one wrote, as a
+reader following the page would. Commands run on tiny settings (:func:`tiny`): a training
+config gets its ``:smoke`` variant, a benchmark its ``--quick`` one. A few kinds of command
+cannot run inside a test and are named with the reason (:data:`NOT_HERE`); anything else the
+runner does not know is a failure, so a new kind of command cannot slip past it. Usage
+synopses with ``[optional]`` parts belong in ```text blocks, which are not run.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\s*$")
+RUN_LANGS = {"bash", "sh", "shell"}
+
+# what cannot run inside a test, by the command's first words -> why
+NOT_HERE = {
+    "pip install": "installs: .ci/run does exactly this before the tests",
+    "python3 -m venv": "installs: .ci/run does exactly this before the tests",
+    ". .venv/bin/activate": "installs: .ci/run does exactly this before the tests",
+    "python -m pytest": "the tests themselves (this runner is one of them)",
+    "gcloud": "a TPU pod: not on a CI machine",
+    "srun": "a Slurm cluster: not on a CI machine",
+    "mpirun": "an MPI cluster: not on a CI machine",
+    "python -m handjax.serve": "a server that runs until stopped: tests/test_serve*.py start "
+                               "it on loopback and drive it (API and a real browser)",
+    "python -m handjax.bench gpu-study": "needs an accelerator (it refuses on a CPU)",
+}
+# the commands the runner runs: python launch.py, python -m handjax.<command>, and these
+SHELL_TOOLS = {"ls", "cat", "head", "cp", "mkdir", "test", "du", "rm"}
+
+
+def blocks(text: str) -> list[tuple[str, list[str]]]:
+    """The fenced blocks of a markdown page: (language, lines)."""
+    out, lang, lines = [], None, []
+    for line in text.splitlines():
+        m = FENCE.match(line.strip())
+        if m and lang is None:
+            lang, lines = m.group(1) or "", []
+        elif line.strip() == "```" and lang is not None:
+            out.append((lang, lines))
+            lang = None
+        elif lang is not None:
+            lines.append(line)
+    return out
+
+
+def commands(text: str) -> list[str]:
+    """The commands of a page's bash blocks, in order: continuation lines joined, comments
+    and blank lines dropped."""
+    cmds = []
+    for lang, lines in blocks(text):
+        if lang not in RUN_LANGS:
+            continue
+        joined = "\n".join(lines).replace("\\\n", " ")
+        for line in joined.splitlines():
+            line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+            if line:
+                cmds.append(" ".join(line.split()))
+    return cmds
+
+
+def reason_not_run(cmd: str) -> str | None:
+    """Why ``cmd`` is not run here (None: it is run)."""
+    for prefix, why in NOT_HERE.items():
+        if cmd.startswith(prefix):
+            return why
+    return None
+
+
+def _smoke(config: str) -> str:
+    """``experiments/x.py[:variant]`` -> ``experiments/x.py:smoke``."""
+    return config.split(":", 1)[0] + ":smoke"
+
+
+def tiny(cmd: str) -> str:
+    """``cmd`` on tiny settings; raises ValueError for a command the runner does not know."""
+    if "[" in cmd or "..." in cmd or "…" in cmd:
+        raise ValueError(f"a usage synopsis, not a command (put it in a ```text block): {cmd}")
+    parts = []
+    for piece in re.split(r"\s*&&\s*", cmd):
+        words = shlex.split(piece)
+        if words[:2] == ["python", "launch.py"] or words[:3] == ["python", "-m", "handjax.tune"]:
+            words = [_smoke(w) if w.startswith("experiments/") else w for w in words]
+            words = [f"--config={_smoke(w.split('=', 1)[1])}" if w.startswith("--config=")
+                     else w for w in words]
+        elif words[:3] == ["python", "-m", "handjax.bench"]:
+            if "--quick" not in words:
+                words.append("--quick")
+        elif words[:2] == ["python", "-m"] and words[2].startswith("handjax."):
+            pass
+        elif words[0] not in SHELL_TOOLS:
+            raise ValueError(f"the doc runner does not know this command: {piece}")
+        parts.append(shlex.join(words))
+    return " && ".join(parts)
+
+
+# --------------------------------------------------------------------------- fast checks
+def test_a_page_s_bash_commands_are_read_in_order():
+    page = ("text\n```bash\n# a comment\npython launch.py --config experiments/a.py \\\n"
+            "    --workdir runs/a   # trailing\n\npython -m handjax.predict --workdir runs/a "
+            "x.png\n```\n```text\npython -m handjax.predict [--json]\n```\n")
+    assert commands(page) == ["python launch.py --config experiments/a.py --workdir runs/a",
+                              "python -m handjax.predict --workdir runs/a x.png"]
+
+
+def test_tiny_settings():
+    assert tiny("python launch.py --config experiments/vgg19_custom.py") == \
+        "python launch.py --config experiments/vgg19_custom.py:smoke"
+    assert tiny("python launch.py --config=experiments/study.py:extended --workdir r") == \
+        "python launch.py --config=experiments/study.py:smoke --workdir r"
+    assert tiny("python -m handjax.bench protocol --keras").endswith("--keras --quick")
+    with pytest.raises(ValueError, match="synopsis"):
+        tiny("python -m handjax.predict --workdir W photo.jpg [more.jpg ...]")
+    with pytest.raises(ValueError, match="does not know"):
+        tiny("curl http://example.com")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_on_the_page_is_known(page):
+    """Every fenced command either runs on tiny settings or is named in NOT_HERE."""
+    for cmd in commands(page.read_text()):
+        if reason_not_run(cmd) is None:
+            tiny(cmd)
+
+
+def test_the_readme_is_a_front_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    links = set(re.findall(r"\(docs/([\w.-]+\.md)\)", readme))
+    assert len(links) >= 4 and all((ROOT / "docs" / l).is_file() for l in links)
+    assert len(commands(readme)) >= 2
+
+
+# --------------------------------------------------------------------------- the runner
+@pytest.fixture(scope="module")
+def doc_env(tmp_path_factory):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HANDJAX_CACHE=os.environ.get(
+        "HANDJAX_CACHE", str(tmp_path_factory.mktemp("cache"))))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_on_the_page_runs(page, doc_env, tmp_path):
+    (tmp_path / "launch.py").symlink_to(ROOT / "launch.py")
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    ran = 0
+    for cmd in commands(page.read_text()):
+        if reason_not_run(cmd):
+            continue
+        r = subprocess.run(["bash", "-c", tiny(cmd)], cwd=tmp_path, env=doc_env,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{page.name}: `{cmd}` failed:\n{r.stderr[-3000:]}"
+        ran += 1
+    print(f"{page.name}: {ran} commands ran")
