@@ -1,7 +1,7 @@
 """Tiny configs shared by the tests: VGG16 at 32 px on 30 synthetic images, random
 weights, 2+1 epochs (``handjax.config.cell(..., "smoke")``)."""
 from handjax import config as configs
-from handjax.train import features, fit as train
+from handjax.train import features, run as train
 from handjax.data.cohort import load_cohort
 
 

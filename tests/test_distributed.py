@@ -23,7 +23,7 @@ from handjax.train import distributed
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import jax
 from handjax import config
-from handjax.train import fit as train
+from handjax.train import run as train
 assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
 r = train.run(config.parse_run(config.cell("vgg16", "categorical", "smoke")), sys.argv[3])
 print("RESULT " + json.dumps({k: r["decisions"][k]["confusion"] for k in ("cnn", "svm")}))

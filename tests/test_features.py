@@ -68,7 +68,7 @@ def test_spilled_cache_gives_identical_results(tmp_path):
     from pathlib import Path
 
     from handjax import config
-    from handjax.train import fit as train
+    from handjax.train import run as train
     c = config.cell("vgg16", "categorical", "smoke")
     c.train.cache_budget_gb = 1e-9
     results = train.run(config.parse_run(c), tmp_path)

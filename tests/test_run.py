@@ -8,7 +8,7 @@ import pytest
 from cells import tiny_config
 from handjax import cache
 from handjax.cli import launch as run
-from handjax.train import fit as train
+from handjax.train import run as train
 from handjax.errors import SetupError
 
 

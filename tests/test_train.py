@@ -165,7 +165,7 @@ SHARD_SCRIPT = r"""
 import json, sys
 import jax
 from handjax import config
-from handjax.train import fit as train
+from handjax.train import run as train
 assert jax.device_count() == 4, jax.devices()
 out = {}
 for shard in (False, True):

@@ -95,7 +95,7 @@ def test_kill_mid_run_then_changed_folder_is_refused_and_restart_works(tmp_path,
     with pytest.raises(TrainingError, match="other data"):
         run(c, workdir)
     from handjax import config as configs
-    from handjax.train import fit as train
+    from handjax.train import run as train
     results = train.run(configs.parse_run(c), workdir, restart=True)
     assert results["data"]["n"] == 16
 
@@ -115,7 +115,7 @@ def test_a_run_that_stops_before_its_results_leaves_the_workdir_incomplete(tmp_p
     evaluation) leaves INCOMPLETE, which compare and predict refuse; a finished run clears it."""
     from cells import tiny_spec
     from handjax import compare
-    from handjax.train import features, fit as train
+    from handjax.train import features, run as train
     from handjax.model import ensemble as inference
     from handjax.errors import RunError
 

@@ -111,7 +111,7 @@ def warm_up(spec) -> float:
 
 def _timed_run(spec, workdir: Path, label: str) -> dict:
     """``train.run`` of ``spec`` in ``workdir``, timed; prints its one-line summary."""
-    from handjax.train import fit as train
+    from handjax.train import run as train
     t = time.perf_counter()
     results = train.run(spec, workdir)
     wall = time.perf_counter() - t

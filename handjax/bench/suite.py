@@ -247,7 +247,7 @@ def scaling_spec(n: int, size: int, epochs: str, model: str, spill: bool):
 
 def scaling_child(n: int, size: int, epochs: str, model: str, spill: bool) -> dict:
     """One scaling point, in this (fresh) process: wall time, peak RSS, timing, cache size."""
-    from handjax.train import fit as train
+    from handjax.train import run as train
     with tempfile.TemporaryDirectory(prefix="handjax-scaling-") as tmp:
         t = time.perf_counter()
         results = train.run(scaling_spec(n, size, epochs, model, spill), Path(tmp) / "run")

@@ -23,7 +23,7 @@ def main(config, workdir, restart: bool = False) -> dict:
         if isinstance(parsed, configs.SweepSpec):
             from handjax.train import sweep
             return sweep.run(parsed, workdir, restart=restart)
-        from handjax.train import fit as train
+        from handjax.train import run as train
         return train.run(parsed, workdir, restart=restart)
     except Exception as e:
         full = disk_full(e)

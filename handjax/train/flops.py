@@ -31,3 +31,13 @@ def jaxpr_flops(jaxpr) -> float:
                 if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
                     total += times * jaxpr_flops(sub)
     return total
+
+
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled program by XLA's cost analysis (0.0 where it gives none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without a cost model
+        return 0.0
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float((cost or {}).get("flops", 0.0))

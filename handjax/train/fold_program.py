@@ -11,6 +11,7 @@ trains on the same views and batches, so both give the same results (a test chec
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable
@@ -23,6 +24,7 @@ import optax
 from flax import struct
 
 from handjax import losses, ordinal
+from handjax.train.distributed import fold_mesh
 from handjax.train.features import FoldInputs, FoldModel, even_batch
 from handjax.models.kernels import convs
 
@@ -444,3 +446,73 @@ def fold_outputs(states: FoldState, inputs: FoldInputs, test_sets: list,
     logits, pooled = eval_columns(states, inputs.inputs2[0], idx, mode="tune", fold_map=fmap,
                                   width=eval_width(test_sets))
     return np.asarray(logits), np.asarray(pooled)
+
+
+# --------------------------------------------------------------------------- one run's epochs
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """What every epoch of a run shares: labels, splits, the device mesh, fold mappings."""
+
+    labels: jax.Array
+    train_sets: list             # per fold: the training photos less its inner split
+    test_sets: list              # per fold: its test photos
+    score_sets: dict             # "test" (and "val": the inner split) -> (idx, mask) [K, M]
+    mesh: object
+    key: jax.Array
+    fold_model: FoldModel
+
+    @classmethod
+    def build(cls, cohort, fold_model: FoldModel, run_spec: RunSpec) -> "EpochPlan":
+        sets = {"test": cohort.test_sets}
+        if any(len(v) for v in cohort.inner):
+            sets["val"] = list(cohort.inner)
+        score_sets = {k: pad_indices(v, max(len(s) for s in v)) for k, v in sets.items()}
+        return cls(jnp.asarray(cohort.labels), cohort.train_sets, cohort.test_sets, score_sets,
+                   fold_mesh(run_spec.n_models, run_spec.train.shard_folds),
+                   jax.random.fold_in(jax.random.key(run_spec.seed), 3), fold_model)
+
+    def fold_maps(self, phase: int, kind: str) -> tuple[str, str]:
+        """(training, evaluation) fold mappings of ``phase``."""
+        fm = self.fold_model
+        trained = (fm.trained_algorithms if phase == 2 or fm.mode1 != "pooled"
+                   else frozenset())   # phase 1 on pooled features trains the heads only
+        fmap = resolve_fold_map(kind, trained)
+        # Evaluation (forward only) of the phase-2 models may map folds differently.
+        return fmap, fmap if phase == 1 else resolve_eval_fold_map(kind, trained)
+
+
+# --------------------------------------------------------------------------- per-epoch scores
+def epoch_scores(states: FoldState, plan: EpochPlan, inputs, phase: int, emap: str,
+                 outputs=None) -> dict:
+    """Per-fold loss and accuracy on each fold's test split (``test_*``: for the curves
+    only, never for tuning) and, with an inner split, on it (``val_*``)."""
+    out = {}
+    for name, (idx, mask) in plan.score_sets.items():
+        loss, acc = _split_scores(states, plan, inputs, idx, mask, phase, emap, outputs)
+        out[f"{name}_loss"], out[f"{name}_accuracy"] = loss, acc
+    return out
+
+
+def _split_scores(states, plan: EpochPlan, inputs, idx, mask, phase: int, emap: str, outputs):
+    """Masked per-fold loss and accuracy of the fold models on ``idx`` [K, M] (view 0,
+    inference mode); read off ``outputs`` (:func:`fold_outputs`) when given."""
+    if outputs is not None:
+        logits = np.take_along_axis(outputs[0], idx[..., None], axis=1)
+    else:
+        mode = plan.fold_model.mode1 if phase == 1 else "tune"
+        logits, _ = eval_columns(states, inputs[0], idx, mode=mode, fold_map=emap,
+                                       width=eval_width(plan.test_sets))
+    y = plan.labels[jnp.asarray(idx)]
+    loss, acc = _masked_loss_and_accuracy(states.loss_fn, states.decide, jnp.asarray(logits),
+                                          y, jnp.asarray(mask, jnp.float32))
+    return np.asarray(loss), np.asarray(acc)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _masked_loss_and_accuracy(loss_fn, decide, logits, y, mask):
+    """Per-fold masked mean loss and accuracy of logits [K, M, C] against labels [K, M]."""
+    n = jnp.maximum(mask.sum(1), 1.0)
+    loss = jax.vmap(functools.partial(masked_loss, loss_fn))(logits, y, mask)
+    pred = decide(logits) if decide is not None else jnp.argmax(logits, -1)
+    correct = (pred == y).astype(jnp.float32)
+    return loss, (correct * mask).sum(1) / n

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handjax import console
-from handjax.train import distributed, fit as train
+from handjax.train import distributed, run as train
 from handjax.train import workdir as workdirs
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary

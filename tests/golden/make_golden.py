@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from handjax import config
-from handjax.train import fit as train
+from handjax.train import run as train
 
 
 def main() -> None:

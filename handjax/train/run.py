@@ -1,0 +1,201 @@
+"""One cell of the study, end to end: prepare, fit, evaluate, write the results.
+
+Data flow (the floor plan: ``handjax/__init__.py``)::
+
+    photos --data.load_cohort--> views [V, N, H, W, 3] --features.prepare: frozen prefix,
+        once--> cache [V, N, h, w, c]
+    fit: phase 1 (backbone frozen, K heads on pooled features [V, N, C]), phase 2 (the top
+        block(s) + head per fold on the cached features)           (:mod:`handjax.train.fit`)
+    evaluate: per-fold logits and pooled features -> the decision rules, the SVM probe,
+        predictions.csv, the clinical figures                        (:mod:`handjax.evaluation`)
+    write: results.json, timing.json, results.md and the PNGs        (:mod:`handjax.report`)
+
+Every process computes; process 0 alone writes (:class:`Primary`).
+"""
+from __future__ import annotations
+
+# The evaluation stage (sklearn's SVM, calibration and metrics, scipy.optimize) is not
+# imported here: :func:`preload` imports it in the background while the folds train.
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handjax import console
+from handjax.data.cohort import Cohort, load_cohort
+from handjax.errors import TrainingError
+from handjax.metrics import STUDY_METRICS
+from handjax.train import checkpoint, distributed, features, fit as fitting, fold_program as folds
+from handjax.train import workdir as workdirs
+from handjax.train.features import FoldInputs
+from handjax.train.timings import Timings
+
+if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
+    from handjax import evaluation as clinical
+    from handjax.config import RunSpec
+
+
+class Primary:
+    """The workdir's one writer: process 0 claims, marks and writes; every other process
+    computes the same things and writes nothing (each method is a no-op there)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.writes = distributed.is_primary()
+
+    def start(self, config_json: str) -> None:
+        if self.writes:
+            workdirs.claim(self.workdir, config_json)
+            workdirs.mark_incomplete(self.workdir)     # until every result is written
+
+    def check_ledger(self, entries: dict) -> None:
+        if self.writes:
+            workdirs.check_ledger(self.workdir, entries)
+
+    def say(self, line: str) -> None:
+        if self.writes:
+            console.say(line)
+
+    def finish(self) -> None:
+        if self.writes:
+            workdirs.mark_finished(self.workdir)
+
+
+def preload(module: str = "handjax.evaluation.scoring"):
+    """Import ``module`` in a daemon thread, overlapping its import (the evaluation stage:
+    sklearn's SVM, pipeline, calibration and metrics, scipy.optimize) with the compile and
+    training work that does not need it; the first real ``import`` of it then waits for that
+    thread's, or finds it done. (``import handjax.train`` without them measured ~0.6x the
+    time with them.) Started after prepare, when the main thread imports little else, so
+    the two imports share no half-imported package."""
+    import importlib
+    import threading
+
+    def target():
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the real import later says what is wrong
+            pass
+
+    thread = threading.Thread(target=target, daemon=True, name=f"preload {module}")
+    thread.start()
+    return thread
+
+
+# --------------------------------------------------------------------------- the run
+def run(run_spec: RunSpec, workdir, restart: bool = False) -> dict:
+    """Run one cell of the study (a RunSpec): train K folds, evaluate, write
+    ``results.json``, ``results.md`` and plots in ``workdir`` (locked meanwhile; with
+    ``restart`` a previous run there is discarded first)."""
+    workdir = workdirs.open_workdir(workdir)
+    with workdirs.Lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
+        if restart and distributed.is_primary():
+            workdirs.restart(workdir)
+        distributed.barrier("handjax_run_start")
+        return _run_locked(run_spec, workdir)
+
+
+def ledger_entries(run_spec: RunSpec, cohort: Cohort) -> dict:
+    """What the workdir's ledger pins: the data and the weights the run trains from."""
+    return {"data": workdirs.data_fingerprint(cohort.examples),
+            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed)}
+
+
+def tune_convs(run_spec: RunSpec) -> float:
+    """Seconds the conv tuner spent measuring what this machine's cache lacked for the run's
+    model (:func:`handjax.models.kernels.tuning.tune`; 0.0 when it had all, or off CPU)."""
+    from handjax.models.kernels import tuning
+    return tuning.tune(run_spec.model, run_spec.data.image_size, run_spec.train.batch_size)
+
+
+def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
+    t0 = time.perf_counter()
+    workdirs.enable_compilation_cache(workdir)
+    primary = Primary(workdir)
+    primary.start(run_spec.config_json)
+    timings = Timings()
+    repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
+    console.say(f"{run_spec.name}: {run_spec.n_folds} folds{repeats}, {run_spec.model.name} "
+                f"at {run_spec.data.image_size} px, loss {run_spec.loss.label} -> {workdir}")
+    timings.set("tune_s", tune_convs(run_spec))
+    cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
+                         run_spec.train.inner_val, run_spec.repeats)
+    primary.check_ledger(ledger_entries(run_spec, cohort))
+    inputs = features.prepare(run_spec, cohort, workdir)
+    preload()  # after prepare, whose data splits import sklearn's core themselves
+    timings.set("prepare_s", time.perf_counter() - t0 - timings.get("tune_s"))
+    console.say(f"{len(cohort.labels)} photos; frozen features "
+                f"{inputs.cache_bytes / 2**20:.1f} MiB")
+    t = time.perf_counter()
+    decisions, preds, calib = _train_and_evaluate(cohort, inputs, run_spec, workdir, timings)
+    bound = [k for k, b in enumerate(calib["at_bound"]) if b]
+    if bound:
+        primary.say(f"calibration: the temperature of fold(s) {', '.join(map(str, bound))} "
+                    f"sits at a search bound {calib['bounds']} (the NLL kept falling: a "
+                    "limit, not a fit); results.json says so")
+    results = _results(run_spec, cohort, inputs, workdir, decisions, preds, calib)
+    timings.set("evaluate_s", time.perf_counter() - t - timings.get("fit_s"))
+    timings.set("wall_time_s", time.perf_counter() - t0)
+    _write_outputs(workdir, results, timings)
+    primary.finish()
+    return results
+
+
+def _train_and_evaluate(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path,
+                        timings: Timings) -> tuple[dict, clinical.Predictions, dict]:
+    """Fit (resuming), then the out-of-fold decisions while the last checkpoint is written."""
+    from handjax.evaluation import scoring as evaluate
+    manager = checkpoint.manager(workdir)
+    try:
+        with timings.timed("fit_s"):
+            states, outputs = fitting.fit(cohort, inputs, run_spec, workdir, timings, manager)
+        if outputs is None:
+            emap = folds.eval_fold_map(inputs.fold_model, run_spec.train.fold_map)
+            outputs = folds.fold_outputs(states, inputs, cohort.test_sets, emap)
+        eval_spec = run_spec.eval
+        targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
+        return evaluate.evaluate(outputs, cohort, loss_name=run_spec.loss.name,
+                                 svm_spec=run_spec.svm, seed=run_spec.seed, targets=targets)
+    finally:
+        checkpoint.close(manager)
+
+
+def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Path, decisions: dict,
+             preds: clinical.Predictions, calib: dict) -> dict:
+    """``predictions.csv`` (process 0 writes it), then results.json's record with the
+    clinical figures recomputed from that file."""
+    from handjax import evaluation as clinical
+    csv_path = workdir / "predictions.csv"
+    if distributed.is_primary():   # one writer; every process then reads the same file
+        try:
+            clinical.write_predictions(csv_path, preds)
+        except OSError as e:
+            raise TrainingError(f"cannot write {csv_path} ({e.strerror}); free space or fix "
+                                "permissions, then rerun") from e
+    distributed.barrier("handjax_predictions_written")
+    figures = clinical.clinical_results(csv_path, calib, run_spec.eval, run_spec.seed)
+    return clinical.run_results(run_spec, cohort.description(), inputs.cache_bytes,
+                                decisions, figures)
+
+
+def _write_outputs(workdir: Path, results: dict, timings: Timings) -> None:
+    from handjax.report import markdown as report
+    try:
+        write_results(workdir, results, timings)
+        report.write_run(workdir, results)
+    except OSError as e:  # a full disk or a folder made read-only under the run
+        raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
+                            "space or fix permissions, then rerun the same command (it "
+                            "resumes from the last checkpoint)") from e
+    if distributed.is_primary():
+        console.summary(results, STUDY_METRICS, str(workdir / "results.md"))
+
+
+def write_results(workdir: Path, results: dict, timings: Timings) -> None:
+    """``results.json`` (null where a figure is undefined) and ``timing.json``."""
+    if not distributed.is_primary():
+        return
+    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (workdir / "timing.json").write_text(
+        json.dumps(timings.as_dict(), indent=2) + "\n")
