@@ -58,7 +58,7 @@ def blocks(text: str) -> list[tuple[str, list[str]]]:
 
 def commands(text: str) -> list[str]:
     """The commands of a page's bash blocks, in order: continuation lines joined, comments
-    and blank lines dropped."""
+    and blank lines dropped, ``a && b`` split into its pieces."""
     cmds = []
     for lang, lines in blocks(text):
         if lang not in RUN_LANGS:
@@ -66,9 +66,25 @@ def commands(text: str) -> list[str]:
         joined = "\n".join(lines).replace("\\\n", " ")
         for line in joined.splitlines():
             line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-            if line:
-                cmds.append(" ".join(line.split()))
+            # `a && b`: each piece on its own (an install step, then a run)
+            cmds += [" ".join(piece.split()) for piece in _and_pieces(line) if piece.strip()]
     return cmds
+
+
+def _and_pieces(line: str) -> list[str]:
+    """``a && b`` -> ``[a, b]``, leaving an ``&&`` inside quotes alone."""
+    pieces, quote, start, i = [], None, 0, 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif line.startswith("&&", i):
+            pieces.append(line[start:i])
+            start, i = i + 2, i + 1
+        i += 1
+    return pieces + [line[start:]]
 
 
 def reason_not_run(cmd: str) -> str | None:
@@ -88,30 +104,27 @@ def tiny(cmd: str) -> str:
     """``cmd`` on tiny settings; raises ValueError for a command the runner does not know."""
     if "[" in cmd or "..." in cmd or "…" in cmd:
         raise ValueError(f"a usage synopsis, not a command (put it in a ```text block): {cmd}")
-    parts = []
-    for piece in re.split(r"\s*&&\s*", cmd):
-        words = shlex.split(piece)
-        if words[:2] == ["python", "launch.py"] or words[:3] == ["python", "-m", "handjax.tune"]:
-            words = [_smoke(w) if w.startswith("experiments/") else w for w in words]
-            words = [f"--config={_smoke(w.split('=', 1)[1])}" if w.startswith("--config=")
-                     else w for w in words]
-        elif words[:3] == ["python", "-m", "handjax.bench"]:
-            if "--quick" not in words:
-                words.append("--quick")
-        elif words[:2] == ["python", "-m"] and words[2].startswith("handjax."):
-            pass
-        elif words[0] not in SHELL_TOOLS:
-            raise ValueError(f"the doc runner does not know this command: {piece}")
-        parts.append(shlex.join(words))
-    return " && ".join(parts)
+    words = shlex.split(cmd)
+    if words[:2] == ["python", "launch.py"] or words[:3] == ["python", "-m", "handjax.tune"]:
+        words = [_smoke(w) if w.startswith("experiments/") else w for w in words]
+        words = [f"--config={_smoke(w.split('=', 1)[1])}" if w.startswith("--config=")
+                 else w for w in words]
+    elif words[:3] == ["python", "-m", "handjax.bench"]:
+        if "--quick" not in words:
+            words.append("--quick")
+    elif not (words[:2] == ["python", "-m"] and words[2].startswith("handjax.")
+              or words[0] in SHELL_TOOLS):
+        raise ValueError(f"the doc runner does not know this command: {cmd}")
+    return shlex.join(words)
 
 
 # --------------------------------------------------------------------------- fast checks
 def test_a_page_s_bash_commands_are_read_in_order():
-    page = ("text\n```bash\n# a comment\npython launch.py --config experiments/a.py \\\n"
+    page = ("text\n```bash\n# a comment\npip install -e . && python launch.py \\\n"
+            "    --config experiments/a.py \\\n"
             "    --workdir runs/a   # trailing\n\npython -m handjax.predict --workdir runs/a "
             "x.png\n```\n```text\npython -m handjax.predict [--json]\n```\n")
-    assert commands(page) == ["python launch.py --config experiments/a.py --workdir runs/a",
+    assert commands(page) == ["pip install -e .", "python launch.py --config experiments/a.py --workdir runs/a",
                               "python -m handjax.predict --workdir runs/a x.png"]
 
 
