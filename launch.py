@@ -37,44 +37,38 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError, SyntaxError,
             OSError) as e:
-        if os.environ.get("HANDJAX_DEBUG"):
+        from handjax import cli
+        if cli.debugging():
             raise
         from handjax import config as configs
-        _fail(f"bad flag or config: {configs.flag_error(e, argv)}", code=2)
-
-
-def _fail(message: str, code: int = 1):
-    from handjax import console
-    console.error(message)
-    sys.exit(code)
+        sys.exit(cli.fail(f"bad flag or config: {configs.flag_error(e, argv)}", cli.EXIT_USAGE))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from handjax import console, user_errors
+    from handjax import cli, console
     from handjax.train import distributed
-    from handjax.cli import launch as run
     try:   # before any JAX computation
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:
-        _fail(str(e), code=2)
+        sys.exit(cli.fail(str(e), cli.EXIT_USAGE))
     from handjax import config as configs
     console.quiet(verbose=flags.FLAGS["verbosity"].present)
     try:
         config = _CONFIG.value
         name = config.name
     except (OSError, ValueError, SyntaxError) as e:  # config files load lazily, on first access
-        _fail(configs.flag_error(e, sys.argv), code=2)
+        sys.exit(cli.fail(configs.flag_error(e, sys.argv), cli.EXIT_USAGE))
     workdir = _WORKDIR.value or os.path.join("runs", name)
-    try:
-        run.main(config, workdir, restart=_RESTART.value)
-    except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
-        if os.environ.get("HANDJAX_DEBUG"):
-            raise
-        _fail(configs.one_line(e))
-    except KeyboardInterrupt:   # checkpoints are written whole or not at all
-        _fail("interrupted; rerun the same command to resume", code=130)
+    # one handler for every command: a user error is one line (exit 1), Ctrl-C exits 130
+    # (checkpoints are written whole or not at all, so the same command resumes)
+    sys.exit(cli.command(_launch)(config, workdir, _RESTART.value))
+
+
+def _launch(config, workdir: str, restart: bool) -> None:
+    from handjax.cli import launch
+    launch.main(config, workdir, restart=restart)
 
 
 if __name__ == "__main__":
