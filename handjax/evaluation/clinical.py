@@ -259,7 +259,24 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
     return out
 
 
+def _clinical_proportions(y, prob, pred) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The proportions among :func:`clinical_metrics`, as ``{name: (numerator, denominator)}``
+    photo masks: what :func:`handjax.evaluation.bootstrap_ci` gives a clustered Wilson
+    interval instead of a bootstrap one."""
+    y, _, pred = as_arrays(y, prob, pred)
+    every = np.ones(len(y), bool)
+    out = {"accuracy": (pred == y, every), "under_severity_rate": (pred < y, every)}
+    for k, c in enumerate(CLASSES):
+        truth, called = y == k, pred == k
+        out[f"sensitivity_{c}"] = (truth & called, truth)
+        out[f"specificity_{c}"] = (~truth & ~called, ~truth)
+        out[f"ppv_{c}"] = (truth & called, called)
+        out[f"npv_{c}"] = (~truth & ~called, ~called)
+    return out
+
+
 clinical_metrics.batched = _clinical_metrics_batched
+clinical_metrics.proportions = _clinical_proportions
 
 
 def any_disease_metrics(y, prob, pred) -> dict[str, float]:
@@ -286,6 +303,15 @@ def _any_disease_batched(y, prob, pred, w):
             "auroc_any_disease": _task_auroc_weighted("any_disease", y, prob, w)}
 
 
+def _any_disease_proportions(y, prob, pred):
+    y, pred = np.asarray(y), np.asarray(pred)
+    sick, called = TASKS["any_disease"].positive(y), pred != 0
+    return {"accuracy": (pred == y, np.ones(len(y), bool)),
+            "sensitivity_any_disease": (called & sick, sick),
+            "specificity_any_disease": (~called & ~sick, ~sick)}
+
+
 any_disease_metrics.batched = _any_disease_batched
+any_disease_metrics.proportions = _any_disease_proportions
 
 
