@@ -69,7 +69,7 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     repeats' values, is reported beside it.
 
     Returns ``{name: {"value", "ci95", ...}}`` (the key is ``ci<level>`` for other
-    ``alpha``): bootstrap entries add ``n_finite`` and ``unbounded``
+    ``alpha``): bootstrap entries add ``n_finite``, ``n_resamples`` and ``unbounded``
     (:func:`~handjax.evaluation.intervals.percentile_interval`), proportions ``interval``,
     ``n``, ``n_eff`` and ``design_effect``. ``n_boot=0``: point values only, every interval
     ``[nan, nan]``.
@@ -123,8 +123,8 @@ def subgroup_table(y, prob, pred, subjects, groups: dict, n_boot: int = 2000,
     """Triage metrics within each subgroup, with subject-bootstrap CIs inside the subgroup.
 
     ``groups`` maps a column name (e.g. ``"fold"``, ``"sex"``) to one value per photo. Returns
-    ``{column: {value: {"n": photos, "n_subjects": ..., "accuracy": {"value", "ci95",
-    "n_finite"}, "sensitivity_any_disease": ..., "specificity_any_disease": ...,
+    ``{column: {value: {"n": photos, "n_subjects": ..., "accuracy": {"value", "ci95", ...},
+    "sensitivity_any_disease": ..., "specificity_any_disease": ...,
     "auroc_any_disease": ...}}}`` (see :func:`any_disease_metrics`).
     """
     y, prob, pred, subjects = map(np.asarray, (y, prob, pred, subjects))

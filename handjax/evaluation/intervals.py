@@ -114,8 +114,8 @@ def percentile_interval(value: float, samples, alpha: float = 0.05) -> dict:
     NaN samples (undefined on that resample: a class absent, 0/0) are left out; infinite
     ones (a calibration slope on separated data: the maximum-likelihood estimate does not
     exist) stay in, as the largest or smallest values, so a limit that falls on them is
-    unbounded. Returns ``{"value", "ci<level>", "n_finite", "unbounded"}``: ``n_finite``
-    counts the finite samples, ``unbounded`` lists which of ``"value"``, ``"lower"``,
+    unbounded. Returns ``{"value", "ci<level>", "n_finite", "n_resamples", "unbounded"}``:
+    ``n_finite`` counts the finite samples of the ``n_resamples``, ``unbounded`` lists which of ``"value"``, ``"lower"``,
     ``"upper"`` are infinite (each written as null in results.json); ``[nan, nan]`` when
     no sample is defined."""
     samples = np.asarray(samples, np.float64)
@@ -126,4 +126,4 @@ def percentile_interval(value: float, samples, alpha: float = 0.05) -> dict:
     flags = [name for name, x in (("value", value), ("lower", ci[0]), ("upper", ci[1]))
              if math.isinf(x)]
     return {"value": float(value), key: ci, "n_finite": int(np.isfinite(defined).sum()),
-            "unbounded": flags}
+            "n_resamples": len(samples), "unbounded": flags}
