@@ -32,10 +32,10 @@ task, the decision curves, subgroups by metadata column), ``results.md``, and ``
 ``reliability.png``, ``decision_curve.png``, ``confusion_<rule>.png``.
 
 Overlap guard: a photo of the new set that is the same photo as a training photo, or a
-near-duplicate of one (mirrored, cropped, re-encoded: the perceptual hash the run's folds
-are grouped by, :func:`handjax.data.duplicate_groups`, here on the new photos together with
-the run's training photos) would score the models on what they learned; it is refused, both
-files named. ``--drop-overlap`` leaves such photos out, lists them, and goes on.
+near-duplicate of one (mirrored, flipped upside down, rotated by 90, 180 or 270 degrees,
+cropped, re-encoded: the perceptual hash the run's folds are grouped by, compared in all
+eight orientations, :func:`handjax.data.splits.copies_of`) would score the models on what
+they learned; it is refused, both files named and the turn said. ``--drop-overlap`` leaves such photos out, lists them, and goes on.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from handjax.train import workdir as workdirs
 from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.data.sources import describe, load_folder, load_metadata
-from handjax.data.splits import duplicate_groups
+from handjax.data.splits import copies_of
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
 from handjax.model.ensemble import TrainedRun, load_run, read_json
@@ -94,23 +94,18 @@ def check_folder_classes(root, class_map=None) -> None:
                         f"have; it was trained on {', '.join(CLASSES)}{mapped}")
 
 
-def overlapping(train: Examples, new: Examples) -> list[tuple[int, int]]:
-    """``[(new index, training index)]``: each new photo in a near-duplicate group
-    (:func:`duplicate_groups` over both sets) that holds a training photo, paired with the
-    first such training photo."""
-    n_train = len(train.labels)
-    groups = duplicate_groups(np.concatenate([np.asarray(train.images),
-                                              np.asarray(new.images)]))
-    first_train: dict[int, int] = {}
-    for i, g in enumerate(groups[:n_train]):
-        first_train.setdefault(int(g), i)
-    return [(j, first_train[int(g)]) for j, g in enumerate(groups[n_train:])
-            if int(g) in first_train]
+def overlapping(train: Examples, new: Examples) -> list[tuple[int, int, str]]:
+    """``[(new index, training index, how)]``: each new photo that copies a training photo,
+    turned any way (:func:`handjax.data.splits.copies_of`: mirrored, flipped, rotated by
+    90/180/270°, cropped, re-encoded), ``how`` naming the turn."""
+    return copies_of(train.images, new.images)
 
 
-def overlap_message(pairs: list[tuple[str, str]], data, limit: int = 10) -> str:
-    """One line naming each new photo and the training photo it copies."""
-    shown = "; ".join(f"{new} ~ training photo {old}" for new, old in pairs[:limit])
+def overlap_message(pairs: list[tuple], data, limit: int = 10) -> str:
+    """One line naming each new photo and the training photo it copies (and how, where
+    ``pairs`` has a third item)."""
+    shown = "; ".join(f"{p[0]} ~ training photo {p[1]}"
+                      + (f" ({p[2]})" if len(p) > 2 else "") for p in pairs[:limit])
     more = f"; and {len(pairs) - limit} more" if len(pairs) > limit else ""
     return (f"{len(pairs)} photo(s) of --data {data} are the same as or near-duplicates of "
             f"the run's training photos: {shown}{more}; remove them or pass --drop-overlap")
@@ -308,12 +303,12 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
     train_root = run.run_spec.data.root
     named = [(str(Path(data) / new.ids[j]),
               str(Path(train_root) / cohort.examples.ids[i]) if train_root
-              else cohort.examples.ids[i]) for j, i in pairs]
+              else cohort.examples.ids[i], how) for j, i, how in pairs]
     if named and not drop_overlap:
         raise DataError(overlap_message(named, data))
-    for file, old in named:
-        console.say(f"left out {file}: a copy of training photo {old}")
-    keep = np.setdiff1d(np.arange(len(new.labels)), [j for j, _ in pairs])
+    for file, old, how in named:
+        console.say(f"left out {file}: a copy of training photo {old} ({how})")
+    keep = np.setdiff1d(np.arange(len(new.labels)), [j for j, _, _ in pairs])
     if len(keep) == 0:
         raise DataError(f"every photo of --data {data} copies a training photo; nothing is "
                         "left to validate on")
@@ -322,7 +317,7 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
     preds = ensemble_predictions(run, cohort, new, subjects, columns)
     desc = {**describe(new, source=source), "class_names": list(CLASSES),
             "n_subjects": len(np.unique(subjects))}
-    dropped = [{"file": f, "training_file": o} for f, o in named]
+    dropped = [{"file": f, "training_file": o, "how": how} for f, o, how in named]
     results = validation_results(run, preds, desc, dropped, workdir)
     try:
         write_outputs(out, preds, results)
