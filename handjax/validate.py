@@ -5,8 +5,11 @@ clinic, another phone), scored like a training run.
         [--metadata clinic_b.csv] --out runs/vgg19_custom/validate_clinic_b [--drop-overlap]
 
 ``--data`` is an ImageFolder like the training one (``<class>/<any depth>/*.jpg``, class
-folders named as the run's, or as its ``data.class_map`` maps them; every class needs at
-least one photo). ``--metadata`` is a CSV like the training one (``file``, optional
+folders named as the run's, or as its ``data.class_map`` maps them). A class may have no
+photo: the tasks the set can assess are run, and one line says which it skips
+(:func:`handjax.evaluation.clinical.assessable`). The photos' native sizes are recorded
+beside the training photos' (``results.json["data"]["native_size"]``), with a warning when
+they are far apart (:mod:`handjax.data.native`). ``--metadata`` is a CSV like the training one (``file``, optional
 ``subject``, subgroup columns); without it every photo is its own subject.
 
 Each photo is scored by the ensemble of the run's K fold models (no photo of the new set was
@@ -56,7 +59,9 @@ from handjax.train import workdir as workdirs
 from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.data.sources import describe, load_folder, load_metadata
+from handjax.data.native import native_size_record
 from handjax.data.splits import copies_of
+from handjax.data.synthetic import SYNTHETIC_SIZE
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
 from handjax.model.ensemble import TrainedRun, load_run, read_json
@@ -192,7 +197,8 @@ def validation_results(run: TrainedRun, preds: clinical.Predictions, data_desc: 
     return clinical.json_safe({
         "name": f"{r.get('name', '?')} validated on {data_desc['source']}",
         "run": {"workdir": str(workdir), **{k: r.get(k) for k in (
-            "name", "model", "loss", "weights", "image_size", "n_folds", "seed")}},
+            "name", "model", "loss", "weights", "image_size", "n_folds", "repeats", "seed")},
+                "data_source": r.get("data", {}).get("source")},
         "n_folds": r.get("n_folds"), "data": data_desc,
         "overlap_dropped": dropped,
         "ensemble": "mean over the run's fold models (module docstring of handjax.validate)",
@@ -221,13 +227,14 @@ def validation_markdown(results: dict) -> str:
     intercept and slope, and the decision curve at a few thresholds."""
     data, run = results["data"], results["run"]
     dropped = results.get("overlap_dropped") or []
-    lines = [f"# {results['name']}", "",
+    lines = [f"# {results['name']}", "", *report.validation_notes(results),
              f"- **{data['n']} photos of {data['n_subjects']} subjects** from {data['source']} "
              f"({', '.join(f'{k} {v}' for k, v in data['class_counts'].items())})",
-             f"- scored by the {run['n_folds']} fold models of run {run['name']} "
+             f"- scored by the {report.fold_models(run)} of run {run['name']} "
              f"({run['model']}, {run['loss']} loss, {run['image_size']} px, {run['workdir']})",
              f"- left out as copies of training photos: {len(dropped)}"
-             + "".join(f"\n  - {d['file']} ~ {d['training_file']}" for d in dropped)]
+             + "".join(f"\n  - {d['file']} ~ {d['training_file']} ({d['how']})"
+                       for d in dropped)]
     parts = ["\n".join(lines), report.clinical_markdown(results, "fold ensemble on the new photos"),
              report.calibration_line_markdown(results["calibration"]["intercept_slope"]),
              report.decision_curve_markdown(results["decision_curve"])]
@@ -280,7 +287,7 @@ def load_new_set(data, run: TrainedRun, metadata=None) -> tuple[Examples, np.nda
     class_map = dict(spec.class_map) if spec.class_map else None
     check_folder_classes(data, class_map)
     new = load_folder(data, image_size=spec.image_size, on_error=spec.on_error,
-                      class_map=class_map, min_per_class=1)
+                      class_map=class_map, min_per_class=0)
     if metadata:
         subjects, columns = load_metadata(metadata, new.ids)
     else:
@@ -314,9 +321,16 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
                         "left to validate on")
     new, subjects = subset(new, keep), subjects[keep]
     columns = {c: np.asarray(v)[keep] for c, v in columns.items()}
+    coverage, skipped = clinical.assessable(new.labels, f"--data {data}")
+    sizes = native_size_record(data, new.ids, train_root, cohort.examples.ids,
+                               run.run_spec.data.image_size, SYNTHETIC_SIZE)
+    for line in (skipped, sizes["warning"]):
+        if line:
+            console.say(line)
     preds = ensemble_predictions(run, cohort, new, subjects, columns)
     desc = {**describe(new, source=source), "class_names": list(CLASSES),
-            "n_subjects": len(np.unique(subjects))}
+            "n_subjects": len(np.unique(subjects)), "coverage": {**coverage, "line": skipped},
+            "native_size": sizes}
     dropped = [{"file": f, "training_file": o, "how": how} for f, o, how in named]
     results = validation_results(run, preds, desc, dropped, workdir)
     try:

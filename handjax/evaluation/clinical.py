@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from handjax.evaluation.tasks import TASKS
-from handjax.data.records import CLASSES
+from handjax.data.records import CLASSES, DataError
 
 ECE_BINS = 10
 
@@ -315,3 +315,49 @@ any_disease_metrics.batched = _any_disease_batched
 any_disease_metrics.proportions = _any_disease_proportions
 
 
+
+
+def class_coverage(y) -> dict:
+    """What a photo set with labels ``y`` can assess, when a class has no photo.
+
+    Returns ``{"missing": [classes with no photo], "tasks": [triage tasks (:data:`TASKS`)
+    with both positives and negatives, the ones it assesses], "skipped": [tasks it cannot],
+    "undefined": [figures left undefined (NaN) by the missing classes]}``. A missing class
+    leaves its own sensitivity and the macro AUROC undefined (no positives to find) and the
+    tasks without positives or negatives unassessable; everything else is computed as
+    usual."""
+    y = np.asarray(y, np.int64)
+    counts = np.bincount(y, minlength=len(CLASSES))
+    missing = [c for c, n in zip(CLASSES, counts) if n == 0]
+    tasks, skipped = [], []
+    for task, spec in TASKS.items():
+        positive = spec.positive(y)
+        (tasks if positive.any() and not positive.all() else skipped).append(task)
+    undefined = [f"sensitivity_{c}" for c in missing] + (["auroc_macro"] if missing else [])
+    return {"missing": missing, "tasks": tasks, "skipped": skipped, "undefined": undefined}
+
+
+def coverage_line(coverage: dict, source) -> str | None:
+    """One line saying what a set missing a class skips and what it assesses (None when no
+    class is missing)."""
+    if not coverage["missing"]:
+        return None
+    skipped = [TASKS[t].title for t in coverage["skipped"]]
+    done = [TASKS[t].title for t in coverage["tasks"]]
+    skips = f"skips the task(s) {', '.join(skipped)} and " if skipped else ""
+    return (f"{source} has no photos of {', '.join(coverage['missing'])}: validation {skips}"
+            f"leaves {', '.join(coverage['undefined'])} undefined; it assesses "
+            f"{', '.join(done)}")
+
+
+def assessable(y, source) -> tuple[dict, str | None]:
+    """:func:`class_coverage` of labels ``y`` and its :func:`coverage_line`; a set that can
+    assess no triage task (photos of one class only, or only of both diseases with no normal
+    and no RA) is one DataError naming ``source``."""
+    coverage = class_coverage(y)
+    if not coverage["tasks"]:
+        present = [c for c in CLASSES if c not in coverage["missing"]]
+        raise DataError(f"{source} holds photos of {' and '.join(present)} only: no triage "
+                        "task can be assessed (any disease needs normal and diseased photos, "
+                        "RA needs RA and other photos); add photos of another class")
+    return coverage, coverage_line(coverage, source)

@@ -275,6 +275,31 @@ def caveats(results: dict) -> list[str]:
     return [part for line in lines for part in (line, "")]
 
 
+def fold_models(run: dict) -> str:
+    """``"10 fold models (2 repeats of 5 folds)"`` / ``"5 fold models"`` of a run header."""
+    k, r = run.get("n_folds"), run.get("repeats") or 1
+    if not isinstance(k, int):
+        return "fold models"
+    return f"{k * r} fold models" + (f" ({r} repeats of {k} folds)" if r > 1 else "")
+
+
+def validation_notes(results: dict) -> list[str]:
+    """The lines that open a validation's results.md under its title: the caveats of the
+    run it validates (random weights, synthetic training photos) and of the new set (few
+    subjects, :func:`caveats`), which tasks a set missing a class skips, and how far its
+    photos' native size is from the training photos'."""
+    run, data = results.get("run", {}), results.get("data", {})
+    lines = caveats({"weights": run.get("weights"), "data": data})
+    if run.get("data_source") == "synthetic":
+        lines += ["> **Trained on synthetic data**: the models learned procedurally drawn hands "
+                  "whose disease signs are medically meaningless.", ""]
+    for key, note in (("coverage", "line"), ("native_size", "warning")):
+        if (data.get(key) or {}).get(note):
+            lines += [f"> **{'Missing class' if key == 'coverage' else 'Native size'}**: "
+                      f"{data[key][note]}.", ""]
+    return lines
+
+
 def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
     """Clinical metrics per rule (``pooled`` says over what), the operating points (where
     results has them) and the subgroup tables."""
