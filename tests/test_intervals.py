@@ -108,13 +108,38 @@ def test_bootstrap_ci_proportions_equal_their_metric_values():
     parts = clinical.clinical_metrics.proportions(y, prob, pred)
     assert {"accuracy", "sensitivity_ra", "ppv_normal", "npv_heberden",
             "under_severity_rate"} <= set(parts)
-    for name, (num, den) in parts.items():
+    for name, (num, den, *group) in parts.items():
         assert out[name]["interval"] == "wilson"
-        assert out[name]["value"] == pytest.approx(num.sum() / den.sum(), abs=1e-12)
+        if not group:
+            assert out[name]["value"] == pytest.approx(num.sum() / den.sum(), abs=1e-12)
         lo, hi = out[name]["ci95"]
         assert lo < out[name]["value"] < hi
     assert out["sensitivity_ra"]["value"] == pytest.approx(skm.recall_score(y == 2, pred == 2))
     assert "n_finite" in out["auroc_macro"] and "interval" not in out["auroc_macro"]
+
+
+def test_balanced_accuracy_is_a_mean_of_proportions():
+    """One photo per subject: the variance behind n_eff is the sum over the K classes of
+    p_c (1 - p_c) / N_c / K^2 (the recalls are independent), and a perfect classifier's
+    balanced accuracy 1 gets a Wilson interval of nonzero width."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 70)
+    pred = np.where(rng.random(70) < 0.7, y, (y + 1) % 3)
+    prob = np.eye(3)[pred]
+    out = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, np.arange(70),
+                                n_boot=20)["balanced_accuracy"]
+    recall = np.array([np.mean(pred[y == c] == c) for c in range(3)])
+    n_c = np.bincount(y)
+    var = np.sum(recall * (1 - recall) / n_c) / 9
+    assert out["value"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+    assert out["n_eff"] == pytest.approx(out["value"] * (1 - out["value"]) / var, rel=1e-9)
+    perfect = clinical.bootstrap_ci(clinical.clinical_metrics, y, np.eye(3)[y], y,
+                                    np.arange(70), n_boot=20)
+    assert perfect["balanced_accuracy"]["value"] == 1
+    assert perfect["balanced_accuracy"]["ci95"][0] < 0.99
+    auroc = perfect["auroc_macro"]               # the bootstrap cannot see a width at 1
+    assert auroc["ci95"] == [1.0, 1.0] and auroc["collapsed"] is True
+    assert "width unknown" in markdown.format_ci(auroc)
 
 
 # ------------------------------------------------------------------------ bootstrap limits

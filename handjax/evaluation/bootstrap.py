@@ -72,7 +72,9 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     ``alpha``): bootstrap entries add ``n_finite``, ``n_resamples`` and ``unbounded``
     (:func:`~handjax.evaluation.intervals.percentile_interval`), proportions ``interval``,
     ``n``, ``n_eff`` and ``design_effect``. ``n_boot=0``: point values only, every interval
-    ``[nan, nan]``.
+    ``[nan, nan]``. A bootstrap interval of zero width (every resample gave the point value,
+    e.g. an AUROC of 1 on a small set) is flagged ``"collapsed": true``: the bootstrap cannot
+    tell its width there, and it is no claim of certainty.
     """
     y, prob, pred = as_arrays(y, prob, pred)
     repeat = np.zeros(len(y), np.int64) if repeat is None else np.asarray(repeat)
@@ -95,7 +97,11 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     out = {}
     for k, v in value.items():
         if k in parts:
-            entry = proportion_interval(*parts[k], subjects, repeat, alpha)
+            num, den, *group = parts[k]
+            # a mean of proportions (one per component, e.g. per class) averages like repeats
+            part = repeat if not group else np.unique(
+                np.stack([repeat, np.asarray(group[0])], 1), axis=0, return_inverse=True)[1]
+            entry = proportion_interval(num, den, subjects, np.ravel(part), alpha)
             entry["value"] = v      # metric_fn's own value (equal; tested)
         else:
             entry = percentile_interval(v, samples[k], alpha)

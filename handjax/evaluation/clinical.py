@@ -261,11 +261,16 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
 
 def _clinical_proportions(y, prob, pred) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The proportions among :func:`clinical_metrics`, as ``{name: (numerator, denominator)}``
-    photo masks: what :func:`handjax.evaluation.bootstrap_ci` gives a clustered Wilson
-    interval instead of a bootstrap one."""
+    photo masks (or ``(numerator, denominator, component)`` for a mean of proportions, one
+    per component: balanced accuracy, the mean recall of the classes present): what
+    :func:`handjax.evaluation.bootstrap_ci` gives a clustered Wilson interval instead of a
+    bootstrap one."""
     y, _, pred = as_arrays(y, prob, pred)
     every = np.ones(len(y), bool)
-    out = {"accuracy": (pred == y, every), "under_severity_rate": (pred < y, every)}
+    out = {"accuracy": (pred == y, every), "under_severity_rate": (pred < y, every),
+           # the mean of the present classes' recalls: a mean of proportions (third item:
+           # the component each photo's ratio belongs to, averaged like repeats)
+           "balanced_accuracy": (pred == y, every, y)}
     for k, c in enumerate(CLASSES):
         truth, called = y == k, pred == k
         out[f"sensitivity_{c}"] = (truth & called, truth)

@@ -115,9 +115,11 @@ def percentile_interval(value: float, samples, alpha: float = 0.05) -> dict:
     ones (a calibration slope on separated data: the maximum-likelihood estimate does not
     exist) stay in, as the largest or smallest values, so a limit that falls on them is
     unbounded. Returns ``{"value", "ci<level>", "n_finite", "n_resamples", "unbounded"}``:
-    ``n_finite`` counts the finite samples of the ``n_resamples``, ``unbounded`` lists which of ``"value"``, ``"lower"``,
-    ``"upper"`` are infinite (each written as null in results.json); ``[nan, nan]`` when
-    no sample is defined."""
+    ``n_finite`` counts the finite samples of the ``n_resamples``, ``unbounded`` lists which of
+    ``"value"``, ``"lower"``, ``"upper"`` are infinite (each written as null in
+    results.json); ``[nan, nan]`` when no sample is defined. ``"collapsed": true`` marks an
+    interval of zero width (all the central resamples equal): the bootstrap cannot measure
+    the spread there (an AUROC of 1 on 20 photos), which is not certainty."""
     samples = np.asarray(samples, np.float64)
     defined = np.sort(samples[~np.isnan(samples)])
     key = f"ci{100 * (1 - alpha):g}"
@@ -125,5 +127,8 @@ def percentile_interval(value: float, samples, alpha: float = 0.05) -> dict:
           if len(defined) else [math.nan, math.nan])
     flags = [name for name, x in (("value", value), ("lower", ci[0]), ("upper", ci[1]))
              if math.isinf(x)]
-    return {"value": float(value), key: ci, "n_finite": int(np.isfinite(defined).sum()),
-            "n_resamples": len(samples), "unbounded": flags}
+    out = {"value": float(value), key: ci, "n_finite": int(np.isfinite(defined).sum()),
+           "n_resamples": len(samples), "unbounded": flags}
+    if len(defined) and ci[0] == ci[1]:
+        out["collapsed"] = True    # every resample agreed: the width is unknown, not zero
+    return out

@@ -212,6 +212,8 @@ def format_ci(entry, digits: int = 3) -> str:
     k, n = entry.get("n_finite"), entry.get("n_resamples")
     if k is not None and n and k < n:
         notes.append(f"n_finite {k}/{n}")
+    if entry.get("collapsed"):
+        notes.append("every resample agreed: width unknown")
     if entry.get("between_repeat_sd") is not None:
         notes.append(f"between-repeat SD {entry['between_repeat_sd']:.{digits}f}")
     return f"{entry['value']:.{digits}f}{ci}" + (f" ({'; '.join(notes)})" if notes else "")
