@@ -357,8 +357,7 @@ def coverage_line(coverage: dict, source) -> str | None:
 
 def assessable(y, source) -> tuple[dict, str | None]:
     """:func:`class_coverage` of labels ``y`` and its :func:`coverage_line`; a set that can
-    assess no triage task (photos of one class only, or only of both diseases with no normal
-    and no RA) is one DataError naming ``source``."""
+    assess no triage task (photos of one class only) is one DataError naming ``source``."""
     coverage = class_coverage(y)
     if not coverage["tasks"]:
         present = [c for c in CLASSES if c not in coverage["missing"]]
