@@ -1,9 +1,9 @@
-"""The subject-level (cluster) bootstrap: subjects are drawn with replacement and every photo
-of a drawn subject comes along, so photos of one hand or one person are never treated as
-independent evidence; per-fold and per-subgroup tables built on it."""
+"""Intervals over subjects: the subject-level (cluster) bootstrap, where subjects are drawn
+with replacement and every photo of a drawn subject comes along, so photos of one hand or
+one person are never treated as independent evidence, and for proportions a Wilson interval
+at the effective sample size that clustering leaves (:mod:`handjax.evaluation.intervals`);
+per-fold and per-subgroup tables built on them."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
