@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from handjax.evaluation.clinical import any_disease_metrics, as_arrays, clinical_metrics
-from handjax.evaluation.intervals import percentile_interval, proportion_interval
+from handjax.evaluation.intervals import (auroc_score_interval, kish_subjects,
+                                         percentile_interval, proportion_interval)
 
 _BOOT_CHUNK = 2 ** 21  # photo weights per batched bootstrap chunk (16 MiB of float64)
 
@@ -73,8 +74,10 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     (:func:`~handjax.evaluation.intervals.percentile_interval`), proportions ``interval``,
     ``n``, ``n_eff`` and ``design_effect``. ``n_boot=0``: point values only, every interval
     ``[nan, nan]``. A bootstrap interval of zero width (every resample gave the point value,
-    e.g. an AUROC of 1 on a small set) is flagged ``"collapsed": true``: the bootstrap cannot
-    tell its width there, and it is no claim of certainty.
+    e.g. a kappa of 1 on a small set) is flagged ``"collapsed": true``: the bootstrap cannot
+    tell its width there, and it is no claim of certainty. An AUROC at 1 (or 0) whose
+    resamples all agreed (the ones ``metric_fn.aurocs(y)`` names, with their positives)
+    gets Newcombe's score interval instead (``"interval": "newcombe score ..."``).
     """
     y, prob, pred = as_arrays(y, prob, pred)
     repeat = np.zeros(len(y), np.int64) if repeat is None else np.asarray(repeat)
@@ -88,6 +91,7 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
                 for k, v in value.items()}
     props = getattr(metric_fn, "proportions", None)
     parts = props(y, prob, pred) if props is not None else {}
+    aurocs = metric_fn.aurocs(y) if hasattr(metric_fn, "aurocs") else {}
     w = subject_bootstrap_weights(subjects, n_boot, seed)
     rest = [k for k in value if k not in parts]
     samples = {}
@@ -105,8 +109,24 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
             entry["value"] = v      # metric_fn's own value (equal; tested)
         else:
             entry = percentile_interval(v, samples[k], alpha)
+            if entry.get("collapsed") and v in (0.0, 1.0) and k in aurocs:
+                entry = _auroc_at_bound(entry, aurocs[k], subjects, alpha)
         out[k] = _with_sd(entry, each, k)
     return out
+
+
+def _auroc_at_bound(entry: dict, positives: list, subjects, alpha: float) -> dict:
+    """An AUROC of 1 (or 0) whose every resample agreed: the widest Newcombe score interval
+    over its one-vs-rest splits ``positives``, at the effective numbers of positive and
+    negative subjects (:func:`~handjax.evaluation.intervals.auroc_score_interval`)."""
+    key = next(k for k in entry if k.startswith("ci"))
+    cis = [auroc_score_interval(entry["value"], kish_subjects(p, subjects),
+                                kish_subjects(~np.asarray(p, bool), subjects), alpha)
+           for p in positives]
+    entry = {k: v for k, v in entry.items() if k != "collapsed"}
+    entry[key] = [min(c[0] for c in cis), max(c[1] for c in cis)]
+    entry["interval"] = "newcombe score (the bootstrap collapsed at the bound)"
+    return entry
 
 
 def _with_sd(entry: dict, each: list[dict], name: str) -> dict:

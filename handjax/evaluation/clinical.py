@@ -280,8 +280,18 @@ def _clinical_proportions(y, prob, pred) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
+def _clinical_aurocs(y) -> dict[str, list[np.ndarray]]:
+    """The AUROCs among :func:`clinical_metrics` and the positives of each of their
+    one-vs-rest splits (the macro AUROC has one per class)."""
+    y = np.asarray(y, np.int64)
+    return {"auroc_macro": [y == k for k in range(len(CLASSES))],
+            "auroc_any_disease": [TASKS["any_disease"].positive(y)],
+            "auroc_ra": [TASKS["ra"].positive(y)]}
+
+
 clinical_metrics.batched = _clinical_metrics_batched
 clinical_metrics.proportions = _clinical_proportions
+clinical_metrics.aurocs = _clinical_aurocs
 
 
 def any_disease_metrics(y, prob, pred) -> dict[str, float]:
@@ -318,6 +328,7 @@ def _any_disease_proportions(y, prob, pred):
 
 any_disease_metrics.batched = _any_disease_batched
 any_disease_metrics.proportions = _any_disease_proportions
+any_disease_metrics.aurocs = lambda y: {"auroc_any_disease": [TASKS["any_disease"].positive(y)]}
 
 
 

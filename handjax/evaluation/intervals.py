@@ -92,6 +92,45 @@ def proportion_interval(num, den, subjects, repeat=None, alpha: float = 0.05) ->
             "n": float(n.mean()), "n_eff": n_eff, "design_effect": float(n.mean()) / n_eff}
 
 
+def kish_subjects(mask, subjects) -> float:
+    """Kish's effective number of subjects among the rows ``mask``: ``(sum m)^2 / sum m^2``
+    for subjects with ``m`` such rows (the number of subjects when each has as many)."""
+    _, sid = np.unique(np.asarray(subjects).astype(str)[np.asarray(mask, bool)],
+                       return_inverse=True)
+    m = np.bincount(sid).astype(np.float64)
+    return float(m.sum() ** 2 / np.sum(m * m)) if len(m) else 0.0
+
+
+def _hanley_mcneil_var(theta: float, m: float, n: float) -> float:
+    """Hanley & McNeil's variance of an AUROC ``theta`` from ``m`` positives and ``n``
+    negatives, with both counts set to ``N* = (m + n) / 2 - 1`` inside the bracket
+    (Newcombe 2006)."""
+    nstar = (m + n) / 2 - 1
+    return theta * (1 - theta) / (m * n) * (
+        1 + (nstar - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+
+
+def auroc_score_interval(theta: float, m: float, n: float, alpha: float = 0.05) -> list[float]:
+    """The Wilson-type score interval of an AUROC (Newcombe, "Confidence intervals for an
+    effect size measure based on the Mann-Whitney statistic. Part 2", Stat Med 2006, method
+    5): the ``t`` with ``(theta - t)^2 = z^2 V(t)``, ``V`` :func:`_hanley_mcneil_var` at
+    ``m`` positives and ``n`` negatives (effective counts may be fractional). Like Wilson's
+    it keeps its width at 0 and 1, where the bootstrap's collapses."""
+    from scipy.optimize import brentq
+    if not (math.isfinite(theta) and m > 0 and n > 0):
+        return [math.nan, math.nan]
+    z2 = stats.norm.ppf(1 - alpha / 2) ** 2
+
+    def gap(t):
+        return (theta - t) ** 2 - z2 * _hanley_mcneil_var(t, m, n)
+
+    # V vanishes at 0 and 1, so at a bound the bracket starts just inside it (gap < 0 there)
+    inner = min(max(theta, 1e-9), 1 - 1e-9)
+    lo = brentq(gap, 0.0, inner, xtol=1e-13) if theta > 0 else 0.0
+    hi = brentq(gap, inner, 1.0, xtol=1e-13) if theta < 1 else 1.0
+    return [float(lo), float(hi)]
+
+
 def _quantile(sorted_x: np.ndarray, q: float) -> float:
     """numpy's default (linear) percentile of sorted values that may hold +-inf: a quantile
     that interpolates toward an infinite neighbour is that infinity (unbounded)."""
