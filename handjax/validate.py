@@ -9,8 +9,9 @@ folders named as the run's, or as its ``data.class_map`` maps them). A class may
 photo: the tasks the set can assess are run, and one line says which it skips
 (:func:`handjax.evaluation.clinical.assessable`). The photos' native sizes are recorded
 beside the training photos' (``results.json["data"]["native_size"]``), with a warning when
-they are far apart (:mod:`handjax.data.native`). ``--metadata`` is a CSV like the training one (``file``, optional
-``subject``, subgroup columns); without it every photo is its own subject.
+they are far apart (:mod:`handjax.data.native`). ``--metadata`` is a CSV like the training
+one (``file``, optional ``subject``, subgroup columns); without it every photo is its own
+subject.
 
 Each photo is scored by the ensemble of the run's K fold models (no photo of the new set was
 seen by any of them, so the ``fold`` column of ``predictions.csv`` is -1 for every row):
@@ -38,7 +39,8 @@ Overlap guard: a photo of the new set that is the same photo as a training photo
 near-duplicate of one (mirrored, flipped upside down, rotated by 90, 180 or 270 degrees,
 cropped, re-encoded: the perceptual hash the run's folds are grouped by, compared in all
 eight orientations, :func:`handjax.data.splits.copies_of`) would score the models on what
-they learned; it is refused, both files named and the turn said. ``--drop-overlap`` leaves such photos out, lists them, and goes on.
+they learned; it is refused, both files named and the turn said. ``--drop-overlap`` leaves
+such photos out, lists them, and goes on.
 """
 from __future__ import annotations
 

@@ -566,9 +566,10 @@ def test_plots_write_png_files(tmp_path):
 # ---------------------------------------------------------------------------------- repeats
 def test_repeated_cv_bootstrap_pools_repeats_by_definition():
     """Two identical repeats: the pooled value and bootstrap interval are exactly the single
-    repeat's (every resample recomputes both repeats, which agree). Two different repeats: the value is the mean of the
-    repeats' values, and the interval is the percentile interval of that mean recomputed on
-    each resample of subjects (the Brier score's float64 definition)."""
+    repeat's (every resample recomputes both repeats, which agree). Two different repeats:
+    the value is the mean of the repeats' values, and the interval is the percentile
+    interval of that mean recomputed on each resample of subjects (the Brier score's
+    float64 definition)."""
     y, prob, pred, subjects = _data(seed=21, signal=1.0)
     one = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, subjects,
                                 n_boot=300, seed=4)

@@ -7,8 +7,10 @@ One module per job, in the order photos flow through them:
   ``$HANDJAX_CACHE/tfds`` (``load_folder``, ``load_synthetic``, ``describe``), and the
   optional metadata CSV (``load_metadata``: subjects, subgroup columns).
 * ``splits``: near-duplicate and subject groups, stratified folds (``duplicate_groups``,
-  ``copies_of`` (a second set's copies of the training photos), ``identical_groups``, ``label_conflicts``, ``merge_groups``, ``folds``, the inner
-  validation splits ``inner_splits``).
+  ``copies_of`` (a second set's copies of the training photos), ``identical_groups``,
+  ``label_conflicts``, ``merge_groups``, ``folds``, the inner validation splits
+  ``inner_splits``).
+* ``native``: the photos' sizes before resizing (``native_size_record``).
 * ``augment``: random flips, warps and colour changes in pure JAX (``augment``).
 * ``cohort``: the data record of a run (``Cohort``, ``load_cohort``): photos, views,
   subjects, metadata, folds; what evaluation and the reports read.
