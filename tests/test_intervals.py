@@ -147,6 +147,30 @@ def test_balanced_accuracy_is_a_mean_of_proportions():
     assert auroc["ci95"] == [pytest.approx(widest, abs=1e-12), 1.0] and widest < 0.99
 
 
+def test_grade_error_interval_is_twice_a_wilson_interval_and_never_collapses():
+    """mae_grade = 2 mean(|pred - y| / 2), a mean of fractions in [0, 1]: its interval is
+    twice their Wilson interval. A constant prediction one grade off every photo (mae 1,
+    every resample 1) and a perfect one (mae 0) both keep a width."""
+    y = np.array([0, 2] * 10)
+    pred = np.ones(20, int)
+    prob = np.full((20, 3), 1 / 3)
+    out = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, np.arange(20),
+                                n_boot=50)["mae_grade"]
+    assert out["value"] == 1 and out["scale"] == 2
+    np.testing.assert_allclose(out["ci95"], 2 * np.array(wilson_interval(0.5, 20)), atol=1e-12)
+    perfect = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, y, np.arange(20),
+                                    n_boot=50)["mae_grade"]
+    ref = stats.binomtest(0, 20).proportion_ci(method="wilson")
+    assert perfect["value"] == 0
+    np.testing.assert_allclose(perfect["ci95"], [0, 2 * ref.high], atol=1e-12)
+    rng = np.random.default_rng(4)                           # inside: n_eff from the data
+    y, pred = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
+    mid = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob[:1].repeat(60, 0), pred,
+                                np.arange(60), n_boot=50)["mae_grade"]
+    e = np.abs(pred - y) / 2
+    assert mid["n_eff"] == pytest.approx(min(e.mean() * (1 - e.mean()) / e.var() * 60, 60))
+
+
 def test_auroc_score_interval_solves_its_equation_and_covers():
     """Newcombe's method 5: each limit t solves (theta - t)^2 = z^2 V(t); on binormal data
     (true AUROC 0.9, 15 + 15 photos) it covers near the nominal 95% over 400 data sets."""

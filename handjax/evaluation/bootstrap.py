@@ -101,11 +101,7 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     out = {}
     for k, v in value.items():
         if k in parts:
-            num, den, *group = parts[k]
-            # a mean of proportions (one per component, e.g. per class) averages like repeats
-            part = repeat if not group else np.unique(
-                np.stack([repeat, np.asarray(group[0])], 1), axis=0, return_inverse=True)[1]
-            entry = proportion_interval(num, den, subjects, np.ravel(part), alpha)
+            entry = _proportion_entry(parts[k], subjects, repeat, alpha)
             entry["value"] = v      # metric_fn's own value (equal; tested)
         else:
             entry = percentile_interval(v, samples[k], alpha)
@@ -113,6 +109,23 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
                 entry = _auroc_at_bound(entry, aurocs[k], subjects, alpha)
         out[k] = _with_sd(entry, each, k)
     return out
+
+
+def _proportion_entry(part: tuple, subjects, repeat, alpha: float) -> dict:
+    """:func:`proportion_interval` of one ``.proportions`` item: ``(num, den)``, or
+    ``(num, den, component)`` for a mean of proportions (one per component, e.g. per class:
+    averaged like repeats), or ``(num, den, component, scale)`` for a figure that is
+    ``scale`` times such a mean (the grade error, ``2 * mean(|pred - y| / 2)``)."""
+    num, den, *rest = part
+    group, scale = (list(rest) + [None, 1.0][len(rest):])[:2]
+    comp = repeat if group is None else np.unique(
+        np.stack([repeat, np.asarray(group)], 1), axis=0, return_inverse=True)[1]
+    entry = proportion_interval(num, den, subjects, np.ravel(comp), alpha)
+    if scale != 1.0:
+        key = next(k for k in entry if k.startswith("ci"))
+        entry[key] = [scale * x for x in entry[key]]
+        entry["scale"] = scale
+    return entry
 
 
 def _auroc_at_bound(entry: dict, positives: list, subjects, alpha: float) -> dict:

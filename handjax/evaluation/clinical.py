@@ -262,15 +262,19 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
 def _clinical_proportions(y, prob, pred) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The proportions among :func:`clinical_metrics`, as ``{name: (numerator, denominator)}``
     photo masks (or ``(numerator, denominator, component)`` for a mean of proportions, one
-    per component: balanced accuracy, the mean recall of the classes present): what
-    :func:`handjax.evaluation.bootstrap_ci` gives a clustered Wilson interval instead of a
-    bootstrap one."""
+    per component: balanced accuracy, the mean recall of the classes present; a fourth item
+    scales it: the grade error is twice the mean of ``|pred - y| / 2``, a fraction in
+    [0, 1]): what :func:`handjax.evaluation.bootstrap_ci` gives a clustered Wilson interval
+    instead of a bootstrap one."""
     y, _, pred = as_arrays(y, prob, pred)
     every = np.ones(len(y), bool)
     out = {"accuracy": (pred == y, every), "under_severity_rate": (pred < y, every),
            # the mean of the present classes' recalls: a mean of proportions (third item:
            # the component each photo's ratio belongs to, averaged like repeats)
-           "balanced_accuracy": (pred == y, every, y)}
+           "balanced_accuracy": (pred == y, every, y),
+           # |pred - y| / 2 lies in [0, 1]: a Wilson interval on its mean is conservative
+           # (a 0/1 variable has the largest variance a [0, 1] one can have for its mean)
+           "mae_grade": (np.abs(pred - y) / 2.0, every, None, 2.0)}
     for k, c in enumerate(CLASSES):
         truth, called = y == k, pred == k
         out[f"sensitivity_{c}"] = (truth & called, truth)
