@@ -245,9 +245,10 @@ def _bootstrap_line(boot: dict) -> str:
     if boot.get("resamples") == 0:
         return ("- no CIs (`eval.bootstrap=0`: point values only); every figure is "
                 "recomputable from predictions.csv")
-    return (f"- 95% CIs: proportions (accuracy, sensitivity, specificity, PPV, NPV) Wilson "
-            f"at the effective number of photos their {boot.get('unit', 'subject')}s' "
-            "clustering leaves; every other figure a percentile bootstrap over "
+    return ("- 95% CIs: accuracy, sensitivity, specificity, PPV, NPV, balanced accuracy and "
+            "grade error (shares of photos, or means of them) Wilson at the effective number "
+            f"of photos their {boot.get('unit', 'subject')}s' clustering leaves; an AUROC of "
+            "1 Newcombe's score interval; every other figure a percentile bootstrap over "
             f"{boot.get('unit', 'subject')}s ({boot.get('resamples', '?')} resamples, seed "
             f"{boot.get('seed', '?')}): `n_finite k/N` marks one that only k resamples gave a "
             "finite value for, `unbounded` a limit at infinity; every figure is recomputable "
