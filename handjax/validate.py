@@ -5,9 +5,13 @@ clinic, another phone), scored like a training run.
         [--metadata clinic_b.csv] --out runs/vgg19_custom/validate_clinic_b [--drop-overlap]
 
 ``--data`` is an ImageFolder like the training one (``<class>/<any depth>/*.jpg``, class
-folders named as the run's, or as its ``data.class_map`` maps them; every class needs at
-least one photo). ``--metadata`` is a CSV like the training one (``file``, optional
-``subject``, subgroup columns); without it every photo is its own subject.
+folders named as the run's, or as its ``data.class_map`` maps them). A class may have no
+photo: the tasks the set can assess are run, and one line says which it skips
+(:func:`handjax.evaluation.clinical.assessable`). The photos' native sizes are recorded
+beside the training photos' (``results.json["data"]["native_size"]``), with a warning when
+they are far apart (:mod:`handjax.data.native`). ``--metadata`` is a CSV like the training
+one (``file``, optional ``subject``, subgroup columns); without it every photo is its own
+subject.
 
 Each photo is scored by the ensemble of the run's K fold models (no photo of the new set was
 seen by any of them, so the ``fold`` column of ``predictions.csv`` is -1 for every row):
@@ -32,10 +36,11 @@ task, the decision curves, subgroups by metadata column), ``results.md``, and ``
 ``reliability.png``, ``decision_curve.png``, ``confusion_<rule>.png``.
 
 Overlap guard: a photo of the new set that is the same photo as a training photo, or a
-near-duplicate of one (mirrored, cropped, re-encoded: the perceptual hash the run's folds
-are grouped by, :func:`handjax.data.duplicate_groups`, here on the new photos together with
-the run's training photos) would score the models on what they learned; it is refused, both
-files named. ``--drop-overlap`` leaves such photos out, lists them, and goes on.
+near-duplicate of one (mirrored, flipped upside down, rotated by 90, 180 or 270 degrees,
+cropped, re-encoded: the perceptual hash the run's folds are grouped by, compared in all
+eight orientations, :func:`handjax.data.splits.copies_of`) would score the models on what
+they learned; it is refused, both files named and the turn said. ``--drop-overlap`` leaves
+such photos out, lists them, and goes on.
 """
 from __future__ import annotations
 
@@ -56,7 +61,9 @@ from handjax.train import workdir as workdirs
 from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.data.sources import describe, load_folder, load_metadata
-from handjax.data.splits import duplicate_groups
+from handjax.data.native import native_size_record
+from handjax.data.splits import copies_of
+from handjax.data.synthetic import SYNTHETIC_SIZE
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
 from handjax.model.ensemble import TrainedRun, load_run, read_json
@@ -94,23 +101,18 @@ def check_folder_classes(root, class_map=None) -> None:
                         f"have; it was trained on {', '.join(CLASSES)}{mapped}")
 
 
-def overlapping(train: Examples, new: Examples) -> list[tuple[int, int]]:
-    """``[(new index, training index)]``: each new photo in a near-duplicate group
-    (:func:`duplicate_groups` over both sets) that holds a training photo, paired with the
-    first such training photo."""
-    n_train = len(train.labels)
-    groups = duplicate_groups(np.concatenate([np.asarray(train.images),
-                                              np.asarray(new.images)]))
-    first_train: dict[int, int] = {}
-    for i, g in enumerate(groups[:n_train]):
-        first_train.setdefault(int(g), i)
-    return [(j, first_train[int(g)]) for j, g in enumerate(groups[n_train:])
-            if int(g) in first_train]
+def overlapping(train: Examples, new: Examples) -> list[tuple[int, int, str]]:
+    """``[(new index, training index, how)]``: each new photo that copies a training photo,
+    turned any way (:func:`handjax.data.splits.copies_of`: mirrored, flipped, rotated by
+    90/180/270°, cropped, re-encoded), ``how`` naming the turn."""
+    return copies_of(train.images, new.images)
 
 
-def overlap_message(pairs: list[tuple[str, str]], data, limit: int = 10) -> str:
-    """One line naming each new photo and the training photo it copies."""
-    shown = "; ".join(f"{new} ~ training photo {old}" for new, old in pairs[:limit])
+def overlap_message(pairs: list[tuple], data, limit: int = 10) -> str:
+    """One line naming each new photo and the training photo it copies (and how, where
+    ``pairs`` has a third item)."""
+    shown = "; ".join(f"{p[0]} ~ training photo {p[1]}"
+                      + (f" ({p[2]})" if len(p) > 2 else "") for p in pairs[:limit])
     more = f"; and {len(pairs) - limit} more" if len(pairs) > limit else ""
     return (f"{len(pairs)} photo(s) of --data {data} are the same as or near-duplicates of "
             f"the run's training photos: {shown}{more}; remove them or pass --drop-overlap")
@@ -197,7 +199,8 @@ def validation_results(run: TrainedRun, preds: clinical.Predictions, data_desc: 
     return clinical.json_safe({
         "name": f"{r.get('name', '?')} validated on {data_desc['source']}",
         "run": {"workdir": str(workdir), **{k: r.get(k) for k in (
-            "name", "model", "loss", "weights", "image_size", "n_folds", "seed")}},
+            "name", "model", "loss", "weights", "image_size", "n_folds", "repeats", "seed")},
+                "data_source": r.get("data", {}).get("source")},
         "n_folds": r.get("n_folds"), "data": data_desc,
         "overlap_dropped": dropped,
         "ensemble": "mean over the run's fold models (module docstring of handjax.validate)",
@@ -226,13 +229,14 @@ def validation_markdown(results: dict) -> str:
     intercept and slope, and the decision curve at a few thresholds."""
     data, run = results["data"], results["run"]
     dropped = results.get("overlap_dropped") or []
-    lines = [f"# {results['name']}", "",
+    lines = [f"# {results['name']}", "", *report.validation_notes(results),
              f"- **{data['n']} photos of {data['n_subjects']} subjects** from {data['source']} "
              f"({', '.join(f'{k} {v}' for k, v in data['class_counts'].items())})",
-             f"- scored by the {run['n_folds']} fold models of run {run['name']} "
+             f"- scored by the {report.fold_models(run)} of run {run['name']} "
              f"({run['model']}, {run['loss']} loss, {run['image_size']} px, {run['workdir']})",
              f"- left out as copies of training photos: {len(dropped)}"
-             + "".join(f"\n  - {d['file']} ~ {d['training_file']}" for d in dropped)]
+             + "".join(f"\n  - {d['file']} ~ {d['training_file']} ({d['how']})"
+                       for d in dropped)]
     parts = ["\n".join(lines), report.clinical_markdown(results, "fold ensemble on the new photos"),
              report.calibration_line_markdown(results["calibration"]["intercept_slope"]),
              report.decision_curve_markdown(results["decision_curve"])]
@@ -285,7 +289,7 @@ def load_new_set(data, run: TrainedRun, metadata=None) -> tuple[Examples, np.nda
     class_map = dict(spec.class_map) if spec.class_map else None
     check_folder_classes(data, class_map)
     new = load_folder(data, image_size=spec.image_size, on_error=spec.on_error,
-                      class_map=class_map, min_per_class=1)
+                      class_map=class_map, min_per_class=0)
     if metadata:
         subjects, columns = load_metadata(metadata, new.ids)
     else:
@@ -308,21 +312,28 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
     train_root = run.run_spec.data.root
     named = [(str(Path(data) / new.ids[j]),
               str(Path(train_root) / cohort.examples.ids[i]) if train_root
-              else cohort.examples.ids[i]) for j, i in pairs]
+              else cohort.examples.ids[i], how) for j, i, how in pairs]
     if named and not drop_overlap:
         raise DataError(overlap_message(named, data))
-    for file, old in named:
-        console.say(f"left out {file}: a copy of training photo {old}")
-    keep = np.setdiff1d(np.arange(len(new.labels)), [j for j, _ in pairs])
+    for file, old, how in named:
+        console.say(f"left out {file}: a copy of training photo {old} ({how})")
+    keep = np.setdiff1d(np.arange(len(new.labels)), [j for j, _, _ in pairs])
     if len(keep) == 0:
         raise DataError(f"every photo of --data {data} copies a training photo; nothing is "
                         "left to validate on")
     new, subjects = subset(new, keep), subjects[keep]
     columns = {c: np.asarray(v)[keep] for c, v in columns.items()}
+    coverage, skipped = clinical.assessable(new.labels, f"--data {data}")
+    sizes = native_size_record(data, new.ids, train_root, cohort.examples.ids,
+                               run.run_spec.data.image_size, SYNTHETIC_SIZE)
+    for line in (skipped, sizes["warning"]):
+        if line:
+            console.say(line)
     preds = ensemble_predictions(run, cohort, new, subjects, columns)
     desc = {**describe(new, source=source), "class_names": list(CLASSES),
-            "n_subjects": len(np.unique(subjects))}
-    dropped = [{"file": f, "training_file": o} for f, o in named]
+            "n_subjects": len(np.unique(subjects)), "coverage": {**coverage, "line": skipped},
+            "native_size": sizes}
+    dropped = [{"file": f, "training_file": o, "how": how} for f, o, how in named]
     results = validation_results(run, preds, desc, dropped, workdir)
     try:
         write_outputs(out, preds, results)

@@ -322,13 +322,18 @@ def test_bootstrap_ci_batched_equals_the_loop_and_counts_finite_resamples(monkey
                                  n_boot=25, seed=3)
     slow = clinical.bootstrap_ci(lambda *a: clinical.clinical_metrics(*a), y, prob, pred,
                                  subjects, n_boot=25, seed=3)
-    for name in fast:
+    proportions = clinical.clinical_metrics.proportions(y, prob, pred)
+    for name in fast:   # the lambda has no .proportions: every figure bootstrapped
+        assert slow[name]["n_finite"] <= 25
+        if name in proportions:
+            assert fast[name]["interval"] == "wilson" and "n_finite" not in fast[name]
+            continue
         assert fast[name]["n_finite"] == slow[name]["n_finite"], name
         np.testing.assert_allclose(fast[name]["ci95"], slow[name]["ci95"], atol=1e-12)
     monkeypatch.setattr(clinical.bootstrap, "_BOOT_CHUNK", 7 * 30)  # chunks of 7 resamples: same result
     assert clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, subjects,
                                  n_boot=25, seed=3) == fast
-    assert fast["accuracy"]["n_finite"] == 25
+    assert slow["accuracy"]["n_finite"] == 25 and fast["brier"]["n_finite"] == 25
     assert 8 <= fast["auroc_ra"]["n_finite"] < 25
     lo, hi = fast["accuracy"]["ci95"]
     assert lo <= fast["accuracy"]["value"] <= hi
@@ -534,9 +539,15 @@ def test_metrics_from_predictions_equal_direct_sklearn_calls(tmp_path):
         skm.accuracy_score(y, p.pred["cnn_calibrated"]))
     for rule in block:
         for name, entry in block[rule].items():
-            assert set(entry) == {"value", "ci95", "n_finite"}
-            if entry["n_finite"] == 200 and name != "balanced_accuracy":
-                assert entry["ci95"][0] <= entry["ci95"][1]
+            if entry.get("interval") == "wilson":    # a proportion: clustered Wilson
+                assert set(entry) - {"scale"} == {"value", "ci95", "interval", "n", "n_eff",
+                                                  "design_effect"}
+                assert entry["ci95"][0] < entry["ci95"][1]
+            else:
+                assert set(entry) - {"collapsed"} == {"value", "ci95", "n_finite",
+                                                      "n_resamples", "unbounded"}
+                if entry["n_finite"] == 200 and name != "balanced_accuracy":
+                    assert entry["ci95"][0] <= entry["ci95"][1]
 
 
 def test_plots_write_png_files(tmp_path):
@@ -554,9 +565,11 @@ def test_plots_write_png_files(tmp_path):
 
 # ---------------------------------------------------------------------------------- repeats
 def test_repeated_cv_bootstrap_pools_repeats_by_definition():
-    """Two identical repeats: the pooled value and interval are exactly the single repeat's
-    (drawing a repeat changes nothing). Two different repeats: the value is the mean of the
-    repeats' values, and the interval is at least as wide as either repeat's."""
+    """Two identical repeats: the pooled value and bootstrap interval are exactly the single
+    repeat's (every resample recomputes both repeats, which agree). Two different repeats:
+    the value is the mean of the repeats' values, and the interval is the percentile
+    interval of that mean recomputed on each resample of subjects (the Brier score's
+    float64 definition)."""
     y, prob, pred, subjects = _data(seed=21, signal=1.0)
     one = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, pred, subjects,
                                 n_boot=300, seed=4)
@@ -565,6 +578,8 @@ def test_repeated_cv_bootstrap_pools_repeats_by_definition():
         np.tile(subjects, 2), n_boot=300, seed=4, repeat=np.repeat([0, 1], len(y)))
     for name in ("accuracy", "auroc_macro", "brier"):
         assert twice[name]["value"] == pytest.approx(one[name]["value"], abs=1e-12)
+        assert twice[name]["between_repeat_sd"] == 0
+    for name in ("auroc_macro", "brier"):   # bootstrap intervals: the very same resamples
         np.testing.assert_allclose(twice[name]["ci95"], one[name]["ci95"], atol=1e-12)
     y2, prob2, pred2, _ = _data(seed=22, signal=0.3)
     rep = np.repeat([0, 1], len(y))
@@ -574,8 +589,14 @@ def test_repeated_cv_bootstrap_pools_repeats_by_definition():
     second = clinical.clinical_metrics(y, prob2, pred2)
     assert mixed["brier"]["value"] == pytest.approx(
         (one["brier"]["value"] + second["brier"]) / 2, abs=1e-12)
-    width = np.diff(mixed["brier"]["ci95"])[0]
-    assert width >= np.diff(one["brier"]["ci95"])[0] - 1e-12
+    # the interval of the mean: each resample draws subjects once and recomputes both repeats
+    w = clinical.subject_bootstrap_weights(np.tile(subjects, 2), 300, seed=4)[:, :len(y)]
+    per_photo = [((p - np.eye(3)[y]) ** 2).sum(1) for p in (prob, prob2)]   # the definition
+    means = np.mean([w @ b / w.sum(1) for b in per_photo], axis=0)
+    np.testing.assert_allclose(mixed["brier"]["ci95"], np.percentile(means, [2.5, 97.5]),
+                               atol=1e-12)
+    assert mixed["brier"]["between_repeat_sd"] == pytest.approx(
+        np.std([one["brier"]["value"], second["brier"]], ddof=1), abs=1e-12)
 
 
 def test_predictions_csv_round_trips_a_repeat_column(tmp_path):

@@ -245,3 +245,9 @@ def test_repeats_predict_every_photo_twice_and_the_first_repeat_is_the_single_ru
     assert len(results["clinical_per_repeat"]) == 2 and results["repeats"] == 2
     assert len(results["calibration"]["temperatures"]) == 2 * c.n_folds
     assert not np.array_equal(two.rows(two.repeat == 1).fold, first.fold)
+    # the pooled figure is the mean over repeats, with the between-repeat SD beside it
+    pooled = results["clinical"]["cnn_calibrated"]["brier"]
+    each = [rep["cnn_calibrated"]["brier"]["value"] for rep in results["clinical_per_repeat"]]
+    assert pooled["value"] == pytest.approx(np.mean(each), abs=1e-12)
+    assert pooled["between_repeat_sd"] == pytest.approx(np.std(each, ddof=1), abs=1e-12)
+    assert "between-repeat SD" in (workroot / "repeats2" / "results.md").read_text()

@@ -40,10 +40,10 @@ def test_calibrated_probabilities_have_intercept_0_and_slope_1():
     assert abs(fit["intercept"]) < 0.08 and abs(fit["slope"] - 1) < 0.08
 
 
-def test_calibration_line_is_nan_where_undefined():
+def test_calibration_line_is_nan_where_undefined_and_infinite_where_separated():
     assert np.isnan(clinical.calibration_intercept_slope([True] * 5, [0.3] * 5)["slope"])
     separated = clinical.calibration_intercept_slope([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
-    assert np.isnan(separated["slope"])
+    assert separated["slope"] == np.inf     # no maximum-likelihood estimate: unbounded
     y = np.array([0, 1, 2, 2, 0, 1])
     lines = clinical.calibration_lines(y, np.full((6, 3), 1 / 3))
     assert sorted(lines) == sorted(f"{k}_{t}" for k in ("intercept", "slope")
@@ -82,7 +82,7 @@ def test_overlap_finds_mirrored_copies_and_names_the_training_photo():
     images = np.concatenate([other.images[:5], train.images[[2, 9]][:, :, ::-1]])
     new = other._replace(images=images, labels=np.zeros(7, np.int32),
                          ids=[f"n{i}" for i in range(7)])
-    assert validate.overlapping(train, new) == [(5, 2), (6, 9)]
+    assert validate.overlapping(train, new) == [(5, 2, "mirrored"), (6, 9, "mirrored")]
 
 
 # ------------------------------------------------------------------ end to end (slow)
@@ -186,6 +186,7 @@ def test_mirrored_training_photos_are_refused_by_name_or_dropped(trained, tmp_pa
         validate.validate(workdir, data, tmp_path / "out")
     msg = str(err.value)
     assert "\n" not in msg and "mirror0_0.png ~ training photo synthetic/normal/0000" in msg
+    assert "(mirrored)" in msg
     assert "--drop-overlap" in msg
     assert validate.main(["--workdir", str(workdir), "--data", str(data), "--out",
                           str(tmp_path / "out")]) == 1

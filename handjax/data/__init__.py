@@ -7,8 +7,10 @@ One module per job, in the order photos flow through them:
   ``$HANDJAX_CACHE/tfds`` (``load_folder``, ``load_synthetic``, ``describe``), and the
   optional metadata CSV (``load_metadata``: subjects, subgroup columns).
 * ``splits``: near-duplicate and subject groups, stratified folds (``duplicate_groups``,
-  ``identical_groups``, ``label_conflicts``, ``merge_groups``, ``folds``, the inner
-  validation splits ``inner_splits``).
+  ``copies_of`` (a second set's copies of the training photos), ``identical_groups``,
+  ``label_conflicts``, ``merge_groups``, ``folds``, the inner validation splits
+  ``inner_splits``).
+* ``native``: the photos' sizes before resizing (``native_size_record``).
 * ``augment``: random flips, warps and colour changes in pure JAX (``augment``).
 * ``cohort``: the data record of a run (``Cohort``, ``load_cohort``): photos, views,
   subjects, metadata, folds; what evaluation and the reports read.
@@ -36,6 +38,7 @@ _LAZY = {
     "IMAGE_EXTENSIONS": "sources", "HandConditions": "sources", "SyntheticHands": "sources",
     "describe": "sources", "load_folder": "sources", "load_metadata": "sources",
     "load_synthetic": "sources", "duplicate_groups": "splits", "folds": "splits",
+    "copies_of": "splits",
     "inner_splits": "splits", "merge_groups": "splits", "identical_groups": "splits",
     "label_conflicts": "splits", "SYNTHETIC_SIZE": "synthetic",
     "render_hand": "synthetic", "synthetic_metadata": "synthetic",

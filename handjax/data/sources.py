@@ -101,7 +101,7 @@ def _folder_label(name: str, mapping: dict):
 def _check_counts(labels, root, what: str, least: int = N_FOLDS) -> None:
     counts = np.bincount(np.asarray(labels, np.int64), minlength=len(CLASSES))
     empty = [CLASSES[i] for i in range(len(CLASSES)) if counts[i] == 0]
-    if empty:
+    if empty and (least > 0 or len(empty) == len(CLASSES)):   # least=0: a class may be absent
         raise DataError(
             f"empty class(es) {', '.join(empty)} in {root}: no {what} "
             f"({'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
@@ -181,7 +181,7 @@ class HandConditions(_Builder, skip_registration=_SKIP):
     def _generate_examples(self):
         cfg = self.builder_config
         root, bad = Path(cfg.root), []
-        for rel, label in _scan_folder(root, dict(cfg.class_map), 1):
+        for rel, label in _scan_folder(root, dict(cfg.class_map), 0):
             try:
                 image = decode_image(root / rel, cfg.image_size)
             except DataError as e:
@@ -305,7 +305,8 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
     "skip" leaves them out with a warning giving their number. class_map: optional
     {folder name: class name} for folders not named like ``CLASSES``. Folder-structure errors
     (missing root, no/unknown/empty class folders, fewer than N_FOLDS images in a class) are
-    raised before anything is decoded. Decoded arrays are cached under $HANDJAX_CACHE.
+    raised before anything is decoded; ``min_per_class=0`` lets a class have no photo (a
+    second set for validation). Decoded arrays are cached under $HANDJAX_CACHE.
     """
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")

@@ -17,16 +17,38 @@ log = logging.getLogger(__name__)
 CROP_SCALES = (0.95, 0.9, 0.85, 0.8)
 
 
+# The eight ways a photo can be turned over or round (the dihedral group of the square), as
+# functions of a square array. Rotations are clockwise, as a photo viewer turns them.
+ORIENTATIONS = {
+    "as is": lambda a: a,
+    "mirrored": lambda a: a[:, ::-1],
+    "flipped vertically": lambda a: a[::-1],
+    "rotated 180°": lambda a: a[::-1, ::-1],
+    "rotated 90°": lambda a: np.rot90(a, -1),
+    "rotated 270°": lambda a: np.rot90(a, 1),
+    "mirrored and rotated 90°": lambda a: np.rot90(a[:, ::-1], -1),
+    "mirrored and rotated 270°": lambda a: np.rot90(a[:, ::-1], 1),
+}
+# What undoes each: if B is A turned by o, then A is B turned by INVERSE[o].
+INVERSE = {**{o: o for o in ORIENTATIONS}, "rotated 90°": "rotated 270°",
+           "rotated 270°": "rotated 90°"}
+MIRRORED = ("as is", "mirrored")   # what the training folds compare (duplicate_groups)
+MAX_DISTANCE = 40                  # bits; see duplicate_groups
+
+
 def _dhash(images: np.ndarray, hash_size: int = 12, scales=(1.0,),
-           mirror: bool = False) -> np.ndarray:
+           orientations=("as is",)) -> np.ndarray:
     """Difference hashes, bool [N, V, 2 * hash_size**2]: in a small gray copy, does each pixel
     rise toward its right neighbour, and toward the one below, by more than the median step?
     (The median, not 0: a smooth lighting gradient would otherwise set most bits alike in every
     photo. On 300 distinct low-texture images, pairs within the threshold: 315 with right
     neighbours against 0, 64 against the median, 24 with the rows below added.) One hash per
-    centre crop in ``scales`` (1.0: the whole photo), each followed, with ``mirror``, by its
-    mirror image (V = len(scales) * 2). Survives resizing and re-encoding, which scraped photo
-    sets are full of."""
+    centre crop in ``scales`` (1.0: the whole photo) and, within it, per orientation in
+    ``orientations`` (names of :data:`ORIENTATIONS`, turning the small square copy, which
+    turns with the photo): variant ``v`` is crop ``v // len(orientations)`` turned by
+    orientation ``v % len(orientations)``. Survives resizing and re-encoding, which scraped
+    photo sets are full of."""
+    turns = [ORIENTATIONS[o] for o in orientations]
     bits = []
     for im in np.asarray(images):
         g = Image.fromarray(np.asarray(im, np.uint8)).convert("L")
@@ -35,21 +57,32 @@ def _dhash(images: np.ndarray, hash_size: int = 12, scales=(1.0,),
             box = ((w - w * s) / 2, (h - h * s) / 2, (w + w * s) / 2, (h + h * s) / 2)
             a = np.asarray(g.resize((hash_size + 1,) * 2, Image.Resampling.BOX, box=box),
                            np.int16)
-            for v in (a, a[:, ::-1]) if mirror else (a,):
+            for turn in turns:
+                v = turn(a)
                 right, down = v[:-1, 1:] - v[:-1, :-1], v[1:, :-1] - v[:-1, :-1]
                 bits.append(np.concatenate([(right > np.median(right)).ravel(),
                                             (down > np.median(down)).ravel()]))
     return np.array(bits, bool).reshape(len(images), -1, 2 * hash_size * hash_size)
 
 
-def _hash_distance(hashes: np.ndarray) -> np.ndarray:
-    """[N, N] bits between photo i's whole-photo hash and photo j's closest variant (crop or
-    mirror), whichever direction is smaller: one of two copies may be the cropped one."""
+def _closest_variant(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, N] bits between photo i's whole-photo hash (variant 0) and photo j's closest
+    variant, and which variant that is (one direction: row i, column j)."""
     b = hashes.astype(np.float32)
     whole = b[:, 0]
     dist = np.full((len(b), len(b)), np.inf, np.float32)
+    arg = np.zeros((len(b), len(b)), np.int64)
     for v in range(b.shape[1]):
-        dist = np.minimum(dist, whole @ (1 - b[:, v]).T + (1 - whole) @ b[:, v].T)
+        d = whole @ (1 - b[:, v]).T + (1 - whole) @ b[:, v].T
+        arg = np.where(d < dist, v, arg)
+        dist = np.minimum(dist, d)
+    return dist, arg
+
+
+def _hash_distance(hashes: np.ndarray) -> np.ndarray:
+    """[N, N] bits between photo i's whole-photo hash and photo j's closest variant (crop or
+    orientation), whichever direction is smaller: one of two copies may be the cropped one."""
+    dist, _ = _closest_variant(hashes)
     return np.minimum(dist, dist.T)
 
 
@@ -59,13 +92,16 @@ def _first_appearance(ids: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(first))[inverse.ravel()]
 
 
-def duplicate_groups(images, *, max_distance: int = 40) -> np.ndarray:
+def duplicate_groups(images, *, max_distance: int = MAX_DISTANCE,
+                     orientations=MIRRORED) -> np.ndarray:
     """Group id per image, int [N], numbered by first appearance: images whose 288-bit
     difference hashes differ in at most ``max_distance`` bits are linked, and linked images
     (transitively) share a group.
 
-    A pair is compared in both orientations (a mirrored copy matches) and across centre crops
-    (``CROP_SCALES``: a copy cropped to 80-90% of its side matches the same crop of the other).
+    A pair is compared in each of ``orientations`` (by default as is and mirrored: a mirrored
+    copy matches; :data:`ORIENTATIONS` names all eight, flips and 90° rotations too) and
+    across centre crops (``CROP_SCALES``: a copy cropped to 80-90% of its side matches the
+    same crop of the other).
     The default sits between what was measured at 64 px (150 synthetic hands; 150 textured
     procedural images): copies mirrored, centre-cropped to 80-90%, resized to 0.5-1.5x or
     JPEG re-encoded (quality 70) differ by <= 37 bits (one 90% crop of 300 by 44), distinct
@@ -78,9 +114,58 @@ def duplicate_groups(images, *, max_distance: int = 40) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"images must be [N, H, W, 3], got shape {images.shape}")
-    dist = _hash_distance(_dhash(images, scales=(1.0,) + CROP_SCALES, mirror=True))
+    dist = _hash_distance(_dhash(images, scales=(1.0,) + CROP_SCALES,
+                                 orientations=orientations))
     _, comp = connected_components(csr_matrix(dist <= max_distance), directed=False)
     return _first_appearance(comp)
+
+
+def copies_of(originals, images, *, max_distance: int = MAX_DISTANCE,
+              orientations=tuple(ORIENTATIONS)) -> list[tuple[int, int, str]]:
+    """``[(index in images, index in originals, how)]``: each of ``images`` that is one of
+    ``originals`` or a near-duplicate of one (an external validation set against the
+    training photos), turned any of the eight ways by default, cropped to 80-90%, resized
+    or re-encoded.
+
+    The photos of both sets are grouped as :func:`duplicate_groups` groups them (with
+    ``orientations``), so a copy of a copy is caught too; each caught photo is paired with
+    the original of its group nearest to it, and ``how`` names the turn that takes that
+    original to it (``"mirrored"``, ``"rotated 90°"`` (clockwise), ...; ``"as is"`` for a
+    plain, resized or re-encoded copy), with ``", cropped"`` / ``", a wider view"`` when the
+    copy is a centre crop of the original or the original of the copy; ``"through another
+    photo"`` when the two are linked only through a third."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    originals, images = np.asarray(originals), np.asarray(images)
+    n = len(originals)
+    both = np.concatenate([originals, images])
+    if both.ndim != 4 or both.shape[-1] != 3:
+        raise DataError(f"images must be [N, H, W, 3], got shape {both.shape}")
+    dist, arg = _closest_variant(_dhash(both, scales=(1.0,) + CROP_SCALES,
+                                        orientations=orientations))
+    sym = np.minimum(dist, dist.T)
+    _, comp = connected_components(csr_matrix(sym <= max_distance), directed=False)
+    out = []
+    for j in range(len(images)):
+        linked = np.flatnonzero(comp[:n] == comp[n + j])
+        if len(linked):
+            i = int(linked[np.argmin(sym[n + j, linked])])
+            out.append((j, i, _how(dist, arg, n + j, i, orientations, max_distance)))
+    return out
+
+
+def _how(dist, arg, copy: int, original: int, orientations, max_distance) -> str:
+    """How photo ``copy`` is derived from photo ``original`` (see :func:`copies_of`)."""
+    forward, backward = dist[copy, original], dist[original, copy]
+    if min(forward, backward) > max_distance:
+        return "through another photo"
+    k = len(orientations)
+    if forward <= backward:   # the copy's whole photo ~ the original turned (and cropped)
+        v = int(arg[copy, original])
+        return orientations[v % k] + (", cropped" if v >= k else "")
+    v = int(arg[original, copy])   # the original ~ the copy turned: undo the turn
+    return INVERSE[orientations[v % k]] + (", a wider view" if v >= k else "")
 
 
 def identical_groups(images) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""The subject-level (cluster) bootstrap: subjects are drawn with replacement and every photo
-of a drawn subject comes along, so photos of one hand or one person are never treated as
-independent evidence; per-fold and per-subgroup tables built on it."""
+"""Intervals over subjects: the subject-level (cluster) bootstrap, where subjects are drawn
+with replacement and every photo of a drawn subject comes along, so photos of one hand or
+one person are never treated as independent evidence, and for proportions a Wilson interval
+at the effective sample size that clustering leaves (:mod:`handjax.evaluation.intervals`);
+per-fold and per-subgroup tables built on them."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from handjax.evaluation.clinical import any_disease_metrics, as_arrays, clinical_metrics
+from handjax.evaluation.intervals import (auroc_score_interval, kish_subjects,
+                                         percentile_interval, proportion_interval)
 
 _BOOT_CHUNK = 2 ** 21  # photo weights per batched bootstrap chunk (16 MiB of float64)
 
@@ -33,59 +35,118 @@ def _resample_loop(metric_fn, y, prob, pred, w) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed: int = 0,
-                 alpha: float = 0.05, repeat=None) -> dict[str, dict]:
-    """Point values of ``metric_fn(y, prob, pred)`` with subject-level percentile intervals.
-
-    Subjects are resampled with replacement (all photos of a drawn subject come along, counted
-    as many times as it is drawn). ``metric_fn`` returns ``{name: float}``; if it has a
-    ``.batched(y, prob, pred, weights)`` form (``clinical_metrics`` and ``any_disease_metrics``
-    do), all resamples are computed at once, else photos are repeated resample by resample.
-    The same ``seed`` gives the same resampled subjects, so CIs of different rules are paired.
-
-    Repeated cross-validation (``repeat``: each row's repeat, R > 1 of them; a photo has one
-    row per repeat): the point value is the mean over repeats of the repeat's value, and each
-    resample draws the subjects *and* one repeat at random, so the interval holds both the
-    subject sampling and how the fold assignments happened to fall.
-
-    Returns ``{name: {"value": x, "ci95": [lo, hi], "n_finite": k}}`` (the key is ``ci<level>``
-    for other ``alpha``): percentiles of the ``k`` finite resamples; ``[nan, nan]`` if none
-    (``n_boot=0``: no resamples, point values only).
-    """
-    y, prob, pred = as_arrays(y, prob, pred)
-    if n_boot == 0:   # eval.bootstrap=0: point values only, every interval [nan, nan]
-        n_boot, no_intervals = 1, True
-    else:
-        no_intervals = False
-    w = subject_bootstrap_weights(subjects, n_boot, seed)
-    ids = np.unique(repeat) if repeat is not None else np.zeros(1)
-    if len(ids) == 1:
-        value = metric_fn(y, prob, pred)
-    else:
-        repeat = np.asarray(repeat)
-        each = [metric_fn(y[repeat == r], prob[repeat == r], pred[repeat == r]) for r in ids]
-        value = {k: float(np.mean([e[k] for e in each])) for k in each[0]}
-        drawn = ids[np.random.default_rng([seed, 1]).integers(0, len(ids), n_boot)]
-        w = w * (repeat[None, :] == drawn[:, None])
+def _resamples(metric_fn, y, prob, pred, w) -> dict[str, np.ndarray]:
+    """``metric_fn`` under each row of photo weights ``w`` ``(B, N)``: all at once through
+    its ``.batched`` form where it has one (in chunks of ~2M weights, which bound the
+    (resamples, photos) intermediates on large N), else photo by photo."""
     batched = getattr(metric_fn, "batched", None)
     if batched is None:
-        samples = _resample_loop(metric_fn, y, prob, pred, w)
-    else:  # chunks of ~2M weights bound the (resamples, photos) intermediates on large N
-        rows = max(1, _BOOT_CHUNK // max(len(y), 1))
-        parts = [batched(y, prob, pred, w[i:i + rows]) for i in range(0, n_boot, rows)]
-        samples = {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts])
-                   for k in parts[0]}
-    if no_intervals:
-        return {k: _interval(v, np.zeros(0), alpha) for k, v in value.items()}
-    return {k: _interval(v, samples[k], alpha) for k, v in value.items()}
+        return _resample_loop(metric_fn, y, prob, pred, w)
+    rows = max(1, _BOOT_CHUNK // max(len(y), 1))
+    parts = [batched(y, prob, pred, w[i:i + rows]) for i in range(0, len(w), rows)]
+    return {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts]) for k in parts[0]}
 
 
-def _interval(value, samples, alpha) -> dict:
-    finite = samples[np.isfinite(samples)]
-    key = f"ci{100 * (1 - alpha):g}"
-    ci = (np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)]).tolist()
-          if len(finite) else [math.nan, math.nan])
-    return {"value": float(value), key: ci, "n_finite": len(finite)}
+def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed: int = 0,
+                 alpha: float = 0.05, repeat=None) -> dict[str, dict]:
+    """Point values of ``metric_fn(y, prob, pred)`` with 95% intervals over subjects.
+
+    ``metric_fn`` returns ``{name: float}``. Its proportions (the names its
+    ``.proportions(y, prob, pred)`` form returns as ``(numerator, denominator)`` photo masks:
+    ``clinical_metrics``, ``any_disease_metrics`` and the operating points have one) get a
+    Wilson interval at the effective sample size of the subjects' clustering
+    (:func:`handjax.evaluation.intervals.proportion_interval`: never zero width at 0 or 1).
+    Every other figure gets a subject percentile bootstrap: subjects are resampled with
+    replacement (all photos of a drawn subject come along, counted as many times as it is
+    drawn), through ``metric_fn.batched(y, prob, pred, weights)`` where it exists (all
+    resamples at once), else photo by photo. The same ``seed`` gives the same resampled
+    subjects, so intervals of different rules are paired.
+
+    Repeated cross-validation (``repeat``: each row's repeat, R > 1 of them; a photo has one
+    row per repeat): the value is the mean over repeats of each repeat's value, and its
+    interval is that of this mean: every resample draws the subjects once and recomputes
+    *all* repeats on them, so the interval narrows as R grows (what the fold assignments
+    happened to do averages out); ``between_repeat_sd``, the standard deviation of the R
+    repeats' values, is reported beside it.
+
+    Returns ``{name: {"value", "ci95", ...}}`` (the key is ``ci<level>`` for other
+    ``alpha``): bootstrap entries add ``n_finite``, ``n_resamples`` and ``unbounded``
+    (:func:`~handjax.evaluation.intervals.percentile_interval`), proportions ``interval``,
+    ``n``, ``n_eff`` and ``design_effect``. ``n_boot=0``: point values only, every interval
+    ``[nan, nan]``. A bootstrap interval of zero width (every resample gave the point value,
+    e.g. a kappa of 1 on a small set) is flagged ``"collapsed": true``: the bootstrap cannot
+    tell its width there, and it is no claim of certainty. An AUROC at 1 (or 0) whose
+    resamples all agreed (the ones ``metric_fn.aurocs(y)`` names, with their positives)
+    gets Newcombe's score interval instead (``"interval": "newcombe score ..."``).
+    """
+    y, prob, pred = as_arrays(y, prob, pred)
+    repeat = np.zeros(len(y), np.int64) if repeat is None else np.asarray(repeat)
+    masks = [repeat == r for r in np.unique(repeat)]
+    if prob.ndim == 0:   # a metric of the decisions alone may be given prob=None
+        prob = np.zeros(len(y))
+    each = [metric_fn(y[m], prob[m], pred[m]) for m in masks]
+    value = {k: float(np.mean([e[k] for e in each])) for k in each[0]}
+    if n_boot == 0:   # eval.bootstrap=0: point values only
+        return {k: _with_sd(percentile_interval(v, np.zeros(0), alpha), each, k)
+                for k, v in value.items()}
+    props = getattr(metric_fn, "proportions", None)
+    parts = props(y, prob, pred) if props is not None else {}
+    aurocs = metric_fn.aurocs(y) if hasattr(metric_fn, "aurocs") else {}
+    w = subject_bootstrap_weights(subjects, n_boot, seed)
+    rest = [k for k in value if k not in parts]
+    samples = {}
+    if rest:
+        per_repeat = [_resamples(metric_fn, y[m], prob[m], pred[m], w[:, m]) for m in masks]
+        samples = {k: np.mean([s[k] for s in per_repeat], axis=0) for k in rest}
+    out = {}
+    for k, v in value.items():
+        if k in parts:
+            entry = _proportion_entry(parts[k], subjects, repeat, alpha)
+            entry["value"] = v      # metric_fn's own value (equal; tested)
+        else:
+            entry = percentile_interval(v, samples[k], alpha)
+            if entry.get("collapsed") and v in (0.0, 1.0) and k in aurocs:
+                entry = _auroc_at_bound(entry, aurocs[k], subjects, alpha)
+        out[k] = _with_sd(entry, each, k)
+    return out
+
+
+def _proportion_entry(part: tuple, subjects, repeat, alpha: float) -> dict:
+    """:func:`proportion_interval` of one ``.proportions`` item: ``(num, den)``, or
+    ``(num, den, component)`` for a mean of proportions (one per component, e.g. per class:
+    averaged like repeats), or ``(num, den, component, scale)`` for a figure that is
+    ``scale`` times such a mean (the grade error, ``2 * mean(|pred - y| / 2)``)."""
+    num, den, *rest = part
+    group, scale = (list(rest) + [None, 1.0][len(rest):])[:2]
+    comp = repeat if group is None else np.unique(
+        np.stack([repeat, np.asarray(group)], 1), axis=0, return_inverse=True)[1]
+    entry = proportion_interval(num, den, subjects, np.ravel(comp), alpha)
+    if scale != 1.0:
+        key = next(k for k in entry if k.startswith("ci"))
+        entry[key] = [scale * x for x in entry[key]]
+        entry["scale"] = scale
+    return entry
+
+
+def _auroc_at_bound(entry: dict, positives: list, subjects, alpha: float) -> dict:
+    """An AUROC of 1 (or 0) whose every resample agreed: the widest Newcombe score interval
+    over its one-vs-rest splits ``positives``, at the effective numbers of positive and
+    negative subjects (:func:`~handjax.evaluation.intervals.auroc_score_interval`)."""
+    key = next(k for k in entry if k.startswith("ci"))
+    cis = [auroc_score_interval(entry["value"], kish_subjects(p, subjects),
+                                kish_subjects(~np.asarray(p, bool), subjects), alpha)
+           for p in positives]
+    entry = {k: v for k, v in entry.items() if k != "collapsed"}
+    entry[key] = [min(c[0] for c in cis), max(c[1] for c in cis)]
+    entry["interval"] = "newcombe score (the bootstrap collapsed at the bound)"
+    return entry
+
+
+def _with_sd(entry: dict, each: list[dict], name: str) -> dict:
+    """``entry`` with ``between_repeat_sd`` (ddof 1) when there are repeats."""
+    if len(each) > 1:
+        entry["between_repeat_sd"] = float(np.std([e[name] for e in each], ddof=1))
+    return entry
 
 
 def per_fold_metrics(y, prob, pred, folds, metric_fn=clinical_metrics) -> dict:
@@ -101,8 +162,8 @@ def subgroup_table(y, prob, pred, subjects, groups: dict, n_boot: int = 2000,
     """Triage metrics within each subgroup, with subject-bootstrap CIs inside the subgroup.
 
     ``groups`` maps a column name (e.g. ``"fold"``, ``"sex"``) to one value per photo. Returns
-    ``{column: {value: {"n": photos, "n_subjects": ..., "accuracy": {"value", "ci95",
-    "n_finite"}, "sensitivity_any_disease": ..., "specificity_any_disease": ...,
+    ``{column: {value: {"n": photos, "n_subjects": ..., "accuracy": {"value", "ci95", ...},
+    "sensitivity_any_disease": ..., "specificity_any_disease": ...,
     "auroc_any_disease": ...}}}`` (see :func:`any_disease_metrics`).
     """
     y, prob, pred, subjects = map(np.asarray, (y, prob, pred, subjects))

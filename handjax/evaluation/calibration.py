@@ -119,8 +119,11 @@ def calibration_intercept_slope(positive, p, eps: float = 1e-12) -> dict[str, fl
     * ``slope``: ``b`` in ``logit P(y) = a' + b logit(p)``; 1 is ideal, < 1 means the
       predictions are too extreme (overfitting), > 1 too modest.
 
-    NaN where undefined (one class only, or separated data). ``p`` is clipped to
-    ``[eps, 1 - eps]`` before the logit."""
+    NaN where undefined (one class only, or every ``p`` equal). Where the outcome is
+    separated by ``p`` (every positive at or above every negative, or the reverse), the
+    slope's maximum-likelihood estimate does not exist: it grows without bound, and is
+    returned as ``+inf`` (or ``-inf``), so a bootstrap counts such a resample as an unbounded
+    one instead of dropping it. ``p`` is clipped to ``[eps, 1 - eps]`` before the logit."""
     y = np.asarray(positive, bool).astype(np.float64)
     p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
     if y.size == 0 or y.min() == y.max():
@@ -128,8 +131,23 @@ def calibration_intercept_slope(positive, p, eps: float = 1e-12) -> dict[str, fl
     lp = np.log(p) - np.log1p(-p)
     ones = np.ones((len(y), 1))
     (a,) = _logistic_newton(y, ones, lp, [0.0])
-    _, b = _logistic_newton(y, np.column_stack([ones, lp]), np.zeros_like(lp), [0.0, 1.0])
+    b = _separated_slope(y.astype(bool), lp)
+    if b is None:
+        _, b = _logistic_newton(y, np.column_stack([ones, lp]), np.zeros_like(lp), [0.0, 1.0])
     return {"intercept": float(a), "slope": float(b)}
+
+
+def _separated_slope(y: np.ndarray, lp: np.ndarray):
+    """``+inf`` / ``-inf`` when ``lp`` separates the outcome ``y`` (completely or with ties at
+    the border: the logistic slope diverges), NaN when ``lp`` is constant (no slope to fit),
+    else None."""
+    if lp.max() == lp.min():
+        return float("nan")
+    if lp[y].min() >= lp[~y].max():
+        return float("inf")
+    if lp[y].max() <= lp[~y].min():
+        return float("-inf")
+    return None
 
 
 def calibration_lines(y, prob, pred=None) -> dict[str, float]:

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from handjax.evaluation.tasks import TASKS
-from handjax.data.records import CLASSES
+from handjax.data.records import CLASSES, DataError
 
 ECE_BINS = 10
 
@@ -259,7 +259,43 @@ def _clinical_metrics_batched(y, prob, pred, w) -> dict[str, np.ndarray]:
     return out
 
 
+def _clinical_proportions(y, prob, pred) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The proportions among :func:`clinical_metrics`, as ``{name: (numerator, denominator)}``
+    photo masks (or ``(numerator, denominator, component)`` for a mean of proportions, one
+    per component: balanced accuracy, the mean recall of the classes present; a fourth item
+    scales it: the grade error is twice the mean of ``|pred - y| / 2``, a fraction in
+    [0, 1]): what :func:`handjax.evaluation.bootstrap_ci` gives a clustered Wilson interval
+    instead of a bootstrap one."""
+    y, _, pred = as_arrays(y, prob, pred)
+    every = np.ones(len(y), bool)
+    out = {"accuracy": (pred == y, every), "under_severity_rate": (pred < y, every),
+           # the mean of the present classes' recalls: a mean of proportions (third item:
+           # the component each photo's ratio belongs to, averaged like repeats)
+           "balanced_accuracy": (pred == y, every, y),
+           # |pred - y| / 2 lies in [0, 1]: a Wilson interval on its mean is conservative
+           # (a 0/1 variable has the largest variance a [0, 1] one can have for its mean)
+           "mae_grade": (np.abs(pred - y) / 2.0, every, None, 2.0)}
+    for k, c in enumerate(CLASSES):
+        truth, called = y == k, pred == k
+        out[f"sensitivity_{c}"] = (truth & called, truth)
+        out[f"specificity_{c}"] = (~truth & ~called, ~truth)
+        out[f"ppv_{c}"] = (truth & called, called)
+        out[f"npv_{c}"] = (~truth & ~called, ~called)
+    return out
+
+
+def _clinical_aurocs(y) -> dict[str, list[np.ndarray]]:
+    """The AUROCs among :func:`clinical_metrics` and the positives of each of their
+    one-vs-rest splits (the macro AUROC has one per class)."""
+    y = np.asarray(y, np.int64)
+    return {"auroc_macro": [y == k for k in range(len(CLASSES))],
+            "auroc_any_disease": [TASKS["any_disease"].positive(y)],
+            "auroc_ra": [TASKS["ra"].positive(y)]}
+
+
 clinical_metrics.batched = _clinical_metrics_batched
+clinical_metrics.proportions = _clinical_proportions
+clinical_metrics.aurocs = _clinical_aurocs
 
 
 def any_disease_metrics(y, prob, pred) -> dict[str, float]:
@@ -286,6 +322,61 @@ def _any_disease_batched(y, prob, pred, w):
             "auroc_any_disease": _task_auroc_weighted("any_disease", y, prob, w)}
 
 
+def _any_disease_proportions(y, prob, pred):
+    y, pred = np.asarray(y), np.asarray(pred)
+    sick, called = TASKS["any_disease"].positive(y), pred != 0
+    return {"accuracy": (pred == y, np.ones(len(y), bool)),
+            "sensitivity_any_disease": (called & sick, sick),
+            "specificity_any_disease": (~called & ~sick, ~sick)}
+
+
 any_disease_metrics.batched = _any_disease_batched
+any_disease_metrics.proportions = _any_disease_proportions
+any_disease_metrics.aurocs = lambda y: {"auroc_any_disease": [TASKS["any_disease"].positive(y)]}
 
 
+
+
+def class_coverage(y) -> dict:
+    """What a photo set with labels ``y`` can assess, when a class has no photo.
+
+    Returns ``{"missing": [classes with no photo], "tasks": [triage tasks (:data:`TASKS`)
+    with both positives and negatives, the ones it assesses], "skipped": [tasks it cannot],
+    "undefined": [figures left undefined (NaN) by the missing classes]}``. A missing class
+    leaves its own sensitivity and the macro AUROC undefined (no positives to find) and the
+    tasks without positives or negatives unassessable; everything else is computed as
+    usual."""
+    y = np.asarray(y, np.int64)
+    counts = np.bincount(y, minlength=len(CLASSES))
+    missing = [c for c, n in zip(CLASSES, counts) if n == 0]
+    tasks, skipped = [], []
+    for task, spec in TASKS.items():
+        positive = spec.positive(y)
+        (tasks if positive.any() and not positive.all() else skipped).append(task)
+    undefined = [f"sensitivity_{c}" for c in missing] + (["auroc_macro"] if missing else [])
+    return {"missing": missing, "tasks": tasks, "skipped": skipped, "undefined": undefined}
+
+
+def coverage_line(coverage: dict, source) -> str | None:
+    """One line saying what a set missing a class skips and what it assesses (None when no
+    class is missing)."""
+    if not coverage["missing"]:
+        return None
+    skipped = [TASKS[t].title for t in coverage["skipped"]]
+    done = [TASKS[t].title for t in coverage["tasks"]]
+    skips = f"skips the task(s) {', '.join(skipped)} and " if skipped else ""
+    return (f"{source} has no photos of {', '.join(coverage['missing'])}: validation {skips}"
+            f"leaves {', '.join(coverage['undefined'])} undefined; it assesses "
+            f"{', '.join(done)}")
+
+
+def assessable(y, source) -> tuple[dict, str | None]:
+    """:func:`class_coverage` of labels ``y`` and its :func:`coverage_line`; a set that can
+    assess no triage task (photos of one class only) is one DataError naming ``source``."""
+    coverage = class_coverage(y)
+    if not coverage["tasks"]:
+        present = [c for c in CLASSES if c not in coverage["missing"]]
+        raise DataError(f"{source} holds photos of {' and '.join(present)} only: no triage "
+                        "task can be assessed (any disease needs normal and diseased photos, "
+                        "RA needs RA and other photos); add photos of another class")
+    return coverage, coverage_line(coverage, source)

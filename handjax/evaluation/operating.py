@@ -141,15 +141,27 @@ def operating_points(preds, thresholds: list, targets: dict, n_boot: int, seed: 
             if entry["status"] == "chosen":
                 thr = np.array([choices[k]["threshold"] for k in model], np.float64)
                 pair = np.stack([spec.score(p), thr], 1)
-                entry.update(bootstrap_ci(_point_metric(task), preds.label, pair, preds.label,
+                entry.update(bootstrap_ci(point_metric(task), preds.label, pair, preds.label,
                                           preds.subject, n_boot=n_boot, seed=seed,
                                           repeat=preds.repeat))
             out[task][kind] = entry
     return out
 
 
-def _point_metric(task: str):
+def point_metric(task: str):
+    """Sensitivity and specificity of ``task`` at per-photo thresholds, in the ``metric_fn(y,
+    pair, _)`` form :func:`bootstrap_ci` takes: ``pair[:, 0]`` is the task's score and
+    ``pair[:, 1]`` the threshold applied to that photo. Both are proportions
+    (``.proportions``), so their intervals are clustered Wilson ones."""
     def fn(y, pair, _):
         return {k: v for k, v in operating_point(
             pair[:, 0], TASKS[task].positive(y), pair[:, 1]).items() if k != "threshold"}
+
+    def proportions(y, pair, _):
+        positive = TASKS[task].positive(np.asarray(y))
+        called = np.asarray(pair)[:, 0] >= np.asarray(pair)[:, 1]
+        return {"sensitivity": (called & positive, positive),
+                "specificity": (~called & ~positive, ~positive)}
+
+    fn.proportions = proportions
     return fn

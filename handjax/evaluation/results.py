@@ -21,7 +21,8 @@ if TYPE_CHECKING:   # the specs, for annotations only: config is read at one bou
 
 
 def clinical_block(preds: Predictions, n_boot: int = 2000, seed: int = 0) -> dict:
-    """``{rule: {metric: {"value", "ci95", "n_finite"}}}`` for every rule in ``preds`` (cnn,
+    """``{rule: {metric: {"value", "ci95", ...}}}`` (:func:`bootstrap_ci`'s entries) for every
+    rule in ``preds`` (cnn,
     cnn_calibrated, svm, and cnn_mec with the probabilities it decides on). Every rule uses
     the same resampled subjects (same ``seed``), so their intervals are paired."""
     return {rule: bootstrap_ci(clinical_metrics, preds.label, preds.probs_for(rule),
@@ -62,10 +63,12 @@ def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int
     }
 
 
-REPEAT_POOLING = ("each figure is the mean over repeats of the repeat's own value; each "
-                  "bootstrap resample draws the subjects with replacement and one repeat at "
-                  "random, so the 95% CI holds both the subject sampling and the between-repeat "
-                  "(fold assignment) variation")
+REPEAT_POOLING = ("each figure is the mean over repeats of the repeat's own value, and its "
+                  "95% CI is that of this mean: each bootstrap resample draws the subjects "
+                  "with replacement once and recomputes every repeat on them (proportions: "
+                  "the Wilson interval at the effective sample size of the mean over "
+                  "repeats), so the interval narrows as repeats are added; "
+                  "between_repeat_sd is the standard deviation of the repeats' values")
 
 
 def _per_repeat(preds: Predictions, n_boot: int, seed: int) -> dict:

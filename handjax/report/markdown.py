@@ -195,13 +195,28 @@ CLINICAL_ROWS = ("accuracy", "balanced_accuracy", "auroc_macro", "auroc_any_dise
 
 
 def format_ci(entry, digits: int = 3) -> str:
-    """``"0.852 [0.802, 0.896]"``; ``"n/a"`` where undefined."""
-    if not entry or entry.get("value") is None:
+    """``"0.852 [0.802, 0.896]"``; ``"n/a"`` where undefined. An infinite limit (or value)
+    reads ``unbounded`` (results.json writes it as null with ``entry["unbounded"]`` naming
+    it); a bootstrap interval from fewer finite resamples than drawn says how many
+    (``n_finite 1893/2000``); with repeated CV the between-repeat SD follows."""
+    if not entry:
         return "n/a"
+    unbounded = entry.get("unbounded") or []
+    if entry.get("value") is None:
+        return "unbounded" if "value" in unbounded else "n/a"
     lo, hi = entry.get("ci95") or (None, None)
-    ci = (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None
-          else " [n/a]")
-    return f"{entry['value']:.{digits}f}{ci}"
+    ends = [("unbounded" if side in unbounded else "n/a") if x is None else f"{x:.{digits}f}"
+            for side, x in (("lower", lo), ("upper", hi))]
+    ci = " [n/a]" if ends == ["n/a", "n/a"] else f" [{ends[0]}, {ends[1]}]"
+    notes = []
+    k, n = entry.get("n_finite"), entry.get("n_resamples")
+    if k is not None and n and k < n:
+        notes.append(f"n_finite {k}/{n}")
+    if entry.get("collapsed"):
+        notes.append("every resample agreed: width unknown")
+    if entry.get("between_repeat_sd") is not None:
+        notes.append(f"between-repeat SD {entry['between_repeat_sd']:.{digits}f}")
+    return f"{entry['value']:.{digits}f}{ci}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def headline(results: dict) -> str:
@@ -230,9 +245,14 @@ def _bootstrap_line(boot: dict) -> str:
     if boot.get("resamples") == 0:
         return ("- no CIs (`eval.bootstrap=0`: point values only); every figure is "
                 "recomputable from predictions.csv")
-    return (f"- 95% CIs: percentile bootstrap over {boot.get('unit', 'subject')}s "
-            f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); every "
-            "figure is recomputable from predictions.csv")
+    return ("- 95% CIs: accuracy, sensitivity, specificity, PPV, NPV, balanced accuracy and "
+            "grade error (shares of photos, or means of them) Wilson at the effective number "
+            f"of photos their {boot.get('unit', 'subject')}s' clustering leaves; an AUROC of "
+            "1 Newcombe's score interval; every other figure a percentile bootstrap over "
+            f"{boot.get('unit', 'subject')}s ({boot.get('resamples', '?')} resamples, seed "
+            f"{boot.get('seed', '?')}): `n_finite k/N` marks one that only k resamples gave a "
+            "finite value for, `unbounded` a limit at infinity; every figure is recomputable "
+            "from predictions.csv")
 
 
 SMALL_SUBJECTS = 30   # fewer subjects than this: the bootstrap's CIs are not to be trusted
@@ -258,6 +278,31 @@ def caveats(results: dict) -> list[str]:
     return [part for line in lines for part in (line, "")]
 
 
+def fold_models(run: dict) -> str:
+    """``"10 fold models (2 repeats of 5 folds)"`` / ``"5 fold models"`` of a run header."""
+    k, r = run.get("n_folds"), run.get("repeats") or 1
+    if not isinstance(k, int):
+        return "fold models"
+    return f"{k * r} fold models" + (f" ({r} repeats of {k} folds)" if r > 1 else "")
+
+
+def validation_notes(results: dict) -> list[str]:
+    """The lines that open a validation's results.md under its title: the caveats of the
+    run it validates (random weights, synthetic training photos) and of the new set (few
+    subjects, :func:`caveats`), which tasks a set missing a class skips, and how far its
+    photos' native size is from the training photos'."""
+    run, data = results.get("run", {}), results.get("data", {})
+    lines = caveats({"weights": run.get("weights"), "data": data})
+    if run.get("data_source") == "synthetic":
+        lines += ["> **Trained on synthetic data**: the models learned procedurally drawn hands "
+                  "whose disease signs are medically meaningless.", ""]
+    for key, note in (("coverage", "line"), ("native_size", "warning")):
+        if (data.get(key) or {}).get(note):
+            lines += [f"> **{'Missing class' if key == 'coverage' else 'Native size'}**: "
+                      f"{data[key][note]}.", ""]
+    return lines
+
+
 def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
     """Clinical metrics per rule (``pooled`` says over what), the operating points (where
     results has them) and the subgroup tables."""
@@ -280,12 +325,21 @@ def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
 
 
 def _calibration_line(calib: dict) -> str:
-    temps = ", ".join(f"{t:.3g}" for t in calib.get("temperatures", []))
+    """One line on the temperature scaling behind the calibrated figures: how it was fitted
+    (``method``, ``fitted_on``, where the record has them) and the temperature per fold
+    model (a run of R repeats of K folds has R x K)."""
+    temps = [t for t in calib.get("temperatures") or [] if t is not None]
+    if not temps and not calib.get("method"):
+        return "Calibration: none recorded."
     bound = [k for k, b in enumerate(calib.get("at_bound", [])) if b]
-    note = (f" **At a search bound in fold(s) {', '.join(map(str, bound))}**: the NLL kept "
-            "falling there (a limit, not a fit)." if bound else "")
-    return (f"Calibration ({calib.get('method', '?')}, ours): {calib.get('fitted_on', '?')}; "
-            f"temperatures per fold {temps}.{note}")
+    note = (f" **At a search bound in fold model(s) {', '.join(map(str, bound))}**: the NLL "
+            "kept falling there (a limit, not a fit)." if bound else "")
+    method = f"temperature scaling, {calib['method']}" if calib.get("method") else \
+        "temperature scaling"
+    fitted = f": {calib['fitted_on']}" if calib.get("fitted_on") else ""
+    listing = ", ".join(f"{t:.3g}" for t in temps)
+    return (f"Calibration ({method}){fitted}; temperature of each of the {len(temps)} fold "
+            f"models {listing}.{note}")
 
 
 def _operating_markdown(points: dict) -> str:
