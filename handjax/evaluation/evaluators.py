@@ -1,0 +1,127 @@
+"""Registered evaluators: each turns one ``Predictions`` object into one block of
+``results.json``, behind one interface (``fn(preds, context) -> block``).
+
+A command names the blocks it wants (:func:`evaluate`); ``validate`` asks for
+:data:`VALIDATION`. A block a command's data cannot support (no locked thresholds) is left
+out rather than written empty.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from handjax.evaluation.bootstrap import bootstrap_ci, subgroup_table
+from handjax.evaluation.calibration import calibration_lines
+from handjax.evaluation.net_benefit import decision_curves
+from handjax.evaluation.operating import operating_point
+from handjax.evaluation.predictions import Predictions
+from handjax.evaluation.results import clinical_block
+from handjax.evaluation.tasks import TASKS
+
+RULE = "cnn_calibrated"   # the probabilities the clinical blocks describe (the locked model's)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What evaluators need beside the predictions: the bootstrap's resamples and seed, and
+    the locked model's threshold rules (``{name: (task, threshold)}``) with the card's
+    ``operating_points`` (how each was chosen)."""
+
+    n_boot: int
+    seed: int
+    rules: dict = dataclasses.field(default_factory=dict)
+    operating_points: dict = dataclasses.field(default_factory=dict)
+
+
+EVALUATORS: dict[str, Callable[[Predictions, Context], dict | None]] = {}
+
+
+def register(name: str):
+    """Decorator: register ``fn(preds, context) -> block`` as the evaluator of ``name``."""
+    def add(fn):
+        EVALUATORS[name] = fn
+        return fn
+    return add
+
+
+def evaluate(preds: Predictions, context: Context, names) -> dict:
+    """``{name: block}`` of the registered evaluators ``names``, in that order (blocks that
+    come back ``None`` are left out)."""
+    unknown = [n for n in names if n not in EVALUATORS]
+    if unknown:
+        raise KeyError(f"no evaluator registered as {unknown[0]!r}; known: {sorted(EVALUATORS)}")
+    blocks = {name: EVALUATORS[name](preds, context) for name in names}
+    return {k: v for k, v in blocks.items() if v is not None}
+
+
+@register("clinical")
+def _clinical(preds: Predictions, ctx: Context) -> dict:
+    return clinical_block(preds, n_boot=ctx.n_boot, seed=ctx.seed)
+
+
+@register("subgroups")
+def _subgroups(preds: Predictions, ctx: Context) -> dict:
+    return subgroup_table(preds.label, preds.probs[RULE], preds.pred[RULE], preds.subject,
+                          dict(preds.extra), n_boot=ctx.n_boot, seed=ctx.seed,
+                          repeat=preds.repeat)
+
+
+@register("decision_curve")
+def _decision_curve(preds: Predictions, ctx: Context) -> dict:
+    return decision_curves(preds.label, preds.probs[RULE])
+
+
+@register("calibration_lines")
+def _calibration_lines(preds: Predictions, ctx: Context) -> dict:
+    return {"intercept_slope": bootstrap_ci(
+                calibration_lines, preds.label, preds.probs[RULE], preds.pred[RULE],
+                preds.subject, n_boot=ctx.n_boot, seed=ctx.seed),
+            "intercept_slope_method": (
+                "logistic recalibration of each task's outcome on the logit of its "
+                "locked probability: intercept with the slope fixed at 1 "
+                "(calibration-in-the-large), slope from the two-parameter fit")}
+
+
+def _at_threshold(task: str, threshold: float):
+    """``metric_fn(y, prob, pred)``: sensitivity and specificity of ``task``'s score at the
+    fixed ``threshold``."""
+    spec = TASKS[task]
+
+    def fn(y, prob, _pred):
+        point = operating_point(spec.score(prob), spec.positive(y), threshold)
+        return {"sensitivity": point["sensitivity"], "specificity": point["specificity"]}
+    return fn
+
+
+def locked_operating_points(preds: Predictions, rules: dict, choices: dict, n_boot: int,
+                            seed: int) -> dict:
+    """``{task: [entry per locked threshold]}``: the rule ``score >= threshold`` (the
+    threshold chosen in development, frozen) applied to ``preds``' locked probabilities;
+    each entry holds ``rule``, ``target``, ``threshold``, ``development`` (the rate it reached
+    on the rows it was chosen on) and ``sensitivity`` / ``specificity`` with
+    subject-bootstrap CIs."""
+    out: dict = {}
+    for name, (task, threshold) in rules.items():
+        kind = name[len(task) + 1:]
+        choice = choices.get(task, {}).get(kind, {})
+        entry = {"rule": name, "target": choice.get("target"), "threshold": threshold,
+                 "development": {kind: choice.get("reached"),
+                                 "n_chosen_on": choice.get("n_chosen_on")}}
+        entry.update(bootstrap_ci(_at_threshold(task, threshold), preds.label,
+                                  preds.probs[RULE], preds.pred[RULE], preds.subject,
+                                  n_boot=n_boot, seed=seed))
+        out.setdefault(task, []).append(entry)
+    return out
+
+
+@register("locked_operating_points")
+def _locked(preds: Predictions, ctx: Context) -> dict | None:
+    if not ctx.rules:
+        return None
+    return locked_operating_points(preds, ctx.rules, ctx.operating_points, ctx.n_boot,
+                                   ctx.seed)
+
+
+VALIDATION = ("clinical", "locked_operating_points", "calibration_lines", "subgroups",
+              "decision_curve")
+
