@@ -334,8 +334,10 @@ def load_model(workdir, batch_size: int = BATCH_SIZE) -> LockedModel:
     if card.get("format") != FORMAT:
         raise RunError(f"{path} has format {card.get('format')!r}, this handjax reads "
                        f"{FORMAT}; rerun the run's launch command to rewrite it")
-    run = load_run(workdir)
-    if checkpoint_fingerprint(workdir) != card["fingerprints"]["checkpoint"]:
+    # Checked before restoring: an altered file may not even restore. (A missing checkpoint
+    # is load_run's to report: "training is not finished".)
+    if ((workdir / "checkpoints").is_dir()
+            and checkpoint_fingerprint(workdir) != card["fingerprints"]["checkpoint"]):
         raise RunError(f"{workdir / 'checkpoints'} differs from the checkpoint {path} was "
                        "written for; restore it or rerun the launch command")
-    return LockedModel(run, card, batch_size)
+    return LockedModel(load_run(workdir), card, batch_size)
