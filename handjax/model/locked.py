@@ -132,10 +132,14 @@ def checkpoint_fingerprint(workdir) -> str:
     return h.hexdigest()
 
 
-def caveats(run_spec: RunSpec, results: dict) -> list[str]:
+def caveats(run_spec: RunSpec, results: dict, calibration: dict) -> list[str]:
     """What the card's figures cannot mean, in plain words."""
     data = results.get("data", {})
     out = []
+    if calibration.get("at_bound"):
+        out.append(f"The locked temperature ({calibration['temperature']:.3g}) sits at a "
+                   f"search bound {calibration['bounds']}: the NLL kept falling past it, so "
+                   "it is a limit, not a fit (e.g. a model that says nothing).")
     if not run_spec.model.weights:
         out.append("Random weights: no pretrained backbone; the figures only show that the "
                    "pipeline runs.")
@@ -204,7 +208,7 @@ def model_card(run_spec: RunSpec, preds: Predictions, results: dict, workdir) ->
             "data": results.get("data")},
         "describes": DESCRIBES,
         "intended_use": INTENDED_USE,
-        "caveats": caveats(run_spec, results),
+        "caveats": caveats(run_spec, results, calibration),
     }
 
 

@@ -20,7 +20,7 @@ from handjax import evaluation as clinical
 from handjax.report import plots
 from handjax.config import STUDY_LOSSES, STUDY_MODELS
 from handjax.data.records import CLASSES
-from handjax.metrics import STUDY_METRICS
+from handjax.metrics import STUDY_METRICS, mean_std
 
 # Column suffixes of the study's table, in its order.
 METRIC_COLUMNS = {"accuracy": "acc", "custom_multi": "cus_multi",
@@ -43,11 +43,7 @@ CLINICAL_COLUMNS = {"CNN_auroc_macro [95% CI]": "auroc_macro", "CNN_qwk": "qwk",
 
 
 # ------------------------------------------------------------------------ numbers
-def summarize(per_fold: dict) -> tuple[dict, dict]:
-    """Mean and *population* std (``ddof=0``) of each metric's per-fold list."""
-    mean = {k: float(np.mean(v)) for k, v in per_fold.items()}
-    std = {k: float(np.std(v, ddof=0)) for k, v in per_fold.items()}
-    return mean, std
+summarize = mean_std   # mean and population std (ddof=0) of each per-fold list
 
 
 def format_pm(mean: float, std: float, digits: int = 4) -> str:
@@ -504,7 +500,7 @@ def _study_rows(cells: dict, models, losses):
                  else f"mean ({n_present} of {len(models)} models)")
         present = [cells[(loss, m)] for m in models if cells.get((loss, m))]
         rows.append([group, label] + [
-            format_pm(np.mean(model_means[c]), np.std(model_means[c])) if model_means[c]
+            format_pm(*(x[c] for x in summarize({c: model_means[c]}))) if model_means[c]
             else "n/a" for c in STUDY_COLUMNS] + _clinical_means(present))
     return rows, missing
 
