@@ -213,3 +213,30 @@ def test_missing_card_unfinished_run_or_changed_checkpoint_is_one_line(run_dir, 
     assert "\n" not in str(err.value)
     with pytest.raises(RunError, match="config.json not found"):
         locked.load_model(tmp_path / "nothing")
+
+
+def test_locked_operating_points_at_a_fixed_threshold():
+    from handjax.evaluation import evaluators
+    rng = np.random.default_rng(5)
+    n = 60
+    probs = special.softmax(rng.normal(0, 1.5, (n, 3)), -1)
+    y = rng.integers(0, 3, n)
+    preds = clinical.Predictions(
+        file=np.array([f"p{i}" for i in range(n)]), subject=np.array([f"s{i // 2}" for i in range(n)]),
+        fold=np.full(n, -1), label=y, probs={"cnn_calibrated": probs},
+        pred={"cnn_calibrated": probs.argmax(-1)})
+    rules = {"ra_sensitivity": ("ra", 0.3)}
+    choices = {"ra": {"sensitivity": {"target": "sensitivity >= 0.9", "reached": 0.92,
+                                      "n_chosen_on": 40}}}
+    out = evaluators.locked_operating_points(preds, rules, choices, n_boot=200, seed=0)
+    (entry,) = out["ra"]
+    called, pos = probs[:, 2] >= 0.3, y == 2
+    assert entry["threshold"] == 0.3 and entry["target"] == "sensitivity >= 0.9"
+    assert entry["development"] == {"sensitivity": 0.92, "n_chosen_on": 40}
+    assert entry["sensitivity"]["value"] == pytest.approx(called[pos].mean())
+    assert entry["specificity"]["value"] == pytest.approx((~called[~pos]).mean())
+    fn = evaluators._at_threshold("ra", 0.3)
+    num, den = fn.proportions(y, probs, None)["sensitivity"]
+    assert num.sum() / den.sum() == pytest.approx(entry["sensitivity"]["value"])
+    with pytest.raises(KeyError, match="no evaluator registered"):
+        evaluators.evaluate(preds, evaluators.Context(n_boot=0, seed=0), ["nope"])

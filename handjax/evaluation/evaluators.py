@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import numpy as np
+
 from handjax.evaluation.bootstrap import bootstrap_ci, subgroup_table
 from handjax.evaluation.calibration import calibration_lines
 from handjax.evaluation.net_benefit import decision_curves
@@ -84,12 +86,21 @@ def _calibration_lines(preds: Predictions, ctx: Context) -> dict:
 
 def _at_threshold(task: str, threshold: float):
     """``metric_fn(y, prob, pred)``: sensitivity and specificity of ``task``'s score at the
-    fixed ``threshold``."""
+    fixed ``threshold``. Both are proportions; ``.proportions`` gives their (numerator,
+    denominator) photo masks, for intervals that take them (clustered Wilson)."""
     spec = TASKS[task]
 
     def fn(y, prob, _pred):
         point = operating_point(spec.score(prob), spec.positive(y), threshold)
         return {"sensitivity": point["sensitivity"], "specificity": point["specificity"]}
+
+    def proportions(y, prob, _pred):
+        positive = spec.positive(np.asarray(y))
+        called = spec.score(np.asarray(prob, np.float64)) >= threshold
+        return {"sensitivity": (called & positive, positive),
+                "specificity": (~called & ~positive, ~positive)}
+
+    fn.proportions = proportions
     return fn
 
 
