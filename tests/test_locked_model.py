@@ -196,24 +196,29 @@ def test_prepare_decodes_paths_and_bytes_alike(model, tmp_path, save_image):
 
 @pytest.mark.slow
 def test_missing_card_unfinished_run_or_changed_checkpoint_is_one_line(run_dir, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
-    (copy / "model" / "model.json").unlink()
+    copy = tmp_path / "copy"   # the run without its 100+ MB checkpoint, linked instead
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (copy / "checkpoints").symlink_to(run_dir / "checkpoints", target_is_directory=True)
+    card_path = copy / "model" / "model.json"
+    card = json.loads(card_path.read_text())
+    card_path.unlink()
     with pytest.raises(RunError, match="model.json not found.*rerun its launch command"):
         locked.load_model(copy)
-    shutil.copy(run_dir / "model" / "model.json", copy / "model" / "model.json")
     (copy / "INCOMPLETE").write_text("x")
     with pytest.raises(RunError, match="unfinished run"):
         locked.load_model(copy)
     (copy / "INCOMPLETE").unlink()
-    extra = next(p for p in sorted((copy / "checkpoints").rglob("*")) if p.is_file())
-    extra.write_bytes(extra.read_bytes() + b" ")
+    card["fingerprints"]["checkpoint"] = "0" * 64   # the card of another checkpoint
+    card_path.write_text(json.dumps(card))
     with pytest.raises(RunError, match="differs from the checkpoint") as err:
         locked.load_model(copy)
     assert "\n" not in str(err.value)
+    card["format"] = 0
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(RunError, match="has format 0"):
+        locked.load_model(copy)
     with pytest.raises(RunError, match="config.json not found"):
         locked.load_model(tmp_path / "nothing")
-
 
 def test_locked_operating_points_at_a_fixed_threshold():
     from handjax.evaluation import evaluators
@@ -240,3 +245,16 @@ def test_locked_operating_points_at_a_fixed_threshold():
     assert num.sum() / den.sum() == pytest.approx(entry["sensitivity"]["value"])
     with pytest.raises(KeyError, match="no evaluator registered"):
         evaluators.evaluate(preds, evaluators.Context(n_boot=0, seed=0), ["nope"])
+
+
+def test_checkpoint_fingerprint_sees_every_byte_and_name(tmp_path):
+    (tmp_path / "checkpoints" / "3" / "state").mkdir(parents=True)
+    f = tmp_path / "checkpoints" / "3" / "state" / "array"
+    f.write_bytes(b"\x00" * 5000)
+    (tmp_path / "checkpoints" / "meta.json").write_text("{}")
+    first = locked.checkpoint_fingerprint(tmp_path)
+    assert first == locked.checkpoint_fingerprint(tmp_path)
+    f.write_bytes(b"\x00" * 4999 + b"\x01")
+    changed = locked.checkpoint_fingerprint(tmp_path)
+    f.rename(f.with_name("other"))
+    assert len({first, changed, locked.checkpoint_fingerprint(tmp_path)}) == 3
