@@ -187,7 +187,6 @@ def validation_results(model: LockedModel, preds: clinical.Predictions, data_des
                         "fitted_on": f"the run's: {card['calibration']['fitted_on']}; "
                                      "applied unchanged to the new photos",
                         **lines},
-        "bootstrap": {"resamples": spec.eval.bootstrap, "unit": "subject", "seed": spec.seed},
     })
 
 

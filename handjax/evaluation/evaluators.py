@@ -1,9 +1,10 @@
 """Registered evaluators: each turns one ``Predictions`` object into one block of
 ``results.json``, behind one interface (``fn(preds, context) -> block``).
 
-A command names the blocks it wants (:func:`evaluate`); ``validate`` asks for
-:data:`VALIDATION`. A block a command's data cannot support (no locked thresholds) is left
-out rather than written empty.
+A command names the blocks it wants (:func:`evaluate`): a training run asks for :data:`RUN`
+(:func:`handjax.evaluation.results.clinical_results`), ``validate`` for :data:`VALIDATION`.
+A block a command's data cannot support (no repeats, no locked thresholds) is left out
+rather than written empty.
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Callable
 
 import numpy as np
 
-from handjax.evaluation.bootstrap import bootstrap_ci, subgroup_table
+from handjax.evaluation.bootstrap import bootstrap_ci, per_fold_metrics, subgroup_table
 from handjax.evaluation.calibration import calibration_lines
+from handjax.evaluation.clinical import ECE_BINS
 from handjax.evaluation.net_benefit import decision_curves
-from handjax.evaluation.operating import operating_point
+from handjax.evaluation.operating import operating_point, operating_points
 from handjax.evaluation.predictions import Predictions
-from handjax.evaluation.results import clinical_block
+from handjax.evaluation.results import REPEAT_POOLING, clinical_block
 from handjax.evaluation.tasks import TASKS
 
 RULE = "cnn_calibrated"   # the probabilities the clinical blocks describe (the locked model's)
@@ -25,12 +27,16 @@ RULE = "cnn_calibrated"   # the probabilities the clinical blocks describe (the 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What evaluators need beside the predictions: the bootstrap's resamples and seed, and
-    the locked model's threshold rules (``{name: (task, threshold)}``) with the card's
-    ``operating_points`` (how each was chosen)."""
+    """What evaluators need beside the predictions: the bootstrap's resamples and seed; for a
+    run, its calibration record (per-fold temperatures and frozen threshold choices,
+    :func:`handjax.evaluation.scoring.out_of_fold`) and the threshold ``targets``; for a
+    validation, the locked model's threshold rules (``{name: (task, threshold)}``) with the
+    card's ``operating_points`` (how each was chosen)."""
 
     n_boot: int
     seed: int
+    calibration: dict = dataclasses.field(default_factory=dict)
+    targets: dict = dataclasses.field(default_factory=dict)
     rules: dict = dataclasses.field(default_factory=dict)
     operating_points: dict = dataclasses.field(default_factory=dict)
 
@@ -59,6 +65,53 @@ def evaluate(preds: Predictions, context: Context, names) -> dict:
 @register("clinical")
 def _clinical(preds: Predictions, ctx: Context) -> dict:
     return clinical_block(preds, n_boot=ctx.n_boot, seed=ctx.seed)
+
+
+@register("clinical_per_repeat")
+def _clinical_per_repeat(preds: Predictions, ctx: Context) -> list | None:
+    """Repeated cross-validation: every clinical figure per repeat (nothing without)."""
+    if preds.repeats == 1:
+        return None
+    return [clinical_block(preds.rows(preds.repeat == r), ctx.n_boot, ctx.seed)
+            for r in range(preds.repeats)]
+
+
+@register("repeat_pooling")
+def _repeat_pooling(preds: Predictions, ctx: Context) -> str | None:
+    return REPEAT_POOLING if preds.repeats > 1 else None
+
+
+@register("clinical_per_fold")
+def _clinical_per_fold(preds: Predictions, ctx: Context) -> dict:
+    folds = (preds.fold if preds.repeats == 1 else
+             np.char.add(np.char.add(preds.repeat.astype(str), "/"), preds.fold.astype(str)))
+    return {r: {str(k): v for k, v in per_fold_metrics(
+        preds.label, preds.probs_for(r), preds.pred[r], folds).items()} for r in preds.pred}
+
+
+@register("operating_points")
+def _operating_points(preds: Predictions, ctx: Context) -> dict | None:
+    """A run's operating points: each fold's frozen threshold on its test photos."""
+    if "thresholds" not in ctx.calibration:
+        return None
+    return operating_points(preds, ctx.calibration["thresholds"], ctx.targets, ctx.n_boot,
+                            ctx.seed)
+
+
+@register("calibration")
+def _calibration(preds: Predictions, ctx: Context) -> dict | None:
+    """A run's calibration record (its thresholds are in ``operating_points``)."""
+    if not ctx.calibration:
+        return None
+    return {**{k: v for k, v in ctx.calibration.items() if k != "thresholds"},
+            "ece_10bin": f"{ECE_BINS} equal-width bins of top-label confidence",
+            "ece_sweep": "equal-mass bins, as many as keep accuracy monotone "
+                         "(Roelofs et al. 2022)"}
+
+
+@register("bootstrap")
+def _bootstrap(preds: Predictions, ctx: Context) -> dict:
+    return {"resamples": ctx.n_boot, "unit": "subject", "seed": ctx.seed}
 
 
 @register("subgroups")
@@ -133,6 +186,8 @@ def _locked(preds: Predictions, ctx: Context) -> dict | None:
                                    ctx.seed)
 
 
+RUN = ("clinical", "clinical_per_repeat", "repeat_pooling", "clinical_per_fold", "subgroups",
+       "operating_points", "calibration", "decision_curve", "bootstrap")
 VALIDATION = ("clinical", "locked_operating_points", "calibration_lines", "subgroups",
-              "decision_curve")
+              "decision_curve", "bootstrap")
 
