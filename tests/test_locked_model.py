@@ -3,7 +3,6 @@ and (slow) the card a smoke run writes, loaded and applied to photos."""
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from scipy import optimize, special

@@ -88,7 +88,7 @@ def fit_calibration(preds: Predictions) -> dict:
     t = fit_temperature(log_probs(preds.probs["cnn"]), preds.label)
     return {"method": "temperature scaling of each member, then the mean over members",
             "temperature": t, "at_bound": at_bound(t), "bounds": list(TEMPERATURE_BOUNDS),
-            "n_rows": int(len(preds.label)),
+            "n_rows": len(preds.label),
             "fitted_on": "the pooled out-of-fold predictions (predictions.csv p_cnn_*: each "
                          "photo scored by the fold model that never saw it; every repeat)"}
 
@@ -151,12 +151,12 @@ def caveats(run_spec: RunSpec, results: dict, calibration: dict) -> list[str]:
         out.append(f"Few subjects ({n}): every interval is wide, and a threshold chosen on "
                    "them moves a lot from one photo set to the next.")
     out += [
-        "The threshold rates reached on the rows they were chosen on are optimistic; test "
-        "them on new photos (python -m handjax.validate).",
-        "Fold k's labels reach its temperature T_k through the other folds' models, which "
-        "trained on fold k: 'fold k never tunes T_k' holds only with the predictions fixed.",
-        "Photos unlike the training ones (another camera, clinic, skin tone or resolution) "
-        "may be scored with confidence and still be wrong."]
+        ("The threshold rates reached on the rows they were chosen on are optimistic; test "
+         "them on new photos (python -m handjax.validate)."),
+        ("Fold k's labels reach its temperature T_k through the other folds' models, which "
+         "trained on fold k: 'fold k never tunes T_k' holds only with the predictions fixed."),
+        ("Photos unlike the training ones (another camera, clinic, skin tone or resolution) "
+         "may be scored with confidence and still be wrong.")]
     return out
 
 
