@@ -71,9 +71,8 @@ def test_a_far_native_size_is_one_warning_line():
 
 # ------------------------------------------------------------------------------- wording
 def test_results_md_counts_every_fold_model_and_names_no_unknown_calibration():
-    assert markdown.fold_models({"n_folds": 5, "repeats": 2}) == \
-        "10 fold models (2 repeats of 5 folds)"
-    assert markdown.fold_models({"n_folds": 5}) == "5 fold models"
+    locked = markdown._calibration_line({"temperature": 1.5})
+    assert "?" not in locked and "pooled out-of-fold" in locked
     line = markdown._calibration_line({"temperatures": [1.2] * 10, "fitted_on": "the run's"})
     assert "?" not in line and "each of the 10 fold models" in line
     run_line = markdown._calibration_line({"method": "cross-fitted", "fitted_on": "x",

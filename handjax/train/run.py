@@ -57,6 +57,19 @@ class Primary:
         if self.writes:
             console.say(line)
 
+    def write_model(self, run_spec: RunSpec, preds: clinical.Predictions,
+                    results: dict) -> None:
+        """``model/``: the locked model predict, validate and serve load
+        (:func:`handjax.model.locked.write_model`)."""
+        if not self.writes:
+            return
+        from handjax.model import locked
+        try:
+            locked.write_model(self.workdir, run_spec, preds, results)
+        except OSError as e:
+            raise TrainingError(f"cannot write {self.workdir / locked.MODEL_DIR} ({e.strerror}); "
+                                "free space or fix permissions, then rerun the same command") from e
+
     def finish(self) -> None:
         if self.writes:
             workdirs.mark_finished(self.workdir)
@@ -137,7 +150,8 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     results = _results(run_spec, cohort, inputs, workdir, decisions, preds, calib)
     timings.set("evaluate_s", time.perf_counter() - t - timings.get("fit_s"))
     timings.set("wall_time_s", time.perf_counter() - t0)
-    _write_outputs(workdir, results, timings)
+    _write_outputs(workdir, preds, results, timings)
+    primary.write_model(run_spec, preds, results)
     primary.finish()
     return results
 
@@ -179,11 +193,12 @@ def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Pat
                                 decisions, figures)
 
 
-def _write_outputs(workdir: Path, results: dict, timings: Timings) -> None:
+def _write_outputs(workdir: Path, preds: clinical.Predictions, results: dict,
+                   timings: Timings) -> None:
     from handjax.report import markdown as report
     try:
         write_results(workdir, results, timings)
-        report.write_run(workdir, results)
+        report.write(workdir, preds, results)
     except OSError as e:  # a full disk or a folder made read-only under the run
         raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
                             "space or fix permissions, then rerun the same command (it "
