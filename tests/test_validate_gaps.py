@@ -118,7 +118,7 @@ def test_a_set_without_heberden_at_another_size_is_validated(trained, tmp_path):
     md = (out / "results.md").read_text()
     assert "**Missing class**" in md and "**Native size**" in md
     assert "**Random weights**" in md and "**Trained on synthetic data**" in md
-    assert "Calibration (?" not in md and "scored by the 5 fold models" in md
+    assert "Calibration (?" not in md and "the mean over its 5 fold models" in md
     for rule, metrics in results["clinical"].items():           # no zero-width proportion
         for name, e in metrics.items():
             if e.get("interval") == "wilson" and e["value"] in (0.0, 1.0):
