@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from handjax import console, data, losses, metrics
+from handjax.data import decode
 from handjax.evaluation.scoring import probabilities
 from handjax.model.ensemble import TrainedRun, load_run
 from handjax.models import backbones
@@ -241,7 +242,7 @@ def as_table(run: TrainedRun, preds, overlays) -> str:
     r = run.results
     names = display_names(r["data"]["class_names"])
     header = ["photo", *names, "argmax", "min expected cost"]
-    rows = [[Path(p.photo).name, *(f"{v:.3f}" for v in p.probs), names[p.argmax],
+    rows = [[p.photo, *(f"{v:.3f}" for v in p.probs), names[p.argmax],
              names[p.min_cost]] for p in preds]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
@@ -256,6 +257,7 @@ def as_table(run: TrainedRun, preds, overlays) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def parse_args(argv):
+    from handjax.cli.launch import dash_hint
     parser = argparse.ArgumentParser(
         prog="python -m handjax.predict",
         description="Classify hand photos with a finished run's fold ensemble and write "
@@ -264,20 +266,28 @@ def parse_args(argv):
     parser.add_argument("--out", default=None,
                         help="folder for the overlay PNGs (default <workdir>/gradcam)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("photos", nargs="+", help="photo files (jpg, png, ...)")
-    return parser.parse_args(argv)
+    parser.add_argument("photos", nargs="+", help="photo files (jpg, png, ...); put -- "
+                        "before a name that begins with -")
+    return parser.parse_args(dash_hint(parser, argv))
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from handjax import user_errors
-    try:
-        for photo in args.photos:  # fail on a bad photo before the models load
-            data.decode_image(photo, 8)
+    from handjax.data.folders import claim_output, resolve_path
+    from handjax.train import workdir as workdirs
+    try:   # the photos first: a bad one is named before the models load
+        photos, unreadable = decode.split_readable(args.photos)
+        if not photos:
+            raise unreadable[0]
+        inputs = {"workdir": str(resolve_path(args.workdir))}
+        # a killed run is "unfinished", not "results.json not found"; --out is checked too
+        out = workdirs.check_output_target(args.out or Path(args.workdir) / "gradcam",
+                                           args.workdir, "predict", inputs)
         run = load_run(args.workdir)
-        preds = predict(run, args.photos)
-        out = Path(args.out) if args.out else Path(args.workdir) / "gradcam"
+        preds = predict(run, photos)
         try:
+            claim_output(out, "predict", inputs)   # checked again, then marked
             overlays = write_overlays(preds, out)
         except OSError as e:
             raise data.DataError(f"cannot write the overlays into {out} ({e.strerror}); "
@@ -291,7 +301,9 @@ def main(argv=None) -> int:
         print(json.dumps(as_json(run, preds, overlays), indent=2))
     else:
         print(as_table(run, preds, overlays))
-    return 0
+    for e in unreadable:   # the good photos answered above; each bad one named, exit 1
+        console.error(f"{e} (left out; the other photos were scored)")
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ from handjax.report import plots, markdown as report
 from handjax.train import workdir as workdirs
 from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.cohort import Cohort, load_cohort
-from handjax.data.sources import describe, load_folder, load_metadata
+from handjax.data.folders import claim_output, resolve_path
+from handjax.data.sources import (class_map_arg, describe, load_folder, load_metadata,
+                                  merged_class_map)
 from handjax.data.splits import duplicate_groups
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
@@ -279,10 +281,13 @@ def training_cohort(workdir: Path, run: TrainedRun) -> Cohort:
     return cohort
 
 
-def load_new_set(data, run: TrainedRun, metadata=None) -> tuple[Examples, np.ndarray, dict]:
-    """The second photo set at the run's input size, its subjects and subgroup columns."""
+def load_new_set(data, run: TrainedRun, metadata=None, extra_map=None,
+                 ) -> tuple[Examples, np.ndarray, dict]:
+    """The second photo set at the run's input size, its subjects and subgroup columns
+    (its folders named as the run's classes, mapped by the run's ``data.class_map`` or by
+    ``extra_map``, validate's ``--class-map``)."""
     spec = run.run_spec.data
-    class_map = dict(spec.class_map) if spec.class_map else None
+    class_map = merged_class_map(spec.class_map, extra_map)
     check_folder_classes(data, class_map)
     new = load_folder(data, image_size=spec.image_size, on_error=spec.on_error,
                       class_map=class_map, min_per_class=1)
@@ -293,13 +298,19 @@ def load_new_set(data, run: TrainedRun, metadata=None) -> tuple[Examples, np.nda
     return new, np.asarray(subjects, str), columns
 
 
-def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> dict:
-    """Score the run in ``workdir`` on the photos in ``data``; write everything to ``out``.
-    Returns the results.json record."""
-    workdir, out = Path(workdir), Path(out)
+def validate(workdir, data, out, metadata=None, drop_overlap: bool = False,
+             class_map=None) -> dict:
+    """Score the run in ``workdir`` on the photos in ``data``; write everything to ``out``
+    (refused when ``out`` holds a run, another command's results or photos: nothing is
+    overwritten). ``class_map``: ``{folder: class}`` for the new set's folders. Returns the
+    results.json record."""
+    workdir, data = resolve_path(workdir), resolve_path(data)   # recorded resolved
+    metadata = resolve_path(metadata) if metadata else None
+    inputs = {"workdir": str(workdir), "data": str(data)}
+    out = workdirs.check_output_target(out, workdir, "validate", inputs, outside=[data])
     run = load_run(workdir)
     check_run_classes(run.results.get("data", {}).get("class_names", CLASSES))
-    new, subjects, columns = load_new_set(data, run, metadata)
+    new, subjects, columns = load_new_set(data, run, metadata, class_map)
     source = str(data)
     console.say(f"validating run {run.results.get('name', workdir)} on {len(new.labels)} "
                 f"photos of {source}")
@@ -325,6 +336,7 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
     dropped = [{"file": f, "training_file": o} for f, o in named]
     results = validation_results(run, preds, desc, dropped, workdir)
     try:
+        claim_output(out, "validate", inputs, outside=[data])   # checked again, then marked
         write_outputs(out, preds, results)
     except OSError as e:
         raise DataError(f"cannot write the validation into {out} ({e.strerror}); choose a "
@@ -344,6 +356,9 @@ def parse_args(argv):
     parser.add_argument("--metadata", default=None,
                         help="CSV with file, subject and subgroup columns for --data")
     parser.add_argument("--out", required=True, help="folder for the validation's outputs")
+    parser.add_argument("--class-map", default=None, type=class_map_arg,
+                        help="folder:class,... for --data's class folders not named "
+                             "normal, heberden, ra (e.g. OA:heberden,RA:ra)")
     parser.add_argument("--drop-overlap", action="store_true",
                         help="leave out photos that copy training photos (listed) instead "
                              "of refusing")
@@ -355,7 +370,8 @@ def main(argv=None) -> int:
     from handjax import user_errors
     console.quiet()
     try:
-        validate(args.workdir, args.data, args.out, args.metadata, args.drop_overlap)
+        validate(args.workdir, args.data, args.out, args.metadata, args.drop_overlap,
+                 args.class_map)
     except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
         if os.environ.get("HANDJAX_DEBUG"):
             raise

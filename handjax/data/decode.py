@@ -102,3 +102,17 @@ def _fit_square(img: Image.Image, size: int) -> np.ndarray:
 def _check_size(image_size) -> None:
     if not isinstance(image_size, (int, np.integer)) or image_size < 8:
         raise DataError(f"image_size must be an integer >= 8, got {image_size!r}")
+
+
+def split_readable(paths) -> tuple[list, list]:
+    """``(readable paths, [DataError of each unreadable one])``, in the given order: a
+    command on many photos answers for the good ones and names each bad one."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            decode_image(p, MIN_PHOTO_SIDE)
+        except DataError as e:
+            bad.append(e)
+        else:
+            good.append(p)
+    return good, bad

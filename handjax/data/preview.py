@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from handjax.console import int_at_least
+from handjax.data import folders
 from handjax.data.records import CLASSES, DISPLAY_NAMES, DataError
 from handjax.data.sources import _synthetic_records, load_folder
 
@@ -63,10 +64,10 @@ def _preview(args) -> Path:
 
 def export_samples(out, n_per_class: int, seed: int = 0) -> list[Path]:
     """Write ``n_per_class`` synthetic hands per class as PNGs in ImageFolder layout
-    (``out/<class>/<index>.png``); returns the paths. Synthetic, medically meaningless."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a folder to write the photos into")
+    (``out/<class>/<index>.png``); returns the paths. Synthetic, medically meaningless.
+    A folder that holds photos (your own, or another export's) or another command's results
+    is refused before anything is written; the same export rerun may write there again."""
+    out = folders.claim_output(out, "data export", {"n": int(n_per_class), "seed": int(seed)})
     paths = []
     try:
         for r in _synthetic_records(n_per_class, seed):

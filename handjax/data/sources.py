@@ -55,6 +55,28 @@ def _class_mapping(class_map) -> dict:
     return mapping
 
 
+def class_map_arg(text: str) -> dict:
+    """``"OA:heberden,RA:ra"`` -> ``{"OA": "heberden", "RA": "ra"}`` (an argparse type: a
+    malformed pair or an unknown class is one usage line)."""
+    import argparse
+    pairs = [p.split(":", 1) for p in str(text).split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected folder:class,... with class one of {', '.join(CLASSES)}")
+    mapping = {k.strip(): v.strip() for k, v in pairs}
+    bad = sorted(v for v in mapping.values() if v not in CLASSES)
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {', '.join(bad)} is not a class; classes are {', '.join(CLASSES)}")
+    return mapping
+
+
+def merged_class_map(run_map, extra=None) -> dict | None:
+    """The run's ``data.class_map`` (pairs) with ``extra`` ({folder: class}) over it."""
+    merged = {**dict(run_map or ()), **dict(extra or {})}
+    return merged or None
+
+
 def _scan_folder(root: Path, class_map, min_per_class: int = N_FOLDS) -> list:
     """Sorted (relative path, label) of every image file; structure errors raised up front."""
     if not root.exists():

@@ -191,6 +191,40 @@ class Lock:
             self.fd = None
 
 
+def check_run_target(workdir, data_root: str = "") -> None:
+    """Refuse (one TrainingError) a ``--workdir`` that is not a run's to write into: inside
+    the photo folder the run reads (its files would land among the photos), holding another
+    command's outputs (validate's, predict's, export's marker), or a folder that is no run's
+    (no ``config.json``) holding photos. A run's own workdir, and a sweep's, pass."""
+    from handjax.data import folders   # here: compare reads workdirs without loading JAX
+    workdir = folders.resolve_path(workdir)
+    if data_root and (workdir == folders.resolve_path(data_root)
+                      or folders.resolve_path(data_root) in workdir.parents):
+        raise TrainingError(f"--workdir {workdir} lies inside the photo folder data.root="
+                            f"{data_root}; nothing was written. Choose a --workdir outside it")
+    if not workdir.is_dir():
+        return
+    marker = folders.read_marker(workdir)
+    own = (workdir / "config.json").exists() or (workdir / "sweep_ledger.json").exists()
+    problem = (f"holds the outputs of python -m handjax.{marker.get('command', '?')}"
+               if marker is not None else None if own else folders.output_problem(
+                   workdir, "launch", {}))
+    if problem:
+        raise TrainingError(f"--workdir {workdir} {problem}; nothing was written. Choose a "
+                            "new or empty folder for --workdir")
+
+
+def check_output_target(out, workdir, command: str, inputs: dict, outside=()) -> Path:
+    """``validate --out`` and ``predict --out``, checked before any work: the run in
+    ``workdir`` must be finished (a half-written run is named as such, not as "not found"),
+    and ``out`` must be a folder ``command`` may write into
+    (:func:`handjax.data.folders.check_output`: no run's workdir, no other command's
+    results, no photos). Returns ``out`` resolved; nothing is written."""
+    from handjax.data import folders   # here: compare reads workdirs without loading JAX
+    check_finished(workdir)
+    return folders.check_output(out, command, inputs, outside=outside)
+
+
 def open_workdir(workdir) -> Path:
     """Create ``workdir`` (one clear line when it is a file or cannot be written)."""
     workdir = Path(workdir)

@@ -1,0 +1,160 @@
+"""Nothing lost, nothing silent (issue 36): no command writes into a folder that holds another
+command's results or the user's photos, every photo left out is recorded with its reason,
+every path is resolved once where it comes in.
+
+Each refused command is checked to leave the folder it was refused byte-identical. The fast
+tests use a workdir that looks like a finished run (the guards run before any model loads);
+the slow ones one tiny trained smoke run (VGG16, 32 px, random weights).
+"""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handjax import predict, validate
+from handjax.data import folders, preview
+from handjax.data.records import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: sha256} of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fake_run(workdir: Path) -> Path:
+    """A folder holding what a finished run leaves (contents stand-ins)."""
+    workdir.mkdir(parents=True)
+    for name in ("config.json", "ledger.json", "results.json"):
+        (workdir / name).write_text('{"name": "the run"}\n')
+    (workdir / "results.md").write_text("# the run\n")
+    (workdir / "predictions.csv").write_text("file,label\nnormal/a.png,0\n")
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(workdir / "roc.png")
+    return workdir
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("handjax: error:"), stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------- 1: validate --out <the run>
+def test_validate_into_the_runs_own_workdir_is_refused_and_changes_nothing(
+        tmp_path, image_folder, capsys):
+    run = fake_run(tmp_path / "run")
+    photos = image_folder(tmp_path / "clinic_b")
+    before, photos_before = snapshot(run), snapshot(photos)
+    rc = validate.main(["--workdir", str(run), "--data", str(photos), "--out", str(run)])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1
+    assert f"--out {run.resolve()} is a training run's workdir" in line
+    assert "nothing was written" in line
+    assert snapshot(run) == before and snapshot(photos) == photos_before
+
+
+@pytest.mark.parametrize("where", ["photos", "class_folder", "inside_data"])
+def test_validate_into_the_photos_is_refused(tmp_path, image_folder, capsys, where):
+    run = fake_run(tmp_path / "run")
+    photos = image_folder(tmp_path / "clinic_b")
+    out = {"photos": photos, "class_folder": photos / "ra",
+           "inside_data": photos / "results"}[where]
+    before = snapshot(photos)
+    assert validate.main(["--workdir", str(run), "--data", str(photos), "--out", str(out)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert str(out.resolve()) in line and ("holds photos" in line or "lies inside" in line)
+    assert snapshot(photos) == before and not (photos / "results").exists()
+
+
+def test_validate_into_another_validations_folder_is_refused(tmp_path, image_folder):
+    out = tmp_path / "val"
+    out.mkdir()
+    (out / folders.MARKER).write_text(json.dumps(
+        {"command": "validate", "inputs": {"workdir": "/a", "data": "/b"}}))
+    (out / "results.json").write_text("{}")
+    with pytest.raises(DataError, match="holds the outputs of another validate"):
+        folders.check_output(out, "validate", {"workdir": "/a", "data": "/c"})
+    # the same validation rerun may write there again
+    assert folders.check_output(out, "validate", {"workdir": "/a", "data": "/b"}) == out
+
+
+def test_a_folder_holding_only_a_marker_counts_as_empty(tmp_path):
+    out = folders.claim_output(tmp_path / "o", "predict", {"workdir": "/a"})
+    assert folders.check_output(out, "validate", {"x": 1}) == out
+
+
+def test_output_folder_that_is_a_file_is_one_line(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("keep me")
+    with pytest.raises(DataError, match="is a file"):
+        folders.claim_output(f, "predict", {})
+    assert f.read_text() == "keep me"
+
+
+# ------------------------------------------------------------- 2: export into real photos
+def test_export_into_a_folder_of_real_photos_is_refused_and_changes_nothing(
+        tmp_path, image_folder, capsys):
+    photos = image_folder(tmp_path / "photos")
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(photos / "normal" / "0000.png")  # a real one
+    before = snapshot(photos)
+    with pytest.raises(SystemExit) as stop:
+        preview.main(["export", "--out", str(photos), "--n", "2"])
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "holds photos" in line and "nothing was written" in line
+    assert snapshot(photos) == before
+
+
+def test_export_reruns_into_its_own_folder_but_not_with_other_settings(tmp_path):
+    out = tmp_path / "samples"
+    first = preview.export_samples(out, 2, seed=0)
+    again = preview.export_samples(out, 2, seed=0)      # the same export: allowed
+    assert first == again
+    before = snapshot(out)
+    with pytest.raises(DataError, match="another data export"):
+        preview.export_samples(out, 3, seed=1)
+    assert snapshot(out) == before
+
+
+# ------------------------------------------------------------- 10: predict's messages
+def test_a_photo_name_beginning_with_a_dash_says_to_put_double_dash_first(tmp_path):
+    photo = tmp_path / "-hand.png"
+    Image.new("RGB", (20, 20)).save(photo)
+    out = subprocess.run([sys.executable, "-m", "handjax.predict", "--workdir", "w",
+                          "-hand.png"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, env={**__import__("os").environ,
+                                           "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2
+    line = one_error_line(out.stderr)
+    assert "-hand.png" in line and "put -- before" in line
+
+
+def test_predict_on_a_killed_run_says_unfinished(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    (run / "results.json").unlink()          # killed in training: no results yet
+    (run / "INCOMPLETE").write_text("")
+    photo = tmp_path / "hand.png"
+    Image.new("RGB", (20, 20)).save(photo)
+    before = snapshot(run)
+    assert predict.main(["--workdir", str(run), str(photo)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "unfinished run" in line
+    assert snapshot(run) == before
+
+
+def test_predict_out_into_the_photos_folder_is_refused(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    photo = tmp_path / "mine" / "hand.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (20, 20)).save(photo)
+    before = snapshot(photo.parent)
+    assert predict.main(["--workdir", str(run), "--out", str(photo.parent), str(photo)]) == 1
+    assert "holds photos" in one_error_line(capsys.readouterr().err)
+    assert snapshot(photo.parent) == before
