@@ -57,7 +57,7 @@ from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.data.folders import claim_output, resolve_path
 from handjax.data.sources import (class_map_arg, describe, load_folder, load_metadata,
-                                  merged_class_map)
+                                  merged_class_map, select)
 from handjax.data.splits import duplicate_groups
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
@@ -119,9 +119,9 @@ def overlap_message(pairs: list[tuple[str, str]], data, limit: int = 10) -> str:
 
 
 def subset(examples: Examples, keep: np.ndarray) -> Examples:
-    """The photos at ``keep`` (index array), in order."""
-    return Examples(np.asarray(examples.images)[keep], np.asarray(examples.labels)[keep],
-                    [examples.ids[i] for i in keep], examples.class_names)
+    """The photos at ``keep`` (index array), in order (with the record of those the loader
+    left out)."""
+    return select(examples, keep)
 
 
 # --------------------------------------------------------------------------- scoring

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from handjax.data.records import DataError
 
-_DECODER_VERSION = "3"  # bump when decoding changes, so cached folders are rebuilt
+_DECODER_VERSION = "4"  # bump when decoding changes, so cached folders are rebuilt
 MIN_PHOTO_SIDE = 8      # px: a smaller photo (a 1x1 tracking pixel, an icon) holds no hand
 
 
@@ -31,6 +31,9 @@ def decode_image(path, image_size: int) -> np.ndarray:
     """
     _check_size(image_size)
     p = Path(path)
+    if p.is_symlink() and not p.exists():   # exists() follows the links: a loop fails it
+        raise DataError(f"{path}: a symbolic link that leads to no file (broken, or a loop "
+                        "of links); point it at the photo or remove it")
     if p.exists() and not p.is_file():  # a FIFO or device would block the read forever
         raise DataError(f"{path}: not a regular file (a folder, pipe or device); give a photo")
     try:
@@ -60,6 +63,10 @@ def _open_rgb(path: Path, image_size: int) -> Image.Image:
             if min(img.width, img.height) < MIN_PHOTO_SIDE:
                 raise DataError(f"{path}: too small ({img.width}x{img.height} pixels; a photo "
                                 f"needs at least {MIN_PHOTO_SIDE} px on each side)")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:   # which frame is the photo? not ours to guess
+                raise DataError(f"{path}: holds {frames} frames (an animation or a "
+                                "multi-page file); save the one photo you mean on its own")
             if img.format == "JPEG":  # decode big phone photos at a reduced scale: much faster
                 img.draft(None, (image_size, image_size))
             img.load()

@@ -258,13 +258,34 @@ def caveats(results: dict) -> list[str]:
     return [part for line in lines for part in (line, "")]
 
 
+def left_out_markdown(data: dict) -> str:
+    """What the figures are *not* about: every photo of the folder left out, with its
+    reason, and the subjects whose photos carry more than one class ("" when the data
+    record has neither key: synthetic hands, older results)."""
+    parts = []
+    if "left_out" in data:
+        left = data["left_out"]
+        parts.append(f"## Photos left out: {len(left)}")
+        if left:
+            parts.append(_md_table(["file", "reason"],
+                                   [[e.get("file", "?"), e.get("reason", "?")] for e in left]))
+    mixed = data.get("subjects_with_several_classes")
+    if mixed:
+        parts.append(f"Subjects whose photos carry more than one class: {len(mixed)} ("
+                     + "; ".join(f"{s}: {', '.join(c)}" for s, c in mixed.items())
+                     + "); kept, as one unaffected hand is plausible.")
+    return "\n\n".join(parts)
+
+
 def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
-    """Clinical metrics per rule (``pooled`` says over what), the operating points (where
-    results has them) and the subgroup tables."""
+    """The photos left out (:func:`left_out_markdown`), clinical metrics per rule (``pooled``
+    says over what), the operating points (where results has them) and the subgroup tables."""
     clinical = results["clinical"]
     rules = [r for r in ("cnn", "cnn_calibrated", "cnn_mec", "svm") if r in clinical]
     rows = [[m] + [format_ci(clinical[r].get(m)) for r in rules] for m in CLINICAL_ROWS]
-    parts = [f"## Clinical metrics ({pooled}, 95% CI)",
+    left_out = left_out_markdown(results.get("data", {}))
+    parts = ([left_out] if left_out else []) + [
+             f"## Clinical metrics ({pooled}, 95% CI)",
              _md_table(["metric", *rules], rows),
              _calibration_line(results.get("calibration", {}))]
     if "operating_points" in results:
