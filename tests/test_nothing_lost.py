@@ -158,3 +158,92 @@ def test_predict_out_into_the_photos_folder_is_refused(tmp_path, capsys):
     assert predict.main(["--workdir", str(run), "--out", str(photo.parent), str(photo)]) == 1
     assert "holds photos" in one_error_line(capsys.readouterr().err)
     assert snapshot(photo.parent) == before
+
+
+def test_skipped_files_are_in_results_md_with_their_reason(tmp_path, image_folder):
+    from handjax import data
+    from handjax.report import markdown
+    folder = image_folder(tmp_path / "photos")
+    (folder / "ra" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.warns(UserWarning):
+        ex = data.load_folder(folder, image_size=32, on_error="skip")
+    md = markdown.clinical_markdown({"clinical": {}, "data": data.describe(ex)})
+    assert "## Photos left out: 1" in md and "| ra/broken.jpg | not a readable image |" in md
+
+
+# ------------------------------------------------------------- a real run, end to end
+@pytest.fixture(scope="module")
+def skipped_run(tmp_path_factory):
+    """A tiny run on an exported folder given by a *relative* ``data.root`` with one broken
+    photo and ``on_error=skip``; returns (workdir, photos folder, base folder)."""
+    import os
+    from cells import run, tiny_config
+    base = tmp_path_factory.mktemp("nothing_lost")
+    preview.export_samples(base / "photos", 6, seed=0)
+    (base / "photos" / "ra" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    c = tiny_config()
+    c.data.root, c.data.on_error = "photos/", "skip"      # relative, with a trailing slash
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+            run(c, base / "run")
+    finally:
+        os.chdir(cwd)
+    return base / "run", base / "photos", base
+
+
+@pytest.mark.slow
+def test_a_skipped_photo_is_recorded_and_the_root_resolved(skipped_run):
+    workdir, photos, _ = skipped_run
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["data"]["left_out"] == [{"file": "ra/broken.jpg",
+                                            "reason": "not a readable image"}]
+    assert "| ra/broken.jpg | not a readable image |" in (workdir / "results.md").read_text()
+    assert json.loads((workdir / "config.json").read_text())["data"]["root"] == str(photos)
+
+
+@pytest.mark.slow
+def test_validate_into_the_run_leaves_it_byte_identical_then_validates_elsewhere(
+        skipped_run, tmp_path, monkeypatch, capsys):
+    """From another folder: the run's relative root was recorded resolved; the second set's
+    folders are named otherwise and mapped with --class-map; its broken photo is recorded."""
+    workdir, _, _ = skipped_run
+    clinic = tmp_path / "clinic_b"
+    preview.export_samples(clinic, 2, seed=11)
+    for old, new in (("normal", "healthy"), ("heberden", "OA"), ("ra", "RA")):
+        (clinic / old).rename(clinic / new)
+    (clinic / "RA" / "bad.png").write_bytes(b"garbage")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(workdir)
+    assert validate.main(["--workdir", str(workdir), "--data", "clinic_b", "--out",
+                          str(workdir), "--class-map", "healthy:normal,OA:heberden,RA:ra"]) == 1
+    assert "is a training run's workdir" in one_error_line(capsys.readouterr().err)
+    assert snapshot(workdir) == before
+    rc = validate.main(["--workdir", str(workdir), "--data", "clinic_b/", "--out", "val",
+                        "--class-map", "healthy:normal,OA:heberden,RA:ra", "--drop-overlap"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"skipped 1 unreadable image file(s) in {clinic}: RA/bad.png" in err
+    results = json.loads((tmp_path / "val" / "results.json").read_text())
+    assert results["data"]["source"] == str(clinic)
+    assert results["data"]["left_out"] == [{"file": "RA/bad.png",
+                                            "reason": "not a readable image"}]
+    assert "| RA/bad.png | not a readable image |" in (tmp_path / "val" / "results.md").read_text()
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_predict_scores_the_good_photos_names_the_bad_one_and_shows_paths(
+        skipped_run, tmp_path, capsys, monkeypatch):
+    workdir, photos, base = skipped_run
+    monkeypatch.chdir(base)
+    rc = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "cams"),
+                       "photos/normal/0000.png", "photos/ra/broken.jpg",
+                       "photos/ra/0000.png"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    line = one_error_line(captured.err)
+    assert "photos/ra/broken.jpg" in line and "the other photos were scored" in line
+    rows = [l.split()[0] for l in captured.out.splitlines() if l.startswith("photos/")]
+    assert rows == ["photos/normal/0000.png", "photos/ra/0000.png"]
