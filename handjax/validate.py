@@ -251,12 +251,14 @@ def write_outputs(out: Path, preds: clinical.Predictions, results: dict) -> list
     ece = {rule: results["clinical"].get(rule, {}).get("ece_10bin", {}).get("value")
            for rule in ("cnn", "cnn_calibrated")}
     written += [
-        plots.plot_roc(out / "roc.png", preds.label, preds.probs["cnn_calibrated"]),
+        plots.plot_roc(out / "roc.png", preds.label, preds.probs["cnn_calibrated"],
+                       title=results["name"]),
         plots.plot_reliability(out / "reliability.png", preds.label,
                                {"before calibration": preds.probs["cnn"],
                                 "after calibration": preds.probs["cnn_calibrated"]},
                                {"before calibration": ece["cnn"],
-                                "after calibration": ece["cnn_calibrated"]}),
+                                "after calibration": ece["cnn_calibrated"]},
+                               title=results["name"]),
         plots.plot_decision_curve(out / "decision_curve.png", results["decision_curve"],
                                   results["name"])]
     for rule, decided in preds.pred.items():

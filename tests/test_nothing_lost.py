@@ -247,3 +247,60 @@ def test_predict_scores_the_good_photos_names_the_bad_one_and_shows_paths(
     assert "photos/ra/broken.jpg" in line and "the other photos were scored" in line
     rows = [l.split()[0] for l in captured.out.splitlines() if l.startswith("photos/")]
     assert rows == ["photos/normal/0000.png", "photos/ra/0000.png"]
+
+
+# ------------------------------------------------------------- 14: outputs a reader can read
+def test_a_target_met_only_at_zero_sensitivity_says_so():
+    """The top score is one negative's of 16: the threshold there has specificity 15/16 =
+    0.938 >= 0.9 but finds no positive, so no threshold is chosen; the text must not read
+    "unreachable: best 0.938" for a 0.9 target."""
+    from handjax import evaluation as clinical
+    positive = np.r_[np.ones(12, bool), np.zeros(16, bool)]
+    scores = np.r_[np.linspace(0.3, 0.6, 12), np.linspace(0.2, 0.8, 15), 2.0]
+    c = clinical.threshold_choice(scores, positive, target=0.9, kind="specificity")
+    assert c["status"] == "unreachable" and c["best_reached"] == 15 / 16
+    text = clinical.describe_choice(c)
+    assert text == "reachable only at sensitivity 0 (specificity 0.938 there; on 16 negatives)"
+
+
+def _blue_pixels(path) -> int:
+    a = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(np.sum((a[..., 2] > a[..., 0] + 40) & (a[..., 2] > a[..., 1] + 15)))
+
+
+def test_the_decision_curves_model_line_shows_where_it_equals_treat_all(tmp_path):
+    """A model that treats everyone has exactly the treat-all curve: at least half of its
+    line's pixels must still show (measured 0.68; the old drawing showed 0.29, in the gaps
+    of the dashes only), against the same line drawn alone."""
+    from handjax.report import plots
+    t = np.arange(1, 100) / 100
+    everyone = 0.4 - 0.6 * t / (1 - t)
+
+    def draw(name, treat_all):
+        rows = [{"threshold": float(x), "net_benefit": float(m), "treat_all": a}
+                for x, m, a in zip(t, everyone, treat_all)]
+        return _blue_pixels(plots.plot_decision_curve(tmp_path / f"{name}.png",
+                                                      {"any_disease": rows}))
+    assert draw("same", everyone.tolist()) >= 0.5 * draw("alone", [None] * len(t))
+
+
+def test_a_long_confusion_title_is_wrapped_inside_the_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from handjax.report import plots
+    title = ("vgg19_custom validated on /home/someone/photos/clinics/clinic_b_2026_winter_"
+             "phones\ncnn_calibrated")
+    fig = plots.confusion_figure(np.eye(3, dtype=int), ["normal", "heberden", "ra"], title)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig.axes[0].title.get_window_extent(canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+
+
+def test_wrap_title_keeps_every_character_and_breaks_paths_at_slashes():
+    from handjax.report import plots
+    text = "run x validated on /a/bbbbbbbbbb/cccccccccc/dddddddddd/eeeeeeeeee/ffffffffff"
+    wrapped = plots.wrap_title(text, 2.0, 10)          # 24 characters a line
+    assert len(wrapped.splitlines()) > 1
+    assert all(len(line) <= 24 for line in wrapped.splitlines())
+    assert wrapped.replace("\n", "").replace(" ", "") == text.replace(" ", "")
+    assert all(line.endswith("/") for line in wrapped.splitlines()[1:-1])

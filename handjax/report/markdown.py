@@ -177,13 +177,15 @@ def _clinical_plots(workdir: Path, results: dict) -> list[Path]:
         for task, kinds in results.get("operating_points", {}).items()}
     ece = {rule: results.get("clinical", {}).get(rule, {}).get("ece_10bin", {}).get("value")
            for rule in ("cnn", "cnn_calibrated")}
+    title = f"run {results.get('name', '?')}: out-of-fold predictions"   # whose figures
     return [plots.plot_roc(workdir / "roc.png", preds.label, preds.probs["cnn_calibrated"],
-                           points),
+                           points, title=title),
             plots.plot_reliability(workdir / "reliability.png", preds.label,
                                    {"before calibration": preds.probs["cnn"],
                                     "after calibration": preds.probs["cnn_calibrated"]},
                                    {"before calibration": ece["cnn"],
-                                    "after calibration": ece["cnn_calibrated"]})]
+                                    "after calibration": ece["cnn_calibrated"]},
+                                   title=title)]
 
 
 # ------------------------------------------------------------------------ clinical
