@@ -54,7 +54,7 @@ from handjax import evaluation as clinical, console, losses, metrics
 from handjax.report import plots, markdown as report
 from handjax.train import workdir as workdirs
 from handjax.data.records import CLASSES, DataError, Examples
-from handjax.data.cohort import Cohort, load_cohort
+from handjax.data.cohort import Cohort, load_cohort, mixed_subjects, say_mixed_subjects
 from handjax.data.folders import claim_output, resolve_path
 from handjax.data.sources import (class_map_arg, describe, load_folder, load_metadata,
                                   merged_class_map, select)
@@ -333,8 +333,10 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False,
     new, subjects = subset(new, keep), subjects[keep]
     columns = {c: np.asarray(v)[keep] for c, v in columns.items()}
     preds = ensemble_predictions(run, cohort, new, subjects, columns)
+    mixed = mixed_subjects(subjects, new.labels, CLASSES)
+    say_mixed_subjects(mixed)
     desc = {**describe(new, source=source), "class_names": list(CLASSES),
-            "n_subjects": len(np.unique(subjects))}
+            "n_subjects": len(np.unique(subjects)), "subjects_with_several_classes": mixed}
     dropped = [{"file": f, "training_file": o} for f, o in named]
     results = validation_results(run, preds, desc, dropped, workdir)
     try:

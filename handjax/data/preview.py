@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from handjax.console import int_at_least
 from handjax.data import folders
@@ -55,11 +55,42 @@ def _preview(args) -> Path:
         labels = np.array([r["label"] for r in records])
         captions = [f"severity {float(r['severity']):.2f}" for r in records]
     out = _out_path(args.out)
+    check_sheet_target(out)
     try:
-        contact_sheet(images, labels, captions, per_class=args.n).save(out)
+        info = PngImagePlugin.PngInfo()
+        info.add_text(SHEET_TAG, "contact sheet")   # a rerun may replace it; nothing else
+        contact_sheet(images, labels, captions, per_class=args.n).save(out, pnginfo=info)
     except OSError as e:
         raise DataError(f"cannot write {out} ({e.strerror}); choose a writable --out") from e
     return out
+
+
+SHEET_TAG = "handjax-preview"   # the PNG text key that marks a contact sheet of ours
+
+
+def is_sheet(path: Path) -> bool:
+    """Whether ``path`` is a contact sheet this command wrote (its PNG text key)."""
+    try:
+        with Image.open(path) as img:
+            return SHEET_TAG in getattr(img, "text", {})
+    except (OSError, ValueError):
+        return False
+
+
+def check_sheet_target(out: Path) -> None:
+    """``preview --out``: never over a file that is not a sheet of ours, never into a folder
+    of photos (the sheet would join them: ``photos/normal/sheet.png`` is a training photo)."""
+    if out.exists() and not is_sheet(out):
+        raise DataError(f"--out {out} exists and is not a contact sheet of handjax's; "
+                        "nothing was written. Give a new file name")
+    folder = out.parent
+    if not folder.is_dir():
+        return
+    photos = [p for p in sorted(folder.iterdir()) if p.is_file() and p != out
+              and p.suffix.lower() in folders.IMAGE_EXTENSIONS and not is_sheet(p)]
+    if photos:
+        raise DataError(f"--out {out}: its folder holds photos ({photos[0].name}); nothing "
+                        "was written. Write the sheet into another folder")
 
 
 def export_samples(out, n_per_class: int, seed: int = 0) -> list[Path]:
