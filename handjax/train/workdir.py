@@ -216,11 +216,14 @@ def check_run_target(workdir, data_root: str = "") -> None:
 
 def check_output_target(out, workdir, command: str, inputs: dict, outside=()) -> Path:
     """``validate --out`` and ``predict --out``, checked before any work: the run in
-    ``workdir`` must be finished (a half-written run is named as such, not as "not found"),
+    ``workdir`` must exist and be finished (a half-written run is named as such, not as "not found"),
     and ``out`` must be a folder ``command`` may write into
     (:func:`handjax.data.folders.check_output`: no run's workdir, no other command's
     results, no photos). Returns ``out`` resolved; nothing is written."""
     from handjax.data import folders   # here: compare reads workdirs without loading JAX
+    if not (Path(workdir) / "config.json").is_file():   # no run at all: say that first
+        raise RunError(f"{Path(workdir) / 'config.json'} not found: point --workdir at a "
+                       "finished run (python launch.py --config ...)")
     check_finished(workdir)
     return folders.check_output(out, command, inputs, outside=outside)
 
