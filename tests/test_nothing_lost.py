@@ -304,3 +304,52 @@ def test_wrap_title_keeps_every_character_and_breaks_paths_at_slashes():
     assert all(len(line) <= 24 for line in wrapped.splitlines())
     assert wrapped.replace("\n", "").replace(" ", "") == text.replace(" ", "")
     assert all(line.endswith("/") for line in wrapped.splitlines()[1:-1])
+
+
+@pytest.mark.slow
+def test_refused_reruns_leave_a_finished_run_byte_identical_and_finished(
+        skipped_run, tmp_path, monkeypatch):
+    """A rerun with another config (refused by config.json) and one on other data (refused
+    by the ledger, after the photos are read) change no byte of the run: not its lock file,
+    and no INCOMPLETE marker that would make a finished run read as unfinished."""
+    import shutil
+    from cells import run, tiny_config
+    from handjax.errors import TrainingError
+    workdir, _, base = skipped_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    ledger = json.loads((copy / "ledger.json").read_text())
+    ledger["data"] = "0" * 64                 # as if the run had trained on other photos
+    (copy / "ledger.json").write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
+    monkeypatch.chdir(base)
+    c = tiny_config()
+    c.data.root, c.data.on_error = "photos/", "skip"
+    before = snapshot(copy)
+    with pytest.warns(UserWarning):
+        with pytest.raises(TrainingError, match="other data"):
+            run(c, copy)
+    assert snapshot(copy) == before and not (copy / "INCOMPLETE").exists()
+    c.train.lr1 = 0.5
+    with pytest.raises(TrainingError, match="another config"):
+        run(c, copy)
+    assert snapshot(copy) == before
+
+
+def test_roc_and_reliability_say_whose_predictions_they_are(tmp_path, monkeypatch):
+    """The title a caller gives (a validation's name) is the one drawn above the panels."""
+    from matplotlib.figure import Figure
+    from handjax.report import plots
+    drawn = []
+    real = Figure.suptitle
+
+    def spy(self, text, **kw):
+        drawn.append(text)
+        return real(self, text, **kw)
+    monkeypatch.setattr(Figure, "suptitle", spy)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    prob = np.full((6, 3), 1 / 3)
+    name = "vgg19_custom validated on /data/clinic_b"
+    plots.plot_roc(tmp_path / "roc.png", y, prob, title=name)
+    plots.plot_reliability(tmp_path / "rel.png", y, {"after calibration": prob}, {},
+                           title=name)
+    assert drawn == [name, name]

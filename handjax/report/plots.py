@@ -117,7 +117,6 @@ def plot_roc(path, y, prob, operating_points=None, title: str = "") -> Path:
     for i, (task, spec) in enumerate(TASKS.items()):
         ax = fig.add_subplot(1, 2, i + 1)
         positive, score = spec.positive(y), spec.score(prob)
-        title = spec.title
         ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
         if positive.any() and not positive.all():
             fpr, tpr, _ = skm.roc_curve(positive, score)
@@ -128,7 +127,7 @@ def plot_roc(path, y, prob, operating_points=None, title: str = "") -> Path:
                     label=f"{label}: sens {point['sensitivity']:.2f}, "
                           f"spec {point['specificity']:.2f}")
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity", ylabel="sensitivity",
-               title=f"{title} (n={len(y)}, {int(positive.sum())} positive)")
+               title=f"{spec.title} (n={len(y)}, {int(positive.sum())} positive)")
         ax.legend(loc="lower right", fontsize=7)
     if title:
         fig.suptitle(wrap_title(title, 8.2, 9), fontsize=9)

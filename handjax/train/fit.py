@@ -342,7 +342,6 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     workdirs.enable_compilation_cache(workdir)
     if distributed.is_primary():   # the others only compute (and call orbax)
         workdirs.claim(workdir, run_spec.config_json)
-        workdirs.mark_incomplete(workdir)     # until every result is written
     timing: dict = {} if IMPORT_S is None else {"imports_s": IMPORT_S}
     repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
     console.say(f"{run_spec.name}: {run_spec.n_folds} folds{repeats}, {run_spec.model.name} "
@@ -352,6 +351,8 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
                          run_spec.train.inner_val, run_spec.repeats)
     if distributed.is_primary():
         workdirs.check_ledger(workdir, ledger_entries(run_spec, cohort))
+        # only now: a rerun refused above must leave a finished run finished
+        workdirs.mark_incomplete(workdir)     # until every result is written
     inputs = features.prepare(run_spec, cohort, workdir)
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timing["prepare_s"] = time.perf_counter() - t0 - timing["tune_s"]

@@ -169,6 +169,7 @@ class Lock:
     def __init__(self, workdir: Path):
         self.path = Path(workdir) / ".lock"
         self.fd = None
+        self.before = b""
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,12 +181,17 @@ class Lock:
             self.fd = None
             raise TrainingError(f"{self.path.parent}: workdir in use by pid {holder}; wait "
                                 "for that run or use another --workdir") from None
+        self.before = os.pread(self.fd, 64, 0)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         return self
 
     def __exit__(self, *exc):
         if self.fd is not None:
+            # the file as it was: a refused run leaves the workdir byte-identical (the pid
+            # only means something while the flock is held)
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, self.before, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
