@@ -98,6 +98,13 @@ def test_output_folder_that_is_a_file_is_one_line(tmp_path):
     assert f.read_text() == "keep me"
 
 
+def test_export_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("keep me")
+    with pytest.raises(SystemExit):
+        preview.main(["export", "--out", str(tmp_path / "f" / "samples")])
+    assert "cannot write into" in one_error_line(capsys.readouterr().err)
+
+
 # ------------------------------------------------------------- 2: export into real photos
 def test_export_into_a_folder_of_real_photos_is_refused_and_changes_nothing(
         tmp_path, image_folder, capsys):

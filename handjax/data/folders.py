@@ -56,15 +56,13 @@ def check_output(out, command: str, inputs: dict, *, flag: str = "--out",
 def claim_output(out, command: str, inputs: dict, *, flag: str = "--out",
                  outside=()) -> Path:
     """:func:`check_output`, then create ``out`` and mark it as ``command``'s (on
-    ``inputs``), just before the command writes its files there."""
+    ``inputs``), just before the command writes its files there. An OSError of the write
+    (a read-only folder, a full disk) is left to the caller, which words it with the rest
+    of its writes."""
     out = check_output(out, command, inputs, flag=flag, outside=outside)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(json.dumps({"command": command, "inputs": inputs},
-                                             indent=2, sort_keys=True) + "\n")
-    except OSError as e:
-        raise DataError(f"{flag} {out} cannot be written ({e.strerror}); choose a folder you "
-                        "can write to") from e
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"command": command, "inputs": inputs},
+                                         indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -98,9 +98,10 @@ def export_samples(out, n_per_class: int, seed: int = 0) -> list[Path]:
     (``out/<class>/<index>.png``); returns the paths. Synthetic, medically meaningless.
     A folder that holds photos (your own, or another export's) or another command's results
     is refused before anything is written; the same export rerun may write there again."""
-    out = folders.claim_output(out, "data export", {"n": int(n_per_class), "seed": int(seed)})
     paths = []
     try:
+        out = folders.claim_output(out, "data export", {"n": int(n_per_class),
+                                                        "seed": int(seed)})
         for r in _synthetic_records(n_per_class, seed):
             _, cls, index = r["id"].split("/")
             path = out / cls / f"{index}.png"

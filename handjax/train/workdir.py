@@ -225,13 +225,16 @@ def check_output_target(out, workdir, command: str, inputs: dict, outside=()) ->
     ``workdir`` must exist and be finished (a half-written run is named as such, not as "not found"),
     and ``out`` must be a folder ``command`` may write into
     (:func:`handjax.data.folders.check_output`: no run's workdir, no other command's
-    results, no photos). Returns ``out`` resolved; nothing is written."""
+    results, no photos, not inside ``outside`` or the run's own ``data.root``). Returns ``out`` resolved; nothing is written."""
     from handjax.data import folders   # here: compare reads workdirs without loading JAX
     if not (Path(workdir) / "config.json").is_file():   # no run at all: say that first
         raise RunError(f"{Path(workdir) / 'config.json'} not found: point --workdir at a "
                        "finished run (python launch.py --config ...)")
     check_finished(workdir)
-    return folders.check_output(out, command, inputs, outside=outside)
+    # nor into the photos the run trained on: a new folder there would be read as a class
+    root = _read_json(Path(workdir) / "config.json").get("data", {}).get("root")
+    return folders.check_output(out, command, inputs,
+                                outside=[*outside, *([root] if root else [])])
 
 
 def open_workdir(workdir) -> Path:
