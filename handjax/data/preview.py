@@ -46,6 +46,8 @@ def contact_sheet(images, labels, captions, class_names=DISPLAY_NAMES, per_class
 
 
 def _preview(args) -> Path:
+    out = _out_path(args.out)
+    check_sheet_target(out)   # before any photo is read: a refusal costs nothing
     if args.folder:
         ex = load_folder(args.folder, image_size=args.size, on_error="skip")
         images, labels, captions = ex.images, ex.labels, [Path(i).name[:22] for i in ex.ids]
@@ -54,8 +56,6 @@ def _preview(args) -> Path:
         images = np.stack([r["image"] for r in records])
         labels = np.array([r["label"] for r in records])
         captions = [f"severity {float(r['severity']):.2f}" for r in records]
-    out = _out_path(args.out)
-    check_sheet_target(out)
     try:
         info = PngImagePlugin.PngInfo()
         info.add_text(SHEET_TAG, "contact sheet")   # a rerun may replace it; nothing else
