@@ -303,8 +303,7 @@ PATH_KEYS = ("data.root", "data.metadata")   # the config's paths, resolved on p
 def resolve_paths(config):
     """A copy of ``config`` whose :data:`PATH_KEYS` are absolute paths (``~`` expanded,
     relative to the current folder, trailing slash gone: ``/x/base/`` is ``/x/base``); the
-    run records them so, and can be read from any folder. A metadata file that does not
-    exist is one ConfigError naming the key."""
+    run records them so, and can be read from any folder."""
     from handjax.data.folders import resolve_text   # here: parsing a config loads no JAX
     config = config.copy_and_resolve_references()
     for key in PATH_KEYS:
@@ -312,11 +311,16 @@ def resolve_paths(config):
         value = config[section].get(name, "")
         if value is not None and str(value).strip():
             config[section][name] = resolve_text(value)
-    metadata = config.data.get("metadata", "")
-    if metadata and not Path(metadata).is_file():
-        raise ConfigError(f"config.data.metadata={metadata}: no such file; give the path "
-                          "of your metadata CSV (file, subject, ... columns)")
     return config
+
+
+def check_data_files(data: DataSpec) -> None:
+    """A training run's inputs that must exist before any work: the metadata CSV named by
+    ``data.metadata`` (one ConfigError naming the key; the photo folder's own checks come
+    with the loader). Not checked on reading a finished run: ``predict`` needs neither."""
+    if data.metadata and not Path(data.metadata).is_file():
+        raise ConfigError(f"config.data.metadata={data.metadata}: no such file; give the "
+                          "path of your metadata CSV (file, subject, ... columns)")
 
 
 def _data(c) -> DataSpec:

@@ -107,3 +107,12 @@ def test_a_runs_own_workdir_passes_the_guard(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "roc.png").write_bytes(b"")      # its own plots are no photos of the user's
     workdirs.check_run_target(tmp_path)
+
+
+def test_a_missing_metadata_csv_is_one_line_before_training(tmp_path, no_training):
+    from handjax.errors import ConfigError
+    c = tiny_config()
+    c.data.metadata = "~/no_such_meta.csv"
+    with pytest.raises(ConfigError, match=r"config.data.metadata=/.*/no_such_meta.csv: no such"):
+        run.main(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ def main(config, workdir, restart: bool = False) -> dict:
     parsed = configs.parse(config)   # the config's paths resolved here, once
     workdir = resolve_path(workdir)
     spec = next(iter(parsed.cells.values())) if isinstance(parsed, configs.SweepSpec) else parsed
+    configs.check_data_files(spec.data)
     workdirs.check_run_target(workdir, spec.data.root)   # never into photos or others' outputs
     check_cache_dir()
     try:
