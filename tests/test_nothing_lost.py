@@ -206,7 +206,9 @@ def test_a_skipped_photo_is_recorded_and_the_root_resolved(skipped_run):
     results = json.loads((workdir / "results.json").read_text())
     assert results["data"]["left_out"] == [{"file": "ra/broken.jpg",
                                             "reason": "not a readable image"}]
-    assert "| ra/broken.jpg | not a readable image |" in (workdir / "results.md").read_text()
+    md = (workdir / "results.md").read_text()
+    assert "| ra/broken.jpg | not a readable image |" in md
+    assert "1 photo(s) left out, listed under Photos left out" in md     # in the Data line
     assert json.loads((workdir / "config.json").read_text())["data"]["root"] == str(photos)
 
 

@@ -83,8 +83,10 @@ def _data_line(data: dict) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in data.get("class_counts", {}).items())
     dup = data.get("duplicate_groups")
     dup = "not checked" if dup is None else dup
+    left = (f"; {len(data['left_out'])} photo(s) left out, listed under Photos left out"
+            if data.get("left_out") else "")
     return (f"{data.get('source', '?')} (n={data.get('n', '?')}; {counts}; "
-            f"duplicate groups {dup})")
+            f"duplicate groups {dup}{left})")
 
 
 def _decision_markdown(key: str, decision: dict, class_names) -> str:
