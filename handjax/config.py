@@ -17,10 +17,11 @@ import difflib
 import json
 import math
 import re
+from pathlib import Path
 
 import ml_collections
 
-from handjax.errors import ConfigError
+from handjax.errors import ConfigError, HandjaxError
 from handjax.models.kernels.convs import CONV_IMPLS
 
 # The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
@@ -282,7 +283,9 @@ def _names(text, allowed, key: str) -> list[str]:
 
 
 def parse_run(config) -> RunSpec:
-    """The specs of one cell (see :func:`parse`)."""
+    """The specs of one cell (see :func:`parse`); its paths resolved (:func:`resolve_paths`),
+    and recorded resolved in ``config_json``."""
+    config = resolve_paths(config)
     _check_int(config, "seed", lo=0)
     _check_int(config, "n_folds", lo=2, hi=20)
     if "repeats" in config:
@@ -292,6 +295,32 @@ def parse_run(config) -> RunSpec:
                    loss=_loss(config), train=_train(config), svm=_svm(config),
                    config_json=config_json(config), eval=_eval(config),
                    repeats=int(config.get("repeats", 1)))
+
+
+PATH_KEYS = ("data.root", "data.metadata")   # the config's paths, resolved on parsing
+
+
+def resolve_paths(config):
+    """A copy of ``config`` whose :data:`PATH_KEYS` are absolute paths (``~`` expanded,
+    relative to the current folder, trailing slash gone: ``/x/base/`` is ``/x/base``); the
+    run records them so, and can be read from any folder."""
+    from handjax.data.folders import resolve_text   # here: parsing a config loads no JAX
+    config = config.copy_and_resolve_references()
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = config[section].get(name, "")
+        if value is not None and str(value).strip():
+            config[section][name] = resolve_text(value)
+    return config
+
+
+def check_data_files(data: DataSpec) -> None:
+    """A training run's inputs that must exist before any work: the metadata CSV named by
+    ``data.metadata`` (one ConfigError naming the key; the photo folder's own checks come
+    with the loader). Not checked on reading a finished run: ``predict`` needs neither."""
+    if data.metadata and not Path(data.metadata).is_file():
+        raise ConfigError(f"config.data.metadata={data.metadata}: no such file; give the "
+                          "path of your metadata CSV (file, subject, ... columns)")
 
 
 def _data(c) -> DataSpec:
@@ -493,6 +522,8 @@ def _flat_keys(config, prefix: str = "") -> set:
 def one_line(error: BaseException) -> str:
     """The gist of an error whose text may embed a traceback (ml_collections does), with
     its quotes kept whole."""
+    if isinstance(error, HandjaxError):   # ours are one line already: never reworded
+        return str(error)
     msg = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
     # ml_collections nests a KeyError's repr in another: unescape it into plain lines
     msg = msg.replace("\\n", "\n").replace("\\'", "'")

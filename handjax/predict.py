@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from handjax import console, data
+from handjax import cli, console, data
+from handjax.data import decode
 from handjax.model.locked import LockedModel, load_model
 
 
@@ -132,7 +132,7 @@ def as_table(model: LockedModel, preds, overlays) -> str:
     rules = list(preds[0].decisions) if preds else []
     header = ["photo", *names, *rules]
     show = lambda r, v: names[v] if r in ("argmax", "mec") else ("yes" if v else "no")
-    rows = [[Path(p.file).name, *(f"{v:.3f}" for v in p.probs),
+    rows = [[p.file, *(f"{v:.3f}" for v in p.probs),        # the path as given
              *(show(r, p.decisions[r]) for r in rules)] for p in preds]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
@@ -151,6 +151,7 @@ def as_table(model: LockedModel, preds, overlays) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def parse_args(argv):
+    from handjax.cli.launch import dash_hint
     parser = argparse.ArgumentParser(
         prog="python -m handjax.predict",
         description="Classify hand photos with a finished run's locked model and write "
@@ -159,34 +160,38 @@ def parse_args(argv):
     parser.add_argument("--out", default=None,
                         help="folder for the overlay PNGs (default <workdir>/gradcam)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("photos", nargs="+", help="photo files (jpg, png, ...)")
-    return parser.parse_args(argv)
+    parser.add_argument("photos", nargs="+", help="photo files (jpg, png, ...); put -- "
+                        "before a name that begins with -")
+    return parser.parse_args(dash_hint(parser, argv))
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from handjax import user_errors
+    from handjax.data.folders import claim_output, resolve_path
+    from handjax.train import workdir as workdirs
+    photos, unreadable = decode.split_readable(args.photos)   # a bad photo named first
+    if not photos:
+        raise unreadable[0]
+    inputs = {"workdir": str(resolve_path(args.workdir))}
+    # a killed run is "unfinished", not "results.json not found"; --out is checked too
+    out = workdirs.check_output_target(args.out or Path(args.workdir) / "gradcam",
+                                       args.workdir, "predict", inputs)
+    model = load_model(args.workdir)
+    preds = predict(model, photos)
     try:
-        for photo in args.photos:  # fail on a bad photo before the models load
-            data.decode_image(photo, 8)
-        model = load_model(args.workdir)
-        preds = predict(model, args.photos)
-        out = Path(args.out) if args.out else Path(args.workdir) / "gradcam"
-        try:
-            overlays = write_overlays(preds, out)
-        except OSError as e:
-            raise data.DataError(f"cannot write the overlays into {out} ({e.strerror}); "
-                                 "choose a folder you can write to with --out") from e
-    except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
-        if os.environ.get("HANDJAX_DEBUG"):
-            raise
-        console.error(str(e))
-        return 1
+        claim_output(out, "predict", inputs)   # checked again, then marked
+        overlays = write_overlays(preds, out)
+    except OSError as e:
+        raise data.DataError(f"cannot write the overlays into {out} ({e.strerror}); "
+                             "choose a folder you can write to with --out") from e
     if args.json:
         print(json.dumps(as_json(model, preds, overlays), indent=2))
     else:
         print(as_table(model, preds, overlays))
-    return 0
+    for e in unreadable:   # the good photos answered above; each bad one named, exit 1
+        console.error(f"{e} (left out; the other photos were scored)")
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

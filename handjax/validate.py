@@ -49,18 +49,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from handjax import console
+from handjax import cli, console
 from handjax import evaluation as clinical
-from handjax.data.cohort import Cohort, load_cohort
-from handjax.data.records import CLASSES, DataError, Examples
-from handjax.data.sources import describe, load_folder, load_metadata
+from handjax.data.cohort import Cohort, load_cohort, mixed_subjects, say_mixed_subjects
+from handjax.data.folders import claim_output, resolve_path
 from handjax.data.native import native_size_record
+from handjax.data.records import CLASSES, DataError, Examples
+from handjax.data.sources import (class_map_arg, describe, load_folder, load_metadata,
+                                  merged_class_map, select)
 from handjax.data.splits import copies_of
 from handjax.data.synthetic import SYNTHETIC_SIZE
 from handjax.errors import RunError
@@ -120,9 +121,9 @@ def overlap_message(pairs: list[tuple], data, limit: int = 10) -> str:
 
 
 def subset(examples: Examples, keep: np.ndarray) -> Examples:
-    """The photos at ``keep`` (index array), in order."""
-    return Examples(np.asarray(examples.images)[keep], np.asarray(examples.labels)[keep],
-                    [examples.ids[i] for i in keep], examples.class_names)
+    """The photos at ``keep`` (index array), in order (with the record of those the loader
+    left out)."""
+    return select(examples, keep)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -216,10 +217,13 @@ def training_cohort(workdir: Path, run) -> Cohort:
     return cohort
 
 
-def load_new_set(data, run, metadata=None) -> tuple[Examples, np.ndarray, dict]:
-    """The second photo set at the run's input size, its subjects and subgroup columns."""
+def load_new_set(data, run, metadata=None, extra_map=None,
+                 ) -> tuple[Examples, np.ndarray, dict]:
+    """The second photo set at the run's input size, its subjects and subgroup columns
+    (its folders named as the run's classes, mapped by the run's ``data.class_map`` or by
+    ``extra_map``, validate's ``--class-map``)."""
     spec = run.run_spec.data
-    class_map = dict(spec.class_map) if spec.class_map else None
+    class_map = merged_class_map(spec.class_map, extra_map)
     check_folder_classes(data, class_map)
     new = load_folder(data, image_size=spec.image_size, on_error=spec.on_error,
                       class_map=class_map, min_per_class=0)
@@ -230,14 +234,20 @@ def load_new_set(data, run, metadata=None) -> tuple[Examples, np.ndarray, dict]:
     return new, np.asarray(subjects, str), columns
 
 
-def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> dict:
-    """Score the run in ``workdir`` on the photos in ``data``; write everything to ``out``.
-    Returns the results.json record."""
-    workdir, out = Path(workdir), Path(out)
+def validate(workdir, data, out, metadata=None, drop_overlap: bool = False,
+             class_map=None) -> dict:
+    """Score the run in ``workdir`` on the photos in ``data``; write everything to ``out``
+    (refused when ``out`` holds a run, another command's results or photos: nothing is
+    overwritten). ``class_map``: ``{folder: class}`` for the new set's folders. Returns the
+    results.json record."""
+    workdir, data = resolve_path(workdir), resolve_path(data)   # recorded resolved
+    metadata = resolve_path(metadata) if metadata else None
+    inputs = {"workdir": str(workdir), "data": str(data)}
+    out = workdirs.check_output_target(out, workdir, "validate", inputs, outside=[data])
     model = load_model(workdir)
     run = model.run
     check_run_classes(model.classes)
-    new, subjects, columns = load_new_set(data, run, metadata)
+    new, subjects, columns = load_new_set(data, run, metadata, class_map)
     source = str(data)
     console.say(f"validating run {run.results.get('name', workdir)} on {len(new.labels)} "
                 f"photos of {source}")
@@ -264,12 +274,15 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
         if line:
             console.say(line)
     preds = locked_predictions(model, cohort, new, subjects, columns)
+    mixed = mixed_subjects(subjects, new.labels, CLASSES)
+    say_mixed_subjects(mixed)
     desc = {**describe(new, source=source), "class_names": list(CLASSES),
             "n_subjects": len(np.unique(subjects)), "coverage": {**coverage, "line": skipped},
-            "native_size": sizes}
+            "native_size": sizes, "subjects_with_several_classes": mixed}
     dropped = [{"file": f, "training_file": o, "how": how} for f, o, how in named]
     results = validation_results(model, preds, desc, dropped, workdir)
     try:
+        claim_output(out, "validate", inputs, outside=[data])   # checked again, then marked
         write_outputs(out, preds, results)
     except OSError as e:
         raise DataError(f"cannot write the validation into {out} ({e.strerror}); choose a "
@@ -289,23 +302,21 @@ def parse_args(argv):
     parser.add_argument("--metadata", default=None,
                         help="CSV with file, subject and subgroup columns for --data")
     parser.add_argument("--out", required=True, help="folder for the validation's outputs")
+    parser.add_argument("--class-map", default=None, type=class_map_arg,
+                        help="folder:class,... for --data's class folders not named "
+                             "normal, heberden, ra (e.g. OA:heberden,RA:ra)")
     parser.add_argument("--drop-overlap", action="store_true",
                         help="leave out photos that copy training photos (listed) instead "
                              "of refusing")
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from handjax import user_errors
     console.quiet()
-    try:
-        validate(args.workdir, args.data, args.out, args.metadata, args.drop_overlap)
-    except user_errors() as e:  # one clear line, no traceback (HANDJAX_DEBUG=1 shows it)
-        if os.environ.get("HANDJAX_DEBUG"):
-            raise
-        print(f"handjax: error: {e}", file=sys.stderr)
-        return 1
+    validate(args.workdir, args.data, args.out, args.metadata, args.drop_overlap,
+             args.class_map)
     return 0
 
 

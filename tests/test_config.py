@@ -166,3 +166,45 @@ def test_config_file_that_does_not_parse_is_file_line_and_message(tmp_path):
     except SyntaxError as e:
         msg = configs.flag_error(e, ["launch.py", "--config", str(bad)])
     assert msg == f"config file {bad}:2 does not parse: invalid syntax"
+
+
+# ------------------------------------------------ paths: resolved once, recorded resolved
+def test_data_paths_are_resolved_and_recorded_resolved(tmp_path, monkeypatch):
+    """``~``, a relative path and a trailing slash all become one absolute path, in the spec
+    and in the config.json the run records: ``/x/base/`` and ``/x/base`` are one run."""
+    import json
+    home = tmp_path / "home"
+    (home / "base").mkdir(parents=True)
+    (home / "meta.csv").write_text("file,subject\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    specs = []
+    for root in ("~/base", "base", "./base/", str(home / "base") + "/"):
+        c = configs.cell("vgg16", "categorical", "smoke")
+        c.data.root, c.data.metadata = root, "~/meta.csv"
+        specs.append(configs.parse_run(c))
+    for spec in specs:
+        assert spec.data.root == str(home / "base")
+        assert spec.data.metadata == str(home / "meta.csv")
+        recorded = json.loads(spec.config_json)["data"]
+        assert recorded["root"] == str(home / "base")
+        assert recorded["metadata"] == str(home / "meta.csv")
+    assert len({s.config_json for s in specs}) == 1
+
+
+def test_a_missing_metadata_file_is_named_as_metadata_not_as_a_config_file(tmp_path):
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.data.metadata = str(tmp_path / "nope.csv")
+    spec = configs.parse_run(c)       # a finished run is read without its metadata
+    with pytest.raises(ConfigError) as err:
+        configs.check_data_files(spec.data)
+    line = configs.one_line(err.value)
+    assert line.startswith(f"config.data.metadata={tmp_path / 'nope.csv'}: no such file")
+    assert "config file" not in line
+
+
+def test_our_own_errors_are_never_reworded_as_a_missing_config_file():
+    from handjax.data.records import DataError
+    e = DataError("config.data.metadata=/m.csv: cannot read it ([Errno 2] No such file or "
+                  "directory: '/m.csv')")
+    assert configs.one_line(e) == str(e)

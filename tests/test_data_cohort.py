@@ -144,3 +144,39 @@ def test_hard_link_and_byte_copy_across_classes_refused_before_training(tmp_path
     assert msg.startswith("the same photo under two classes (2 case(s)")
     assert "normal/0.png (normal) = ra/linked.png (ra)" in msg
     assert "normal/1.png (normal) = heberden/copy.png (heberden)" in msg
+
+
+# --------------------------------------------------------------------------- recorded, not silent
+def test_conflicting_photos_left_out_are_recorded_with_their_reason():
+    from handjax import data
+    ex = _noise_examples()
+    ex.images[13] = ex.images[0]
+    kept, _ = cohort.one_label_per_photo(ex, data.duplicate_groups(ex.images), "skip")
+    left = {e["file"]: e["reason"] for e in data.describe(kept)["left_out"]}
+    assert set(left) == {"normal/0.png", "ra/13.png"}
+    assert left["ra/13.png"] == "the same photo as normal/0.png (normal) under another class"
+
+
+def test_a_subject_with_two_classes_is_one_line_and_counted(tmp_path, capsys):
+    from PIL import Image
+    from handjax.report import markdown
+    rng = np.random.default_rng(1)
+    rows = ["file,subject"]
+    for c, name in enumerate(("normal", "heberden", "ra")):
+        (tmp_path / name).mkdir()
+        for s in range(5):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
+                tmp_path / name / f"{s}.png")
+            rows.append(f"{name}/{s}.png,{'p0' if s == 0 and name != 'heberden' else name + str(s)}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    c = tiny_config()
+    c.data.root, c.data.metadata = str(tmp_path), str(tmp_path / "meta.csv")
+    spec = configs.parse_run(c)
+    pd = load_cohort(spec.data, spec.seed, spec.n_folds)
+    err = capsys.readouterr().err
+    assert "1 subject(s) have photos of more than one class (p0: normal, ra)" in err
+    desc = pd.description()
+    assert desc["subjects_with_several_classes"] == {"p0": ["normal", "ra"]}
+    md = markdown.left_out_markdown(desc)
+    assert "more than one class: 1 (p0: normal, ra)" in md
+    assert "## Photos left out: 0" in md

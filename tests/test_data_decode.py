@@ -162,3 +162,25 @@ def test_photo_below_the_minimum_size_is_refused_naming_it(tmp_path, image_folde
         data.decode_image(tmp_path / "heberden" / "pixel.png", SIZE)
     save_image(tmp_path / "thin.png", Image.new("RGB", (400, data.decode.MIN_PHOTO_SIDE)))
     assert data.decode_image(tmp_path / "thin.png", SIZE).shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("kind", ["animated_gif", "multipage_tiff"])
+def test_a_file_of_several_frames_is_refused_not_read_at_its_first(tmp_path, kind, save_image):
+    """Which frame is the photo is not ours to guess: one line naming the file and the count."""
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    path = tmp_path / ("anim.gif" if kind == "animated_gif" else "pages.tif")
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert Image.open(path).n_frames == 3
+    with pytest.raises(data.DataError, match=rf"{path.name}: holds 3 frames") as err:
+        data.decode_image(path, SIZE)
+    assert "\n" not in str(err.value)
+    single = save_image(tmp_path / "one.gif", frames[0])      # one frame: read as before
+    assert data.decode_image(single, SIZE).shape == (SIZE, SIZE, 3)
+
+
+def test_split_readable_keeps_the_good_photos_in_order(tmp_path, save_image):
+    good = [save_image(tmp_path / f"{i}.png", Image.new("RGB", (20, 20))) for i in range(2)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no")
+    kept, errors = data.decode.split_readable([good[0], bad, good[1]])
+    assert kept == good and len(errors) == 1 and "bad.jpg" in str(errors[0])

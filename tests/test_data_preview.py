@@ -44,3 +44,23 @@ def test_export_writes_an_image_folder_that_loads(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit):
         data.main(["export", "--out", str(tmp_path / "a_file")])
+
+
+def test_preview_never_overwrites_a_photo_nor_writes_among_photos(tmp_path, image_folder,
+                                                                  capsys):
+    """A sheet over ``photos/normal/img0.png``, or into a class folder (where it would become
+    a training photo), is refused with one line; a rerun over its own sheet is not."""
+    photos = image_folder(tmp_path / "photos")
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    for out, needle in ((photos / "normal" / "img0.png", "is not a contact sheet"),
+                        (photos / "ra" / "sheet.png", "its folder holds photos")):
+        with pytest.raises(SystemExit) as e:
+            data.main(["preview", "--out", str(out), "--n", "1"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and needle in err
+    assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == before
+    sheet = tmp_path / "sheet.png"
+    data.main(["preview", "--out", str(sheet), "--n", "1"])
+    data.main(["preview", "--out", str(sheet), "--n", "2"])     # its own sheet: replaced
+    with Image.open(sheet) as img:
+        assert img.width > 2 * 160

@@ -28,7 +28,8 @@ def test_valid_folder_loads_in_class_order_with_relative_ids(tmp_path, image_fol
     # 30x20 solid colour padded with its own border colour: the whole square is that colour
     assert (ex.images[ex.labels == 2] == (40, 60, 200)).all()
     assert data.describe(ex) == {"source": str(tmp_path), "n": 15,
-                                 "class_counts": {"normal": 5, "heberden": 5, "ra": 5}}
+                                 "class_counts": {"normal": 5, "heberden": 5, "ra": 5},
+                                 "left_out": []}
 
 
 def test_every_bad_file_listed_in_one_line_and_skip_warns(tmp_path, image_folder):
@@ -44,6 +45,31 @@ def test_every_bad_file_listed_in_one_line_and_skip_warns(tmp_path, image_folder
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
         ex = data.load_folder(tmp_path, image_size=SIZE, on_error="skip")
     assert len(ex.ids) == 15 and "normal/a.jpg" not in ex.ids
+    # the record of what was left out, and why, travels with the photos into results.json
+    left = {e["file"]: e["reason"] for e in data.describe(ex)["left_out"]}
+    assert set(left) == {"normal/a.jpg", "ra/deep/er/b.png"}
+    assert left["normal/a.jpg"] == "not a readable image"
+
+
+def test_links_that_lead_nowhere_are_listed_not_dropped(tmp_path, image_folder):
+    """A loop of links (l1 -> l2 -> l1), a broken link and a pipe named like photos: each is
+    named as unreadable (raise), or left out and recorded (skip); none vanishes."""
+    import os
+    image_folder(tmp_path)
+    (tmp_path / "normal" / "l1.jpg").symlink_to("l2.jpg")
+    (tmp_path / "normal" / "l2.jpg").symlink_to("l1.jpg")
+    (tmp_path / "ra" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "heberden" / "pipe.png")
+    with pytest.raises(data.DataError) as err:
+        data.load_folder(tmp_path, image_size=SIZE)
+    msg = str(err.value)
+    assert "4 unreadable" in msg and "\n" not in msg
+    for name in ("normal/l1.jpg", "normal/l2.jpg", "ra/gone.png", "heberden/pipe.png"):
+        assert name in msg
+    assert "loop of links" in msg and "not a regular file" in msg
+    with pytest.warns(UserWarning, match="skipped 4 unreadable"):
+        ex = data.load_folder(tmp_path, image_size=SIZE, on_error="skip")
+    assert len(ex.ids) == 15 and len(data.describe(ex)["left_out"]) == 4
 
 
 # --------------------------------------------------------------------------- folder structure

@@ -241,8 +241,10 @@ def test_unreadable_photo_is_one_clear_line(run_dir, photos, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("handjax: error:")
     with pytest.raises(data.DataError) as loader:                # the loader's own words
         data.decode_image(bad, 32)
-    assert lines[0] == f"handjax: error: {loader.value}" and "broken.jpg" in lines[0]
-    assert out.stdout == ""
+    # the good photo is answered; the bad one named, in the loader's words, exit 1
+    assert lines[0] == (f"handjax: error: {loader.value} (left out; the other photos were "
+                        "scored)") and "broken.jpg" in lines[0]
+    assert str(photos[0]) in out.stdout and "broken.jpg" not in out.stdout
 
 
 @pytest.mark.parametrize("what", ["missing_photo", "missing_run"])

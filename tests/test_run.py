@@ -72,3 +72,47 @@ def test_disk_full_message_of_tensorstore_names_the_file():
            '"/w/checkpoints/3.tmp/ocdbt/": Failed writing: "/w/checkpoints/3.tmp/d/1e26": '
            "Failed to write 38285312 bytes to file 15: No space left on device [os_error_code='28']")
     assert run.disk_full(ValueError(msg)).filename == "/w/checkpoints/3.tmp/d/1e26"
+
+
+# ------------------------------------------------ no run writes into photos or others' outputs
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["photo_folder", "inside_data_root", "validate_out"])
+def test_a_workdir_of_photos_or_of_another_command_is_refused_before_training(
+        tmp_path, image_folder, no_training, where):
+    from handjax.data import folders
+    from handjax.errors import TrainingError
+    photos = image_folder(tmp_path / "photos")
+    config = tiny_config()
+    if where == "photo_folder":          # the user's photos, not the run's data.root
+        workdir = photos
+    elif where == "inside_data_root":    # the run's own photo folder
+        config.data.root = str(photos)
+        workdir = photos / "run"
+    else:
+        workdir = folders.claim_output(tmp_path / "val", "validate", {"data": "x"})
+        (workdir / "results.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    with pytest.raises(TrainingError) as err:
+        run.main(config, workdir)
+    assert str(Path(workdir).resolve()) in str(err.value)
+    assert "nothing was written" in str(err.value)
+    assert _snapshot(tmp_path) == before and not (photos / "run").exists()
+
+
+def test_a_runs_own_workdir_passes_the_guard(tmp_path):
+    from handjax.train import workdir as workdirs
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "roc.png").write_bytes(b"")      # its own plots are no photos of the user's
+    workdirs.check_run_target(tmp_path)
+
+
+def test_a_missing_metadata_csv_is_one_line_before_training(tmp_path, no_training):
+    from handjax.errors import ConfigError
+    c = tiny_config()
+    c.data.metadata = "~/no_such_meta.csv"
+    with pytest.raises(ConfigError, match=r"config.data.metadata=/.*/no_such_meta.csv: no such"):
+        run.main(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

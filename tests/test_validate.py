@@ -276,4 +276,4 @@ def test_an_unfinished_run_is_one_line(trained, tmp_path):
     copy = tmp_path / "unfinished"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.raises(TrainingError, match="training is not finished"):
-        validate.validate(copy, tmp_path, tmp_path / "out")
+        validate.validate(copy, tmp_path / "clinic_b", tmp_path / "out")

@@ -1,5 +1,6 @@
 """The workdir guards: the ledger refuses changed data or weights, one run at a time,
 --restart, and clear lines for a workdir that is a file."""
+import json
 import subprocess
 import sys
 
@@ -135,3 +136,20 @@ def test_a_run_that_stops_before_its_results_leaves_the_workdir_incomplete(tmp_p
     workdirs.mark_finished(tmp_path)
     workdirs.check_finished(tmp_path)
     assert compare._csv_path(str(tmp_path)) == tmp_path / "predictions.csv"
+
+
+def test_validate_or_predict_out_inside_the_runs_training_photos_is_refused(tmp_path):
+    """A new folder inside the run's data.root would be read as a class folder by the next
+    run: refused, though it holds nothing yet."""
+    from handjax.data.records import DataError
+    photos = tmp_path / "photos"
+    (photos / "normal").mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": {"root": str(photos)}}))
+    for command in ("validate", "predict"):
+        with pytest.raises(DataError, match=f"lies inside {photos}"):
+            workdirs.check_output_target(photos / "val", run, command, {})
+    assert not (photos / "val").exists()
+    assert workdirs.check_output_target(tmp_path / "val", run, "validate", {}) == (
+        tmp_path / "val").resolve()

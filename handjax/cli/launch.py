@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import errno
 import re
+from pathlib import Path
 
 from handjax import config as configs
 from handjax.cache import check_cache_dir
+from handjax.data.folders import IMAGE_EXTENSIONS, resolve_path
 from handjax.errors import SetupError
+from handjax.train import workdir as workdirs
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -17,7 +20,11 @@ def main(config, workdir, restart: bool = False) -> dict:
     """Run ``config`` (a ConfigDict) in ``workdir``: the study's sweep or one cell
     (``restart``: discard what a previous run left there). Everything a user can get wrong
     is checked before the first training step; a full disk anywhere is one line."""
-    parsed = configs.parse(config)
+    parsed = configs.parse(config)   # the config's paths resolved here, once
+    workdir = resolve_path(workdir)
+    spec = next(iter(parsed.cells.values())) if isinstance(parsed, configs.SweepSpec) else parsed
+    configs.check_data_files(spec.data)
+    workdirs.check_run_target(workdir, spec.data.root)   # never into photos or others' outputs
     check_cache_dir()
     try:
         if isinstance(parsed, configs.SweepSpec):
@@ -47,3 +54,18 @@ def disk_full(error: BaseException) -> OSError | None:
             return OSError(errno.ENOSPC, "No space left on device", *paths[-1:])
         error = error.__cause__ or error.__context__
     return None
+
+
+def dash_hint(parser, argv: list) -> list:
+    """``argv`` unchanged, or one line and exit 2 when a file name in it begins with ``-``
+    (argparse would take it for an unknown option): the line says to put ``--`` first."""
+    known = set(parser._option_string_actions)
+    for arg in argv:
+        if arg == "--":
+            break
+        option = arg.split("=", 1)[0]
+        if len(arg) > 1 and arg.startswith("-") and option not in known and (
+                Path(arg).exists() or Path(arg).suffix.lower() in IMAGE_EXTENSIONS):
+            parser.exit(2, f"handjax: error: {arg} begins with '-', so it reads as an option; "
+                           f"put -- before the file names: {parser.prog} ... -- {arg}\n")
+    return argv

@@ -17,6 +17,9 @@ One module per job, in the order photos flow through them:
 * ``synthetic``: the procedural hand renderer (``render_hand``); synthetic and medically
   meaningless.
 * ``preview``: the contact-sheet CLI (``contact_sheet``, ``main``).
+* ``folders``: paths a user names, resolved once (``resolve_path``), and the folders a
+  command may write into (``check_output``, ``claim_output``: never another command's
+  results, never photos; docs/reliability.md).
 * ``base``: what they share (``CLASSES``, ``N_FOLDS``, ``DataError``, ``Examples``).
 
 The face is light: ``from handjax.data import CLASSES`` imports no TFDS (only ``augment``,

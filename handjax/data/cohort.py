@@ -20,7 +20,7 @@ import numpy as np
 from handjax import console
 from handjax.data.augment import augment
 from handjax.data.records import N_FOLDS, DataError, Examples
-from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic
+from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic, select
 from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits, label_conflicts, merge_groups)
 from handjax.data.synthetic import synthetic_metadata
 
@@ -75,6 +75,8 @@ class Cohort:
             _, counts = np.unique(self.dup_groups, return_counts=True)
             desc["duplicate_groups"] = int(np.sum(counts > 1))
         desc["n_subjects"] = len(np.unique(self.subjects))
+        desc["subjects_with_several_classes"] = mixed_subjects(
+            self.subjects, self.labels, self.examples.class_names)
         return desc
 
 
@@ -117,12 +119,35 @@ def one_label_per_photo(examples: Examples, dup: np.ndarray | None,
                              "--config.data.on_error=skip leaves them out")
     console.say(f"left out {what}: {listing}")
     keep = np.setdiff1d(np.arange(len(examples.labels)), np.concatenate(conflicts))
-    ids = type(examples.ids)(examples.ids[i] for i in keep)
-    if hasattr(examples.ids, "source"):   # where the photos came from (data.describe)
-        ids.source = examples.ids.source
-    kept = Examples(examples.images[keep], examples.labels[keep], ids,
-                         examples.class_names)
+    left_out = [{"file": examples.ids[i], "reason": "the same photo as "
+                 + ", ".join(f"{examples.ids[j]} ({names[examples.labels[j]]})"
+                             for j in group if j != i) + " under another class"}
+                for group in conflicts for i in group]
+    kept = select(examples, keep, left_out)   # the record of what was left out goes along
     return kept, None if dup is None else dup[keep]
+
+
+def mixed_subjects(subjects, labels, class_names) -> dict:
+    """``{subject: [its classes]}`` for every subject whose photos carry more than one class
+    (one person, normal and RA: one unaffected hand is plausible, a mislabelled file too)."""
+    out = {}
+    for s in np.unique(subjects):
+        classes = np.unique(np.asarray(labels)[np.asarray(subjects) == s])
+        if len(classes) > 1:
+            out[str(s)] = [class_names[int(c)] for c in classes]
+    return out
+
+
+def say_mixed_subjects(mixed: dict) -> None:
+    """One console line when some subjects' photos carry two classes (kept, and counted in
+    results.md)."""
+    if not mixed:
+        return
+    shown = "; ".join(f"{s}: {', '.join(c)}" for s, c in list(mixed.items())[:5])
+    more = f"; and {len(mixed) - 5} more" if len(mixed) > 5 else ""
+    console.say(f"{len(mixed)} subject(s) have photos of more than one class ({shown}{more}); "
+                "kept (one unaffected hand is plausible): check the metadata's subject column "
+                "if not")
 
 
 def subjects_and_metadata(data_spec: DataSpec, examples: Examples, seed: int) -> tuple[np.ndarray, dict]:
@@ -146,6 +171,7 @@ def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float =
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
     examples, dup = one_label_per_photo(examples, dup, data_spec.on_error)
     subjects, metadata = subjects_and_metadata(data_spec, examples, seed)
+    say_mixed_subjects(mixed_subjects(subjects, examples.labels, examples.class_names))
     known = subjects if data_spec.metadata or not data_spec.root else None
     labels, groups = np.asarray(examples.labels), merge_groups(dup, subjects)
     splits, inner = [], []

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from handjax.data.records import DataError
 
-_DECODER_VERSION = "3"  # bump when decoding changes, so cached folders are rebuilt
+_DECODER_VERSION = "4"  # bump when decoding changes, so cached folders are rebuilt
 MIN_PHOTO_SIDE = 8      # px: a smaller photo (a 1x1 tracking pixel, an icon) holds no hand
 
 
@@ -37,6 +37,9 @@ def decode_image(path, image_size: int, *, name: str | None = None) -> np.ndarra
         source, path = io.BytesIO(bytes(path)), name or "the photo's bytes"
     else:
         source = Path(path)
+        if source.is_symlink() and not source.exists():  # exists() follows links: a loop fails
+            raise DataError(f"{path}: a symbolic link that leads to no file (broken, or a loop "
+                            "of links); point it at the photo or remove it")
         if source.exists() and not source.is_file():  # a FIFO or device would block forever
             raise DataError(f"{path}: not a regular file (a folder, pipe or device); give a photo")
     try:
@@ -66,6 +69,10 @@ def _open_rgb(source, image_size: int, path) -> Image.Image:
             if min(img.width, img.height) < MIN_PHOTO_SIDE:
                 raise DataError(f"{path}: too small ({img.width}x{img.height} pixels; a photo "
                                 f"needs at least {MIN_PHOTO_SIDE} px on each side)")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:   # which frame is the photo? not ours to guess
+                raise DataError(f"{path}: holds {frames} frames (an animation or a "
+                                "multi-page file); save the one photo you mean on its own")
             if img.format == "JPEG":  # decode big phone photos at a reduced scale: much faster
                 img.draft(None, (image_size, image_size))
             img.load()
@@ -108,3 +115,17 @@ def _fit_square(img: Image.Image, size: int) -> np.ndarray:
 def _check_size(image_size) -> None:
     if not isinstance(image_size, (int, np.integer)) or image_size < 8:
         raise DataError(f"image_size must be an integer >= 8, got {image_size!r}")
+
+
+def split_readable(paths) -> tuple[list, list]:
+    """``(readable paths, [DataError of each unreadable one])``, in the given order: a
+    command on many photos answers for the good ones and names each bad one."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            decode_image(p, MIN_PHOTO_SIDE)
+        except DataError as e:
+            bad.append(e)
+        else:
+            good.append(p)
+    return good, bad

@@ -15,9 +15,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from handjax.console import int_at_least
+from handjax.data import folders
 from handjax.data.records import CLASSES, DISPLAY_NAMES, DataError
 from handjax.data.sources import _synthetic_records, load_folder
 
@@ -45,6 +46,8 @@ def contact_sheet(images, labels, captions, class_names=DISPLAY_NAMES, per_class
 
 
 def _preview(args) -> Path:
+    out = _out_path(args.out)
+    check_sheet_target(out)   # before any photo is read: a refusal costs nothing
     if args.folder:
         ex = load_folder(args.folder, image_size=args.size, on_error="skip")
         images, labels, captions = ex.images, ex.labels, [Path(i).name[:22] for i in ex.ids]
@@ -53,22 +56,52 @@ def _preview(args) -> Path:
         images = np.stack([r["image"] for r in records])
         labels = np.array([r["label"] for r in records])
         captions = [f"severity {float(r['severity']):.2f}" for r in records]
-    out = _out_path(args.out)
     try:
-        contact_sheet(images, labels, captions, per_class=args.n).save(out)
+        info = PngImagePlugin.PngInfo()
+        info.add_text(SHEET_TAG, "contact sheet")   # a rerun may replace it; nothing else
+        contact_sheet(images, labels, captions, per_class=args.n).save(out, pnginfo=info)
     except OSError as e:
         raise DataError(f"cannot write {out} ({e.strerror}); choose a writable --out") from e
     return out
 
 
+SHEET_TAG = "handjax-preview"   # the PNG text key that marks a contact sheet of ours
+
+
+def is_sheet(path: Path) -> bool:
+    """Whether ``path`` is a contact sheet this command wrote (its PNG text key)."""
+    try:
+        with Image.open(path) as img:
+            return SHEET_TAG in getattr(img, "text", {})
+    except (OSError, ValueError):
+        return False
+
+
+def check_sheet_target(out: Path) -> None:
+    """``preview --out``: never over a file that is not a sheet of ours, never into a folder
+    of photos (the sheet would join them: ``photos/normal/sheet.png`` is a training photo)."""
+    if out.exists() and not is_sheet(out):
+        raise DataError(f"--out {out} exists and is not a contact sheet of handjax's; "
+                        "nothing was written. Give a new file name")
+    folder = out.parent
+    if not folder.is_dir():
+        return
+    photos = [p for p in sorted(folder.iterdir()) if p.is_file() and p != out
+              and p.suffix.lower() in folders.IMAGE_EXTENSIONS and not is_sheet(p)]
+    if photos:
+        raise DataError(f"--out {out}: its folder holds photos ({photos[0].name}); nothing "
+                        "was written. Write the sheet into another folder")
+
+
 def export_samples(out, n_per_class: int, seed: int = 0) -> list[Path]:
     """Write ``n_per_class`` synthetic hands per class as PNGs in ImageFolder layout
-    (``out/<class>/<index>.png``); returns the paths. Synthetic, medically meaningless."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a folder to write the photos into")
+    (``out/<class>/<index>.png``); returns the paths. Synthetic, medically meaningless.
+    A folder that holds photos (your own, or another export's) or another command's results
+    is refused before anything is written; the same export rerun may write there again."""
     paths = []
     try:
+        out = folders.claim_output(out, "data export", {"n": int(n_per_class),
+                                                        "seed": int(seed)})
         for r in _synthetic_records(n_per_class, seed):
             _, cls, index = r["id"].split("/")
             path = out / cls / f"{index}.png"

@@ -29,17 +29,30 @@ from PIL import Image
 from handjax.cache import cache_dir
 from handjax.data.records import CLASSES, N_FOLDS, DataError, Examples
 from handjax.data.decode import _DECODER_VERSION, _check_size, decode_image
+from handjax.data.folders import IMAGE_EXTENSIONS
 from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, subject_traits
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class _Ids(list):
-    """The ids list, remembering where the examples came from (read by ``describe``)."""
+    """The ids list, remembering where the examples came from and which photos were left
+    out of them, ``[{"file", "reason"}]`` (read by ``describe``)."""
 
     source: str = ""
+    left_out: tuple = ()
+
+
+def select(examples: Examples, keep, left_out=()) -> Examples:
+    """The photos at ``keep`` (index array), in order; where they came from and what was
+    left out (``left_out``: more ``{"file", "reason"}`` entries) carried along."""
+    keep = np.asarray(keep, np.int64)
+    ids = _Ids(examples.ids[i] for i in keep)
+    ids.source = getattr(examples.ids, "source", "")
+    ids.left_out = tuple(getattr(examples.ids, "left_out", ())) + tuple(left_out)
+    return Examples(np.asarray(examples.images)[keep], np.asarray(examples.labels)[keep],
+                    ids, examples.class_names)
 
 
 # --------------------------------------------------------------------------- folders
@@ -53,6 +66,28 @@ def _class_mapping(class_map) -> dict:
             raise DataError(f"class_map[{folder!r}] = {cls!r} is not one of {', '.join(CLASSES)}")
         mapping[folder] = CLASSES.index(cls)
     return mapping
+
+
+def class_map_arg(text: str) -> dict:
+    """``"OA:heberden,RA:ra"`` -> ``{"OA": "heberden", "RA": "ra"}`` (an argparse type: a
+    malformed pair or an unknown class is one usage line)."""
+    import argparse
+    pairs = [p.split(":", 1) for p in str(text).split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected folder:class,... with class one of {', '.join(CLASSES)}")
+    mapping = {k.strip(): v.strip() for k, v in pairs}
+    bad = sorted(v for v in mapping.values() if v not in CLASSES)
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {', '.join(bad)} is not a class; classes are {', '.join(CLASSES)}")
+    return mapping
+
+
+def merged_class_map(run_map, extra=None) -> dict | None:
+    """The run's ``data.class_map`` (pairs) with ``extra`` ({folder: class}) over it."""
+    merged = {**dict(run_map or ()), **dict(extra or {})}
+    return merged or None
 
 
 def _scan_folder(root: Path, class_map, min_per_class: int = N_FOLDS) -> list:
@@ -75,7 +110,9 @@ def _scan_folder(root: Path, class_map, min_per_class: int = N_FOLDS) -> list:
         label = _folder_label(d.name, mapping)
         for p in sorted(d.rglob("*")):
             hidden = any(part.startswith(".") for part in p.relative_to(root).parts)
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not hidden and p.is_file():
+            # not only regular files: a broken link, a loop of links or a pipe named like a
+            # photo is listed by the decoder as unreadable, never dropped without a word
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not hidden and not p.is_dir():
                 rel = p.relative_to(root).as_posix()
                 _check_one_label(p, rel, label, seen)
                 files.append((rel, label))
@@ -86,7 +123,10 @@ def _scan_folder(root: Path, class_map, min_per_class: int = N_FOLDS) -> list:
 def _check_one_label(path: Path, rel: str, label: int, seen: dict) -> None:
     """One file (through symlinks: a class folder linked to another) under two labels is
     refused: the same photo would train and test under conflicting classes."""
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):   # a loop of links: the decoder names it
+        return
     first = seen.setdefault(real, (rel, label))
     if first[1] != label:
         raise DataError(f"{rel} and {first[0]} are the same file under classes "
@@ -119,7 +159,10 @@ def _fingerprint(root: Path, files, image_size: int, class_map) -> str:
               Image.MAX_IMAGE_PIXELS)
     h.update(repr(header).encode())
     for rel, label in files:
-        st = (root / rel).stat()
+        try:
+            st = (root / rel).stat()
+        except OSError:          # a link to nowhere: its own entry stands for it
+            st = (root / rel).lstat()
         h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
@@ -333,7 +376,9 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
         warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root}: {listing}",
                       stacklevel=2)
         _check_counts([r["label"] for r in records], root, "readable images", min_per_class)
-    return _examples(records, source=str(root))
+    examples = _examples(records, source=str(root))
+    examples.ids.left_out = tuple({"file": rel, "reason": why} for rel, why in bad)
+    return examples
 
 
 def load_synthetic(*, n_per_class: int = 50, image_size: int, seed: int = 0) -> Examples:
@@ -362,13 +407,15 @@ def _prepared_synthetic_sizes(seed: int) -> list:
 
 
 def describe(examples: Examples, *, source: str | None = None) -> dict:
-    """{"source", "n", "class_counts"} for a results header. ``source`` defaults to the one
+    """{"source", "n", "class_counts", "left_out"} for a results header (``left_out``: every
+    photo of the folder left out, ``{"file", "reason"}``). ``source`` defaults to the one
     the loader recorded ("synthetic" or the folder path as given)."""
     counts = np.bincount(np.asarray(examples.labels), minlength=len(examples.class_names))
     return {
         "source": source or getattr(examples.ids, "source", "") or "unknown",
         "n": int(len(examples.labels)),
         "class_counts": {c: int(n) for c, n in zip(examples.class_names, counts)},
+        "left_out": [dict(e) for e in getattr(examples.ids, "left_out", ())],
     }
 
 

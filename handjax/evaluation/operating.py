@@ -93,7 +93,9 @@ def threshold_choice(scores, positive, *, target: float, kind: str,
 
 def describe_choice(choice: dict, digits: int = 3) -> str:
     """One cell of text for a :func:`threshold_choice`: ``"0.412 (on 24 positives)"``,
-    ``"unreachable: best specificity 0.850 (on 7 negatives)"`` or ``"too few to choose
+    ``"unreachable: best specificity 0.850 (on 7 negatives)"``, ``"reachable only at
+    sensitivity 0 (specificity 0.938 there; on 16 negatives)"`` (the target is met, but only
+    by thresholds that find no positive, so none is chosen) or ``"too few to choose
     (6 positives)"``."""
     kind = choice["target"].split()[0]
     cls = "positives" if kind == "sensitivity" else "negatives"
@@ -101,7 +103,12 @@ def describe_choice(choice: dict, digits: int = 3) -> str:
     if choice["status"] == "chosen":
         return f"{choice['threshold']:.{digits}f} (on {n} {cls})"
     if choice["status"] == "unreachable":
-        return f"unreachable: best {kind} {choice['best_reached']:.{digits}f} (on {n} {cls})"
+        best, target = choice["best_reached"], float(choice["target"].split(">=")[1])
+        if best >= target:   # met only by thresholds that find no case of the other kind
+            other = "specificity" if kind == "sensitivity" else "sensitivity"
+            return (f"reachable only at {other} 0 ({kind} {best:.{digits}f} there; "
+                    f"on {n} {cls})")
+        return f"unreachable: best {kind} {best:.{digits}f} (on {n} {cls})"
     return f"too few to choose ({n} {cls})"
 
 

@@ -79,8 +79,10 @@ def _data_line(data: dict) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in data.get("class_counts", {}).items())
     dup = data.get("duplicate_groups")
     dup = "not checked" if dup is None else dup
+    left = (f"; {len(data['left_out'])} photo(s) left out, listed under Photos left out"
+            if data.get("left_out") else "")
     return (f"{data.get('source', '?')} (n={data.get('n', '?')}; {counts}; "
-            f"duplicate groups {dup})")
+            f"duplicate groups {dup}{left})")
 
 
 def _decision_markdown(key: str, decision: dict, class_names) -> str:
@@ -204,13 +206,16 @@ def _clinical_plots(out: Path, preds, results: dict) -> list[Path]:
             for e in entries})
     ece = {rule: results.get("clinical", {}).get(rule, {}).get("ece_10bin", {}).get("value")
            for rule in ("cnn", "cnn_calibrated")}
+    title = (f"run {results.get('name', '?')}: out-of-fold predictions"   # whose figures
+             if "decisions" in results else f"{results.get('name', '?')}: the new photos")
     return [plots.plot_roc(out / "roc.png", preds.label, preds.probs["cnn_calibrated"],
-                           points),
+                           points, title=title),
             plots.plot_reliability(out / "reliability.png", preds.label,
                                    {"before calibration": preds.probs["cnn"],
                                     "after calibration": preds.probs["cnn_calibrated"]},
                                    {"before calibration": ece["cnn"],
-                                    "after calibration": ece["cnn_calibrated"]})]
+                                    "after calibration": ece["cnn_calibrated"]},
+                                   title=title)]
 
 
 def validation_markdown(results: dict) -> str:
@@ -362,13 +367,34 @@ def validation_notes(results: dict) -> list[str]:
     return lines
 
 
+def left_out_markdown(data: dict) -> str:
+    """What the figures are *not* about: every photo of the folder left out, with its
+    reason, and the subjects whose photos carry more than one class ("" when the data
+    record has neither key: synthetic hands, older results)."""
+    parts = []
+    if "left_out" in data:
+        left = data["left_out"]
+        parts.append(f"## Photos left out: {len(left)}")
+        if left:
+            parts.append(_md_table(["file", "reason"],
+                                   [[e.get("file", "?"), e.get("reason", "?")] for e in left]))
+    mixed = data.get("subjects_with_several_classes")
+    if mixed:
+        parts.append(f"Subjects whose photos carry more than one class: {len(mixed)} ("
+                     + "; ".join(f"{s}: {', '.join(c)}" for s, c in mixed.items())
+                     + "); kept, as one unaffected hand is plausible.")
+    return "\n\n".join(parts)
+
+
 def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
-    """Clinical metrics per rule (``pooled`` says over what), the operating points (where
-    results has them) and the subgroup tables."""
+    """The photos left out (:func:`left_out_markdown`), clinical metrics per rule (``pooled``
+    says over what), the operating points (where results has them) and the subgroup tables."""
     clinical = results["clinical"]
     rules = [r for r in ("cnn", "cnn_calibrated", "cnn_mec", "svm") if r in clinical]
     rows = [[m] + [format_ci(clinical[r].get(m)) for r in rules] for m in CLINICAL_ROWS]
-    parts = [f"## Clinical metrics ({pooled}, 95% CI)",
+    left_out = left_out_markdown(results.get("data", {}))
+    parts = ([left_out] if left_out else []) + [
+             f"## Clinical metrics ({pooled}, 95% CI)",
              _md_table(["metric", *rules], rows),
              _calibration_line(results.get("calibration", {}))]
     if "operating_points" in results:

@@ -8,19 +8,42 @@ state), written straight to ``path``. Nothing here computes a figure a table rep
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 from handjax.evaluation import TASKS, reliability_curve
 from handjax.evaluation.clinical import ECE_BINS
 
 
+def wrap_title(text: str, width_in: float, fontsize: float = 12.0) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (a
+    character of DejaVu Sans averages under 0.6 em): a long run name or folder path is
+    wrapped, never clipped at the figure's edge. Existing line breaks are kept; a path
+    is broken at its slashes where it can be."""
+    chars = max(int(width_in * 72 / (0.6 * fontsize)), 10)
+    lines = []
+    for line in str(text).splitlines() or [""]:
+        spaced = line.replace("/", "/\0 ")   # a marked break chance after each slash
+        lines += [w.replace("\0 ", "").replace("\0", "") for w in textwrap.wrap(
+            spaced, chars, break_on_hyphens=False) or [""]]
+    return "\n".join(lines)
+
+
 def plot_confusion(cm, class_names, title: str, path) -> Path:
-    """Heat map of ``cm`` with counts, under-severity cells (i > j) framed in red."""
+    """:func:`confusion_figure` as a PNG."""
+    confusion_figure(cm, class_names, title).savefig(path)
+    return Path(path)
+
+
+def confusion_figure(cm, class_names, title: str) -> Figure:
+    """Heat map of ``cm`` with counts, under-severity cells (i > j) framed in red; a long
+    title is wrapped to the figure's width."""
     cm = np.asarray(cm)
     k = len(cm)
     fig = Figure(figsize=(4.2, 3.8), dpi=100)
@@ -35,10 +58,10 @@ def plot_confusion(cm, class_names, title: str, path) -> Path:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                        edgecolor="red", linewidth=2.5))
     ax.set(xticks=range(k), yticks=range(k), xticklabels=class_names,
-           yticklabels=class_names, xlabel="predicted", ylabel="true", title=title)
+           yticklabels=class_names, xlabel="predicted", ylabel="true")
+    ax.set_title(wrap_title(title, 4.0, 10), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return fig
 
 
 def plot_curves(records: list[dict], path) -> Path:
@@ -72,6 +95,7 @@ def curves_figure(records: list[dict]) -> Figure:
                 ax.axvline(starts[0] - 0.5, color=color, linestyle=":", linewidth=0.8)
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.set(xlabel="epoch (phase 1, then phase 2)", ylabel=key, title=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no epoch 1.5
     fig.suptitle("train (solid), test fold (dashed, not for tuning), inner val (dotted)",
                  fontsize="medium")
     axes[0].legend(fontsize="small")
@@ -79,8 +103,9 @@ def curves_figure(records: list[dict]) -> Figure:
     return fig
 
 
-def plot_roc(path, y, prob, operating_points=None) -> Path:
-    """Pooled one-vs-rest ROC curves for any-disease and RA, with chosen operating points.
+def plot_roc(path, y, prob, operating_points=None, title: str = "") -> Path:
+    """Pooled one-vs-rest ROC curves for any-disease and RA, with chosen operating points;
+    ``title`` (a validation's name, say) above both panels.
 
     ``operating_points`` maps a task (``"any_disease"``, ``"ra"``) to ``{label: point}``, each
     point a dict with ``"sensitivity"`` and ``"specificity"`` (as :func:`clinical.operating_point`
@@ -92,7 +117,6 @@ def plot_roc(path, y, prob, operating_points=None) -> Path:
     for i, (task, spec) in enumerate(TASKS.items()):
         ax = fig.add_subplot(1, 2, i + 1)
         positive, score = spec.positive(y), spec.score(prob)
-        title = spec.title
         ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
         if positive.any() and not positive.all():
             fpr, tpr, _ = skm.roc_curve(positive, score)
@@ -103,20 +127,33 @@ def plot_roc(path, y, prob, operating_points=None) -> Path:
                     label=f"{label}: sens {point['sensitivity']:.2f}, "
                           f"spec {point['specificity']:.2f}")
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity", ylabel="sensitivity",
-               title=f"{title} (n={len(y)}, {int(positive.sum())} positive)")
+               title=f"{spec.title} (n={len(y)}, {int(positive.sum())} positive)")
         ax.legend(loc="lower right", fontsize=7)
+    if title:
+        fig.suptitle(wrap_title(title, 8.2, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
 
 
-def plot_reliability(path, y, probs: dict, eces: dict, n_bins: int = ECE_BINS) -> Path:
+# Each curve of a reliability diagram its own marker: a hollow circle around a filled square
+# stays readable where two curves coincide (calibration changed nothing).
+_RELIABILITY_MARKERS = (dict(marker="o", markersize=9, fillstyle="none", linewidth=2.2),
+                        dict(marker="s", markersize=4, linewidth=1.0))
+
+
+def plot_reliability(path, y, probs: dict, eces: dict, n_bins: int = ECE_BINS,
+                     title: str = "") -> Path:
     """Top-label reliability diagram of each ``{label: probabilities}`` (e.g. before and
     after calibration), its ECE (``eces[label]``, from results.json) in the legend, with a
-    photo-count histogram of the confidence bins underneath."""
-    fig = Figure(figsize=(4.6, 5.2), dpi=100)
-    ax = fig.add_axes((0.14, 0.36, 0.8, 0.56))
+    photo-count histogram of the confidence bins underneath; ``title`` (a validation's
+    name, say) says whose photos they are."""
+    fig = Figure(figsize=(4.6, 5.2 + (0.5 if title else 0.0)), dpi=100)
+    top = 0.92 - (0.09 if title else 0.0)
+    ax = fig.add_axes((0.14, 0.36, 0.8, top - 0.36))
     hist = fig.add_axes((0.14, 0.09, 0.8, 0.17), sharex=ax)
+    if title:
+        fig.suptitle(wrap_title(title, 4.4, 9), fontsize=9, y=0.99, va="top")
     ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
     width = 1.0 / n_bins
     share = 1.0 / max(len(probs), 1)
@@ -125,8 +162,9 @@ def plot_reliability(path, y, probs: dict, eces: dict, n_bins: int = ECE_BINS) -
         ok = curve["count"] > 0
         ece = eces.get(label)
         note = f" (ECE {n_bins} bins {ece:.3f})" if ece is not None else ""
-        ax.plot(curve["confidence"][ok], curve["accuracy"][ok], "o-", color=f"C{k}",
-                label=f"{label}{note}")
+        style = _RELIABILITY_MARKERS[min(k, len(_RELIABILITY_MARKERS) - 1)]
+        ax.plot(curve["confidence"][ok], curve["accuracy"][ok], "-", color=f"C{k}",
+                label=f"{label}{note}", zorder=2 + k, **style)
         hist.bar(curve["edges"][:-1] + width * share * k, curve["count"], width * share,
                  align="edge", color=f"C{k}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy of the top label",
@@ -150,16 +188,20 @@ def plot_decision_curve(path, curves: dict, title: str = "") -> Path:
         get = lambda key: np.array([np.nan if r[key] is None else r[key] for r in rows],
                                    np.float64)
         model, everyone = get("net_benefit"), get("treat_all")
-        ax.plot(t, model, color="C0", label="model")
-        ax.plot(t, everyone, color="C1", linestyle="--", label="treat all")
-        ax.plot(t, np.zeros_like(t), color="0.4", linestyle=":", label="treat none")
+        # the model wide and underneath, the references thin and dashed on top: where the
+        # model equals treat all (or none) both stay visible
+        ax.plot(t, model, color="C0", linewidth=4.0, alpha=0.55, zorder=2, label="model")
+        ax.plot(t, everyone, color="C1", linestyle="--", linewidth=1.3, zorder=3,
+                label="treat all")
+        ax.plot(t, np.zeros_like(t), color="0.25", linestyle=":", linewidth=1.3, zorder=3,
+                label="treat none")
         top = np.nanmax(np.concatenate([model, everyone, [0.0]]))
         ax.set(xlim=(0, 1), ylim=(-0.05, max(top, 0.0) + 0.05), xlabel="threshold probability",
                ylabel="net benefit",
                title=TASKS[task].title if task in TASKS else task)
         ax.legend(loc="upper right", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(wrap_title(title, 8.2, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)

@@ -47,11 +47,13 @@ class Primary:
     def start(self, config_json: str) -> None:
         if self.writes:
             workdirs.claim(self.workdir, config_json)
-            workdirs.mark_incomplete(self.workdir)     # until every result is written
 
     def check_ledger(self, entries: dict) -> None:
+        """Refuse other photos or weights; only then mark the run unfinished (until every
+        result is written), so a refused rerun leaves a finished run finished."""
         if self.writes:
             workdirs.check_ledger(self.workdir, entries)
+            workdirs.mark_incomplete(self.workdir)
 
     def say(self, line: str) -> None:
         if self.writes:

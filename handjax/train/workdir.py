@@ -169,6 +169,7 @@ class Lock:
     def __init__(self, workdir: Path):
         self.path = Path(workdir) / ".lock"
         self.fd = None
+        self.before = b""
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,15 +181,60 @@ class Lock:
             self.fd = None
             raise TrainingError(f"{self.path.parent}: workdir in use by pid {holder}; wait "
                                 "for that run or use another --workdir") from None
+        self.before = os.pread(self.fd, 64, 0)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         return self
 
     def __exit__(self, *exc):
         if self.fd is not None:
+            # the file as it was: a refused run leaves the workdir byte-identical (the pid
+            # only means something while the flock is held)
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, self.before, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def check_run_target(workdir, data_root: str = "") -> None:
+    """Refuse (one TrainingError) a ``--workdir`` that is not a run's to write into: inside
+    the photo folder the run reads (its files would land among the photos), holding another
+    command's outputs (validate's, predict's, export's marker), or a folder that is no run's
+    (no ``config.json``) holding photos. A run's own workdir, and a sweep's, pass."""
+    from handjax.data import folders   # here: compare reads workdirs without loading JAX
+    workdir = folders.resolve_path(workdir)
+    if data_root and (workdir == folders.resolve_path(data_root)
+                      or folders.resolve_path(data_root) in workdir.parents):
+        raise TrainingError(f"--workdir {workdir} lies inside the photo folder data.root="
+                            f"{data_root}; nothing was written. Choose a --workdir outside it")
+    if not workdir.is_dir():
+        return
+    marker = folders.read_marker(workdir)
+    own = (workdir / "config.json").exists() or (workdir / "sweep_ledger.json").exists()
+    problem = (f"holds the outputs of python -m handjax.{marker.get('command', '?')}"
+               if marker is not None else None if own else folders.output_problem(
+                   workdir, "launch", {}))
+    if problem:
+        raise TrainingError(f"--workdir {workdir} {problem}; nothing was written. Choose a "
+                            "new or empty folder for --workdir")
+
+
+def check_output_target(out, workdir, command: str, inputs: dict, outside=()) -> Path:
+    """``validate --out`` and ``predict --out``, checked before any work: the run in
+    ``workdir`` must exist and be finished (a half-written run is named as such, not as "not found"),
+    and ``out`` must be a folder ``command`` may write into
+    (:func:`handjax.data.folders.check_output`: no run's workdir, no other command's
+    results, no photos, not inside ``outside`` or the run's own ``data.root``). Returns ``out`` resolved; nothing is written."""
+    from handjax.data import folders   # here: compare reads workdirs without loading JAX
+    if not (Path(workdir) / "config.json").is_file():   # no run at all: say that first
+        raise RunError(f"{Path(workdir) / 'config.json'} not found: point --workdir at a "
+                       "finished run (python launch.py --config ...)")
+    check_finished(workdir)
+    # nor into the photos the run trained on: a new folder there would be read as a class
+    root = _read_json(Path(workdir) / "config.json").get("data", {}).get("root")
+    return folders.check_output(out, command, inputs,
+                                outside=[*outside, *([root] if root else [])])
 
 
 def open_workdir(workdir) -> Path:
