@@ -35,6 +35,8 @@ from handjax.data.cohort import Cohort, load_cohort
 from handjax.errors import TrainingError
 from handjax.train.features import FoldInputs
 from handjax.metrics import STUDY_METRICS
+from handjax.models.kernels import plan as plans
+from handjax.models.kernels.plan import ConvPlan
 
 
 def process_age() -> float | None:
@@ -324,17 +326,29 @@ def run(run_spec: RunSpec, workdir, restart: bool = False) -> dict:
         return _run_locked(run_spec, workdir)
 
 
-def ledger_entries(run_spec: RunSpec, cohort: Cohort) -> dict:
-    """What the workdir's ledger pins: the data and the weights the run trains from."""
+def ledger_entries(run_spec: RunSpec, cohort: Cohort, plan: ConvPlan) -> dict:
+    """What the workdir's ledger pins: the data and the weights the run trains from, and
+    the conv plan it runs."""
     return {"data": workdirs.data_fingerprint(cohort.examples),
-            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed)}
+            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed),
+            "conv_plan": plan.fingerprint()}
 
 
-def tune_convs(run_spec: RunSpec) -> float:
-    """Seconds the conv tuner spent measuring what this machine's cache lacked for the run's
-    model (:func:`handjax.models.kernels.tuning.tune`; 0.0 when it had all, or off CPU)."""
+def conv_plan(run_spec: RunSpec, workdir: Path) -> tuple[ConvPlan, float]:
+    """The run's conv plan, decided once, before anything is traced, and the seconds spent
+    measuring: a started run's recorded plan (``conv_plan.json``; one line when another
+    machine measured it), unless ``model.replan``; else this machine's
+    (:func:`handjax.models.kernels.tuning.resolve_plan`: the cache's, or one bounded
+    tuning step the first time)."""
     from handjax.models.kernels import tuning
-    return tuning.tune(run_spec.model, run_spec.data.image_size, run_spec.train.batch_size)
+    started = (workdir / "checkpoints").exists() or (workdir / "results.json").exists()
+    recorded = plans.load_plan(workdir) if started and not run_spec.model.replan else None
+    if recorded is not None:
+        if recorded.measured_elsewhere() and distributed.is_primary():
+            console.say(plans.elsewhere_line(recorded, workdir))
+        return recorded, 0.0
+    return tuning.resolve_plan(run_spec.model, run_spec.data.image_size,
+                               run_spec.train.batch_size)
 
 
 def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
@@ -347,12 +361,14 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
     console.say(f"{run_spec.name}: {run_spec.n_folds} folds{repeats}, {run_spec.model.name} "
                 f"at {run_spec.data.image_size} px, loss {run_spec.loss.label} -> {workdir}")
-    timing["tune_s"] = tune_convs(run_spec)
+    plan, timing["tune_s"] = conv_plan(run_spec, workdir)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats)
     if distributed.is_primary():
-        workdirs.check_ledger(workdir, ledger_entries(run_spec, cohort))
-    inputs = features.prepare(run_spec, cohort, workdir)
+        workdirs.check_ledger(workdir, ledger_entries(run_spec, cohort, plan),
+                              may_change=("conv_plan",) if run_spec.model.replan else ())
+        plans.save_plan(plan, workdir)
+    inputs = features.prepare(run_spec, cohort, workdir, plan)
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timing["prepare_s"] = time.perf_counter() - t0 - timing["tune_s"]
     console.say(f"{len(cohort.labels)} photos; frozen features "
