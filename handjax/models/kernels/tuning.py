@@ -303,8 +303,16 @@ def tune_dtype(name: str, split: str, image_size: int, batch: int, plans: dict,
     """Measure and cache ``model.dtype="auto"``'s decision for this model part, each dtype
     with its own conv plan (``plans``: dtype name -> ConvPlan)."""
     args = (name, split, image_size, batch)
-    ratio = interleaved_ratio(top_timer(*args, jnp.float32, plans["float32"]),
-                              top_timer(*args, jnp.bfloat16, plans["bfloat16"]))
+    f32 = top_timer(*args, jnp.float32, plans["float32"])
+    try:
+        bf16 = top_timer(*args, jnp.bfloat16, plans["bfloat16"])
+    except jax.errors.JaxRuntimeError as e:
+        # XLA:CPU lacks some bf16 dot forms (e.g. "BF16 x BF16 = F32" in a DotThunk, seen
+        # for VGG's 1x1 top maps): a dtype that cannot run here is not chosen.
+        entry = {"dtype": "float32", "how": "measured", "error": str(e).splitlines()[0]}
+        _cache_dtype(tuned.model_key(name, split, image_size), entry, path)
+        return entry
+    ratio = interleaved_ratio(f32, bf16)
     probs = {dt: top_probabilities(*args, jnp.dtype(dt), plans[dt]) for dt in tuned.DTYPES}
     diff = float(np.abs(probs["bfloat16"] - probs["float32"]).max())
     entry = {"dtype": choose_dtype(ratio, diff), "how": "measured", "ratio": ratio,
@@ -343,7 +351,7 @@ def unmeasured_dtype(model_spec) -> str:
     return "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
 
 
-def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer = layer_timer,
+def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer | None = None,
                  budget_s: float = TUNE_BUDGET_S, again: bool = False,
                  path=None) -> tuple[ConvPlan, float]:
     """The run's conv plan for ``model_spec`` (a ModelSpec) at ``image_size`` and training
@@ -361,6 +369,7 @@ def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer = laye
     cached = tuned.read(path).get("plans", {}).get(done)
     if cached is not None and not again:   # skips even tracing the model
         return ConvPlan.from_json(cached, str(tuned.cache_path() if path is None else path)), 0.0
+    timer = layer_timer if timer is None else timer
     t = time.perf_counter()
     layers = {dt: model_layers(model_spec.name, jnp.dtype(dt), image_size, split)
               for dt in dtypes}
