@@ -169,6 +169,12 @@ def once_timer(fn, args) -> Callable[[], float]:
     return once
 
 
+def best_seconds(fn, args, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed runs after one untimed (compiling) run (the benchmarks')."""
+    once = once_timer(fn, args)
+    return min(once() for _ in range(repeats))
+
+
 def layer_timer(layer: dict, algorithm: str, batch: int) -> Callable[[], float]:
     """:func:`layer_program` compiled, as a one-run timer: the default :data:`Timer`."""
     return once_timer(*layer_program(layer, algorithm, batch))
