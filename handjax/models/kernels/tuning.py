@@ -49,7 +49,7 @@ from handjax.models import backbones
 from handjax.models.kernels import convs, plan as tuned
 from handjax.models.kernels.plan import ConvPlan
 
-TUNE_BUDGET_S = 20.0
+TUNE_BUDGET_S = 6.0
 MARGIN = 0.05            # a candidate must be this much faster than the table's choice ...
 PAIRS = 3                # ... on the median of this many interleaved (table, candidate) pairs
 PROB_TOL = 0.02
