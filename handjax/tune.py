@@ -32,7 +32,8 @@ _BUDGET = flags.DEFINE_float("budget", None, "The bound in seconds (default: the
 def plan_table(plan, layers_how: dict) -> str:
     """The plan as lines: ``key  algorithm  (how)``."""
     if not plan.layers:
-        return f"  (no conv measured: {plan.policy!r} runs the table's choices)"
+        return (f"  (conv_impl={plan.policy!r} measures nothing here: the table's choices, or the "
+                "one algorithm named; --config.model.conv_impl=auto measures on CPU)")
     width = max(len(k) for k, _ in plan.layers)
     return "\n".join(f"  {k:{width}s}  {a:9s} ({layers_how.get(k, '?')})"
                      for k, a in plan.layers)
@@ -75,9 +76,11 @@ def main(argv):
     cached = plans.read()["layers"]
     for spec, plan, seconds in done:
         how = {k: (cached.get(k) or {}).get("how", "table") for k, _ in plan.layers}
+        state = ("measured now in %.1f s" % seconds if seconds
+                 else "already decided" if plan.machine else "nothing to measure")
         print(f"{spec.model.name} at {spec.data.image_size} px, batch "
               f"{spec.train.batch_size}, conv_impl={plan.policy}, compute dtype {plan.dtype}: "
-              f"{'measured now in %.1f s' % seconds if seconds else 'already decided'}")
+              f"{state}")
         print(plan_table(plan, how))
     print(f"cache: {plans.cache_path()}")
 
