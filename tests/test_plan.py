@@ -242,3 +242,25 @@ def test_no_io_while_tracing(monkeypatch):
             open(os.devnull)   # the guard itself works
     assert {l["algorithm"] for l in layers} == {"matmul"}
     assert "dot_general" in lowered.as_text()
+
+
+def test_tune_command_decides_the_plan_a_run_then_uses(tmp_path, monkeypatch):
+    """``python -m handjax.tune`` resolves the same plan a run would (each distinct model
+    once), and a second call measures nothing; its CLI runs on a :smoke config."""
+    import subprocess
+    import sys
+    from handjax import tune
+    monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tuning, "layer_timer", WinnerTimer(WINNERS))
+    spec = configs.parse_run(auto_config())
+    (got, plan, seconds), = tune.tune_specs([spec, spec], again=False, budget=None)
+    assert got is spec and seconds > 0 and plan.algorithm(TRAIN_KEY) == "matmul"
+    assert tune.tune_specs([spec], again=False, budget=None) == [(spec, plan, 0.0)]
+    assert TRAIN_KEY in tune.plan_table(plan, {TRAIN_KEY: "measured"})
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "handjax.tune", "--config",
+                          str(root / "experiments" / "vgg16_categorical.py") + ":smoke"],
+                         capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert "conv_impl=table" in out.stdout and "nothing to measure" in out.stdout
