@@ -162,7 +162,7 @@ def cached_dtype(key: str, path: Path | None = None) -> str | None:
 
 # ----------------------------------------------------------------------------- the plan
 PLAN_FILE = "conv_plan.json"
-PLAN_SCHEMA = 2   # 2: choices by the margin rule (tuning.decide), "how" per layer
+PLAN_SCHEMA = 1   # conv_plan.json's format
 DTYPES = ("float32", "bfloat16")
 
 
