@@ -69,6 +69,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # (handjax.models.kernels.convs.conv_policy); or one of "xla", "im2col", "mmgrad", "winograd",
     # "winograd4", "matmul" everywhere it applies.
     c.model.conv_impl = "auto"
+    # True: decide a new conv plan for this machine instead of using the one recorded in the
+    # workdir (docs/reproducibility.md). Not part of the run's identity: not in config.json.
+    c.model.replan = False
 
     c.head = ml_collections.ConfigDict(dict(hidden=256, dropout=0.5))
     c.loss = ml_collections.ConfigDict(dict(name="categorical", ce_weight=1.0,
@@ -183,6 +186,7 @@ class ModelSpec:
     conv_impl: str
     hidden: int
     dropout: float
+    replan: bool = False            # decide a new conv plan (not in config.json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,8 +258,17 @@ class SweepSpec:
 
 
 # ----------------------------------------------------------------------------- parsing
+# How to run, not what the run is: left out of config.json, so a rerun with it resumes.
+NOT_RECORDED = (("model", "replan"),)
+
+
 def config_json(config) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+    """``config`` as written to config.json (less :data:`NOT_RECORDED`)."""
+    d = config.to_dict()
+    for section, key in NOT_RECORDED:
+        if isinstance(d.get(section), dict):
+            d[section].pop(key, None)
+    return json.dumps(d, indent=2, sort_keys=True, default=str)
 
 
 def parse(config) -> RunSpec | SweepSpec:
@@ -354,8 +367,11 @@ def _model(c) -> ModelSpec:
     _check_int(c, "head.hidden", lo=1, hi=65536)
     _check_float(c, "head.dropout", lo=0.0, hi=1.0, hi_open=True)
     weights = None if m.weights in ("none", "", None) else str(m.weights)
+    replan = m.get("replan", False)
+    if not isinstance(replan, bool):
+        raise ConfigError(f"config.model.replan={replan!r}: expected True or False")
     return ModelSpec(m.name, weights, str(m.split or ""), m.dtype, m.conv_impl,
-                     int(c.head.hidden), float(c.head.dropout))
+                     int(c.head.hidden), float(c.head.dropout), replan)
 
 
 def _loss(c) -> LossSpec:

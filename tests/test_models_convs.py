@@ -88,23 +88,29 @@ def test_bad_impl_and_purpose():
         convs.for_purpose(convs.Conv(4), "inference")
 
 
-def test_record_impls_sees_what_each_conv_ran():
-    """Trace-time record of the resolved algorithm; the program it records is that one."""
+def test_describe_says_what_each_conv_runs():
+    """``describe`` (pure: the conv's fields and input shape) names the algorithm, and the
+    program the conv traces is that one; ``conv_layers`` lists them per model, keeping no
+    state after the call."""
+    from handjax.models import backbones
     x = jax.ShapeDtypeStruct((2, 14, 14, 8), jnp.float32)
     layer = convs.Conv(8, name="c")
     for impl, primitive in (("xla", "conv_general_dilated"), ("im2col", "dot_general")):
-        with convs.record_impls() as seen:
-            variables = jax.eval_shape(layer.clone(impl=impl).init, jax.random.key(0), x)
-        assert seen == [("c", impl)]
+        assert convs.describe(layer.clone(impl=impl), x.shape)["algorithm"] == impl
+        variables = jax.eval_shape(layer.clone(impl=impl).init, jax.random.key(0), x)
         jaxpr = jax.make_jaxpr(layer.clone(impl=impl).apply)(variables, x)
         assert primitive in {e.primitive.name for e in jaxpr.eqns}
-    with convs.record_impls() as outer:
-        with convs.record_impls() as inner:
-            jax.eval_shape(convs.for_purpose(layer, "frozen").init, jax.random.key(0), x)
-        jax.eval_shape(layer.init, jax.random.key(0), x)
-    want = convs.conv_algorithm("auto", jax.default_backend(), 196, F32, "frozen")
-    assert inner == [("c", want)] and len(outer) == 2
-    assert not convs._RECORDERS
+    frozen = convs.describe(convs.for_purpose(layer, "frozen"), x.shape)
+    assert frozen["algorithm"] == convs.conv_algorithm("table", jax.default_backend(), 196, F32,
+                                                       "frozen")
+    assert frozen["key"] == "frozen/float32/14x14x8->8/k3x3/s1"
+    vgg = backbones.build("vgg16")
+    layers = backbones.conv_layers(vgg, jax.ShapeDtypeStruct((1, 32, 32, 3), F32),
+                                   stop="block2_pool")
+    assert [l["name"] for l in layers] == ["block1_conv1", "block1_conv2", "block2_conv1",
+                                           "block2_conv2"]
+    assert layers[2]["in_shape"] == (16, 16, 64)
+    assert not any(vars(convs).get(n) for n in ("_RECORDERS", "_LAYER_RECORDERS"))
     assert [convs.runs_lax_conv(a) for a in (X, M, I, W, MM)] == [True, True, False, False, False]
 
 

@@ -1,7 +1,8 @@
-"""handjax.models.kernels.tuning and tuned: the tuner keeps the argmin of what it measured (a fake
-timer pins the definition), its cache round-trips and is keyed by machine and layer, a
-corrupt cache is one line and re-tuned, and "auto" runs what was measured while "table"
-stays the table."""
+"""handjax.models.kernels.tuning and plan: the margin rule (a candidate replaces the table's
+choice only when >= 5% faster on the median of >= 3 interleaved pairs; a fake, noisy timer
+pins it), the bound that leaves every conv decided, the cache (round-trips, keyed by machine
+and layer, a corrupt one is one line and re-tuned), a plan resolved once, and "auto" running
+the plan's choices while "table" stays the table."""
 import json
 import os
 
@@ -11,6 +12,7 @@ import pytest
 
 from handjax import config as configs
 from handjax.models.kernels import convs, plan as tuned, tuning
+from handjax.models.kernels.plan import ConvPlan
 
 
 @pytest.fixture
@@ -25,14 +27,29 @@ def _layers(image_size=16):
 
 
 class FakeTimer:
-    """Seconds from a fixed table per algorithm (per layer key, where given); records calls."""
+    """A :data:`tuning.Timer` from fixed seconds per algorithm (per layer key, where given):
+    each value a number, or a list of the successive timed runs' seconds (noise). Records
+    the programs "compiled" (``calls``) and the runs timed (``runs``)."""
 
     def __init__(self, seconds, per_key=None):
-        self.seconds, self.per_key, self.calls = seconds, per_key or {}, []
+        self.seconds, self.per_key, self.calls, self.runs = seconds, per_key or {}, [], []
 
     def __call__(self, layer, algorithm, batch):
         self.calls.append((layer["key"], algorithm, batch))
-        return self.per_key.get(layer["key"], self.seconds)[algorithm]
+        value = self.per_key.get(layer["key"], self.seconds)[algorithm]
+        times = iter(value) if isinstance(value, list) else None
+
+        def once():
+            self.runs.append((layer["key"], algorithm))
+            return next(times) if times is not None else value
+        return once
+
+
+FLAT = dict(xla=1.0, im2col=1.0, mmgrad=1.0, winograd=1.0, winograd4=1.0, matmul=1.0)
+
+
+def _table(layer):
+    return layer["algorithm"]
 
 
 def test_model_layers_and_candidates():
@@ -47,44 +64,77 @@ def test_model_layers_and_candidates():
     assert all(tuning.candidates(l) == ("xla", "im2col", "winograd", "winograd4") for l in frozen)
     assert frozen[-1]["in_shape"] == (16, 16, 3)  # least work last
     assert tuning.batch_for(trained[0], 16) == 16
+    # each layer carries the table's choice, the baseline every candidate must beat
+    for l in layers:
+        h, w, _ = l["in_shape"]
+        assert l["algorithm"] == convs.conv_algorithm(
+            "table", jax.default_backend(), h * w, jnp.float32, l["purpose"],
+            kernel_size=l["kernel_size"], strides=l["strides"], depthwise=l["depthwise"])
 
 
-def test_tuner_picks_the_argmin_of_its_measurements(cache):
-    layers = _layers()
-    slow = dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, winograd4=0.7, matmul=4.0)
-    frozen_key = next(l["key"] for l in layers if l["purpose"] == "frozen")
-    timer = FakeTimer(slow, {frozen_key: dict(xla=0.1, im2col=0.2, winograd=0.3, winograd4=0.4)})
-    measured = tuning.tune_layers(layers, 16, timer=timer)
-    assert set(measured) == {l["key"] for l in layers}
-    for key, entry in measured.items():
-        seconds = entry["seconds"]
-        assert entry["algorithm"] == min(seconds, key=seconds.get)
-    assert measured["train/float32/1x1x512->512/k3x3/s1"]["algorithm"] == "winograd"
-    assert measured[frozen_key]["algorithm"] == "xla"
-    assert tuning.pick({"a": 1.0, "b": 1.0}) == "a"  # a tie keeps the first listed
+def test_margin_rule():
+    """A candidate replaces the table's choice only at >= 5% faster on the median ratio."""
+    assert tuning.decide("im2col", {}) == "im2col"
+    assert tuning.decide("im2col", {"mmgrad": 0.96}) == "im2col"       # 4% faster: not enough
+    assert tuning.decide("im2col", {"mmgrad": 0.95}) == "mmgrad"
+    assert tuning.decide("im2col", {"mmgrad": 0.9, "matmul": 0.8}) == "matmul"
+    assert tuning.decide("im2col", {"a": 0.8, "b": 0.8}) == "a"        # a tie: the first listed
+    ratio = lambda t, c: tuning.interleaved_ratio(iter(t).__next__, iter(c).__next__)  # noqa: E731
+    assert ratio([1.0, 1.0, 1.0], [0.9, 0.8, 0.7]) == pytest.approx(0.8)   # the median
+    # two pairs lost of three: the median is decided, the third pair is not timed
+    table, cand = [1.0, 1.0, 1.0], [1.2, 1.1, 0.1]
+    t, c = iter(table), iter(cand)
+    assert tuning.interleaved_ratio(t.__next__, c.__next__) == pytest.approx(1.15)
+    assert list(c) == [0.1]
+
+
+def test_a_noisy_timing_keeps_the_table(cache, monkeypatch):
+    """Load that slows one table run 3x, or speeds one candidate run 2x, makes a single
+    timing pick the candidate; the median of three interleaved pairs keeps the table, while
+    a candidate 20% faster in every pair replaces it."""
+    layers = [l for l in _layers() if l["purpose"] == "train"]
+    key, table = layers[0]["key"], _table(layers[0])
+    other = next(a for a in tuning.candidates(layers[0]) if a != table)
+    monkeypatch.setitem(tuning.CANDIDATES, "train", (table, other))   # one comparison
+    for noisy in (dict(FLAT, **{table: [3.0, 1.0, 1.0], other: [1.0, 1.02, 1.01]}),
+                  dict(FLAT, **{table: [1.0, 1.0, 1.0], other: [0.5, 1.01, 1.02]})):
+        timer = FakeTimer(noisy)
+        entry = tuning.tune_layers(layers, 16, timer=timer, again=True,
+                                   path=cache / "noisy.json")[key]
+        assert entry["how"] == "measured" and entry["algorithm"] == table
+        assert entry["ratios"][other] > 1 - tuning.MARGIN
+        assert timer.runs == [(key, table), (key, other)] * 3     # interleaved pairs
+        single = {a: next(iter(noisy[a])) for a in (table, other)}   # one timing each
+        assert min(single, key=single.get) == other                 # ... would have moved
+        (cache / "noisy.json").unlink()
+    clear = FakeTimer(dict(FLAT, **{other: 0.8}))
+    entry = tuning.tune_layers(layers, 16, timer=clear)[key]
+    assert entry["algorithm"] == other and entry["ratios"][other] == pytest.approx(0.8)
+    assert tuned.cached_layer(key) == other
 
 
 def test_cache_round_trips_and_later_runs_measure_nothing(cache):
     layers = _layers()
-    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, winograd4=0.7, matmul=4.0))
+    timer = FakeTimer(FLAT)
     tuning.tune_layers(layers, 16, timer=timer)
     path = tuned.cache_path()
     assert path.parent == cache / "tuning"
     on_disk = json.loads(path.read_text())
     assert on_disk["machine"] == tuned.machine()
-    again = FakeTimer(timer.seconds)
+    assert {k: v["algorithm"] for k, v in on_disk["layers"].items()} == {
+        l["key"]: _table(l) for l in layers}   # nothing won: the table everywhere
+    again = FakeTimer(FLAT)
     assert tuning.tune_layers(layers, 16, timer=again) == {} and again.calls == []
     key = layers[0]["key"]
-    assert tuned.layer_choice(key) == on_disk["layers"][key]["algorithm"]
     # What is on disk counts (another process may have written it): edited, it is reread.
     on_disk["layers"][key]["algorithm"] = "im2col"
     path.write_text(json.dumps(on_disk))
     os.utime(path, ns=(0, 10**18))  # a surely different mtime
-    assert tuned.layer_choice(key) == "im2col"
+    assert tuned.cached_layer(key) == "im2col"
 
 
 def test_a_different_key_re_tunes(cache):
-    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, winograd4=4.5, matmul=5.0))
+    timer = FakeTimer(FLAT)
     tuning.tune_layers(_layers(16), 16, timer=timer)
     n = len(timer.calls)
     tuning.tune_layers(_layers(32), 16, timer=timer)  # other shapes: measured anew
@@ -98,55 +148,86 @@ def test_a_different_key_re_tunes(cache):
     assert not {l["key"] for l in bf16} & {l["key"] for l in _layers(16)}
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"schema": 1, "layers": []}', "[]"])
-def test_corrupt_cache_is_one_line_and_re_tuned(cache, text):
+@pytest.mark.parametrize("text", ["{not json", '{"schema": 2, "layers": []}', "[]",
+                                  '{"schema": 1, "layers": {}, "dtypes": {}}'])
+def test_corrupt_or_old_cache_is_one_line_and_re_tuned(cache, text):
     path = tuned.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text(text)
     lines = []
     assert tuned.read(path, say=lines.append)["layers"] == {}
     assert len(lines) == 1 and "unreadable" in lines[0]
-    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, winograd4=4.5, matmul=5.0))
-    assert tuning.tune_layers(_layers(), 16, timer=timer)
+    assert tuning.tune_layers(_layers(), 16, timer=FakeTimer(FLAT))
     assert json.loads(path.read_text())["schema"] == tuned.SCHEMA
 
 
-def test_budget_stops_starting_new_layers(cache):
+def test_the_bound_leaves_the_table_decided(cache):
+    """No candidate starts after the bound; the layers left keep the table's choice,
+    recorded, so a later run measures nothing; ``again`` measures them."""
     layers = _layers()
-    ticks = iter(range(100))
-    timer = FakeTimer(dict(xla=1.0, im2col=2.0, mmgrad=3.0, winograd=4.0, winograd4=4.5, matmul=5.0))
-    measured = tuning.tune_layers(layers, 16, timer=timer, budget_s=6.5,
-                                  clock=lambda: float(next(ticks)))
-    # One clock reading per candidate: the train layer's 5 (t = 1..5) and the first frozen
-    # layer's 4 (t = 6, then 7 > 6.5: not started, so that layer is not kept).
-    assert list(measured) == [layers[0]["key"]] and len(timer.calls) == 6
-    assert set(json.loads(tuned.cache_path().read_text())["layers"]) == {layers[0]["key"]}
+    ticks = iter(range(1000))
+    timer = FakeTimer(FLAT)
+    decided = tuning.tune_layers(layers, 16, timer=timer, budget_s=3.5,
+                                 clock=lambda: float(next(ticks)))
+    # clock: t=0 start; the train layer: 1 (layer), 2, 3 (two candidates), then 4 > 3.5
+    assert set(decided) == {l["key"] for l in layers}
+    first, rest = decided[layers[0]["key"]], [decided[l["key"]] for l in layers[1:]]
+    assert first["how"] == "measured" and len(first["ratios"]) == 2
+    assert all(e["how"] == "budget" and e["algorithm"] == _table(l)
+               for e, l in zip(rest, layers[1:]))
+    later = FakeTimer(FLAT)
+    assert tuning.tune_layers(layers, 16, timer=later) == {} and later.calls == []
+    remeasured = tuning.tune_layers(layers, 16, timer=later, again=True)
+    assert set(remeasured) == {l["key"] for l in layers[1:]}
+    assert all(e["how"] == "measured" for e in remeasured.values())
 
 
-def test_auto_runs_the_measured_choice_and_table_the_table(cache):
+def test_resolve_plan_decides_once_and_later_runs_measure_nothing(cache):
+    if jax.default_backend() != "cpu":
+        pytest.skip("tuning runs on CPU only")
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.model.conv_impl = "auto"
+    model = configs.parse_run(c).model
+    train_key = "train/float32/1x1x512->512/k3x3/s1"
+    layer = next(l for l in _layers() if l["key"] == train_key)
+    other = next(a for a in tuning.candidates(layer) if a != _table(layer))
+    timer = FakeTimer(FLAT, {train_key: dict(FLAT, **{other: 0.5})})
+    plan, seconds = tuning.resolve_plan(model, 16, 4, timer=timer)
+    assert seconds > 0 and plan.policy == "auto" and plan.dtype == "float32"
+    assert plan.algorithm(train_key) == other
+    assert dict(plan.layers) == {l["key"]: (other if l["key"] == train_key else _table(l))
+                                 for l in _layers()}
+    again = FakeTimer(FLAT)
+    assert tuning.resolve_plan(model, 16, 4, timer=again) == (plan, 0.0)
+    assert again.calls == []
+    # a plan is data: its JSON gives it back
+    assert ConvPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def test_no_auto_no_measuring(cache):
+    spec = configs.parse_run(configs.cell("vgg16", "categorical", "smoke")).model
+    plan, seconds = tuning.resolve_plan(spec, 32, 8, timer=None)
+    assert (plan.layers, plan.policy, plan.machine, seconds) == ((), "table", "", 0.0)
+    assert not tuned.cache_path().exists()
+
+
+def test_auto_runs_the_plan_and_table_the_table():
     layer = convs.Conv(8, name="c")
     x = jax.ShapeDtypeStruct((2, 6, 6, 8), jnp.float32)
     key = tuned.layer_key("train", "float32", (6, 6, 8), 8, (3, 3), 1, False)
-    table = convs.conv_policy("cpu", 36, jnp.float32, "train", winograd_ok=True)
+    table = convs.conv_policy(jax.default_backend(), 36, jnp.float32, "train", winograd_ok=True)
     other = "xla" if table != "xla" else "im2col"
-    tuned.write(dict(tuned.empty(tuned.machine()), layers={key: {"algorithm": other}}))
-
-    def ran(impl):
-        with convs.record_impls() as seen:
-            jax.eval_shape(layer.clone(impl=impl).init, jax.random.key(0), x)
-        return seen[0][1]
-
-    if jax.default_backend() == "cpu":
-        assert ran("auto") == other
-    assert ran("table") == table
+    plan = ConvPlan(((key, other),), "float32", "auto")
+    assert convs.describe(layer.clone(impl="auto", plan=plan), x.shape)["algorithm"] == other
+    assert convs.describe(layer.clone(impl="auto"), x.shape)["algorithm"] == table
+    assert convs.describe(layer.clone(impl="table", plan=plan), x.shape)["algorithm"] == table
 
 
-def test_choose_dtype_needs_speed_and_agreement():
-    fast = {"float32": 2.0, "bfloat16": 1.0}
-    slow = {"float32": 1.0, "bfloat16": 2.0}
-    assert tuning.choose_dtype(fast, 0.01) == "bfloat16"
-    assert tuning.choose_dtype(fast, 0.03) == "float32"   # faster, but disagrees
-    assert tuning.choose_dtype(slow, 0.0) == "float32"
+def test_choose_dtype_needs_the_margin_and_agreement():
+    assert tuning.choose_dtype(0.5, 0.01) == "bfloat16"
+    assert tuning.choose_dtype(0.5, 0.03) == "float32"   # faster, but disagrees
+    assert tuning.choose_dtype(0.97, 0.0) == "float32"   # within the margin
+    assert tuning.choose_dtype(2.0, 0.0) == "float32"
 
 
 def test_conv_impl_config_key_is_range_checked():
@@ -158,31 +239,31 @@ def test_conv_impl_config_key_is_range_checked():
     assert configs.get_config().model.conv_impl == "auto"
 
 
-def test_tune_skips_without_auto(cache):
-    spec = configs.parse_run(configs.cell("vgg16", "categorical", "smoke")).model
-    assert tuning.tune(spec, 32, 8, timer=None) == 0.0
-    assert not tuned.cache_path().exists()
-
-
-def test_tune_with_dtype_auto_decides_and_compute_dtype_reads_it(cache):
+@pytest.mark.slow
+def test_dtype_auto_decides_once_with_each_dtype_its_own_plan(cache):
     if jax.default_backend() != "cpu":
         pytest.skip("tuning runs on CPU only")
     from handjax.models import classifier
     c = configs.cell("vgg16", "categorical", "smoke")
     c.model.conv_impl, c.model.dtype = "auto", "auto"
     model = configs.parse_run(c).model
-    timer = FakeTimer(dict(xla=3.0, im2col=2.0, mmgrad=1.0, winograd=0.5, winograd4=0.7, matmul=4.0))
-    assert tuning.tune(model, 16, 4, timer=timer, budget_s=1e9) > 0
+    timer = FakeTimer(FLAT)
+    plan, seconds = tuning.resolve_plan(model, 16, 4, timer=timer, budget_s=1e9)
+    assert seconds > 0
     assert {k.split("/")[1] for k, _, _ in timer.calls} == {"float32", "bfloat16"}
     key = tuned.model_key("vgg16", "block4_pool", 16)
     entry = tuned.read()["dtypes"][key]
-    assert entry["dtype"] == tuning.choose_dtype(entry["seconds"], entry["max_prob_diff"])
-    assert classifier.compute_dtype("auto", key) == jnp.dtype(entry["dtype"])
+    if "error" in entry:   # bfloat16 cannot run on this XLA:CPU: not chosen
+        assert entry["dtype"] == "float32"
+    else:
+        assert entry["dtype"] == tuning.choose_dtype(entry["ratio"], entry["max_prob_diff"])
+    assert plan.dtype == entry["dtype"]
+    assert {k.split("/")[1] for k, _ in plan.layers} == {plan.dtype}
+    assert classifier.compute_dtype("auto", plan) == jnp.dtype(entry["dtype"])
     # Read back by a later run: nothing measured again, the model not even traced.
-    again = FakeTimer(timer.seconds)
-    assert tuning.tune(model, 16, 4, timer=again) == 0.0
+    again = FakeTimer(FLAT)
+    assert tuning.resolve_plan(model, 16, 4, timer=again) == (plan, 0.0)
     assert again.calls == []
-    assert tuned.read()["complete"] == {f"{key}/b4/float32+bfloat16": True}
 
 
 @pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])

@@ -11,8 +11,7 @@ import time
 import jax
 import numpy as np
 
-from handjax.models import backbones, keras_weights
-from handjax.models.kernels import convs
+from handjax.models import backbones
 
 
 # handjax backbone -> (keras.applications constructor, module holding its preprocess_input)

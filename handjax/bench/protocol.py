@@ -4,6 +4,7 @@ process after a shared warm-up, so that the ratios are measured side by side.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -53,6 +54,8 @@ def bench_repeats(config, repeats: int, workroot: Path) -> dict:
         c.repeats = r
         specs[r] = configs.parse_run(c)
     out = {"warmup_s": warm_up(specs[1])}
+    from handjax.models.kernels import tuning   # the plan decided untimed: both runs read it
+    tuning.resolve_plan(specs[1].model, specs[1].data.image_size, specs[1].train.batch_size)
     for r, spec in specs.items():
         run = _timed_run(spec, workroot / f"repeats{r}", f"R={r}")
         out[f"R={r}"] = {"wall_s": run["wall_s"], "fit_s": run["timing"].get("fit_s", 0.0),
@@ -88,25 +91,37 @@ def fresh_import_seconds(module: str = "handjax.train") -> float:
 
 
 def warm_up(spec) -> float:
-    """Pay the process's one-time costs before any timed run: the conv tuner's measuring
-    (once per machine and model; later processes read its cache), JAX's backend start, the
+    """Pay the process's one-time costs before any timed run: JAX's backend start, the
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
-    here) and the later ones get them free."""
+    here) and the later ones get them free. The conv plan is not decided here: the first
+    handjax run decides it, as a first run on a fresh machine does (:func:`fresh_tuning`)."""
     from handjax.data.cohort import load_cohort
     from handjax.models import classifier
-    from handjax.models.kernels import tuning
-    tune_s = tuning.tune(spec.model, spec.data.image_size, spec.train.batch_size,
-                         budget_s=float("inf"))
-    if tune_s:
-        print(f"  conv tuning, once per machine and model (cached; untimed): {tune_s:.1f} s",
-              flush=True)
     t = time.perf_counter()
     examples = load_cohort(spec.data, spec.seed, spec.n_folds).examples
     classifier.model_parts(spec.model, spec.data.image_size, spec.seed,
                            len(examples.class_names))
     importlib.import_module("handjax.train.checkpoint")  # imports orbax
     return time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def fresh_tuning():
+    """This machine's conv-tuning cache set aside for the block (a first run on a fresh
+    machine then tunes), and put back afterwards (what the block measured is dropped)."""
+    from handjax.models.kernels import plan as plans
+    path = plans.cache_path()
+    kept = path.read_bytes() if path.exists() else None
+    path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        if kept is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(kept)
 
 
 def _timed_run(spec, workdir: Path, label: str) -> dict:
@@ -129,10 +144,12 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
     with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs.
 
-    handjax runs twice: "handjax" with JAX's persistent compilation cache empty (a first
-    run), then "handjax-warm", the same run again with that cache filled (a rerun, or any
-    later run of the same model and shapes: what the ratios are quoted for). ``plain=False``
-    leaves the plain path out (at 10+10 epochs it takes as long as Keras)."""
+    handjax runs twice: "handjax" as a first run on a fresh machine (the conv-tuning cache
+    set aside, :func:`fresh_tuning`, and JAX's persistent compilation cache empty: it decides
+    the conv plan and compiles everything), then "handjax-warm", the same run again (the
+    plan decided, the compilations cached: a rerun, or any later run of the same model and
+    shapes: what the ratios are quoted for); their ratio is the cold/tuned pair.
+    ``plain=False`` leaves the plain path out (at 10+10 epochs it takes as long as Keras)."""
     from handjax import metrics
     fast = specs["handjax"]
     out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
@@ -142,14 +159,24 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     runs = [("handjax", "handjax"), ("handjax-warm", "handjax")]
     runs += [("handjax-bf16", "handjax-bf16")] if bf16 else []
     runs += [("plain", "plain")] if plain else []
-    for label, which in runs:
-        out[label] = _timed_run(specs[which], workroot / label, label)
-        results = out[label]["results"]
-        if results["cache_bytes"] and label == "handjax":
-            n, views = results["data"]["n"], fast.data.views
-            print(f"               frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} MiB "
-                  f"({results['cache_bytes'] / (n * views) / 1024:.1f} KiB per image-view, "
-                  f"{n} images x {views} views)", flush=True)
+    with fresh_tuning():
+        for label, which in runs:
+            out[label] = _timed_run(specs[which], workroot / label, label)
+            results = out[label]["results"]
+            if results["cache_bytes"] and label == "handjax":
+                n, views = results["data"]["n"], fast.data.views
+                print(f"               frozen-feature cache: {results['cache_bytes'] / 2**20:.1f} "
+                      f"MiB ({results['cache_bytes'] / (n * views) / 1024:.1f} KiB per "
+                      f"image-view, {n} images x {views} views)", flush=True)
+    cold, warm = out["handjax"], out["handjax-warm"]
+    out["cold_over_tuned"] = cold["wall_s"] / warm["wall_s"]
+    same = all((workroot / "handjax" / f).read_bytes() == (workroot / "handjax-warm" / f).read_bytes()
+               for f in ("predictions.csv", "conv_plan.json"))
+    out["cold_tuned_identical"] = same
+    print(f"  first run on a fresh machine / tuned run: {cold['wall_s']:.1f} s / "
+          f"{warm['wall_s']:.1f} s = {out['cold_over_tuned']:.2f}x (tuning "
+          f"{cold['timing'].get('tune_s', 0):.1f} s, then {warm['timing'].get('tune_s', 0):.1f} s)"
+          f"   predictions identical: {same}", flush=True)
     if plain:
         out["ratio"] = out["plain"]["wall_s"] / out["handjax"]["wall_s"]
         out["ratio_warm"] = out["plain"]["wall_s"] / out["handjax-warm"]["wall_s"]

@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import optax
 
 from handjax.models import backbones, keras_weights
-from handjax.models.kernels import convs
 from handjax import console
 from handjax.bench.keras_peer import peak_rss_gib
 from handjax.bench.protocol import bench_protocol, bench_repeats, protocol_configs
@@ -64,9 +63,12 @@ def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
 
 
 # --------------------------------------------------------------------------- steps
-def full_train_step(name: str, conv_impl: str, size: int, batch: int, dtype=jnp.float32):
-    """A compiled whole-network fine-tune step (every layer trains) and its inputs."""
+def full_train_step(name: str, conv_impl: str, size: int, batch: int, dtype=jnp.float32,
+                    plan=None):
+    """A compiled whole-network fine-tune step (every layer trains) and its inputs; "auto"
+    runs ``plan`` (a ConvPlan; None: the table's choices)."""
     module, variables = keras_weights.load(name, None, dtype=dtype, conv_impl=conv_impl)
+    module = module.clone(conv_plan=plan)
     head = jax.random.normal(jax.random.key(1), (module_channels(module, variables, size),
                                                  3)) * 0.01
     params = {"backbone": variables["params"], "head": head}
@@ -102,14 +104,15 @@ STEP_IMPLS = ("xla", "im2col", "mmgrad", "winograd", "matmul", "table", "auto")
 STEPS_TUNE_BUDGET_S = 600.0   # 'steps' tunes every layer of the network before timing "auto"
 
 
-def tune_whole_network(name: str, size: int, batch: int, dtype) -> float:
+def tune_whole_network(name: str, size: int, batch: int, dtype):
     """Tune every conv of ``name`` for training (the 'steps' benchmark trains all layers),
-    reading what this machine's cache already holds; returns the seconds spent."""
+    reading what this machine's cache already holds; returns the seconds spent and the
+    plan "auto" then runs."""
     from handjax.models.kernels import tuning
     t = time.perf_counter()
     layers = [l for l in tuning.model_layers(name, dtype, size, None) if l["purpose"] == "train"]
     tuning.tune_layers(layers, batch, budget_s=STEPS_TUNE_BUDGET_S)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, tuning.plan_for(layers, jnp.dtype(dtype).name)
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor datasheets) by device_kind substring, for MFU.
 BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
@@ -137,11 +140,12 @@ def bench_steps(models, size: int, batch: int, peak: float, dtype=jnp.float32, r
     peak_tflops = peak_tflops or (bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None)
     impls = ("xla",) + tuple(i for i in impls if i != "xla")  # xla: the FLOP count
     for name in models:
+        plan = None
         if "auto" in impls and jax.default_backend() == "cpu":
-            sec = tune_whole_network(name, size, batch, dtype)
+            sec, plan = tune_whole_network(name, size, batch, dtype)
             print(f"  {name:12s} conv tuning for 'auto' (every layer trains): {sec:.1f} s",
                   flush=True)
-        steps = {impl: full_train_step(name, impl, size, batch, dtype) for impl in impls}
+        steps = {impl: full_train_step(name, impl, size, batch, dtype, plan) for impl in impls}
         flops = steps["xla"][3]
         best = dict.fromkeys(impls, float("inf"))
         for _ in range(rounds):

@@ -11,7 +11,10 @@ from handjax.train import checkpoint, features, fold_program as folds
 from handjax import config as configs
 from handjax.train import workdir as workdirs
 from handjax.errors import RunError, TrainingError
+from handjax import console
 from handjax.models import classifier
+from handjax.models.kernels import plan as plans
+from handjax.models.kernels.plan import ConvPlan
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import RunSpec
@@ -40,8 +43,9 @@ def read_json(path: Path) -> dict:
                        "training command into a fresh --workdir") from e
 
 
-def load_run(workdir) -> TrainedRun:
-    """Rebuild the fold models of the run in ``workdir`` from its config and last checkpoint."""
+def load_run(workdir, replan: bool = False) -> TrainedRun:
+    """Rebuild the fold models of the run in ``workdir`` from its config and last checkpoint,
+    their convs by the run's recorded plan (:func:`run_plan`; ``replan``: this machine's)."""
     import ml_collections
     workdir = Path(workdir)
     for need in ("config.json", "results.json"):
@@ -52,7 +56,9 @@ def load_run(workdir) -> TrainedRun:
     run_spec = configs.parse_run(ml_collections.ConfigDict(read_json(workdir / "config.json")))
     results = read_json(workdir / "results.json")
     check_weights(workdir, run_spec)
-    like, fold_model, variables = _template(run_spec, len(results["data"]["class_names"]))
+    plan = run_plan(workdir, run_spec, replan)
+    like, fold_model, variables = _template(run_spec, len(results["data"]["class_names"]),
+                                            plan)
     sched = checkpoint.schedule(run_spec.train)
     manager = checkpoint.manager(workdir)
     try:
@@ -89,12 +95,34 @@ def check_weights(workdir: Path, run_spec: RunSpec) -> None:
                        "restore the original file or retrain")
 
 
-def _template(run_spec: RunSpec, num_classes: int):
+def run_plan(workdir: Path, run_spec: RunSpec, replan: bool = False) -> ConvPlan | None:
+    """The conv plan the run in ``workdir`` ran (``conv_plan.json``, checked against
+    ledger.json; one line when another machine measured it); ``replan``: this machine's
+    instead (:func:`handjax.models.kernels.tuning.resolve_plan`). A run older than conv
+    plans: None (the table's choices)."""
+    from handjax.models.kernels import tuning
+    if replan:
+        return tuning.resolve_plan(run_spec.model, run_spec.data.image_size,
+                                   run_spec.train.batch_size)[0]
+    plan = plans.load_plan(workdir)
+    if plan is None:
+        return None
+    want = read_json(workdir / "ledger.json").get("conv_plan")
+    if want is not None and want != plan.fingerprint():
+        raise RunError(f"{workdir / plans.PLAN_FILE} differs from the plan this run was "
+                       "trained with (ledger.json); restore it, or pass replan to decide "
+                       "one for this machine")
+    if plan.measured_elsewhere():
+        console.say(plans.elsewhere_line(plan, workdir))
+    return plan
+
+
+def _template(run_spec: RunSpec, num_classes: int, plan: ConvPlan | None = None):
     """The final fold states' structure (to restore into), the fold model they were trained
-    from, and the backbone's full variables."""
+    from (its convs by ``plan``), and the backbone's full variables."""
     fold_model, variables = features.fold_model(
         run_spec.model, run_spec.data.image_size, run_spec.seed, num_classes,
-        loss_name=run_spec.loss.name, plain=run_spec.train.mode == "plain")
+        loss_name=run_spec.loss.name, plain=run_spec.train.mode == "plain", plan=plan)
     last_phase = 2 if run_spec.train.epochs2 else 1
     return folds.states_for(last_phase, fold_model, run_spec), fold_model, variables
 

@@ -45,6 +45,7 @@ from handjax.evaluation.operating import fold_thresholds
 from handjax.evaluation.scoring import mec_decisions, probabilities
 from handjax.evaluation.tasks import TASKS
 from handjax.model.ensemble import TrainedRun, load_run, read_json
+from handjax.models.kernels.plan import PLAN_FILE
 from handjax.train import workdir as workdirs
 
 if TYPE_CHECKING:   # annotations only
@@ -55,7 +56,7 @@ MODEL_DIR = "model"
 CARD = "model.json"
 FORMAT = 1            # bump when the card's meaning changes
 BATCH_SIZE = 8        # photos per forward pass: padded, so one compilation serves every call
-CONV_PLAN = "conv_plan.json"   # a run's conv plan, where the run wrote one
+CONV_PLAN = PLAN_FILE   # the run's conv plan (conv_plan.json)
 INTENDED_USE = (
     "Research: triage of hand photos into normal / Heberden's nodes / rheumatoid arthritis, to "
     "study the method. Not a diagnosis and not a medical device; every figure holds only for "

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from handjax.models.kernels import convs
+from handjax.models.kernels.plan import ConvPlan
 from handjax.models.convnext import ConvNeXtTiny
 from handjax.models.efficientnetv2 import EfficientNetV2B0
 from handjax.models.common import (KERAS_BASE_URL, Backbone, WeightFile, caffe_preprocess, tf_preprocess)
@@ -241,13 +242,13 @@ def check_name(name: str) -> None:
 
 
 def build(name: str, *, dtype=jnp.float32, conv_impl: str = "auto",
-          purpose: str = "train") -> Backbone:
+          purpose: str = "train", conv_plan: ConvPlan | None = None) -> Backbone:
     """The Flax module for ``name`` (no parameters). ``dtype`` is the compute dtype;
-    ``conv_impl`` and ``purpose``: see :mod:`handjax.models.kernels.convs`."""
+    ``conv_impl``, ``purpose`` and ``conv_plan``: see :mod:`handjax.models.kernels.convs`."""
     check_name(name)
     convs.check_conv_impl(conv_impl)  # validate early
     convs.check_purpose(purpose)
-    return MODELS[name](dtype=dtype, conv_impl=conv_impl, purpose=purpose)
+    return MODELS[name](dtype=dtype, conv_impl=conv_impl, purpose=purpose, conv_plan=conv_plan)
 
 
 def keras_layer_order(name: str) -> tuple[str, ...]:
@@ -271,20 +272,31 @@ def preprocess(name: str, images) -> jax.Array:
     return MODELS[name].preprocess_input(x)
 
 
-def conv_algorithms(backbone: Backbone, x, *, start: str | None = None,
-                    stop: str | None = None) -> dict[str, str]:
-    """``{layer: algorithm}`` of every conv between boundaries ``start`` and ``stop``, in
+def conv_layers(backbone: Backbone, x, *, start: str | None = None,
+                stop: str | None = None) -> list[dict]:
+    """:func:`convs.describe` of every conv between boundaries ``start`` and ``stop``, in
     call order, for ``x`` (an array or ``jax.ShapeDtypeStruct``: the output of ``start``).
-    Traced on shapes only; nothing runs. E.g. whether trained layers run ``lax.conv``:
-    ``any(map(convs.runs_lax_conv, conv_algorithms(b, x, start=split).values()))``."""
-    return dict(_recorded_algorithms(backbone, x, start, stop))
+    Traced on shapes only; nothing runs. The convs are seen through Flax's method
+    interceptor for this call alone: no state outlives it."""
+    seen: list[dict] = []
 
+    def intercept(next_fun, args, kwargs, context):
+        if isinstance(context.module, convs.Conv) and context.method_name == "__call__":
+            seen.append(convs.describe(context.module, args[0].shape))
+        return next_fun(*args, **kwargs)
 
-def _recorded_algorithms(backbone: Backbone, x, start, stop) -> list[tuple[str, str]]:
-    with convs.record_impls() as seen:
+    with nn.intercept_methods(intercept):
         jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False, start=start,
                                                stop=stop), x)
     return seen
+
+
+def conv_algorithms(backbone: Backbone, x, *, start: str | None = None,
+                    stop: str | None = None) -> dict[str, str]:
+    """``{layer: algorithm}`` of every conv between boundaries ``start`` and ``stop``, in
+    call order (:func:`conv_layers`). E.g. whether trained layers run ``lax.conv``:
+    ``any(map(convs.runs_lax_conv, conv_algorithms(b, x, start=split).values()))``."""
+    return {l["name"]: l["algorithm"] for l in conv_layers(backbone, x, start=start, stop=stop)}
 
 
 def with_winograd_kernels(backbone: Backbone, variables: dict, x, *, start: str | None = None,
@@ -295,8 +307,8 @@ def with_winograd_kernels(backbone: Backbone, variables: dict, x, *, start: str 
     weights to many batches. The outputs are the same values. A layer name that runs two
     different Winograd forms (possible only in nested backbones) is left untransformed."""
     forms: dict[str, set] = {}
-    for name, algorithm in _recorded_algorithms(backbone, x, start, stop):
-        forms.setdefault(name, set()).add(algorithm)
+    for layer in conv_layers(backbone, x, start=start, stop=stop):
+        forms.setdefault(layer["name"], set()).add(layer["algorithm"])
     chosen = {name: a.pop() for name, a in forms.items()
               if len(a) == 1 and a <= convs.WINOGRAD_KERNELS.keys()}
 

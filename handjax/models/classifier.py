@@ -13,22 +13,21 @@ import numpy as np
 from handjax import ordinal
 from handjax.errors import ConfigError
 from handjax.models import backbones, keras_weights
-from handjax.models.kernels import convs, plan as tuned
+from handjax.models.kernels import convs
+from handjax.models.kernels.plan import ConvPlan
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def compute_dtype(name: str, measured_key: str | None = None):
-    """``model.dtype`` as a dtype. "auto": on CPU the dtype the conv tuner measured faster
-    (and in agreement) for the model part ``measured_key`` (:func:`tuned.model_key`), where
-    it measured one; else bfloat16 where it pays (:func:`convs.bf16_pays`: GPU/TPU, or a
-    CPU with AMX), else float32. Parameters stay float32 in every case."""
-    if name == "auto":
-        measured = tuned.dtype_choice(measured_key) if measured_key else None
-        if measured is None or jax.default_backend() != "cpu":
-            measured = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
-        name = measured
+def compute_dtype(name: str, plan: ConvPlan | None = None):
+    """``model.dtype`` as a dtype: with the run's ``plan``, the plan's dtype (for "auto",
+    what the tuner decided); else "auto" is bfloat16 where it pays (:func:`convs.bf16_pays`:
+    GPU/TPU, or a CPU with AMX), else float32. Parameters stay float32 in every case."""
+    if plan is not None:
+        name = plan.dtype
+    elif name == "auto":
+        name = "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
     return COMPUTE_DTYPES[name]
 
 
@@ -101,16 +100,18 @@ class Classifier(nn.Module):
         return head(pooled, train=train), pooled
 
 
-def load_backbone(model_spec, seed: int, dtype=None):
+def load_backbone(model_spec, seed: int, dtype=None, plan: ConvPlan | None = None):
     """The backbone of ``model_spec`` (a ModelSpec) and its weights, in compute ``dtype``
-    (default: ``model_spec.dtype``'s); offline ImageNet gets a way out."""
-    dtype = compute_dtype(model_spec.dtype) if dtype is None else dtype
+    (default: ``model_spec.dtype``'s), its convs by the run's ``plan``; offline ImageNet
+    gets a way out."""
+    dtype = compute_dtype(model_spec.dtype, plan) if dtype is None else dtype
     try:
-        return keras_weights.load(model_spec.name, model_spec.weights, seed=seed,
-                                  dtype=dtype, conv_impl=model_spec.conv_impl)
+        module, variables = keras_weights.load(model_spec.name, model_spec.weights, seed=seed,
+                                               dtype=dtype, conv_impl=model_spec.conv_impl)
     except keras_weights.WeightsError as e:
         raise keras_weights.WeightsError(
             f"{e} -- or train from random weights: --config.model.weights=none") from e
+    return module.clone(conv_plan=plan), variables
 
 
 def top_layers(backbone, split: str, boundary_shape) -> set[str]:
@@ -135,14 +136,13 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
 
 
 def model_parts(model_spec, image_size: int, seed: int, num_classes: int,
-                loss_name: str = "") -> tuple:
+                loss_name: str = "", plan: ConvPlan | None = None) -> tuple:
     """Backbone, its variables, the layer names after the split, and the ``Classifier``
-    fields shared by training and inference (an ordinal loss gets its ordinal head)."""
+    fields shared by training and inference (an ordinal loss gets its ordinal head). The
+    convs run by ``plan`` (the run's, resolved before this; None: the table's)."""
     split = model_spec.split or backbones.DEFAULT_TRAINABLE_FROM[model_spec.name]
-    measured = (tuned.model_key(model_spec.name, split, image_size)
-                if model_spec.conv_impl == "auto" else None)
-    dtype = compute_dtype(model_spec.dtype, measured)
-    backbone, variables = load_backbone(model_spec, seed, dtype)
+    dtype = compute_dtype(model_spec.dtype, plan)
+    backbone, variables = load_backbone(model_spec, seed, dtype, plan)
     if split not in backbone.stages:
         raise ConfigError(f"config.model.split={split!r} is not a stage of {model_spec.name}; "
                           f"choose one of {', '.join(backbone.stages)}")

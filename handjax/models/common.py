@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from handjax.models.kernels.convs import Conv
+from handjax.models.kernels.plan import ConvPlan
 
 
 class WeightFile(NamedTuple):
@@ -57,7 +58,9 @@ class Backbone(nn.Module):
     boundary ``start`` (None: the preprocessed image); returns the output of boundary
     ``stop`` (None: the final feature map). Only the layers in between are created and
     run, so ``init(key, x, start=b)`` yields exactly the parameters after ``b``.
-    ``conv_impl`` and ``purpose``: see :mod:`handjax.models.kernels.convs`.
+    ``conv_impl``, ``purpose`` and ``conv_plan`` (the run's
+    :class:`~handjax.models.kernels.plan.ConvPlan`, "auto"'s choices): see
+    :mod:`handjax.models.kernels.convs`.
 
     Per-architecture hooks (class level): ``stages``; ``trainable_from`` (the boundary
     after which phase 2 unfreezes by default); ``weight_file`` (a :class:`WeightFile`);
@@ -71,6 +74,7 @@ class Backbone(nn.Module):
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
     purpose: str = "train"
+    conv_plan: ConvPlan | None = None
 
     stages: ClassVar[tuple[str, ...]] = ()
     trainable_from: ClassVar[str] = ""
@@ -104,7 +108,7 @@ class Backbone(nn.Module):
     # Layer factories: every layer named by its Keras name.
     def _conv(self, name, features, k, stride=1, padding="SAME", use_bias=True, depthwise=False):
         return Conv(features, (k, k), stride, padding, use_bias, depthwise, self.conv_impl,
-                    self.dtype, self.purpose, name=name)
+                    self.dtype, self.purpose, self.conv_plan, name=name)
 
     def _bn(self, name, train, epsilon, momentum):
         # Flax and Keras use the same convention: new = momentum * old + (1 - momentum) * batch.

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from handjax.data.cohort import Cohort
 from handjax.models import backbones, classifier
 from handjax.models.kernels import convs
+from handjax.models.kernels.plan import ConvPlan
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import ModelSpec, RunSpec
@@ -199,12 +200,13 @@ def trained_algorithms(model: classifier.Classifier, input_shape: tuple) -> froz
 
 
 def fold_model(model_spec: ModelSpec, image_size: int, seed: int, num_classes: int, *, loss_name: str,
-               plain: bool) -> tuple[FoldModel, dict]:
+               plain: bool, plan: ConvPlan | None = None) -> tuple[FoldModel, dict]:
     """The fold model of ``model_spec`` (a ModelSpec) and the backbone's full variables.
     ``plain``: the classifier takes raw images (``train.mode="plain"``, and inference);
-    else it starts at the split, on the frozen-feature cache."""
+    else it starts at the split, on the frozen-feature cache. ``plan``: the run's conv plan
+    (None: the table's choices)."""
     backbone, variables, top, common = classifier.model_parts(
-        model_spec, image_size, seed, num_classes, loss_name=loss_name)
+        model_spec, image_size, seed, num_classes, loss_name=loss_name, plan=plan)
     params, stats = variables["params"], variables.get("batch_stats", {})
     image = (image_size, image_size, 3)
     if plain:
@@ -235,15 +237,17 @@ class FoldInputs:
     cache_bytes: int
 
 
-def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None) -> FoldInputs:
+def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None,
+            plan: ConvPlan | None = None) -> FoldInputs:
     """The fold model and the shared (frozen-layer) inputs of both phases for the RunSpec
-    ``run_spec`` on ``cohort``'s views. A frozen-feature cache larger than
-    ``train.cache_budget_gb`` goes to a file in ``workdir``."""
+    ``run_spec`` on ``cohort``'s views, its convs by the run's ``plan`` (None: the
+    table's). A frozen-feature cache larger than ``train.cache_budget_gb`` goes to a file
+    in ``workdir``."""
     views = cohort.views
     plain = run_spec.train.mode == "plain"
     fm, variables = fold_model(run_spec.model, run_spec.data.image_size, run_spec.seed,
                                len(cohort.examples.class_names),
-                               loss_name=run_spec.loss.name, plain=plain)
+                               loss_name=run_spec.loss.name, plain=plain, plan=plan)
     if plain:
         return FoldInputs(fm, views, views, 0)
     backbone, name, split = fm.model.backbone, fm.model.backbone_name, fm.model.split

@@ -26,6 +26,8 @@ from handjax import console
 from handjax.data.cohort import Cohort, load_cohort
 from handjax.errors import TrainingError
 from handjax.metrics import STUDY_METRICS
+from handjax.models.kernels import plan as plans
+from handjax.models.kernels.plan import ConvPlan
 from handjax.train import checkpoint, distributed, features, fit as fitting, fold_program as folds
 from handjax.train import workdir as workdirs
 from handjax.train.features import FoldInputs
@@ -48,12 +50,18 @@ class Primary:
         if self.writes:
             workdirs.claim(self.workdir, config_json)
 
-    def check_ledger(self, entries: dict) -> None:
-        """Refuse other photos or weights; only then mark the run unfinished (until every
-        result is written), so a refused rerun leaves a finished run finished."""
+    def check_ledger(self, entries: dict, may_change=()) -> None:
+        """Refuse other photos, weights or conv plan (``may_change``: the keys a replan
+        may change); only then mark the run unfinished (until every result is written), so
+        a refused rerun leaves a finished run finished."""
         if self.writes:
-            workdirs.check_ledger(self.workdir, entries)
+            workdirs.check_ledger(self.workdir, entries, may_change=may_change)
             workdirs.mark_incomplete(self.workdir)
+
+    def record_plan(self, plan: ConvPlan) -> None:
+        """``conv_plan.json`` beside config.json: the plan the run is traced with."""
+        if self.writes:
+            plans.save_plan(plan, self.workdir)
 
     def say(self, line: str) -> None:
         if self.writes:
@@ -111,17 +119,29 @@ def run(run_spec: RunSpec, workdir, restart: bool = False) -> dict:
         return _run_locked(run_spec, workdir)
 
 
-def ledger_entries(run_spec: RunSpec, cohort: Cohort) -> dict:
-    """What the workdir's ledger pins: the data and the weights the run trains from."""
+def ledger_entries(run_spec: RunSpec, cohort: Cohort, plan: ConvPlan) -> dict:
+    """What the workdir's ledger pins: the data and the weights the run trains from, and
+    the conv plan it runs."""
     return {"data": workdirs.data_fingerprint(cohort.examples),
-            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed)}
+            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed),
+            "conv_plan": plan.fingerprint()}
 
 
-def tune_convs(run_spec: RunSpec) -> float:
-    """Seconds the conv tuner spent measuring what this machine's cache lacked for the run's
-    model (:func:`handjax.models.kernels.tuning.tune`; 0.0 when it had all, or off CPU)."""
+def conv_plan(run_spec: RunSpec, workdir: Path) -> tuple[ConvPlan, float]:
+    """The run's conv plan, decided once, before anything is traced, and the seconds spent
+    measuring: a started run's recorded plan (``conv_plan.json``; one line when another
+    machine measured it), unless ``model.replan``; else this machine's
+    (:func:`handjax.models.kernels.tuning.resolve_plan`: the cache's, or one bounded
+    tuning step the first time)."""
     from handjax.models.kernels import tuning
-    return tuning.tune(run_spec.model, run_spec.data.image_size, run_spec.train.batch_size)
+    started = (workdir / "checkpoints").exists() or (workdir / "results.json").exists()
+    recorded = plans.load_plan(workdir) if started and not run_spec.model.replan else None
+    if recorded is not None:
+        if recorded.measured_elsewhere() and distributed.is_primary():
+            console.say(plans.elsewhere_line(recorded, workdir))
+        return recorded, 0.0
+    return tuning.resolve_plan(run_spec.model, run_spec.data.image_size,
+                               run_spec.train.batch_size)
 
 
 def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
@@ -133,11 +153,14 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     repeats = f" x {run_spec.repeats} repeats" if run_spec.repeats > 1 else ""
     console.say(f"{run_spec.name}: {run_spec.n_folds} folds{repeats}, {run_spec.model.name} "
                 f"at {run_spec.data.image_size} px, loss {run_spec.loss.label} -> {workdir}")
-    timings.set("tune_s", tune_convs(run_spec))
+    plan, tune_s = conv_plan(run_spec, workdir)
+    timings.set("tune_s", tune_s)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats)
-    primary.check_ledger(ledger_entries(run_spec, cohort))
-    inputs = features.prepare(run_spec, cohort, workdir)
+    primary.check_ledger(ledger_entries(run_spec, cohort, plan),
+                         may_change=("conv_plan",) if run_spec.model.replan else ())
+    primary.record_plan(plan)
+    inputs = features.prepare(run_spec, cohort, workdir, plan)
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timings.set("prepare_s", time.perf_counter() - t0 - timings.get("tune_s"))
     console.say(f"{len(cohort.labels)} photos; frozen features "

@@ -1,8 +1,10 @@
 """The workdir: where a run's files live, and the guards that keep it to one run.
 
 - ``config.json``: a rerun with another config is refused (:func:`claim`);
-- ``ledger.json``: fingerprints of the data and the weight file; a rerun on changed data or
-  weights is refused, so folds are never mixed (:func:`check_ledger`);
+- ``ledger.json``: fingerprints of the data, the weight file and the conv plan; a rerun on
+  changed data, weights or plan is refused, so folds are never mixed (:func:`check_ledger`);
+- ``conv_plan.json``: the conv algorithms and compute dtype the run uses, decided once
+  (:mod:`handjax.models.kernels.plan`);
 - ``.lock``: one run writes at a time (:class:`Lock`);
 - ``INCOMPLETE``: present from a run's start until its results are written, so a run
   stopped in training or evaluation is never read as a finished one (:func:`check_finished`).
@@ -70,8 +72,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # ----------------------------------------------------------------------------- the ledger
 LEDGER = "ledger.json"
 INCOMPLETE = "INCOMPLETE"
+PLAN = "conv_plan.json"   # the run's conv plan (the name handjax.models.kernels.plan.PLAN_FILE gives)
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "results.md", "timing.json",
-             LEDGER, "predictions.csv", "model", INCOMPLETE)
+             LEDGER, "predictions.csv", "model", INCOMPLETE, PLAN)
 
 
 def data_fingerprint(examples) -> str:
@@ -102,16 +105,17 @@ def weights_fingerprint(model_spec: ModelSpec, seed: int) -> str:
     return file_fingerprint(model_spec.weights)
 
 
-def check_ledger(workdir: Path, entries: dict) -> None:
-    """Record ``entries`` (``{"data": sha, "weights": sha}``) in ``ledger.json``; when the
-    workdir already holds checkpoints or results of other entries, refuse with one line
-    that says what changed: a changed folder would otherwise be split into new folds and
-    scored by fold models that trained on some of its test photos."""
+def check_ledger(workdir: Path, entries: dict, may_change: tuple = ()) -> None:
+    """Record ``entries`` (``{"data": sha, "weights": sha, "conv_plan": sha}``) in
+    ``ledger.json``; when the workdir already holds checkpoints or results of other entries
+    (but those named in ``may_change``), refuse with one line that says what changed: a
+    changed folder would otherwise be split into new folds and scored by fold models that
+    trained on some of its test photos."""
     path = workdir / LEDGER
     started = (workdir / "checkpoints").exists() or (workdir / "results.json").exists()
     if path.exists() and started:
         old = _read_json(path)
-        changed = sorted(k for k in entries if old.get(k) != entries[k])
+        changed = sorted(k for k in entries if old.get(k) != entries[k] and k not in may_change)
         if changed:
             raise TrainingError(
                 f"{workdir} was trained on other {' and '.join(changed)} than this run's "

@@ -14,10 +14,11 @@ Algorithms (all take the same parameters, so weights load the same way in every 
 
 A conv that the chosen algorithm cannot compute runs "im2col" (:func:`conv_algorithm`).
 
-``conv_impl="auto"`` (the default) is, on CPU, the algorithm measured fastest for each conv
-on this machine (:mod:`handjax.models.kernels.tuning` times the candidates once per machine and model
-and caches the choice, :mod:`handjax.models.kernels.plan`), and where nothing was measured, and off
-CPU, the table below. ``conv_impl="table"`` is the table alone: :func:`conv_policy`, from the
+``conv_impl="auto"`` (the default) is the run's :class:`~handjax.models.kernels.plan.ConvPlan`,
+an argument of every ``Conv`` (``plan``): per conv, the algorithm the tuner found clearly
+faster than the table's on the machine that made the plan, else the table's
+(:mod:`handjax.models.kernels.tuning` resolves it once per run, before tracing); with no plan,
+and for convs the plan does not list, the table below. ``conv_impl="table"`` is the table alone: :func:`conv_policy`, from the
 backend, the map size P (output pixels per image), the compute dtype, whether the conv is 3x3
 stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of ``Conv`` and
 ``Backbone``; :func:`for_purpose` clones a module into another)::
@@ -46,19 +47,19 @@ matmul runs on AMX where the CPU has it; "matmul" keeps the gradients on that fo
 pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``). Off CPU
 ``lax.conv`` is cuDNN's.
 
-:func:`record_impls` collects, at trace time, the algorithm each ``Conv`` resolved.
+:func:`describe` says, from a ``Conv`` and its input shape alone, what it runs; it reads no
+file and keeps no state (:func:`handjax.models.backbones.conv_layers` collects it per model).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from handjax.models.kernels import plan as tuned
+from handjax.models.kernels.plan import ConvPlan, layer_key
 from handjax.models.kernels.algorithms import (_explicit_pads, _lax_conv, conv_im2col, conv_matmul, conv_mmgrad, conv_winograd, conv_winograd4, depthwise_im2col, winograd4_kernel, winograd_kernel)
 
 # The algorithms themselves (what "auto" measures, and "table" chooses among but winograd4).
@@ -143,27 +144,21 @@ def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
 
 def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
                    kernel_size=(3, 3), strides: int = 1, depthwise: bool = False,
-                   in_shape=None, features: int | None = None) -> str:
+                   key: str | None = None, plan: ConvPlan | None = None) -> str:
     """The algorithm a conv runs: ``impl`` where it applies, else "im2col" ("mmgrad" and
     "matmul" need a stride-1 dense conv, "winograd" a 3x3 one).
 
-    ``impl="table"``: :func:`conv_policy`'s choice. ``impl="auto"``: on CPU, the algorithm
-    :mod:`handjax.models.kernels.tuning` measured fastest for this conv on this machine
-    (:func:`handjax.models.kernels.plan.layer_choice` of the key made of ``purpose``, ``dtype``,
-    ``in_shape`` (h, w, cin), ``features`` and the kernel), where one was measured; else,
-    and off CPU, the table's.
+    ``impl="table"``: :func:`conv_policy`'s choice. ``impl="auto"``: ``plan``'s algorithm for
+    the conv's :func:`~handjax.models.kernels.plan.layer_key` ``key``, where the plan lists
+    it; else the table's. Pure: reads nothing but its arguments.
     """
     check_conv_impl(impl)
     check_purpose(purpose)
     stride1_dense = strides == 1 and not depthwise
     plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
-    measured = None
-    if impl == "auto" and backend == "cpu" and in_shape is not None and features is not None:
-        measured = tuned.layer_choice(tuned.layer_key(
-            purpose, jnp.dtype(dtype).name, tuple(in_shape), features, tuple(kernel_size),
-            strides, depthwise))
+    planned = plan.algorithm(key) if impl == "auto" and plan is not None and key else None
     if impl in ("auto", "table"):
-        impl = measured or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
+        impl = planned or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
     if ((impl in ("mmgrad", "matmul") and not stride1_dense)
             or (impl in ("winograd", "winograd4") and not plain3x3)):
         return "im2col"
@@ -187,41 +182,6 @@ def runs_lax_conv(algorithm: str) -> bool:
     return algorithm in LAX_CONV
 
 
-_RECORDERS: list[list[tuple[str, str]]] = []
-
-
-_LAYER_RECORDERS: list[list[dict]] = []
-
-
-@contextlib.contextmanager
-def record_layers():
-    """Collects, for every ``Conv`` traced inside the block, what the tuner needs to time it:
-    ``{"name", "purpose", "dtype", "in_shape" (h, w, cin), "features", "kernel_size",
-    "strides", "depthwise", "pads", "key"}`` (trace-time, like :func:`record_impls`)."""
-    seen: list[dict] = []
-    _LAYER_RECORDERS.append(seen)
-    try:
-        yield seen
-    finally:
-        del _LAYER_RECORDERS[next(i for i, r in enumerate(_LAYER_RECORDERS) if r is seen)]
-
-
-@contextlib.contextmanager
-def record_impls():
-    """Collects ``(layer name, algorithm)`` for every ``Conv`` traced inside the block.
-
-    Trace-time Python, so shapes suffice: ``with record_impls() as seen:
-    jax.eval_shape(fn, ...)``. A call that hits a jit cache traces nothing: trace a fresh
-    function (``jax.eval_shape`` of a new lambda does).
-    """
-    seen: list[tuple[str, str]] = []
-    _RECORDERS.append(seen)
-    try:
-        yield seen
-    finally:  # by identity: list.remove would match an equal (e.g. empty) outer list
-        del _RECORDERS[next(i for i, r in enumerate(_RECORDERS) if r is seen)]
-
-
 def for_purpose(module: nn.Module, purpose: str) -> nn.Module:
     """``module`` (a ``Backbone`` or ``Conv``) cloned with its convs resolved for
     ``purpose`` (same parameters)."""
@@ -240,12 +200,35 @@ TRANSFORMED = "winograd_kernels"
 WINOGRAD_KERNELS = {"winograd": (16, winograd_kernel), "winograd4": (36, winograd4_kernel)}
 
 
+def describe(conv: "Conv", in_shape) -> dict:
+    """What ``conv`` runs on inputs of ``in_shape`` (N, H, W, C), from its fields alone:
+    ``{"name", "purpose", "dtype", "in_shape" (h, w, cin), "features", "kernel_size",
+    "strides", "depthwise", "pads", "key", "algorithm"}`` (``key``:
+    :func:`~handjax.models.kernels.plan.layer_key`; ``algorithm``: :func:`conv_algorithm`'s
+    under ``conv.plan``). Pure, so a plan can be built and checked without running anything."""
+    h, w, cin = (int(d) for d in in_shape[1:])
+    dtype = jnp.dtype(conv.dtype).name
+    kernel_size = tuple(conv.kernel_size)
+    key = layer_key(conv.purpose, dtype, (h, w, cin), conv.features, kernel_size,
+                    conv.strides, conv.depthwise)
+    out_pixels = -(-h // conv.strides) * -(-w // conv.strides)
+    algorithm = conv_algorithm(conv.impl, jax.default_backend(), out_pixels, conv.dtype,
+                               conv.purpose, kernel_size=kernel_size, strides=conv.strides,
+                               depthwise=conv.depthwise, key=key, plan=conv.plan)
+    return dict(name=conv.name, purpose=conv.purpose, dtype=dtype, in_shape=(h, w, cin),
+                features=conv.features, kernel_size=kernel_size, strides=conv.strides,
+                depthwise=conv.depthwise,
+                pads=_explicit_pads(conv.padding, (h, w), kernel_size, conv.strides),
+                key=key, algorithm=algorithm)
+
+
 class Conv(nn.Module):
     """2-D convolution with ``nn.Conv``'s parameters ("kernel" (kh, kw, cin, cout), "bias").
 
-    ``impl`` is one of :data:`CONV_IMPLS` and ``purpose`` one of :data:`PURPOSES`; the
-    algorithm that runs is :func:`conv_algorithm`'s. The parameters are identical in every
-    mode, so weights load the same way.
+    ``impl`` is one of :data:`CONV_IMPLS` and ``purpose`` one of :data:`PURPOSES`; ``plan``
+    the run's :class:`~handjax.models.kernels.plan.ConvPlan` ("auto"'s choices; None: the
+    table's). The algorithm that runs is :func:`describe`'s. The parameters are identical
+    in every mode, so weights load the same way.
     ``depthwise=True`` gives Keras's DepthwiseConv2D (multiplier 1), kernel (kh, kw, 1, C).
     Padding: "SAME", "VALID" or explicit ((lo, hi), (lo, hi)).
     """
@@ -259,6 +242,7 @@ class Conv(nn.Module):
     impl: str = "auto"
     dtype: Any = jnp.float32
     purpose: str = "train"
+    plan: ConvPlan | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -270,22 +254,8 @@ class Conv(nn.Module):
         # inits are statistically like Keras's weights=None.
         kernel = self.param("kernel", nn.initializers.glorot_uniform(), shape, jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        pads = _explicit_pads(self.padding, x.shape[1:3], self.kernel_size, self.strides)
-        out_pixels = -(-x.shape[1] // self.strides) * -(-x.shape[2] // self.strides)
-        algorithm = conv_algorithm(self.impl, jax.default_backend(), out_pixels, self.dtype,
-                                   self.purpose, kernel_size=self.kernel_size,
-                                   strides=self.strides, depthwise=self.depthwise,
-                                   in_shape=x.shape[1:], features=self.features)
-        for seen in _RECORDERS:
-            seen.append((self.name, algorithm))
-        for seen in _LAYER_RECORDERS:
-            layer = dict(name=self.name, purpose=self.purpose, dtype=jnp.dtype(self.dtype).name,
-                         in_shape=tuple(x.shape[1:]), features=self.features,
-                         kernel_size=tuple(self.kernel_size), strides=self.strides,
-                         depthwise=self.depthwise, pads=pads)
-            seen.append(dict(layer, key=tuned.layer_key(
-                layer["purpose"], layer["dtype"], layer["in_shape"], self.features,
-                layer["kernel_size"], self.strides, self.depthwise)))
+        layer = describe(self, x.shape)
+        algorithm, pads = layer["algorithm"], layer["pads"]
         if algorithm in WINOGRAD_KERNELS and self.has_variable(TRANSFORMED, "kernel"):
             kernel = self.get_variable(TRANSFORMED, "kernel")   # G g G^T, done once
             if kernel.shape[0] != WINOGRAD_KERNELS[algorithm][0]:

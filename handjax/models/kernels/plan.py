@@ -1,17 +1,25 @@
-"""The conv tuner's measured choices: one small JSON file per machine under
-``cache_dir()/tuning``, read by :func:`handjax.models.kernels.convs.conv_algorithm` (``"auto"``)
-and written by :mod:`handjax.models.kernels.tuning`, which measures them.
+"""The conv plan: which algorithm each conv of a run runs, as data decided once per run.
 
-A file's name hashes :func:`machine` (CPU model and its vector/matrix flags, or the
-accelerator kind; the JAX and jaxlib versions), so another machine or another JAX reads
-another file, and so re-tunes. Inside, ``"layers"`` maps :func:`layer_key` (purpose,
-compute dtype, the conv's shape) to the algorithm kept and the seconds measured for each
-candidate; ``"dtypes"`` maps :func:`model_key` to ``model.dtype="auto"``'s measured
-decision; ``"complete"`` marks the (model part, batch, dtypes) whose every conv is measured,
-so that later runs need not even trace the model. An unreadable file is one console line, and is tuned again.
+:class:`ConvPlan` maps each conv's :func:`layer_key` (purpose, compute dtype, shape) to an
+algorithm and holds the run's compute dtype. A run resolves it once at its boundary, before
+anything is traced (:func:`handjax.models.kernels.tuning.resolve_plan`), writes it into the
+workdir (:data:`PLAN_FILE`, beside config.json; its hash is in ledger.json) and passes it into
+the model (``Backbone.conv_plan`` -> ``Conv.plan``). A resumed run, ``predict``, ``validate``
+and ``serve`` read the workdir's plan, never the measurement cache: the cache holds what was
+measured on a machine, the plan what a run ran.
+
+The measurement cache: one small JSON file per machine under ``cache_dir()/tuning``, written
+by :mod:`handjax.models.kernels.tuning` and read by it alone (never while tracing). A file's
+name hashes :func:`machine` (CPU model and its vector/matrix flags, or the accelerator kind;
+the JAX and jaxlib versions), so another machine or another JAX reads another file, and so
+re-tunes. Inside, ``"layers"`` maps :func:`layer_key` to the algorithm decided and how
+(``"measured"`` against the table, or ``"budget"``: the tuning bound ran out first, the
+table's choice kept); ``"dtypes"`` maps :func:`model_key` to ``model.dtype="auto"``'s
+decision. An unreadable file is one console line, and is tuned again.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -20,8 +28,9 @@ import tempfile
 from pathlib import Path
 
 from handjax.cache import cache_dir
+from handjax.errors import RunError
 
-SCHEMA = 1
+SCHEMA = 2   # 2: choices by the margin rule (tuning.decide), "how" per layer
 # CPU flags that change which conv algorithm and dtype win (vector width, bf16/fp16 units).
 _FLAG_PREFIXES = ("avx", "amx", "fma", "f16c")
 
@@ -118,7 +127,8 @@ def read(path: Path | None = None, say=None) -> dict:
         if not _valid(data):
             if say is None:
                 from handjax.console import say
-            say(f"conv tuning cache {path} is unreadable; tuning again")
+            say(f"conv tuning cache {path} is unreadable or from another handjax; "
+                "tuning again")
             data = None
     _MEMO[path] = (mtime, data if data is not None else empty(machine()))
     return _MEMO[path][1]
@@ -138,13 +148,106 @@ def write(data: dict, path: Path | None = None) -> Path:
     return path
 
 
-def layer_choice(key: str) -> str | None:
-    """The algorithm measured fastest for ``key`` on this machine, or None (not tuned)."""
-    entry = read()["layers"].get(key)
+def cached_layer(key: str, path: Path | None = None) -> str | None:
+    """The algorithm the cache holds for layer ``key`` on this machine, or None."""
+    entry = read(path)["layers"].get(key)
     return entry.get("algorithm") if isinstance(entry, dict) else None
 
 
-def dtype_choice(key: str) -> str | None:
-    """``model.dtype="auto"``'s measured decision for :func:`model_key` ``key``, or None."""
-    entry = read()["dtypes"].get(key)
+def cached_dtype(key: str, path: Path | None = None) -> str | None:
+    """``model.dtype="auto"``'s cached decision for :func:`model_key` ``key``, or None."""
+    entry = read(path)["dtypes"].get(key)
     return entry.get("dtype") if isinstance(entry, dict) else None
+
+
+# ----------------------------------------------------------------------------- the plan
+PLAN_FILE = "conv_plan.json"
+PLAN_SCHEMA = 1   # conv_plan.json's format
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """Which algorithm each conv runs, and the compute dtype: plain, hashable data (a Flax
+    module field), written as JSON.
+
+    ``layers``: sorted ``(layer key, algorithm)`` pairs (:func:`layer_key`); a conv whose key
+    is absent runs the table's choice (:func:`handjax.models.kernels.convs.conv_policy`).
+    ``dtype``: the compute dtype name the run uses. ``policy``: the ``model.conv_impl`` it
+    was resolved for. ``machine``: canonical JSON of :func:`machine` where its choices were
+    measured ("" when nothing was measured: the table's choices hold everywhere)."""
+
+    layers: tuple[tuple[str, str], ...] = ()
+    dtype: str = "float32"
+    policy: str = "table"
+    machine: str = ""
+
+    @functools.cached_property
+    def _table(self) -> dict[str, str]:
+        return dict(self.layers)
+
+    def algorithm(self, key: str) -> str | None:
+        """The algorithm for layer ``key``, or None (not in the plan: the table's)."""
+        return self._table.get(key)
+
+    def measured_elsewhere(self) -> bool:
+        """Whether the plan's measured choices come from another machine than this one."""
+        return bool(self.machine) and json.loads(self.machine) != machine()
+
+    def to_json(self) -> dict:
+        return {"schema": PLAN_SCHEMA, "policy": self.policy, "dtype": self.dtype,
+                "machine": json.loads(self.machine) if self.machine else None,
+                "layers": dict(self.layers)}
+
+    @classmethod
+    def from_json(cls, data, where: str = PLAN_FILE) -> "ConvPlan":
+        """The plan of :meth:`to_json`'s dict; anything else is one RunError naming ``where``."""
+        ok = (isinstance(data, dict) and data.get("schema") == PLAN_SCHEMA
+              and data.get("dtype") in DTYPES and isinstance(data.get("layers"), dict)
+              and all(isinstance(k, str) and isinstance(v, str)
+                      for k, v in data["layers"].items())
+              and isinstance(data.get("machine"), (dict, type(None))))
+        if not ok:
+            raise RunError(f"{where} is not a conv plan of this handjax (schema {PLAN_SCHEMA}); "
+                           "rerun with --config.model.replan=True to decide a new one")
+        return cls(tuple(sorted(data["layers"].items())), data["dtype"],
+                   str(data.get("policy", "auto")),
+                   canonical(data["machine"]) if data["machine"] else "")
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the plan's JSON (what ledger.json pins)."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def canonical(machine_key: dict) -> str:
+    """``machine_key`` as the one JSON string a plan stores."""
+    return json.dumps(machine_key, sort_keys=True)
+
+
+def elsewhere_line(plan: ConvPlan, workdir) -> str:
+    """The one line said when a workdir's plan was measured on another machine."""
+    where = json.loads(plan.machine)
+    what = where.get("cpu") or where.get("device") or where.get("backend", "?")
+    return (f"conv plan: {Path(workdir) / PLAN_FILE} was measured on another machine ({what}, "
+            f"jax {where.get('jax', '?')}); using it, so the results stay this run's "
+            "(--config.model.replan=True decides a plan for this machine)")
+
+
+def save_plan(plan: ConvPlan, workdir) -> Path:
+    """Write ``plan`` as ``workdir/conv_plan.json``."""
+    path = Path(workdir) / PLAN_FILE
+    path.write_text(json.dumps(plan.to_json(), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_plan(workdir) -> ConvPlan | None:
+    """The plan recorded in ``workdir`` (None when there is none); damaged: one RunError."""
+    path = Path(workdir) / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path} cannot be read ({e}); rerun with --config.model.replan=True "
+                       "to decide a new plan") from e
+    return ConvPlan.from_json(data, str(path))

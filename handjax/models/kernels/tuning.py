@@ -1,35 +1,41 @@
-"""The conv tuner: which algorithm (and, for ``model.dtype="auto"``, which dtype) is fastest
-is measured on the machine, once, not read from a table.
+"""The conv tuner: which algorithm (and, for ``model.dtype="auto"``, which dtype) a run's
+convs use is decided on the machine, once, and handed to the run as a
+:class:`~handjax.models.kernels.plan.ConvPlan`.
 
-    seconds = tune(model_spec, image_size, batch)   # before the model is traced (train.run)
+    plan, seconds = resolve_plan(model_spec, image_size, batch)   # at the run's boundary
 
-For every distinct conv of the model (its :func:`handjax.models.kernels.plan.layer_key`: purpose,
-dtype, shape) that this machine's cache file has no choice for, each applicable candidate
-algorithm is compiled and timed, and the fastest kept:
+For every distinct conv of the model (its :func:`handjax.models.kernels.plan.layer_key`:
+purpose, dtype, shape) that this machine's cache has not decided, the table's algorithm
+(:func:`handjax.models.kernels.convs.conv_policy`) and each other applicable candidate are
+compiled, then timed in interleaved pairs (table, candidate, table, candidate, ...):
 
 - ``"train"`` convs (the layers phase 2 trains): forward and both gradients, a few SGD
-  steps inside one ``lax.scan`` (the epoch program's loop, where XLA:CPU's own conv
-  gradients are slowest), at the training batch size;
+  steps inside one ``lax.scan`` (the epoch program's loop), at the training batch size;
 - ``"frozen"`` convs (the prefix computed once per photo view, and the whole backbone's
   pooled features): the forward pass, at the batch :mod:`handjax.train.features` runs them in.
 
-``"eval_folds"`` convs (forward under ``vmap`` over per-fold weights) keep the table. With
-``model.dtype="auto"`` both dtypes are tuned, then the trained part of the model is timed
-as a whole in float32 and in bfloat16 (each with its own choices); bfloat16 is kept only
-where it is faster *and* its class probabilities agree with float32's within
-:data:`PROB_TOL` on the same inputs and weights (the bound ``tests/test_bf16.py`` holds the
-smoke cell to).
+**The margin rule** (:func:`decide`): a candidate replaces the table's choice only when the
+median of at least :data:`PAIRS` interleaved (candidate / table) time ratios is at most
+``1 - MARGIN`` (5% faster); the fastest such candidate wins, else the table's choice stays.
+A timing disturbed by load thus keeps the table: one noisy pair cannot move a median of
+three. Pairs stop once the median is decided against the candidate (two losing pairs of
+three), so clear losers cost two pairs. ``"eval_folds"`` convs (forward under ``vmap`` over
+per-fold weights) keep the table. With ``model.dtype="auto"`` both dtypes are tuned, then
+the trained part of the model is timed as a whole in float32 and bfloat16 by the same rule;
+bfloat16 is kept only where it wins *and* its class probabilities agree with float32's
+within :data:`PROB_TOL` (the bound ``tests/test_bf16.py`` holds the smoke cell to).
 
-The cost is bounded: no candidate starts after :data:`TUNE_BUDGET_S` seconds (a conv not
-wholly measured, and the convs left, keep the table's choice this time and are measured by
-the next run; the dtype is decided once every conv of both dtypes is) and is shown as one
-progress bar. On a loaded machine, where one compilation can take seconds, tuning a model
-thus spreads over a few runs. Later runs read the cache and measure nothing. Only ``conv_impl="auto"`` on
-CPU in a single process tunes: off CPU the table's ``lax.conv`` (cuDNN) is the choice, and
-processes of one run must not choose differently.
+**The bound**: one progress bar; no candidate starts after :data:`TUNE_BUDGET_S` seconds.
+The convs left then keep the table's choice, and that is recorded as their decision
+(``"how": "budget"``), so the plan is complete after one tuning step: a later run measures
+nothing and runs the same plan. ``python -m handjax.tune --config ... --again`` measures
+such convs anew with a bound of your choosing. Only ``conv_impl="auto"`` on CPU in a single
+process measures: off CPU the table's ``lax.conv`` (cuDNN) is the choice, and processes of
+one run must not choose differently.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
@@ -41,8 +47,11 @@ from tqdm.auto import tqdm
 
 from handjax.models import backbones
 from handjax.models.kernels import convs, plan as tuned
+from handjax.models.kernels.plan import ConvPlan
 
-TUNE_BUDGET_S = 15.0
+TUNE_BUDGET_S = 6.0
+MARGIN = 0.05            # a candidate must be this much faster than the table's choice ...
+PAIRS = 3                # ... on the median of this many interleaved (table, candidate) pairs
 PROB_TOL = 0.02
 # Candidates per purpose (each kept where it applies to the conv). Training leaves out
 # "xla": XLA:CPU's own conv gradients inside a scan body measured 40-50x slower than the
@@ -52,26 +61,27 @@ PROB_TOL = 0.02
 CANDIDATES = {"train": ("im2col", "mmgrad", "winograd", "winograd4", "matmul"),
               "frozen": ("xla", "im2col", "winograd", "winograd4")}
 TRAIN_STEPS = 2          # SGD steps per timed scan
-REPEATS = 2              # timed runs of each compiled candidate; the best counts
 FROZEN_BATCH = 10        # features.frozen_features's batch ...
 PER_IMAGE_MIN_PIXELS = 28 * 28   # ... and its one-image-at-a-time maps (features.py)
 
-Timer = Callable[[dict, str, int], float]
+# timer(layer, algorithm, batch) -> a function that runs the compiled program once and
+# returns its seconds (the compilation happens in timer itself, outside every pair).
+Timer = Callable[[dict, str, int], Callable[[], float]]
 
 
 # ----------------------------------------------------------------------------- the layers
 def model_layers(name: str, dtype, image_size: int, split: str | None) -> list[dict]:
-    """The distinct convs of backbone ``name`` the tuner times (:func:`convs.record_layers`
-    entries, first of each key): the layers after ``split`` (None: all) for the "train"
-    purpose, then every layer for the "frozen" one; each purpose largest work first."""
-    frozen = backbones.build(name, dtype=dtype, purpose="frozen")
-    trained = backbones.build(name, dtype=dtype, purpose="train")
+    """The distinct convs of backbone ``name`` the tuner times (:func:`backbones.conv_layers`
+    entries under the table, first of each key; ``"algorithm"`` is the table's choice): the
+    layers after ``split`` (None: all) for the "train" purpose, then every layer for the
+    "frozen" one; each purpose largest work first."""
+    frozen = backbones.build(name, dtype=dtype, conv_impl="table", purpose="frozen")
+    trained = backbones.build(name, dtype=dtype, conv_impl="table", purpose="train")
     image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
     boundary = image if split is None else jax.eval_shape(lambda x: frozen.init_with_output(
         jax.random.key(0), x, stop=split)[0], image)
-    with convs.record_layers() as seen:
-        jax.eval_shape(lambda x: trained.init(jax.random.key(0), x, start=split), boundary)
-        jax.eval_shape(lambda x: frozen.init(jax.random.key(0), x), image)
+    seen = (backbones.conv_layers(trained, boundary, start=split)
+            + backbones.conv_layers(frozen, image))
     unique = {}
     for layer in seen:
         unique.setdefault(layer["key"], layer)
@@ -147,71 +157,107 @@ def layer_program(layer: dict, algorithm: str, batch: int):
     return jax.jit(steps), (kernel, x.astype(dtype))
 
 
-def best_seconds(fn, args, repeats: int = REPEATS) -> float:
-    """Best of ``repeats`` timed runs after one untimed (compiling) run."""
+def once_timer(fn, args) -> Callable[[], float]:
+    """Run ``fn(*args)`` once untimed (it compiles), then return a function that runs it
+    once more and gives its seconds."""
     jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
+
+    def once() -> float:
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
+        return time.perf_counter() - t
+    return once
 
 
-def time_layer(layer: dict, algorithm: str, batch: int) -> float:
-    """Seconds of :func:`layer_program` (best of :data:`REPEATS`): the default timer."""
-    return best_seconds(*layer_program(layer, algorithm, batch))
+def best_seconds(fn, args, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed runs after one untimed (compiling) run (the benchmarks')."""
+    once = once_timer(fn, args)
+    return min(once() for _ in range(repeats))
+
+
+def layer_timer(layer: dict, algorithm: str, batch: int) -> Callable[[], float]:
+    """:func:`layer_program` compiled, as a one-run timer: the default :data:`Timer`."""
+    return once_timer(*layer_program(layer, algorithm, batch))
 
 
 # ----------------------------------------------------------------------------- choosing
-def pick(seconds: dict[str, float]) -> str:
-    """The algorithm with the least measured time (the first listed on a tie)."""
-    return min(seconds, key=seconds.get)
+def interleaved_ratio(table: Callable[[], float], candidate: Callable[[], float],
+                      pairs: int = PAIRS, margin: float = MARGIN) -> float:
+    """Median of ``pairs`` (candidate / table) time ratios, each pair timed back to back so
+    that load hits both alike; stops early once the median is sure to miss ``1 - margin``
+    (most pairs lost), returning the median of the pairs timed."""
+    ratios: list[float] = []
+    for _ in range(pairs):
+        base = table()
+        ratios.append(candidate() / base if base > 0 else float("inf"))
+        if sum(r > 1 - margin for r in ratios) > pairs // 2:
+            break
+    return float(statistics.median(ratios))
 
 
-def tune_layers(layers: list[dict], train_batch: int, *, timer: Timer = time_layer,
+def decide(table: str, ratios: dict[str, float], margin: float = MARGIN) -> str:
+    """The margin rule: the candidate of least median ratio among those at most
+    ``1 - margin`` (a tie: the first listed); none: ``table``."""
+    winners = {a: r for a, r in ratios.items() if r <= 1 - margin}
+    return min(winners, key=winners.get) if winners else table
+
+
+def measure_layer(layer: dict, train_batch: int, timer: Timer, out_of_time) -> dict:
+    """The cache entry of ``layer``: each candidate against the table's choice by
+    :func:`interleaved_ratio`, then :func:`decide`. ``out_of_time()``: no candidate starts
+    once it is true (those measured still count)."""
+    batch, table = batch_for(layer, train_batch), layer["algorithm"]
+    others = [a for a in candidates(layer) if a != table]
+    if out_of_time() or not others:
+        return {"algorithm": table, "how": "budget" if others else "only", "batch": batch}
+    base = timer(layer, table, batch)
+    ratios = {}
+    for algorithm in others:
+        if out_of_time():
+            break
+        ratios[algorithm] = interleaved_ratio(base, timer(layer, algorithm, batch))
+    return {"algorithm": decide(table, ratios), "how": "measured", "table": table,
+            "ratios": ratios, "batch": batch}
+
+
+def tune_layers(layers: list[dict], train_batch: int, *, timer: Timer = layer_timer,
                 budget_s: float = TUNE_BUDGET_S, path=None, clock=time.perf_counter,
-                desc: str = "tuning convs") -> dict:
-    """Measure every candidate of each layer whose key the cache lacks, keep the fastest,
-    and write the cache; stop starting new layers once ``budget_s`` has passed. Returns
-    ``{key: entry}`` of the layers measured now (entry: algorithm, seconds, batch)."""
+                again: bool = False, desc: str = "tuning convs") -> dict:
+    """Decide every layer the cache has not decided (``again``: also those the bound left
+    to the table) and write the cache; no candidate starts after ``budget_s`` seconds, and
+    the layers left keep the table's choice, recorded (``"how": "budget"``). Returns
+    ``{key: entry}`` of the layers decided now."""
     data = tuned.read(path)
-    todo = [l for l in layers if l["key"] not in data["layers"]]
-    measured: dict = {}
+
+    def decided(key):
+        entry = data["layers"].get(key)
+        return isinstance(entry, dict) and not (again and entry.get("how") == "budget")
+    todo = [l for l in layers if not decided(l["key"])]
     if not todo:
-        return measured
+        return {}
     start = clock()
-    bar = tqdm(todo, desc=desc, leave=False, unit="conv")
-    for layer in bar:
-        batch, seconds = batch_for(layer, train_batch), {}
-        for algorithm in candidates(layer):
-            if clock() - start > budget_s:
-                break
-            seconds[algorithm] = float(timer(layer, algorithm, batch))
-        else:  # every candidate measured: keep the fastest
-            measured[layer["key"]] = {"algorithm": pick(seconds), "seconds": seconds,
-                                      "batch": batch}
-            continue
-        break  # out of budget: this layer and the rest wait for the next run
-    bar.close()
-    if measured:
-        data = dict(data, layers={**data["layers"], **measured})
-        tuned.write(data, path)
-    return measured
+    out_of_time = lambda: clock() - start > budget_s   # noqa: E731
+    entries = {}
+    with tqdm(todo, desc=f"{desc} (at most {budget_s:.0f} s)", leave=False, unit="conv") as bar:
+        for layer in bar:
+            entries[layer["key"]] = measure_layer(layer, train_batch, timer, out_of_time)
+    data = dict(tuned.read(path), layers={**tuned.read(path)["layers"], **entries})
+    tuned.write(data, path)
+    return entries
 
 
 # ----------------------------------------------------------------------------- dtype
-def choose_dtype(seconds: dict[str, float], max_prob_diff: float) -> str:
-    """bfloat16 only where it measured faster than float32 and its probabilities stayed
-    within :data:`PROB_TOL` of float32's; else float32."""
-    faster = seconds["bfloat16"] < seconds["float32"]
-    return "bfloat16" if faster and max_prob_diff <= PROB_TOL else "float32"
+def choose_dtype(ratio: float, max_prob_diff: float, margin: float = MARGIN) -> str:
+    """bfloat16 only where it won by the margin rule (``ratio``: the median bfloat16 /
+    float32 time ratio, :func:`interleaved_ratio`) and its probabilities stayed within
+    :data:`PROB_TOL` of float32's; else float32."""
+    return "bfloat16" if ratio <= 1 - margin and max_prob_diff <= PROB_TOL else "float32"
 
 
-def _top_parts(name: str, split: str, image_size: int, batch: int, dtype):
-    """The trained part (layers after ``split``) in ``dtype``, float32 weights, a fixed
-    random head and input: (module, params, head, x)."""
-    module = backbones.build(name, dtype=dtype, purpose="train")
+def _top_parts(name: str, split: str, image_size: int, batch: int, dtype, plan=None):
+    """The trained part (layers after ``split``) in ``dtype`` (its convs by ``plan``),
+    float32 weights, a fixed random head and input: (module, variables, x)."""
+    module = backbones.build(name, dtype=dtype, purpose="train", conv_plan=plan)
     image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     shape = jax.eval_shape(lambda x: backbones.build(name, purpose="frozen").init_with_output(
         jax.random.key(0), x, stop=split)[0], image).shape
@@ -226,7 +272,8 @@ def _pooled(module, variables, params, x, split, dtype):
     return jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
 
 
-def top_probabilities(name: str, split: str, image_size: int, batch: int, dtype) -> np.ndarray:
+def top_probabilities(name: str, split: str, image_size: int, batch: int, dtype,
+                      plan=None) -> np.ndarray:
     """Class probabilities of the trained part on fixed random inputs and weights: its
     pooled features, standardised (float32 statistics), through a fixed 3-class head whose
     logits spread like a trained one's (std ~3)."""
@@ -234,15 +281,16 @@ def top_probabilities(name: str, split: str, image_size: int, batch: int, dtype)
     ref = _pooled(module, variables, variables["params"], x, split, jnp.float32)
     mean, std = ref.mean(0), ref.std(0) + 1e-6
     head = 3.0 * jax.random.normal(jax.random.key(3), (ref.shape[-1], 3)) / np.sqrt(ref.shape[-1])
-    module = backbones.build(name, dtype=dtype, purpose="frozen")
+    module = backbones.build(name, dtype=dtype, purpose="frozen", conv_plan=plan)
     pooled = _pooled(module, variables, variables["params"], x, split, dtype)
     return np.asarray(jax.nn.softmax(((pooled - mean) / std) @ head))
 
 
-def time_top(name: str, split: str, image_size: int, batch: int, dtype) -> float:
-    """Seconds of :data:`TRAIN_STEPS` SGD steps of the trained part in one ``lax.scan``
-    (its convs as tuned for ``dtype``)."""
-    module, variables, x = _top_parts(name, split, image_size, batch, dtype)
+def top_timer(name: str, split: str, image_size: int, batch: int, dtype,
+              plan=None) -> Callable[[], float]:
+    """:data:`TRAIN_STEPS` SGD steps of the trained part in one ``lax.scan`` (its convs by
+    ``plan``), compiled, as a one-run timer."""
+    module, variables, x = _top_parts(name, split, image_size, batch, dtype, plan)
 
     def steps(params, x):  # x an argument, not a constant XLA would fold
         def loss(params):
@@ -253,58 +301,104 @@ def time_top(name: str, split: str, image_size: int, batch: int, dtype) -> float
             return jax.tree.map(lambda p, d: p - 1e-3 * d, params, g), None
         return lax.scan(step, params, None, length=TRAIN_STEPS)[0]
 
-    return best_seconds(jax.jit(steps), (variables["params"], x))
+    return once_timer(jax.jit(steps), (variables["params"], x))
 
 
-def tune_dtype(name: str, split: str, image_size: int, batch: int, path=None) -> dict:
-    """Measure and cache ``model.dtype="auto"``'s decision for this model part."""
-    seconds = {dt: time_top(name, split, image_size, batch, jnp.dtype(dt))
-               for dt in ("float32", "bfloat16")}
-    probs = {dt: top_probabilities(name, split, image_size, batch, jnp.dtype(dt))
-             for dt in ("float32", "bfloat16")}
+def tune_dtype(name: str, split: str, image_size: int, batch: int, plans: dict,
+               path=None) -> dict:
+    """Measure and cache ``model.dtype="auto"``'s decision for this model part, each dtype
+    with its own conv plan (``plans``: dtype name -> ConvPlan)."""
+    args = (name, split, image_size, batch)
+    f32 = top_timer(*args, jnp.float32, plans["float32"])
+    try:
+        bf16 = top_timer(*args, jnp.bfloat16, plans["bfloat16"])
+    except jax.errors.JaxRuntimeError as e:
+        # XLA:CPU lacks some bf16 dot forms (e.g. "BF16 x BF16 = F32" in a DotThunk, seen
+        # for VGG's 1x1 top maps): a dtype that cannot run here is not chosen.
+        entry = {"dtype": "float32", "how": "measured", "error": str(e).splitlines()[0]}
+        _cache_dtype(tuned.model_key(name, split, image_size), entry, path)
+        return entry
+    ratio = interleaved_ratio(f32, bf16)
+    probs = {dt: top_probabilities(*args, jnp.dtype(dt), plans[dt]) for dt in tuned.DTYPES}
     diff = float(np.abs(probs["bfloat16"] - probs["float32"]).max())
-    entry = {"dtype": choose_dtype(seconds, diff), "seconds": seconds, "max_prob_diff": diff}
-    data = tuned.read(path)
-    key = tuned.model_key(name, split, image_size)
-    tuned.write(dict(data, dtypes={**data["dtypes"], key: entry}), path)
+    entry = {"dtype": choose_dtype(ratio, diff), "how": "measured", "ratio": ratio,
+             "max_prob_diff": diff}
+    _cache_dtype(tuned.model_key(name, split, image_size), entry, path)
     return entry
 
 
-# ----------------------------------------------------------------------------- entry point
+def _cache_dtype(key: str, entry: dict, path=None) -> None:
+    data = tuned.read(path)
+    tuned.write(dict(data, dtypes={**data["dtypes"], key: entry}), path)
+
+
+# ----------------------------------------------------------------------------- the plan
+def plan_for(layers: list[dict], dtype: str, policy: str = "auto", path=None) -> ConvPlan:
+    """The plan of ``layers`` of compute dtype ``dtype``: the cache's decision per key (the
+    table's where it has none), measured on this machine."""
+    cached = tuned.read(path)["layers"]
+    pairs = {l["key"]: (cached.get(l["key"]) or {}).get("algorithm") or l["algorithm"]
+             for l in layers if l["dtype"] == dtype}
+    return ConvPlan(tuple(sorted(pairs.items())), dtype, policy,
+                    tuned.canonical(tuned.machine()))
+
+
 def applies(model_spec) -> bool:
-    """Whether the run tunes: ``conv_impl="auto"`` on CPU, in a single process."""
+    """Whether the run measures: ``conv_impl="auto"`` on CPU, in a single process."""
     return (model_spec.conv_impl == "auto" and jax.default_backend() == "cpu"
             and jax.process_count() == 1)
 
 
-def tune(model_spec, image_size: int, batch: int, *, timer: Timer = time_layer,
-         budget_s: float = TUNE_BUDGET_S) -> float:
-    """Measure what this machine's cache lacks for ``model_spec`` (a ModelSpec) at
-    ``image_size`` and training batch ``batch``; returns the seconds spent (0.0 when the
-    cache had everything, or when tuning does not apply: :func:`applies`)."""
+def unmeasured_dtype(model_spec) -> str:
+    """The compute dtype where nothing is measured: ``model.dtype`` itself, or for "auto"
+    bfloat16 where it pays (:func:`convs.bf16_pays`), else float32."""
+    if model_spec.dtype != "auto":
+        return model_spec.dtype
+    return "bfloat16" if convs.bf16_pays(jax.default_backend()) else "float32"
+
+
+def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer | None = None,
+                 budget_s: float = TUNE_BUDGET_S, again: bool = False,
+                 path=None) -> tuple[ConvPlan, float]:
+    """The run's conv plan for ``model_spec`` (a ModelSpec) at ``image_size`` and training
+    batch ``batch``, and the seconds spent measuring (0.0 when this machine's cache had it
+    all). Where tuning does not apply (:func:`applies`) the plan is empty: the table's
+    choices, in :func:`unmeasured_dtype`. Else the cache's plan for this model part, or,
+    the first time, one bounded tuning step (``budget_s``; ``again``: re-measure what an
+    earlier bound left to the table) that leaves the whole plan decided and cached."""
     if not applies(model_spec):
-        return 0.0
-    from handjax.console import say
-    t = time.perf_counter()
+        return ConvPlan((), unmeasured_dtype(model_spec), model_spec.conv_impl), 0.0
     split = model_spec.split or backbones.DEFAULT_TRAINABLE_FROM[model_spec.name]
-    dtypes = ("float32", "bfloat16") if model_spec.dtype == "auto" else (model_spec.dtype,)
+    dtypes = tuned.DTYPES if model_spec.dtype == "auto" else (model_spec.dtype,)
     key = tuned.model_key(model_spec.name, split, image_size)
     done = f"{key}/b{batch}/{'+'.join(dtypes)}"
-    if tuned.read().get("complete", {}).get(done):  # skips tracing the model (~0.5 s)
-        return 0.0
-    layers = [l for dt in dtypes
-              for l in model_layers(model_spec.name, jnp.dtype(dt), image_size, split)]
-    measured = tune_layers(layers, batch, timer=timer, budget_s=budget_s)
-    left = sum(l["key"] not in tuned.read()["layers"] for l in layers)
-    if (model_spec.dtype == "auto" and tuned.dtype_choice(key) is None and not left
-            and time.perf_counter() - t < budget_s):  # each dtype with its own choices
-        tune_dtype(model_spec.name, split, image_size, batch)
-    if not left and (model_spec.dtype != "auto" or tuned.dtype_choice(key) is not None):
-        data = tuned.read()
-        tuned.write(dict(data, complete={**data.get("complete", {}), done: True}))
-    seconds = time.perf_counter() - t
-    if measured or model_spec.dtype == "auto" and seconds > 0.5:
-        say(f"conv tuning: {len(measured)} conv shapes measured in {seconds:.1f} s"
-            + (f" ({left} left to the next run)" if left else "")
-            + f"; cached in {tuned.cache_path()}")
-    return seconds
+    cached = tuned.read(path).get("plans", {}).get(done)
+    if cached is not None and not again:   # skips even tracing the model
+        return ConvPlan.from_json(cached, str(tuned.cache_path() if path is None else path)), 0.0
+    timer = layer_timer if timer is None else timer
+    t = time.perf_counter()
+    layers = {dt: model_layers(model_spec.name, jnp.dtype(dt), image_size, split)
+              for dt in dtypes}
+    spent = lambda: time.perf_counter() - t   # noqa: E731
+    measured = tune_layers([l for dt in dtypes for l in layers[dt]], batch, timer=timer,
+                           budget_s=budget_s, path=path, again=again)
+    plans = {dt: plan_for(layers[dt], dt, path=path) for dt in dtypes}
+    dtype = dtypes[0]
+    if model_spec.dtype == "auto":
+        entry = tuned.read(path)["dtypes"].get(key)
+        if entry is None or again and entry.get("how") == "budget":
+            entry = (tune_dtype(model_spec.name, split, image_size, batch, plans, path)
+                     if spent() < budget_s else {"dtype": unmeasured_dtype(model_spec),
+                                                 "how": "budget"})
+            _cache_dtype(key, entry, path)
+        dtype = entry["dtype"]
+    plan = plans[dtype]
+    data = tuned.read(path)
+    tuned.write(dict(data, plans={**data.get("plans", {}), done: plan.to_json()}), path)
+    seconds = spent()
+    from handjax.console import say
+    left = sum(e.get("how") == "budget" for e in measured.values())
+    say(f"conv plan: {len(measured)} conv shapes decided in {seconds:.1f} s"
+        + (f" ({left} kept the table: the {budget_s:.0f} s bound ran out)" if left else "")
+        + f"; cached in {tuned.cache_path() if path is None else path}")
+    return plan, seconds
