@@ -65,16 +65,22 @@ def _overlay_path(out_dir: Path, photo: str, taken: set) -> Path:
     return path
 
 
-def write_overlays(preds: list[Prediction], out_dir) -> list[Path]:
-    """One ``<stem>_gradcam.png`` per prediction in ``out_dir``; returns the paths."""
+def write_overlays(preds: list[Prediction], out_dir, class_names) -> list[Path]:
+    """One ``<stem>_gradcam.png`` per prediction in ``out_dir``, captioned with the photo's
+    name, its argmax class and that class's calibrated probability; returns the paths."""
     from handjax.report import plots
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = display_names(class_names)
     taken: set = set()
     paths = []
     for p in preds:
         path = _overlay_path(out_dir, p.file, taken)
-        plots.gradcam_overlay(p.file, p.cam).save(path)
+        top = int(p.decisions["argmax"])
+        caption = (f"{p.file}: {names[top]}, calibrated probability {p.probs[top]:.0%} "
+                   "(colours: Grad-CAM evidence for that class, low to high; a research tool, "
+                   "not a diagnosis)")
+        plots.gradcam_overlay(p.file, p.cam, caption=caption).save(path)
         paths.append(path)
     return paths
 
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
     preds = predict(model, photos)
     try:
         claim_output(out, "predict", inputs)   # checked again, then marked
-        overlays = write_overlays(preds, out)
+        overlays = write_overlays(preds, out, model.classes)
     except OSError as e:
         raise data.DataError(f"cannot write the overlays into {out} ({e.strerror}); "
                              "choose a folder you can write to with --out") from e

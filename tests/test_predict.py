@@ -192,8 +192,10 @@ def test_overlays_are_photo_sized_pngs(json_output, photos):
             img.verify()
         with Image.open(path) as img, Image.open(photo) as src:
             expected = src.size[::-1] if photo.name == "rotated.jpg" else src.size
-            assert img.size == expected and img.mode == "RGB"
-    assert Image.open(written[-2]).size == (64, 40)              # not letterboxed
+            # the photo's own size (not letterboxed), then the caption band under it
+            assert img.size[0] == expected[0] and img.size[1] > expected[1]
+            assert img.mode == "RGB"
+    assert Image.open(written[-2]).size[0] == 64
 
 
 def test_overlay_blends_the_heat_map_over_the_photo(photos):
@@ -206,6 +208,25 @@ def test_overlay_blends_the_heat_map_over_the_photo(photos):
     assert (hot[..., 0] - cold[..., 0]).mean() > 40 and (cold[..., 2] - hot[..., 2]).mean() > 40
     # And the photo still shows through: overlay correlates with the photo.
     assert np.corrcoef(cold.mean(-1).ravel(), src.mean(-1).ravel())[0, 1] > 0.9
+
+
+def test_a_captioned_overlay_carries_its_caption_and_a_colour_bar(photos):
+    photo = photos[1]
+    plain = np.asarray(plots.gradcam_overlay(photo, np.ones((2, 2))))
+    captioned = np.asarray(plots.gradcam_overlay(photo, np.ones((2, 2)),
+                                                 caption="x.png: Rheumatoid arthritis, 91%"))
+    h, w = plain.shape[:2]
+    assert captioned.shape[1] == w and captioned.shape[0] > h
+    np.testing.assert_array_equal(captioned[:h], plain)          # the photo unchanged above
+    band = captioned[h:].astype(int)
+    assert (band.sum(-1) < 200).any()                              # dark text on white
+    # the colour bar runs from jet's blue (low) to its red (high), left to right
+    rows = [r for r in band if (np.abs(r[:, 0] - r[:, 2]) > 150).sum() > w // 3]
+    assert rows, "no colour bar in the caption band"
+    bar = rows[len(rows) // 2]
+    coloured = np.flatnonzero(np.abs(bar[:, 0] - bar[:, 2]) > 100)
+    left, right = bar[coloured[0]], bar[coloured[-1]]
+    assert left[2] > left[0] and right[0] > right[2]
 
 
 @pytest.mark.slow  # needs a trained smoke run

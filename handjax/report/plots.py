@@ -242,10 +242,12 @@ def photo_size(path) -> tuple[int, int]:
     return w, h
 
 
-def gradcam_overlay(path, cam: np.ndarray, *, max_side: int = 1024, alpha: float = 0.45,
-                    colormap: str = "jet"):
+def gradcam_overlay(path, cam: np.ndarray, *, caption: str | None = None, max_side: int = 1024,
+                    alpha: float = 0.45, colormap: str = "jet"):
     """The photo at ``path`` (long side at most ``max_side``) with ``cam`` blended over it
-    as a heat map (opacity ``alpha``), as a PIL image.
+    as a heat map (opacity ``alpha``), as a PIL image; with ``caption`` (e.g. the file name,
+    the class and its probability) a band under it carries the caption and a colour bar
+    saying which colours mean little and much of the class's evidence.
 
     ``cam`` is on the model's letterboxed square input; it is upsampled to that square at
     display size and the padding is cut away again, so heat and photo line up.
@@ -262,7 +264,39 @@ def gradcam_overlay(path, cam: np.ndarray, *, max_side: int = 1024, alpha: float
     y, x = (side - nh) // 2, (side - nw) // 2
     heat = Image.fromarray(np.asarray(cam, np.float32))
     heat = np.asarray(heat.resize((side, side), Image.Resampling.BILINEAR))
-    rgb = matplotlib.colormaps[colormap](np.clip(heat, 0, 1))[..., :3] * 255.0
+    cmap = matplotlib.colormaps[colormap]
+    rgb = cmap(np.clip(heat, 0, 1))[..., :3] * 255.0
     blend = (1 - alpha) * square.astype(np.float32) + alpha * rgb
-    out = np.clip(blend + 0.5, 0, 255).astype(np.uint8)[y:y + nh, x:x + nw]
-    return Image.fromarray(out)
+    out = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8)[y:y + nh, x:x + nw])
+    return out if caption is None else _captioned(out, caption, cmap)
+
+
+def _captioned(image, caption: str, cmap):
+    """``image`` above a white band: ``caption`` (wrapped to the width) and a colour bar
+    from "low" to "high" Grad-CAM evidence, sized to be readable at the image's own size."""
+    from PIL import Image, ImageDraw, ImageFont
+    w, h = image.size
+    size = max(12, min(28, w // 28))
+    font = ImageFont.load_default(size=size)
+    per_line = max(12, int(w / (0.55 * size)))
+    lines = textwrap.wrap(caption, per_line) or [""]
+    pad, bar_h = size // 2, max(8, size // 2)
+    band = pad + len(lines) * (size + 4) + pad + bar_h + pad
+    canvas = Image.new("RGB", (w, h + band), "white")
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    ty = h + pad
+    for line in lines:
+        draw.text((pad, ty), line, fill="black", font=font)
+        ty += size + 4
+    ty += pad
+    labelled = w >= 160   # "low" and "high" beside the bar where they fit; else the caption says
+    margin = 3 * size if labelled else 0
+    left, right = pad + margin, w - pad - margin
+    ramp = cmap(np.linspace(0, 1, max(2, right - left)))[:, :3] * 255
+    bar = np.repeat(ramp[None].astype(np.uint8), bar_h, axis=0)
+    canvas.paste(Image.fromarray(bar), (left, ty))
+    if labelled:
+        draw.text((pad, ty - 2), "low", fill="black", font=font)
+        draw.text((right + size // 3, ty - 2), "high", fill="black", font=font)
+    return canvas
