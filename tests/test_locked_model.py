@@ -12,7 +12,7 @@ from handjax import evaluation as clinical, losses
 from handjax.data import DataError, load_synthetic
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities
-from handjax.model import locked
+from handjax.model import card, locked
 
 
 def _members(rng, m=5, n=200, c=3, sharp=3.0):
@@ -40,13 +40,13 @@ def test_locked_probabilities_are_the_mean_of_temperature_scaled_members():
     # reference: softmax(log p / T) per member by scipy (log p clipped at 1e-12, as the
     # run's own calibration clips it), then the plain mean
     ref = special.softmax(np.log(np.clip(p, 1e-12, 1)) / t, axis=-1).mean(0)
-    np.testing.assert_allclose(locked.calibrate_members(p, t), ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(card.calibrate_members(p, t), ref, rtol=1e-12, atol=1e-15)
 
 
 def test_locked_temperature_minimises_the_pooled_out_of_fold_nll():
     rng = np.random.default_rng(1)
     p, y = _members(rng, m=1)
-    fit = locked.fit_calibration(_oof_predictions(p[0], y))
+    fit = card.fit_calibration(_oof_predictions(p[0], y))
     z = np.log(np.clip(p[0], 1e-12, 1))
 
     def nll(log_t):   # reference NLL by scipy's logsumexp, in float64
@@ -66,9 +66,9 @@ def test_pooled_members_are_a_conservative_stand_in_for_the_ensemble():
     average (convex), so out-of-fold figures of single members are conservative."""
     rng = np.random.default_rng(2)
     p, y = _members(rng)
-    t = locked.fit_calibration(_oof_predictions(p.reshape(-1, 3), np.tile(y, 5)))["temperature"]
+    t = card.fit_calibration(_oof_predictions(p.reshape(-1, 3), np.tile(y, 5)))["temperature"]
     members = special.softmax(np.log(np.clip(p, 1e-12, 1)) / t, axis=-1)
-    ensemble = locked.calibrate_members(p, t)
+    ensemble = card.calibrate_members(p, t)
     onehot = np.eye(3)[y]
     np.testing.assert_allclose(ensemble.mean(0), members.mean((0, 1)), atol=1e-12)
     brier = lambda q: np.mean(np.sum((q - onehot) ** 2, -1))
@@ -81,7 +81,7 @@ def test_decisions_match_brute_force_references():
     rng = np.random.default_rng(3)
     probs = special.softmax(rng.normal(0, 2, (300, 3)), -1)
     rules = {"ra_sensitivity": ("ra", 0.25), "any_disease_specificity": ("any_disease", 0.8)}
-    out = locked.decide(probs, losses.DEFAULT_COST, rules)
+    out = card.decide(probs, losses.DEFAULT_COST, rules)
     assert set(out) == {"argmax", "mec", *rules}
     np.testing.assert_array_equal(out["argmax"], probs.argmax(-1))
     # minimum expected cost by enumeration in float64: sum_i p_i cost[i, j]
@@ -98,10 +98,10 @@ def test_thresholds_are_chosen_on_the_calibrated_pooled_rows():
     rng = np.random.default_rng(4)
     p, y = _members(rng, m=1, n=120)
     preds = _oof_predictions(p[0], y)
-    t = locked.fit_calibration(preds)["temperature"]
-    points = locked.fit_operating_points(preds, t, {"sensitivity": 0.9, "specificity": 0.8})
+    t = card.fit_calibration(preds)["temperature"]
+    points = card.fit_operating_points(preds, t, {"sensitivity": 0.9, "specificity": 0.8})
     cal = special.softmax(np.log(np.clip(p[0], 1e-12, 1)) / t, -1)
-    rules = locked.threshold_rules(points)
+    rules = card.threshold_rules(points)
     assert set(rules) == {f"{task}_{kind}" for task in clinical.TASKS
                           for kind in ("sensitivity", "specificity")}
     for name, (task, thr) in rules.items():
@@ -117,7 +117,7 @@ def test_thresholds_are_chosen_on_the_calibrated_pooled_rows():
 def test_unchosen_targets_give_no_rule():
     points = {"ra": {"sensitivity": {"status": "too few to choose"},
                      "specificity": {"status": "chosen", "threshold": 0.4}}}
-    assert locked.threshold_rules(points) == {"ra_specificity": ("ra", 0.4)}
+    assert card.threshold_rules(points) == {"ra_specificity": ("ra", 0.4)}
 
 
 # ------------------------------------------------------------------ a smoke run (slow)
@@ -251,9 +251,9 @@ def test_checkpoint_fingerprint_sees_every_byte_and_name(tmp_path):
     f = tmp_path / "checkpoints" / "3" / "state" / "array"
     f.write_bytes(b"\x00" * 5000)
     (tmp_path / "checkpoints" / "meta.json").write_text("{}")
-    first = locked.checkpoint_fingerprint(tmp_path)
-    assert first == locked.checkpoint_fingerprint(tmp_path)
+    first = card.checkpoint_fingerprint(tmp_path)
+    assert first == card.checkpoint_fingerprint(tmp_path)
     f.write_bytes(b"\x00" * 4999 + b"\x01")
-    changed = locked.checkpoint_fingerprint(tmp_path)
+    changed = card.checkpoint_fingerprint(tmp_path)
     f.rename(f.with_name("other"))
-    assert len({first, changed, locked.checkpoint_fingerprint(tmp_path)}) == 3
+    assert len({first, changed, card.checkpoint_fingerprint(tmp_path)}) == 3

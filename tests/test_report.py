@@ -174,7 +174,7 @@ def _assert_png(path):
     assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
 
 
-def test_write_run_writes_markdown_and_plots(tmp_path):
+def test_write_writes_a_run_s_markdown_and_plots(tmp_path):
     results = fake_results("custom", "mobilenetv2")
     with open(tmp_path / "metrics.jsonl", "w") as f:
         for fold in range(5):
@@ -185,7 +185,7 @@ def test_write_run_writes_markdown_and_plots(tmp_path):
                     if fold == 0:
                         rec.update(val_loss=1.2 / (epoch + 1), val_accuracy=0.4)
                     f.write(json.dumps(rec) + "\n")
-    written = report.write_run(tmp_path, results)
+    written = report.write(tmp_path, None, results)
     names = {p.name for p in written}
     assert {"results.md", "confusion_cnn.png", "confusion_svm.png", "curves.png"} <= names
     for name in ["confusion_cnn.png", "confusion_svm.png", "curves.png"]:
@@ -193,8 +193,8 @@ def test_write_run_writes_markdown_and_plots(tmp_path):
     assert (tmp_path / "results.md").read_text(encoding="utf-8") == report.run_markdown(results)
 
 
-def test_write_run_without_curves(tmp_path):
-    written = report.write_run(tmp_path, fake_results("binary", "vgg16", decisions=("cnn",)))
+def test_write_without_curves(tmp_path):
+    written = report.write(tmp_path, None, fake_results("binary", "vgg16", decisions=("cnn",)))
     assert {p.name for p in written} == {"results.md", "confusion_cnn.png"}
 
 

@@ -161,13 +161,15 @@ def subjects_and_metadata(data_spec: DataSpec, examples: Examples, seed: int) ->
 
 
 def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float = 0.0,
-                repeats: int = 1) -> Cohort:
+                repeats: int = 1, first=None) -> Cohort:
     """Photos, subjects and metadata, folds grouped by subject and near-duplicate group, the
     inner validation splits and the image views. ``repeats`` R > 1: R fold assignments
     (seeds ``seed .. seed + R - 1``, each subject- and duplicate-aware), repeat-major; the
-    first is the R = 1 assignment."""
-    from handjax.train import distributed# processes may share $HANDJAX_CACHE: one writes it
-    examples = distributed.primary_first(lambda: load_examples(data_spec, seed, n_folds))
+    first is the R = 1 assignment. ``first(fn)`` runs the photo loading, which may write
+    the decoded set into ``$HANDJAX_CACHE``: many processes share that folder, so the
+    training run passes ``distributed.primary_first`` (one writes, then the others read)."""
+    load = lambda: load_examples(data_spec, seed, n_folds)   # noqa: E731
+    examples = first(load) if first is not None else load()
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
     examples, dup = one_label_per_photo(examples, dup, data_spec.on_error)
     subjects, metadata = subjects_and_metadata(data_spec, examples, seed)

@@ -15,12 +15,30 @@ import numpy as np
 
 from handjax.evaluation.bootstrap import bootstrap_ci, per_fold_metrics, subgroup_table
 from handjax.evaluation.calibration import calibration_lines
-from handjax.evaluation.clinical import ECE_BINS
+from handjax.evaluation.clinical import ECE_BINS, clinical_metrics
 from handjax.evaluation.net_benefit import decision_curves
 from handjax.evaluation.operating import operating_point, operating_points
-from handjax.evaluation.predictions import Predictions
-from handjax.evaluation.results import REPEAT_POOLING, clinical_block
+from handjax.evaluation.predictions import Predictions, present_rules
 from handjax.evaluation.tasks import TASKS
+
+REPEAT_POOLING = ("each figure is the mean over repeats of the repeat's own value, and its "
+                  "95% CI is that of this mean: each bootstrap resample draws the subjects "
+                  "with replacement once and recomputes every repeat on them (proportions: "
+                  "the Wilson interval at the effective sample size of the mean over "
+                  "repeats), so the interval narrows as repeats are added; "
+                  "between_repeat_sd is the standard deviation of the repeats' values")
+
+
+def clinical_block(preds: Predictions, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``{rule: {metric: {"value", "ci95", ...}}}`` (:func:`bootstrap_ci`'s entries) for every
+    rule in ``preds`` (cnn,
+    cnn_calibrated, svm, and cnn_mec with the probabilities it decides on). Every rule uses
+    the same resampled subjects (same ``seed``), so their intervals are paired."""
+    return {rule: bootstrap_ci(clinical_metrics, preds.label, preds.probs_for(rule),
+                               preds.pred[rule], preds.subject, n_boot=n_boot, seed=seed,
+                               repeat=preds.repeat)
+            for rule in present_rules(preds.pred)}
+
 
 RULE = "cnn_calibrated"   # the probabilities the clinical blocks describe (the locked model's)
 

@@ -10,23 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from handjax.evaluation.bootstrap import bootstrap_ci
-from handjax.evaluation.clinical import clinical_metrics
-from handjax.evaluation.predictions import Predictions, present_rules, read_predictions
+from handjax.evaluation import evaluators
+from handjax.evaluation.predictions import read_predictions
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import EvalSpec, RunSpec
-
-
-def clinical_block(preds: Predictions, n_boot: int = 2000, seed: int = 0) -> dict:
-    """``{rule: {metric: {"value", "ci95", ...}}}`` (:func:`bootstrap_ci`'s entries) for every
-    rule in ``preds`` (cnn,
-    cnn_calibrated, svm, and cnn_mec with the probabilities it decides on). Every rule uses
-    the same resampled subjects (same ``seed``), so their intervals are paired."""
-    return {rule: bootstrap_ci(clinical_metrics, preds.label, preds.probs_for(rule),
-                               preds.pred[rule], preds.subject, n_boot=n_boot, seed=seed,
-                               repeat=preds.repeat)
-            for rule in present_rules(preds.pred)}
 
 
 def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int) -> dict:
@@ -36,19 +24,10 @@ def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int
     the calibration record (``calib``: :func:`handjax.evaluation.scoring.out_of_fold`'s) and the
     decision curves of the cnn_calibrated probabilities, pooled out of fold (with repeats,
     the mean over repeats: net benefit is linear in the counts)."""
-    from handjax.evaluation import evaluators   # the registry builds on this module
     context = evaluators.Context(
         n_boot=eval_spec.bootstrap, seed=seed, calibration=calib,
         targets={"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity})
     return evaluators.evaluate(read_predictions(csv_path), context, evaluators.RUN)
-
-
-REPEAT_POOLING = ("each figure is the mean over repeats of the repeat's own value, and its "
-                  "95% CI is that of this mean: each bootstrap resample draws the subjects "
-                  "with replacement once and recomputes every repeat on them (proportions: "
-                  "the Wilson interval at the effective sample size of the mean over "
-                  "repeats), so the interval narrows as repeats are added; "
-                  "between_repeat_sd is the standard deviation of the repeats' values")
 
 
 def run_results(run_spec: RunSpec, data_desc: dict, cache_bytes: int, decisions: dict,

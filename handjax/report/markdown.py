@@ -137,15 +137,13 @@ def read_metrics_jsonl(path) -> list[dict]:
 def write(out, predictions, results: dict) -> list[Path]:
     """The report tail every command ends with: ``results.md`` and the PNGs of a training run
     or a validation, from its ``Predictions`` (``None``: no ROC or reliability diagram) and
-    its ``results.json`` record. Returns the paths written (none off process 0).
+    its ``results.json`` record. Returns the paths written. (Many processes: the caller
+    calls it on process 0 only.)
 
     A run (``results["decisions"]``) gets ``confusion_<decision>.png`` summed over folds and
     ``curves.png`` from ``out/metrics.jsonl``; a validation ``confusion_<rule>.png`` per
     rule of ``predictions``. Both get ``roc.png``, ``reliability.png`` and
     ``decision_curve.png``."""
-    from handjax.train import distributed
-    if not distributed.is_primary():   # process 0 writes the reports
-        return []
     out = Path(out)
     md = out / "results.md"
     md.write_text(markdown(results), encoding="utf-8")
@@ -177,14 +175,6 @@ def write(out, predictions, results: dict) -> list[Path]:
                                                  "" if "decisions" in results
                                                  else results.get("name", "")))
     return written
-
-
-def write_run(workdir, results: dict) -> list[Path]:
-    """:func:`write` for a finished run's folder, its predictions read from its
-    ``predictions.csv`` where there is one."""
-    csv_path = Path(workdir) / "predictions.csv"
-    preds = clinical.read_predictions(csv_path) if csv_path.exists() else None
-    return write(workdir, preds, results)
 
 
 def markdown(results: dict) -> str:
@@ -648,9 +638,6 @@ def acc_vs_plus_points(cells: dict, models, losses) -> list[dict]:
 def write_study(study_dir, cells: dict, models, losses) -> list:
     """Write ``study.md``, ``study.csv`` and ``study_acc_vs_plus.png`` into
     ``study_dir``; returns the missing ``(loss, model)`` cells."""
-    from handjax.train import distributed
-    if not distributed.is_primary():   # process 0 writes the reports
-        return []
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     markdown, csv_text, missing = study_table(cells, models, losses)

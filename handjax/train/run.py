@@ -67,17 +67,18 @@ class Primary:
         if self.writes:
             console.say(line)
 
-    def write_model(self, run_spec: RunSpec, preds: clinical.Predictions,
-                    results: dict) -> None:
-        """``model/``: the locked model predict, validate and serve load
-        (:func:`handjax.model.locked.write_model`)."""
+    def write_model(self, run_spec: RunSpec, preds: clinical.Predictions, results: dict,
+                    fingerprints: dict, plan: ConvPlan) -> None:
+        """``model/``: the locked model's card, which predict, validate and serve load
+        (:func:`handjax.model.card.write_model`)."""
         if not self.writes:
             return
-        from handjax.model import locked
+        from handjax.model import card
         try:
-            locked.write_model(self.workdir, run_spec, preds, results)
+            card.write_model(self.workdir, run_spec, preds, results, fingerprints,
+                             plan.to_json())
         except OSError as e:
-            raise TrainingError(f"cannot write {self.workdir / locked.MODEL_DIR} ({e.strerror}); "
+            raise TrainingError(f"cannot write {self.workdir / card.MODEL_DIR} ({e.strerror}); "
                                 "free space or fix permissions, then rerun the same command") from e
 
     def finish(self) -> None:
@@ -156,8 +157,10 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     plan, tune_s = conv_plan(run_spec, workdir)
     timings.set("tune_s", tune_s)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
-                         run_spec.train.inner_val, run_spec.repeats)
-    primary.check_ledger(ledger_entries(run_spec, cohort, plan),
+                         run_spec.train.inner_val, run_spec.repeats,
+                         first=distributed.primary_first)
+    entries = ledger_entries(run_spec, cohort, plan)
+    primary.check_ledger(entries,
                          may_change=("conv_plan",) if run_spec.model.replan else ())
     primary.record_plan(plan)
     inputs = features.prepare(run_spec, cohort, workdir, plan)
@@ -176,7 +179,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     timings.set("evaluate_s", time.perf_counter() - t - timings.get("fit_s"))
     timings.set("wall_time_s", time.perf_counter() - t0)
     _write_outputs(workdir, preds, results, timings)
-    primary.write_model(run_spec, preds, results)
+    primary.write_model(run_spec, preds, results, entries, plan)
     primary.finish()
     return results
 
@@ -221,6 +224,8 @@ def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Pat
 def _write_outputs(workdir: Path, preds: clinical.Predictions, results: dict,
                    timings: Timings) -> None:
     from handjax.report import markdown as report
+    if not distributed.is_primary():   # process 0 writes; the others computed the same
+        return
     try:
         write_results(workdir, results, timings)
         report.write(workdir, preds, results)
@@ -228,14 +233,11 @@ def _write_outputs(workdir: Path, preds: clinical.Predictions, results: dict,
         raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
                             "space or fix permissions, then rerun the same command (it "
                             "resumes from the last checkpoint)") from e
-    if distributed.is_primary():
-        console.summary(results, STUDY_METRICS, str(workdir / "results.md"))
+    console.summary(results, STUDY_METRICS, str(workdir / "results.md"))
 
 
 def write_results(workdir: Path, results: dict, timings: Timings) -> None:
     """``results.json`` (null where a figure is undefined) and ``timing.json``."""
-    if not distributed.is_primary():
-        return
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (workdir / "timing.json").write_text(
         json.dumps(timings.as_dict(), indent=2) + "\n")

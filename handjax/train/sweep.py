@@ -53,8 +53,9 @@ def run(sweep_spec: SweepSpec, workdir, restart: bool = False) -> dict:
             mark(workdir, sub.name, "running")
             cells[(loss, model)] = train.run(cell, sub, restart=restart)
             mark(workdir, sub.name, "done")
-    report.write_study(workdir, cells, list(sweep_spec.models), list(sweep_spec.losses))
-    console.say(f"study table: {workdir / 'study.md'}")
+    if distributed.is_primary():   # process 0 writes the study's table
+        report.write_study(workdir, cells, list(sweep_spec.models), list(sweep_spec.losses))
+        console.say(f"study table: {workdir / 'study.md'}")
     return cells
 
 
