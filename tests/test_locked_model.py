@@ -12,7 +12,8 @@ from handjax import evaluation as clinical, losses
 from handjax.data import DataError, load_synthetic
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities
-from handjax.model import card, locked
+from handjax.evaluation import model_card as card
+from handjax.model import locked
 
 
 def _members(rng, m=5, n=200, c=3, sharp=3.0):

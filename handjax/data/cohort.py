@@ -12,7 +12,6 @@ frozen in a phase can be computed once per view.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -24,8 +23,10 @@ from handjax.data.sources import describe, load_folder, load_metadata, load_synt
 from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits, label_conflicts, merge_groups)
 from handjax.data.synthetic import synthetic_metadata
 
-if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
-    from handjax.config import DataSpec
+# ``data_spec`` below is a :class:`handjax.config.DataSpec`; the data stage does not import
+# the config (config stands above it: it names the models the data feed), so the name is
+# the annotation's string only.
+DataSpec = "handjax.config.DataSpec"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy as np
 from handjax.data.decode import decode_image
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities
-from handjax.model.card import CARD, FORMAT, MODEL_DIR, calibrate_members, decide, \
+from handjax.evaluation.model_card import CARD, FORMAT, MODEL_DIR, calibrate_members, decide, \
     checkpoint_fingerprint, threshold_rules
 from handjax.model.ensemble import TrainedRun, load_run, read_json
 from handjax.train import workdir as workdirs

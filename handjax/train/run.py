@@ -70,10 +70,10 @@ class Primary:
     def write_model(self, run_spec: RunSpec, preds: clinical.Predictions, results: dict,
                     fingerprints: dict, plan: ConvPlan) -> None:
         """``model/``: the locked model's card, which predict, validate and serve load
-        (:func:`handjax.model.card.write_model`)."""
+        (:func:`handjax.evaluation.model_card.write_model`)."""
         if not self.writes:
             return
-        from handjax.model import card
+        from handjax.evaluation import model_card as card
         try:
             card.write_model(self.workdir, run_spec, preds, results, fingerprints,
                              plan.to_json())
