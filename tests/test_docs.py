@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +101,15 @@ def _smoke(config: str) -> str:
     return config.split(":", 1)[0] + ":smoke"
 
 
+def refused(cmd: str) -> tuple[str, bool]:
+    """``cmd || true`` shows a command handjax refuses: (the command, True)."""
+    bare = re.sub(r"\s*\|\|\s*true$", "", cmd)
+    return bare, bare != cmd
+
+
 def tiny(cmd: str) -> str:
     """``cmd`` on tiny settings; raises ValueError for a command the runner does not know."""
+    cmd, _ = refused(cmd)
     if "[" in cmd or "..." in cmd or "…" in cmd:
         raise ValueError(f"a usage synopsis, not a command (put it in a ```text block): {cmd}")
     words = shlex.split(cmd)
@@ -138,6 +146,10 @@ def test_tiny_settings():
         tiny("python -m handjax.predict --workdir W photo.jpg [more.jpg ...]")
     with pytest.raises(ValueError, match="does not know"):
         tiny("curl http://example.com")
+    assert refused("python -m handjax.data export --out x || true") == (
+        "python -m handjax.data export --out x", True)
+    assert tiny("python -m handjax.data export --out x || true") == \
+        "python -m handjax.data export --out x"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -165,17 +177,41 @@ def doc_env(tmp_path_factory):
     return env
 
 
+TRAINED: dict[str, Path] = {}   # a training command already run this session -> its workdir
+
+
+def _workdir(cmd: str) -> str | None:
+    words = shlex.split(cmd)
+    return words[words.index("--workdir") + 1] if "--workdir" in words else None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_command_on_the_page_runs(page, doc_env, tmp_path):
+    """Each command exits 0; one shown with ``|| true`` is refused: exit 1 and one
+    ``handjax: error:`` line. A training command another page already ran in this session
+    (the same command, hence the same files: runs are reproducible) has its workdir copied
+    instead of trained again."""
     (tmp_path / "launch.py").symlink_to(ROOT / "launch.py")
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
     ran = 0
     for cmd in commands(page.read_text()):
         if reason_not_run(cmd):
             continue
-        r = subprocess.run(["bash", "-c", tiny(cmd)], cwd=tmp_path, env=doc_env,
+        run, expect_refusal = tiny(cmd), refused(cmd)[1]
+        workdir = _workdir(run) if run.startswith("python launch.py") else None
+        if workdir and run in TRAINED and TRAINED[run].is_dir():
+            shutil.copytree(TRAINED[run], tmp_path / workdir, symlinks=True)
+            continue
+        r = subprocess.run(["bash", "-c", run], cwd=tmp_path, env=doc_env,
                            capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, f"{page.name}: `{cmd}` failed:\n{r.stderr[-3000:]}"
+        if expect_refusal:
+            errors = [l for l in r.stderr.splitlines() if l.startswith("handjax: error:")]
+            assert r.returncode == 1 and len(errors) == 1, \
+                f"{page.name}: `{cmd}` should be refused in one line:\n{r.stderr[-3000:]}"
+        else:
+            assert r.returncode == 0, f"{page.name}: `{cmd}` failed:\n{r.stderr[-3000:]}"
+        if workdir:
+            TRAINED[run] = tmp_path / workdir
         ran += 1
     print(f"{page.name}: {ran} commands ran")
