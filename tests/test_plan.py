@@ -159,14 +159,14 @@ def test_a_plan_from_another_machine_is_used_with_one_line_and_replan_decides_an
         first, monkeypatch):
     from handjax import console
     from handjax.model import ensemble
-    from handjax.train import fit
+    from handjax.train import run as one_run
     root, _, _, _ = first
     recorded = plans.load_plan(root / "a")
     lines = []
     monkeypatch.setattr(console, "say", lines.append)
     monkeypatch.setattr(plans, "machine", lambda: {"backend": "cpu", "cpu": "another CPU"})
     spec = configs.parse_run(auto_config())
-    plan, seconds = fit.conv_plan(spec, root / "a")
+    plan, seconds = one_run.conv_plan(spec, root / "a")
     assert (plan, seconds) == (recorded, 0.0)
     assert len(lines) == 1 and "measured on another machine" in lines[0]
     assert ensemble.run_plan(root / "a", spec) == recorded and len(lines) == 2
@@ -175,7 +175,7 @@ def test_a_plan_from_another_machine_is_used_with_one_line_and_replan_decides_an
     c.model.replan = True
     replanned = configs.parse_run(c)
     assert replanned.config_json == spec.config_json      # not part of the run's identity
-    assert fit.conv_plan(replanned, root / "a")[0] == tuning.resolve_plan(spec.model, 32, 8)[0]
+    assert one_run.conv_plan(replanned, root / "a")[0] == tuning.resolve_plan(spec.model, 32, 8)[0]
 
 
 def test_an_edited_plan_is_refused_on_load(first, tmp_path):
