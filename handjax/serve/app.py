@@ -1,0 +1,298 @@
+"""The web page and the API on the locked model: FastAPI routes over one micro-batcher.
+
+    app = create_app(load_model(workdir))     # served by uvicorn (``python -m handjax.serve``)
+
+Routes: ``GET /`` (the page), ``GET /card`` (the model card page), ``POST /predict``
+(multipart field ``file``), ``GET /model``, ``GET /healthz``, ``GET /gradcam/{id}.png``,
+``GET /docs`` and ``GET /openapi.json`` (FastAPI's). Every error is JSON
+``{"error": "one plain sentence"}`` with a 4xx status (503 with ``Retry-After`` when the queue
+is full or a request ran past its timeout); an unexpected failure is a 500 with the same shape,
+its traceback only in the server's log.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
+
+from handjax.data import DataError
+from handjax.serve import uploads
+from handjax.serve.batcher import MicroBatcher, QueueFull, Stopped
+from handjax.serve.limits import BodyLimit
+from handjax.serve.uploads import UploadError
+
+PAGES = Path(__file__).parent / "pages"
+log = logging.getLogger("handjax.serve")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the server holds under load (``python -m handjax.serve`` flags)."""
+
+    max_upload_mb: float = 20.0      # bigger bodies are answered 413 before parsing
+    max_queue: int = 64              # waiting requests beyond this are answered 503
+    max_wait_ms: float = 5.0         # how long a batch stays open for more requests
+    timeout_s: float = 30.0          # a request not answered by then gets a 503
+    retry_after_s: int = 1           # the Retry-After of every 503
+    gradcams_kept: int = 256         # overlay PNGs kept in memory for their links
+    keep_uploads: Path | None = None  # a folder to save accepted uploads into (random names)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+# --------------------------------------------------------------------------- schema
+class QualityWarning(BaseModel):
+    code: str = Field(description="small, dark, bright, blurred or aspect")
+    message: str
+
+
+class PredictionOut(BaseModel):
+    probabilities: dict[str, float] = Field(
+        description="calibrated probability of each class, as predict --json gives it")
+    decisions: dict[str, str] = Field(
+        description="the class each locked decision rule chooses (argmax, MEC, thresholds)")
+    quality: list[QualityWarning]
+    gradcam: str = Field(description="link to the Grad-CAM overlay PNG (kept a while)")
+    width: int
+    height: int
+    caveats: list[str]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="what went wrong, in one plain sentence")
+
+
+_ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 422, 503)}
+
+
+# --------------------------------------------------------------------------- the model side
+class PngStore:
+    """The last ``size`` overlay PNGs under random ids (memory stays bounded)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, png: bytes) -> str:
+        key = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[key] = png
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._items.get(key)
+
+
+def run_batch(model, images) -> list[tuple[np.ndarray, dict, np.ndarray]]:
+    """One forward pass (and one Grad-CAM pass) over a micro-batch of prepared images:
+    ``(probabilities [C], {rule: class index}, cam [h, w])`` per image."""
+    x = np.stack(images)
+    probs = np.asarray(model.probabilities(x))
+    decisions = {rule: np.asarray(v).reshape(-1) for rule, v in model.decide(probs).items()}
+    cams = np.asarray(model.grad_cam(x))
+    return [(probs[i], {r: int(v[i]) for r, v in decisions.items()}, cams[i])
+            for i in range(len(images))]
+
+
+def caveats(model) -> list[str]:
+    """The model's limits in plain words, from its card: always "not a medical device"; what
+    it was trained on (synthetic data, random weights, how many people); the card's own."""
+    card = model.card or {}
+    data = card.get("data", {})
+    out = ["Not a medical device: a research tool, not a diagnosis. See a doctor about any "
+           "concern for your hands."]
+    if str(card.get("weights", "")).lower() in ("none", "random", ""):
+        out.append("Its network started from random weights, not from ImageNet training.")
+    if data.get("source") == "synthetic":
+        out.append("It was trained on synthetic hand pictures, which are medically "
+                   "meaningless.")
+    people, photos = data.get("n_subjects"), data.get("n")
+    if people or photos:
+        who = f"{people} people" if people else "an unknown number of people"
+        out.append(f"It was trained on {photos or '?'} photos of {who}; it has not been "
+                   "tested on anyone else.")
+    out += [str(c) for c in card.get("caveats", ())]
+    return out
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(model, settings: Settings = Settings()) -> FastAPI:
+    """The FastAPI app serving ``model`` (a ``LockedModel`` or anything with its interface).
+
+    The model is warmed up (compiled) when the app starts, before it accepts requests; the
+    batcher stops (finishing what is queued) when it shuts down.
+    """
+    # Keep uploads in memory: Starlette spools a file part over 1 MB to a temporary file.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
+                                         settings.max_upload_bytes + 1)
+    batcher = MicroBatcher(lambda images: run_batch(model, images), model.batch_size,
+                           settings.max_queue, settings.max_wait_ms / 1000)
+    store = PngStore(settings.gradcams_kept)
+    names = list(model.classes)
+    notes = caveats(model)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        blank = np.zeros((1, model.image_size, model.image_size, 3), np.uint8)
+        await run_in_threadpool(run_batch, model, list(blank))  # compile before serving
+        batcher.start()
+        yield
+        await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(title="handjax", lifespan=lifespan, version="1",
+                  description="Hand-photo triage with the locked model of a handjax run. "
+                              "A research tool, not a medical device.")
+    app.state.batcher, app.state.store = batcher, store
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    _errors(app, settings)
+    app.mount("/static", StaticFiles(directory=PAGES / "static"), name="static")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse((PAGES / "index.html").read_text())
+
+    @app.get("/card", response_class=HTMLResponse, include_in_schema=False)
+    def card_page():
+        return HTMLResponse((PAGES / "card.html").read_text())
+
+    @app.get("/model", summary="The model card")
+    def model_card() -> dict[str, Any]:
+        return {"classes": names, "display_names": _display_names(names),
+                "image_size": int(model.image_size), "batch_size": int(model.batch_size),
+                "caveats": notes, "card": model.card}
+
+    @app.get("/healthz", summary="Liveness and queue depth")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "queue": batcher.depth, "max_queue": batcher.max_queue,
+                "batch_size": batcher.batch_size, "batches": batcher.batches,
+                "answered": batcher.items}
+
+    @app.get("/gradcam/{key}.png", response_class=Response, summary="A Grad-CAM overlay",
+             responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}})
+    def gradcam(key: str):
+        png = store.get(key)
+        if png is None:
+            raise HTTPException(404, "That Grad-CAM overlay is no longer kept; upload the "
+                                     "photo again.")
+        return Response(png, media_type="image/png")
+
+    @app.post("/predict", response_model=PredictionOut, responses=_ERRORS,
+              summary="Classify one hand photo")
+    async def predict(file: UploadFile = File(description="the photo (JPEG, PNG, ...)")):
+        raw = await file.read()
+        photo, image, warnings = await run_in_threadpool(_accept, model, raw, settings)
+        try:
+            probs, rules, cam = await asyncio.wait_for(
+                asyncio.wrap_future(batcher.submit(image)), settings.timeout_s)
+        except asyncio.TimeoutError:  # the batcher skips it if it has not started yet
+            raise Busy(f"The server did not finish within {settings.timeout_s:g} s; it is "
+                       "busy, try again shortly.") from None
+        png = await run_in_threadpool(lambda: uploads.png_bytes(
+            uploads.overlay(photo.display, cam)))
+        return PredictionOut(
+            probabilities={n: float(p) for n, p in zip(names, probs)},
+            decisions={rule: names[i] for rule, i in rules.items()},
+            quality=warnings, gradcam=f"/gradcam/{store.put(png)}.png",
+            width=photo.width, height=photo.height, caveats=notes)
+
+    return app
+
+
+class Busy(Exception):
+    """Answered 503 with Retry-After: the queue is full or a request ran out of time."""
+
+
+def _accept(model, raw: bytes, settings: Settings):
+    """An upload -> (Photo, the model's input, quality warnings), or an UploadError."""
+    uploads.check_bytes(raw, settings.max_upload_bytes)
+    photo = uploads.open_photo(raw)
+    try:
+        image = model.prepare(raw)
+    except DataError as e:  # what the model's decoder refuses that the checks above let by
+        raise UploadError(422, f"The photo cannot be used: {_reason(e)}.") from None
+    if settings.keep_uploads is not None:
+        ext = {"JPEG": "jpg"}.get(photo.format, photo.format.lower())
+        (settings.keep_uploads / f"{uuid.uuid4().hex}.{ext}").write_bytes(raw)
+    return photo, image, uploads.quality_warnings(photo)
+
+
+def _reason(e: Exception) -> str:
+    """A DataError's message without the leading "<file>: " (an upload has no file name)."""
+    head, sep, tail = str(e).partition(": ")
+    return (tail if sep and " " not in head else str(e)).rstrip(".")
+
+
+def _display_names(names) -> list[str]:
+    from handjax.data import CLASSES, DISPLAY_NAMES
+    table = dict(zip(CLASSES, DISPLAY_NAMES))
+    return [table.get(n, n) for n in names]
+
+
+def _errors(app: FastAPI, settings: Settings) -> None:
+    """Every error as ``{"error": sentence}``; tracebacks go to the log, never to a client."""
+    retry = {"Retry-After": str(settings.retry_after_s)}
+
+    def error(status: int, message: str, headers=None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(UploadError)
+    async def _upload(request: Request, e: UploadError):
+        return error(e.status, e.message)
+
+    @app.exception_handler(QueueFull)
+    async def _full(request: Request, e: QueueFull):
+        return error(503, f"The server is busy ({e}); try again in "
+                          f"{settings.retry_after_s} s.", retry)
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, e: Busy):
+        return error(503, str(e), retry)
+
+    @app.exception_handler(Stopped)
+    async def _stopping(request: Request, e: Stopped):
+        return error(503, "The server is shutting down; try again shortly.", retry)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        return error(422, "Send the photo as a multipart/form-data upload in a field named "
+                          "'file'.")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):
+        messages = {404: f"There is no page at {request.url.path}; the API is described at "
+                         "/docs.",
+                    405: f"{request.method} is not allowed on {request.url.path}; see /docs.",
+                    400: "The request body could not be read as a multipart form; send the "
+                         "photo in a field named 'file'."}
+        message = e.detail if isinstance(e.detail, str) and e.detail.endswith(".") else (
+            messages.get(e.status_code, f"{e.detail}."))
+        return error(e.status_code, message, getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error(500, "The server hit an unexpected error, which it has logged; try "
+                          "again or report it.")
