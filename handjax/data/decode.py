@@ -8,6 +8,7 @@ black bar whose width (the photo's aspect ratio) a classifier could learn.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -20,21 +21,26 @@ _DECODER_VERSION = "3"  # bump when decoding changes, so cached folders are rebu
 MIN_PHOTO_SIDE = 8      # px: a smaller photo (a 1x1 tracking pixel, an icon) holds no hand
 
 
-def decode_image(path, image_size: int) -> np.ndarray:
+def decode_image(path, image_size: int, *, name: str | None = None) -> np.ndarray:
     """Decodes one photo to uint8 [image_size, image_size, 3].
 
     EXIF orientation applied; every mode converted to RGB (alpha composited on white, 16-bit
     scaled to 8 bits); aspect ratio kept by padding (see the module docstring). Images over
     Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``), or under
     ``MIN_PHOTO_SIDE`` px on a side, are rejected.
+    ``path`` may also be the photo's bytes (an upload): decoded the same way, named ``name``
+    (default "the photo's bytes") in errors.
     Raises DataError naming the file and the reason.
     """
     _check_size(image_size)
-    p = Path(path)
-    if p.exists() and not p.is_file():  # a FIFO or device would block the read forever
-        raise DataError(f"{path}: not a regular file (a folder, pipe or device); give a photo")
+    if isinstance(path, (bytes, bytearray)):
+        source, path = io.BytesIO(bytes(path)), name or "the photo's bytes"
+    else:
+        source = Path(path)
+        if source.exists() and not source.is_file():  # a FIFO or device would block forever
+            raise DataError(f"{path}: not a regular file (a folder, pipe or device); give a photo")
     try:
-        return _fit_square(_open_rgb(p, image_size), image_size)
+        return _fit_square(_open_rgb(source, image_size, path), image_size)
     except DataError:
         raise
     except FileNotFoundError:
@@ -47,11 +53,11 @@ def decode_image(path, image_size: int) -> np.ndarray:
         raise DataError(f"{path}: corrupt or truncated image ({type(e).__name__}: {e})") from None
 
 
-def _open_rgb(path: Path, image_size: int) -> Image.Image:
+def _open_rgb(source, image_size: int, path) -> Image.Image:
     with warnings.catch_warnings():
         # The explicit check below gives a clearer message than Pillow's warning.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             limit = Image.MAX_IMAGE_PIXELS
             if limit and img.width * img.height > limit:
                 raise DataError(

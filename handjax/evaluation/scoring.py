@@ -111,6 +111,15 @@ def probabilities(loss_name: str, logits):
     return jax.nn.softmax(logits, axis=-1)
 
 
+def mec_decisions(probs, cost=losses.DEFAULT_COST) -> np.ndarray:
+    """The minimum-expected-cost class of each row of ``probs`` [N, C] under ``cost``
+    (``cost[true, decided]``), int64 [N]. The one place the rule is applied: the run's
+    ``cnn_mec`` column and the locked model's ``mec`` decision both call it. Computed in
+    float32 (:func:`handjax.metrics.min_expected_cost`), as every run has computed it."""
+    return np.asarray(metrics.min_expected_cost(jnp.asarray(probs, jnp.float32),
+                                                jnp.asarray(cost, jnp.float32)), np.int64)
+
+
 # --------------------------------------------------------------------------- metrics
 _fold_metrics = jax.jit(jax.vmap(metrics.all_metrics))  # one compilation, not one per op
 
@@ -200,7 +209,6 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
     temps, choose, method = fold_calibration(probs_all, labels, fold_of, inner)
     probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
     pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
-    cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
     svm_out = svm_fold_probabilities(pooled, labels, splits, subjects=cohort.subjects,
                                      kernel=svm_spec.kernel, C=svm_spec.C,
                                      class_weight=svm_spec.class_weight, seed=seed)
@@ -211,8 +219,7 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
         probs["cnn"][te], probs["cnn_calibrated"][te] = probs_all[k, te], cal
         pred["cnn"][te] = np.asarray(ordinal.decide(loss_name, jnp.asarray(logits[k, te])))
         pred["cnn_calibrated"][te] = cal.argmax(-1)
-        pred["cnn_mec"][te] = np.asarray(metrics.min_expected_cost(
-            jnp.asarray(cal, jnp.float32), cost))
+        pred["cnn_mec"][te] = mec_decisions(cal)
         pred["svm"][te], probs["svm"][te] = svm_out[k]
     probs = {r: p / p.sum(-1, keepdims=True) for r, p in probs.items()}  # exact in float64
     preds = clinical.Predictions(file=np.asarray(cohort.examples.ids, str),

@@ -187,3 +187,40 @@ def plot_acc_vs_plus(points: list[dict], loss_labels: list[str], decision_marker
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+def photo_size(path) -> tuple[int, int]:
+    """(width, height) of the photo as the loader sees it (EXIF orientation applied)."""
+    from PIL import Image
+    with Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+            w, h = h, w
+    return w, h
+
+
+def gradcam_overlay(path, cam: np.ndarray, *, max_side: int = 1024, alpha: float = 0.45,
+                    colormap: str = "jet"):
+    """The photo at ``path`` (long side at most ``max_side``) with ``cam`` blended over it
+    as a heat map (opacity ``alpha``), as a PIL image.
+
+    ``cam`` is on the model's letterboxed square input; it is upsampled to that square at
+    display size and the padding is cut away again, so heat and photo line up.
+    """
+    import matplotlib
+    from PIL import Image
+
+    from handjax.data.decode import decode_image
+    w, h = photo_size(path)
+    side = min(max(w, h), max_side)
+    square = decode_image(path, side)          # same letterbox as the model's input
+    scale = side / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    y, x = (side - nh) // 2, (side - nw) // 2
+    heat = Image.fromarray(np.asarray(cam, np.float32))
+    heat = np.asarray(heat.resize((side, side), Image.Resampling.BILINEAR))
+    rgb = matplotlib.colormaps[colormap](np.clip(heat, 0, 1))[..., :3] * 255.0
+    blend = (1 - alpha) * square.astype(np.float32) + alpha * rgb
+    out = np.clip(blend + 0.5, 0, 255).astype(np.uint8)[y:y + nh, x:x + nw]
+    return Image.fromarray(out)

@@ -369,6 +369,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     timing["wall_time_s"] = time.perf_counter() - t0
     _write_outputs(workdir, results, timing)
     if distributed.is_primary():
+        _write_model(workdir, run_spec, preds, results)
         workdirs.mark_finished(workdir)
     return results
 
@@ -422,6 +423,18 @@ def _write_outputs(workdir: Path, results: dict, timing: dict) -> None:
                             "resumes from the last checkpoint)") from e
     if distributed.is_primary():
         console.summary(results, STUDY_METRICS, str(workdir / "results.md"))
+
+
+def _write_model(workdir: Path, run_spec: RunSpec, preds: clinical.Predictions,
+                 results: dict) -> None:
+    """``model/``: the locked model predict, validate and serve load
+    (:func:`handjax.model.locked.write_model`)."""
+    from handjax.model import locked
+    try:
+        locked.write_model(workdir, run_spec, preds, results)
+    except OSError as e:
+        raise TrainingError(f"cannot write {workdir / locked.MODEL_DIR} ({e.strerror}); free "
+                            "space or fix permissions, then rerun the same command") from e
 
 
 def write_results(workdir: Path, results: dict, timing: dict) -> None:

@@ -71,7 +71,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 LEDGER = "ledger.json"
 INCOMPLETE = "INCOMPLETE"
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "results.md", "timing.json",
-             LEDGER, "predictions.csv", INCOMPLETE)
+             LEDGER, "predictions.csv", "model", INCOMPLETE)
 
 
 def data_fingerprint(examples) -> str:
