@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from handjax.data import DataError
+from handjax.predict import decision_value, display_names
 from handjax.serve import uploads
 from handjax.serve.batcher import MicroBatcher, QueueFull, Stopped
 from handjax.serve.limits import BodyLimit
@@ -68,8 +69,9 @@ class QualityWarning(BaseModel):
 class PredictionOut(BaseModel):
     probabilities: dict[str, float] = Field(
         description="calibrated probability of each class, as predict --json gives it")
-    decisions: dict[str, str] = Field(
-        description="the class each locked decision rule chooses (argmax, MEC, thresholds)")
+    decisions: dict[str, str | int] = Field(
+        description="every locked decision rule, as predict --json gives it: the class for "
+                    "argmax and mec, 1 (the task's positive call) or 0 per locked threshold")
     quality: list[QualityWarning]
     gradcam: str = Field(description="link to the Grad-CAM overlay PNG (kept a while)")
     width: int
@@ -107,44 +109,56 @@ class PngStore:
 
 
 def run_batch(model, images) -> list[tuple[np.ndarray, dict, np.ndarray]]:
-    """One forward pass (and one Grad-CAM pass) over a micro-batch of prepared images:
-    ``(probabilities [C], {rule: class index}, cam [h, w])`` per image."""
+    """One forward pass (and one Grad-CAM pass, for the argmax class) over a micro-batch of
+    prepared images: ``(probabilities [C], {rule: int}, cam [h, w])`` per image, as
+    ``predict`` computes them."""
     x = np.stack(images)
     probs = np.asarray(model.probabilities(x))
     decisions = {rule: np.asarray(v).reshape(-1) for rule, v in model.decide(probs).items()}
-    cams = np.asarray(model.grad_cam(x))
+    cams = np.asarray(model.grad_cam(x, decisions["argmax"]))
     return [(probs[i], {r: int(v[i]) for r, v in decisions.items()}, cams[i])
             for i in range(len(images))]
 
 
-def caveats(model) -> list[str]:
-    """The model's limits in plain words, from its card: always "not a medical device"; what
-    it was trained on (synthetic data, random weights, how many people); the card's own."""
-    card = model.card or {}
-    data = card.get("data", {})
-    out = ["Not a medical device: a research tool, not a diagnosis. See a doctor about any "
-           "concern for your hands."]
-    if str(card.get("weights", "")).lower() in ("none", "random", ""):
-        out.append("Its network started from random weights, not from ImageNet training.")
+def caveats(card: dict) -> list[str]:
+    """The page's caveats in plain words, from the model card: not a medical device; random
+    weights and synthetic data where so; how many photos of how many people it learnt from.
+    (The card's own, more technical caveats are on the card page.)"""
+    data = (card.get("cv_figures") or {}).get("data") or {}
+    out = ["Not a medical device: this is a research tool, not a diagnosis. See a doctor "
+           "about any concern for your hands."]
+    if str(card.get("weights", "none")).lower() in ("none", "random"):
+        out.append("Random weights: the network did not start from ImageNet training, so "
+                   "its answers show only that the software runs.")
     if data.get("source") == "synthetic":
-        out.append("It was trained on synthetic hand pictures, which are medically "
-                   "meaningless.")
+        out.append("Synthetic data: it learnt from computer-drawn hands whose disease signs "
+                   "are medically meaningless.")
     people, photos = data.get("n_subjects"), data.get("n")
     if people or photos:
-        who = f"{people} people" if people else "an unknown number of people"
-        out.append(f"It was trained on {photos or '?'} photos of {who}; it has not been "
-                   "tested on anyone else.")
-    out += [str(c) for c in card.get("caveats", ())]
+        out.append(f"Trained on {photos or 'an unknown number of'} photos of "
+                   f"{people or 'an unknown number of'} people; it has not been tested on "
+                   "anyone else.")
     return out
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(model, settings: Settings = Settings()) -> FastAPI:
-    """The FastAPI app serving ``model`` (a ``LockedModel`` or anything with its interface).
+def run_plots(workdir) -> dict[str, bytes]:
+    """The run's plot PNGs (``<workdir>/*.png``: reliability, ROC, decision curve, ...) by
+    file name, read once: the card page shows them, and no client-given name reaches a path."""
+    if workdir is None:
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(Path(workdir).glob("*.png")) if p.is_file()}
+
+
+def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] | None = None
+               ) -> FastAPI:
+    """The FastAPI app serving ``model`` (a ``LockedModel`` or anything with its interface);
+    ``plots`` are PNGs by name for the card page (:func:`run_plots`).
 
     The model is warmed up (compiled) when the app starts, before it accepts requests; the
     batcher stops (finishing what is queued) when it shuts down.
     """
+    plots = dict(plots or {})
     # Keep uploads in memory: Starlette spools a file part over 1 MB to a temporary file.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
                                          settings.max_upload_bytes + 1)
@@ -152,7 +166,7 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
                            settings.max_queue, settings.max_wait_ms / 1000)
     store = PngStore(settings.gradcams_kept)
     names = list(model.classes)
-    notes = caveats(model)
+    notes = caveats(model.card)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -180,9 +194,17 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
 
     @app.get("/model", summary="The model card")
     def model_card() -> dict[str, Any]:
-        return {"classes": names, "display_names": _display_names(names),
+        return {"classes": names, "display_names": display_names(names),
                 "image_size": int(model.image_size), "batch_size": int(model.batch_size),
-                "caveats": notes, "card": model.card}
+                "caveats": notes, "plots": list(plots), "card": model.card}
+
+    @app.get("/model/plots/{name}", response_class=Response, summary="A plot of the run",
+             responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}})
+    def plot(name: str):
+        if name not in plots:
+            raise HTTPException(404, f"The run has no plot named {name!r}; GET /model lists "
+                                     "them.")
+        return Response(plots[name], media_type="image/png")
 
     @app.get("/healthz", summary="Liveness and queue depth")
     def healthz() -> dict[str, Any]:
@@ -214,7 +236,7 @@ def create_app(model, settings: Settings = Settings()) -> FastAPI:
             uploads.overlay(photo.display, cam)))
         return PredictionOut(
             probabilities={n: float(p) for n, p in zip(names, probs)},
-            decisions={rule: names[i] for rule, i in rules.items()},
+            decisions={rule: decision_value(model, rule, v) for rule, v in rules.items()},
             quality=warnings, gradcam=f"/gradcam/{store.put(png)}.png",
             width=photo.width, height=photo.height, caveats=notes)
 
@@ -230,7 +252,7 @@ def _accept(model, raw: bytes, settings: Settings):
     uploads.check_bytes(raw, settings.max_upload_bytes)
     photo = uploads.open_photo(raw)
     try:
-        image = model.prepare(raw)
+        image = model.prepare(raw, name="upload")
     except DataError as e:  # what the model's decoder refuses that the checks above let by
         raise UploadError(422, f"The photo cannot be used: {_reason(e)}.") from None
     if settings.keep_uploads is not None:
@@ -243,12 +265,6 @@ def _reason(e: Exception) -> str:
     """A DataError's message without the leading "<file>: " (an upload has no file name)."""
     head, sep, tail = str(e).partition(": ")
     return (tail if sep and " " not in head else str(e)).rstrip(".")
-
-
-def _display_names(names) -> list[str]:
-    from handjax.data import CLASSES, DISPLAY_NAMES
-    table = dict(zip(CLASSES, DISPLAY_NAMES))
-    return [table.get(n, n) for n in names]
 
 
 def _errors(app: FastAPI, settings: Settings) -> None:

@@ -29,11 +29,12 @@ class BodyLimit:
         if declared is not None and declared > self.max_bytes:
             await _drain(receive, self.drain_bytes)
             return await self._refuse(declared, scope, receive, send)
-        state = {"seen": 0, "over": False, "started": False}
+        state = {"seen": 0, "over": False, "started": False, "ended": False}
 
         async def counted():
             message = await receive()
             state["seen"] += len(message.get("body", b""))
+            state["ended"] = not message.get("more_body", False)
             if state["seen"] > self.max_bytes:
                 state["over"] = True
                 raise _TooLarge
@@ -52,7 +53,8 @@ class BodyLimit:
         except _TooLarge:
             pass
         if state["over"] and not state["started"]:
-            await _drain(receive, self.drain_bytes)
+            if not state["ended"]:   # past the last chunk, receive() would wait forever
+                await _drain(receive, self.drain_bytes)
             await self._refuse(state["seen"], scope, receive, send)
 
     async def _refuse(self, size, scope, receive, send):

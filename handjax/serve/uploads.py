@@ -19,7 +19,8 @@ DISPLAY_SIDE = 512     # px: the photo is shown (and its quality judged) at most
 SMALL_SIDE = 224       # px: below this on the short side, finger joints are a few pixels
 DARK, BRIGHT = 50, 205  # mean brightness (0-255) outside which exposure hides detail
 BLUR_SIDE = 256        # px: sharpness is measured on the photo shrunk to at most this size
-BLUR_VARIANCE = 15.0   # Laplacian variance below which a photo reads as blurred (at BLUR_SIDE)
+BLUR_VARIANCE = 30.0   # Laplacian variance below which a photo reads as blurred (at BLUR_SIDE,
+                       # contrast stretched: synthetic hands give 75-390 sharp, 4-43 blurred)
 MAX_ASPECT = 2.0       # long side / short side beyond which the hand fills little of the square
 ALPHA = 0.45           # heat-map opacity in the overlay (as predict's)
 
@@ -70,24 +71,29 @@ def open_photo(raw: bytes) -> Photo:
                                    "a JPEG or PNG photo.") from None
         except Image.DecompressionBombError:
             raise UploadError(422, _bomb_message()) from None
+        except Exception as e:  # a header cut short: Pillow raises OSError, SyntaxError...
+            raise _corrupt(e) from None
         with img:
             _check_geometry(img)
             fmt = img.format or "unknown"
             width, height = img.size                 # before draft scaling shrinks it
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: rotated by 90 degrees
-                width, height = height, width
-            if fmt == "JPEG":  # decode big phone photos at a reduced scale: much faster
-                img.draft("RGB", (DISPLAY_SIDE, DISPLAY_SIDE))
             try:
+                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: rotated 90 degrees
+                    width, height = height, width
+                if fmt == "JPEG":  # decode big phone photos at a reduced scale: much faster
+                    img.draft("RGB", (DISPLAY_SIDE, DISPLAY_SIDE))
                 img.load()
                 upright = ImageOps.exif_transpose(img)
             except Exception as e:  # Pillow raises many types for damaged files
-                raise UploadError(422, "The image is truncated or corrupt "
-                                       f"({type(e).__name__}); upload the photo again or "
-                                       "choose another file.") from None
+                raise _corrupt(e) from None
     rgb = decode._to_rgb(upright)  # alpha over white, 16-bit scaled: as the model sees it
     rgb.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
     return Photo(np.asarray(rgb), width, height, fmt)
+
+
+def _corrupt(e: Exception) -> UploadError:
+    return UploadError(422, f"The image is truncated or corrupt ({type(e).__name__}); upload "
+                            "the photo again or choose another file.")
 
 
 def _check_geometry(img: Image.Image) -> None:
@@ -130,7 +136,7 @@ def quality_warnings(photo: Photo) -> list[dict]:
     elif mean > BRIGHT:
         out.append(_warn("bright", f"The photo is very bright (mean brightness {mean:.0f} of "
                                    "255); avoid direct sun or a flash."))
-    if laplacian_variance(_shrunk(gray, BLUR_SIDE)) < BLUR_VARIANCE:
+    if laplacian_variance(_stretched(_shrunk(gray, BLUR_SIDE))) < BLUR_VARIANCE:
         out.append(_warn("blurred", "The photo looks blurred; hold the camera still and let "
                                     "it focus on the hand."))
     aspect = max(w, h) / min(w, h)
@@ -142,6 +148,14 @@ def quality_warnings(photo: Photo) -> list[dict]:
 
 def _warn(code: str, message: str) -> dict:
     return {"code": code, "message": message}
+
+
+def _stretched(gray: np.ndarray) -> np.ndarray:
+    """Grey levels stretched so the 1st..99th percentiles span 0..255: sharpness then does
+    not depend on exposure (a dark photo is not also called blurred)."""
+    g = np.asarray(gray, np.float64)
+    lo, hi = np.percentile(g, [1, 99])
+    return (g - lo) * (255.0 / max(hi - lo, 1.0))
 
 
 def _shrunk(gray: np.ndarray, side: int) -> np.ndarray:
