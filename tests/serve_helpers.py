@@ -3,6 +3,7 @@ weights, 2+1 epochs: ``cells.tiny_config``), test photos as bytes, the bad uploa
 small stand-in model with the locked model's interface for the batching and API unit tests."""
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import zlib
@@ -22,10 +23,15 @@ def smoke_run(tmp_path_factory):
     return workdir
 
 
+@functools.lru_cache(maxsize=None)
+def hands(size: int = 64) -> np.ndarray:
+    """Six synthetic hands (two per class), uint8 [6, size, size, 3]."""
+    return data.load_synthetic(n_per_class=2, image_size=size).images
+
+
 def photo_bytes(index: int = 0, size: int = 64, fmt: str = "PNG", **save) -> bytes:
-    """A synthetic hand (one of six) encoded as ``fmt``."""
-    ex = data.load_synthetic(n_per_class=2, image_size=size)
-    return encode(ex.images[index], fmt, **save)
+    """Synthetic hand ``index`` (of six) encoded as ``fmt``."""
+    return encode(hands(size)[index], fmt, **save)
 
 
 def encode(image, fmt: str = "PNG", **save) -> bytes:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from serve_helpers import FakeModel, bad_uploads, encode, photo_bytes, smoke_run, softmax
+from serve_helpers import (FakeModel, bad_uploads, encode, hands, photo_bytes, smoke_run,
+                           softmax)
 from handjax import data
 from handjax.serve import uploads
 from handjax.serve.app import Settings, create_app
@@ -256,8 +257,9 @@ def test_a_model_failure_is_a_json_500_without_traceback():
 def test_concurrent_requests_share_forward_passes():
     with fake_client() as (client, model):
         model.gate = threading.Event()
+        photos = [photo_bytes(i % 6) for i in range(8)]
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(post, client, photo_bytes(i % 6)) for i in range(8)]
+            futures = [pool.submit(post, client, body) for body in photos]
             # Hold the first batch until all eight are either in it or queued behind it.
             wait_until(lambda: sum(model.calls[1:]) + client.app.state.batcher.depth == 8)
             model.gate.set()
@@ -318,8 +320,7 @@ def test_predict_equals_predict_json(served, tmp_path, capsys):
     exif = Image.Exif()
     exif[0x0112] = 6
     photos = {"hand.png": photo_bytes(0), "hand.jpg": photo_bytes(3, fmt="JPEG"),
-              "rotated.jpg": encode(data.load_synthetic(1, 64).images[1][12:52], "JPEG",
-                                    exif=exif)}
+              "rotated.jpg": encode(hands()[1][12:52], "JPEG", exif=exif)}
     for name, body in photos.items():
         (tmp_path / name).write_bytes(body)
     assert predict.main(["--workdir", str(workdir), "--json", "--out", str(tmp_path / "cams"),
@@ -336,9 +337,9 @@ def test_predict_equals_predict_json(served, tmp_path, capsys):
 @pytest.mark.slow  # trains the smoke run
 def test_serving_never_recompiles(served):
     client, model, _ = served
+    photos = [photo_bytes(i % 6) for i in range(12)]
     with ThreadPoolExecutor(6) as pool:     # batches of varying fill, one compiled shape
-        codes = list(pool.map(lambda i: post(client, photo_bytes(i % 6)).status_code,
-                              range(12)))
+        codes = list(pool.map(lambda body: post(client, body).status_code, photos))
     assert codes == [200] * 12
     assert model._forward._cache_size() == 1 and model._cam_forward._cache_size() == 1
 

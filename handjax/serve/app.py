@@ -179,7 +179,7 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
     app = FastAPI(title="handjax", lifespan=lifespan, version="1",
                   description="Hand-photo triage with the locked model of a handjax run. "
                               "A research tool, not a medical device.")
-    app.state.batcher, app.state.store = batcher, store
+    app.state.batcher, app.state.store, app.state.in_flight = batcher, store, 0
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
     _errors(app, settings)
     app.mount("/static", StaticFiles(directory=PAGES / "static"), name="static")
@@ -208,7 +208,8 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
 
     @app.get("/healthz", summary="Liveness and queue depth")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "queue": batcher.depth, "max_queue": batcher.max_queue,
+        return {"status": "ok", "in_flight": app.state.in_flight, "queue": batcher.depth,
+                "max_queue": batcher.max_queue,
                 "batch_size": batcher.batch_size, "batches": batcher.batches,
                 "answered": batcher.items}
 
@@ -224,14 +225,18 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
     @app.post("/predict", response_model=PredictionOut, responses=_ERRORS,
               summary="Classify one hand photo")
     async def predict(file: UploadFile = File(description="the photo (JPEG, PNG, ...)")):
-        raw = await file.read()
-        photo, image, warnings = await run_in_threadpool(_accept, model, raw, settings)
-        try:
-            probs, rules, cam = await asyncio.wait_for(
-                asyncio.wrap_future(batcher.submit(image)), settings.timeout_s)
-        except asyncio.TimeoutError:  # the batcher skips it if it has not started yet
+        app.state.in_flight += 1
+        try:   # on timeout the batcher skips the request if its batch has not started
+            return await asyncio.wait_for(_predict(await file.read()), settings.timeout_s)
+        except asyncio.TimeoutError:
             raise Busy(f"The server did not finish within {settings.timeout_s:g} s; it is "
                        "busy, try again shortly.") from None
+        finally:
+            app.state.in_flight -= 1
+
+    async def _predict(raw: bytes) -> PredictionOut:
+        photo, image, warnings = await run_in_threadpool(_accept, model, raw, settings)
+        probs, rules, cam = await asyncio.wrap_future(batcher.submit(image))
         png = await run_in_threadpool(lambda: uploads.png_bytes(
             uploads.overlay(photo.display, cam)))
         return PredictionOut(
