@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -52,7 +54,8 @@ class Settings:
     max_wait_ms: float = 5.0         # how long a batch stays open for more requests
     timeout_s: float = 30.0          # a request not answered by then gets a 503
     retry_after_s: int = 1           # the Retry-After of every 503
-    gradcams_kept: int = 256         # overlay PNGs kept in memory for their links
+    gradcams_kept: int = 64          # overlay PNGs kept in memory for their links
+    decode_threads: int = 4          # uploads decoded (and overlays drawn) at once
     keep_uploads: Path | None = None  # a folder to save accepted uploads into (random names)
 
     @property
@@ -165,6 +168,10 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
     batcher = MicroBatcher(lambda images: run_batch(model, images), model.batch_size,
                            settings.max_queue, settings.max_wait_ms / 1000)
     store = PngStore(settings.gradcams_kept)
+    # Decoding and drawing get a few threads of their own (not Starlette's 40): enough to keep
+    # the model fed, and few enough that they neither crowd its cores nor each grow their
+    # own memory arena. Made in the lifespan: a limiter belongs to one event loop.
+    cpu_work = {}
     names = list(model.classes)
     notes = caveats(model.card)
 
@@ -172,6 +179,7 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
     async def lifespan(app):
         blank = np.zeros((1, model.image_size, model.image_size, 3), np.uint8)
         await run_in_threadpool(run_batch, model, list(blank))  # compile before serving
+        cpu_work["limiter"] = anyio.CapacityLimiter(settings.decode_threads)
         batcher.start()
         yield
         await run_in_threadpool(batcher.stop)
@@ -235,10 +243,12 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
             app.state.in_flight -= 1
 
     async def _predict(raw: bytes) -> PredictionOut:
-        photo, image, warnings = await run_in_threadpool(_accept, model, raw, settings)
+        photo, image, warnings = await anyio.to_thread.run_sync(
+            _accept, model, raw, settings, limiter=cpu_work["limiter"])
         probs, rules, cam = await asyncio.wrap_future(batcher.submit(image))
-        png = await run_in_threadpool(lambda: uploads.png_bytes(
-            uploads.overlay(photo.display, cam)))
+        png = await anyio.to_thread.run_sync(
+            lambda: uploads.png_bytes(uploads.overlay(photo.display, cam)),
+            limiter=cpu_work["limiter"])
         return PredictionOut(
             probabilities={n: float(p) for n, p in zip(names, probs)},
             decisions={rule: decision_value(model, rule, v) for rule, v in rules.items()},

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from handjax.data import decode
 
-DISPLAY_SIDE = 512     # px: the photo is shown (and its quality judged) at most this large
+DISPLAY_SIDE = 384     # px: the photo is shown (and its quality judged) at most this large
 SMALL_SIDE = 224       # px: below this on the short side, finger joints are a few pixels
 DARK, BRIGHT = 50, 205  # mean brightness (0-255) outside which exposure hides detail
 BLUR_SIDE = 256        # px: sharpness is measured on the photo shrunk to at most this size

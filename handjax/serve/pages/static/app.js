@@ -7,7 +7,9 @@ const RULES = {
   mec: "Minimum expected cost (missing a disease costs more than a false alarm)",
   min_expected_cost: "Minimum expected cost (missing a disease costs more than a false alarm)",
 };
+const TASKS = { any_disease: "any disease (vs normal)", ra: "rheumatoid arthritis (vs rest)" };
 let displayNames = {};
+let operatingPoints = {};
 
 function $(id) { return document.getElementById(id); }
 
@@ -20,15 +22,35 @@ function el(tag, attrs, text) {
 
 function pct(p) { return (100 * p).toFixed(1) + "%"; }
 
+// A locked-threshold rule is "<task>_<kind>" (e.g. ra_sensitivity): 1 = the task's call.
+function thresholdOf(rule) {
+  for (const [task, kinds] of Object.entries(operatingPoints)) {
+    for (const [kind, point] of Object.entries(kinds)) {
+      if (`${task}_${kind}` === rule) return { task, point };
+    }
+  }
+  return null;
+}
+
 function ruleLabel(rule) {
   if (RULES[rule]) return RULES[rule];
-  return "Locked threshold: " + rule.replace(/_/g, " ");
+  const t = thresholdOf(rule);
+  if (!t) return "Locked threshold: " + rule.replace(/_/g, " ");
+  return `Locked threshold for ${TASKS[t.task] || t.task}, chosen for ${t.point.target}`;
+}
+
+function decisionText(rule, value) {
+  if (typeof value === "string") return displayNames[value] || value;
+  const t = thresholdOf(rule);
+  const bar = t ? ` (score ${value ? "reaches" : "below"} ${Number(t.point.threshold).toFixed(3)})` : "";
+  return (value ? "Yes" : "No") + bar;
 }
 
 async function loadModel() {
   try {
     const info = await (await fetch("/model")).json();
     info.classes.forEach((c, i) => { displayNames[c] = info.display_names[i]; });
+    operatingPoints = (info.card && info.card.operating_points) || {};
     const list = $("caveat-list");
     list.replaceChildren(...info.caveats.map((c) => el("li", {}, c)));
   } catch (e) {
@@ -57,7 +79,7 @@ function render(out) {
   }));
   $("decisions").tBodies[0].replaceChildren(...Object.entries(out.decisions).map(([r, c]) => {
     const tr = el("tr");
-    tr.append(el("td", { class: "rule" }, ruleLabel(r)), el("td", {}, displayNames[c] || c));
+    tr.append(el("td", { class: "rule" }, ruleLabel(r)), el("td", {}, decisionText(r, c)));
     return tr;
   }));
   $("warning-list").replaceChildren(...out.quality.map((w) => el("li", {}, w.message)));
