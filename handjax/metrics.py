@@ -198,3 +198,11 @@ def min_expected_cost(probs, cost):
     probs = jnp.asarray(probs)
     expected = probs @ jnp.asarray(cost, probs.dtype)
     return jnp.argmin(expected, axis=-1).astype(jnp.int32)
+
+
+def mean_std(per_fold: dict) -> tuple[dict, dict]:
+    """Mean and *population* std (``ddof=0``) of each metric's per-fold list: the one
+    definition of every "mean ± std" handjax reports (results.json and every table)."""
+    mean = {k: float(np.mean(v)) for k, v in per_fold.items()}
+    std = {k: float(np.std(v, ddof=0)) for k, v in per_fold.items()}
+    return mean, std

@@ -9,27 +9,30 @@ folders named as the run's, or as its ``data.class_map`` maps them; every class 
 least one photo). ``--metadata`` is a CSV like the training one (``file``, optional
 ``subject``, subgroup columns); without it every photo is its own subject.
 
-Each photo is scored by the ensemble of the run's K fold models (no photo of the new set was
-seen by any of them, so the ``fold`` column of ``predictions.csv`` is -1 for every row):
+Each photo is scored by the run's locked model (``RUN/model/``, :mod:`handjax.model.locked`),
+the one ``predict`` and the server use: no photo of the new set was seen by any of its fold
+models, so the ``fold`` column of ``predictions.csv`` is -1 for every row. Its rules:
 
-- ``cnn``: the mean of the folds' probabilities, decided by argmax (for ordinal heads the
-  training run's ``cnn`` column counts thresholds per model instead);
-- ``cnn_calibrated``: the mean of the folds' calibrated probabilities, fold k's
-  ``softmax(log p_k / T_k)`` with the temperature the run fitted for it
-  (``results.json["calibration"]["temperatures"]``), decided by argmax;
-- ``cnn_mec``: the minimum-expected-cost decision (``losses.DEFAULT_COST``) on the mean
-  calibrated probabilities;
+- ``cnn_calibrated``: the locked probabilities (the mean over the fold models of their
+  probabilities scaled by the run's one locked temperature), decided by argmax;
+- ``cnn_mec``: the locked model's minimum-expected-cost decision on them;
+- ``cnn``: the mean of the fold models' raw probabilities, argmax (before calibration);
 - ``svm``: each fold's SVM refitted exactly as the run fitted it
   (:func:`handjax.evaluation.scoring.svm_fold_probabilities`: that fold's training split, the pooled
   features of that fold's fine-tuned backbone, Platt scaling cross-validated by subject);
   the probabilities are the mean of the folds' Platt probabilities, and the decision is their
-  argmax (the K SVC ``predict`` votes could tie; the mean probability cannot be outvoted by
-  a fold that is barely sure).
+  argmax.
 
-``--out`` gets ``predictions.csv`` (the training run's columns), ``results.json`` (the same
-``clinical`` block with subject-bootstrap 95% CIs, the calibration intercept and slope per
-task, the decision curves, subgroups by metadata column), ``results.md``, and ``roc.png``,
-``reliability.png``, ``decision_curve.png``, ``confusion_<rule>.png``.
+Each locked operating threshold (chosen in development on the run's pooled out-of-fold
+predictions, then frozen) is applied to the new photos:
+``results.json["locked_operating_points"][task]`` holds, per threshold, the sensitivity and
+specificity it reaches here with subject-bootstrap CIs.
+
+``--out`` gets ``predictions.csv`` (the training run's columns), ``results.json`` (filled by
+the registered evaluators of :mod:`handjax.evaluation.evaluators`: the ``clinical`` block with
+subject-bootstrap 95% CIs, the locked operating points, the calibration intercept and slope
+per task, the decision curves, subgroups by metadata column) and ``results.md`` with the
+PNGs (:func:`handjax.report.markdown.write`, the same tail a training run ends with).
 
 Overlap guard: a photo of the new set that is the same photo as a training photo, or a
 near-duplicate of one (mirrored, cropped, re-encoded: the perceptual hash the run's folds
@@ -45,22 +48,20 @@ import os
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from handjax import evaluation as clinical, console, losses, metrics
-from handjax.report import plots, markdown as report
-from handjax.train import workdir as workdirs
-from handjax.data.records import CLASSES, DataError, Examples
+from handjax import console
+from handjax import evaluation as clinical
 from handjax.data.cohort import Cohort, load_cohort
+from handjax.data.records import CLASSES, DataError, Examples
 from handjax.data.sources import describe, load_folder, load_metadata
 from handjax.data.splits import duplicate_groups
 from handjax.errors import RunError
-from handjax.evaluation.scoring import probabilities, svm_fold_probabilities
-from handjax.model.ensemble import TrainedRun, load_run, read_json
-from handjax.predict import chunked
+from handjax.evaluation import evaluators
+from handjax.evaluation.scoring import svm_fold_probabilities
+from handjax.model.ensemble import read_json
+from handjax.model.locked import LockedModel, load_model
+from handjax.train import workdir as workdirs
 
 FOLD = -1   # predictions.csv's fold column: every fold model scores every new photo
 
@@ -123,29 +124,6 @@ def subset(examples: Examples, keep: np.ndarray) -> Examples:
 
 
 # --------------------------------------------------------------------------- scoring
-def fold_outputs(run: TrainedRun, *image_sets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per set of raw RGB images [N, S, S, 3]: every fold model's logits [K, N, C] and
-    pooled features [K, N, D] (the head's input)."""
-    model = run.model
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False, mode="tune"))
-    n_folds = jax.tree.leaves(run.variables)[0].shape[0]
-    outs: list[list] = [[] for _ in image_sets]
-    for k in tqdm(range(n_folds), desc="fold models", leave=False):  # a loop: vmap over
-        v = jax.tree.map(lambda a, k=k: a[k], run.variables)      # conv weights is slow on CPU
-        for out, images in zip(outs, image_sets):
-            out.append(chunked(forward, v, images))
-    return [(np.stack([z for z, _ in out]), np.stack([f for _, f in out])) for out in outs]
-
-
-def cnn_ensemble(loss_name: str, logits: np.ndarray, temperatures) -> dict[str, np.ndarray]:
-    """``{"cnn": mean of the folds' probabilities, "cnn_calibrated": mean of the folds'
-    temperature-scaled ones}``, float64 [N, C]."""
-    p = np.asarray(probabilities(loss_name, jnp.asarray(logits)), np.float64)   # [K, N, C]
-    z = np.log(np.clip(p, 1e-12, 1.0))
-    cal = np.stack([clinical.apply_temperature(z[k], t) for k, t in enumerate(temperatures)])
-    return {"cnn": p.mean(0), "cnn_calibrated": cal.mean(0)}
-
-
 def svm_ensemble(pooled_train: np.ndarray, pooled_new: np.ndarray, cohort: Cohort, run_spec,
                  ) -> np.ndarray:
     """Mean over folds of the Platt probabilities [N_new, C] of each fold's SVM, refitted as
@@ -163,20 +141,18 @@ def svm_ensemble(pooled_train: np.ndarray, pooled_new: np.ndarray, cohort: Cohor
     return np.mean([p for _, p in out], axis=0)
 
 
-def ensemble_predictions(run: TrainedRun, cohort: Cohort, new: Examples, subjects,
-                         metadata: dict) -> clinical.Predictions:
-    """Every new photo scored by the fold ensemble, for every rule (module docstring)."""
-    spec = run.run_spec
-    temps = run.results.get("calibration", {}).get("temperatures") or [1.0] * spec.n_models
-    (logits, pooled_new), (_, pooled_train) = fold_outputs(
-        run, np.asarray(new.images), np.asarray(cohort.examples.images))
-    probs = cnn_ensemble(spec.loss.name, logits, temps)
-    probs["svm"] = svm_ensemble(pooled_train, pooled_new, cohort, spec)
-    probs = {r: p / p.sum(-1, keepdims=True) for r, p in probs.items()}
-    pred = {r: p.argmax(-1) for r, p in probs.items()}
-    cost = jnp.asarray(losses.DEFAULT_COST, jnp.float32)
-    pred[clinical.MEC_RULE] = np.asarray(metrics.min_expected_cost(
-        jnp.asarray(probs["cnn_calibrated"], jnp.float32), cost))
+def locked_predictions(model: LockedModel, cohort: Cohort, new: Examples, subjects,
+                       metadata: dict) -> clinical.Predictions:
+    """Every new photo scored by the locked model, for every rule (module docstring)."""
+    logits, pooled_new = model.member_outputs(np.asarray(new.images))
+    _, pooled_train = model.member_outputs(np.asarray(cohort.examples.images))
+    raw = model.member_probabilities(logits).mean(0)
+    probs = {"cnn": raw / raw.sum(-1, keepdims=True), "cnn_calibrated": model.calibrated(logits),
+             "svm": svm_ensemble(pooled_train, pooled_new, cohort, model.run.run_spec)}
+    probs["svm"] = probs["svm"] / probs["svm"].sum(-1, keepdims=True)
+    decided = model.decide(probs["cnn_calibrated"])
+    pred = {"cnn": probs["cnn"].argmax(-1), "cnn_calibrated": decided["argmax"],
+            clinical.MEC_RULE: decided["mec"], "svm": probs["svm"].argmax(-1)}
     n = len(new.labels)
     return clinical.Predictions(
         file=np.asarray(new.ids, str), subject=np.asarray(subjects, str),
@@ -185,88 +161,46 @@ def ensemble_predictions(run: TrainedRun, cohort: Cohort, new: Examples, subject
 
 
 # --------------------------------------------------------------------------- results
-def validation_results(run: TrainedRun, preds: clinical.Predictions, data_desc: dict,
+def validation_results(model: LockedModel, preds: clinical.Predictions, data_desc: dict,
                        dropped: list[dict], workdir) -> dict:
     """``results.json`` of a validation: the run's header, the new set's description, the
-    photos left out, and the clinical figures with subject-bootstrap CIs (the run's
-    ``eval.bootstrap`` resamples and seed)."""
-    spec = run.run_spec
-    n_boot, seed, rule = spec.eval.bootstrap, spec.seed, "cnn_calibrated"
-    temps = run.results.get("calibration", {}).get("temperatures")
-    r = run.results
+    photos left out, and the registered evaluators' blocks (subject-bootstrap CIs with the
+    run's ``eval.bootstrap`` resamples and seed)."""
+    spec, card = model.run.run_spec, model.card
+    r = model.run.results
+    context = evaluators.Context(n_boot=spec.eval.bootstrap, seed=spec.seed, rules=model.rules,
+                                 operating_points=card["operating_points"])
+    blocks = evaluators.evaluate(preds, context, evaluators.VALIDATION)
+    lines = blocks.pop("calibration_lines")
     return clinical.json_safe({
         "name": f"{r.get('name', '?')} validated on {data_desc['source']}",
-        "run": {"workdir": str(workdir), **{k: r.get(k) for k in (
-            "name", "model", "loss", "weights", "image_size", "n_folds", "seed")}},
+        "run": {"workdir": str(workdir), "members": model.n_members,
+                **{k: r.get(k) for k in ("name", "model", "loss", "weights", "image_size",
+                                         "n_folds", "repeats", "seed")}},
         "n_folds": r.get("n_folds"), "data": data_desc,
         "overlap_dropped": dropped,
-        "ensemble": "mean over the run's fold models (module docstring of handjax.validate)",
-        "clinical": clinical.clinical_block(preds, n_boot=n_boot, seed=seed),
-        "calibration": {
-            "temperatures": temps,
-            "fitted_on": f"the run's: {r.get('calibration', {}).get('fitted_on', '?')}; "
-                         "applied unchanged to the new photos",
-            "intercept_slope": clinical.bootstrap_ci(
-                clinical.calibration_lines, preds.label, preds.probs[rule], preds.pred[rule],
-                preds.subject, n_boot=n_boot, seed=seed),
-            "intercept_slope_method": "logistic recalibration of each task's outcome on the "
-                                      "logit of its calibrated-CNN probability: intercept with "
-                                      "the slope fixed at 1 (calibration-in-the-large), slope "
-                                      "from the two-parameter fit"},
-        "subgroups": clinical.subgroup_table(preds.label, preds.probs[rule], preds.pred[rule],
-                                             preds.subject, dict(preds.extra), n_boot=n_boot,
-                                             seed=seed),
-        "decision_curve": clinical.decision_curves(preds.label, preds.probs[rule]),
-        "bootstrap": {"resamples": n_boot, "unit": "subject", "seed": seed},
+        "model": "the run's locked model (model/model.json): the mean over its "
+                 f"{model.n_members} fold models of their probabilities scaled by one "
+                 f"temperature T = {model.temperature:.6g}",
+        **blocks,
+        "calibration": {"temperature": model.temperature,
+                        "fitted_on": f"the run's: {card['calibration']['fitted_on']}; "
+                                     "applied unchanged to the new photos",
+                        **lines},
     })
 
 
-def validation_markdown(results: dict) -> str:
-    """``results.md`` of a validation: what was scored, the clinical tables, calibration
-    intercept and slope, and the decision curve at a few thresholds."""
-    data, run = results["data"], results["run"]
-    dropped = results.get("overlap_dropped") or []
-    lines = [f"# {results['name']}", "",
-             f"- **{data['n']} photos of {data['n_subjects']} subjects** from {data['source']} "
-             f"({', '.join(f'{k} {v}' for k, v in data['class_counts'].items())})",
-             f"- scored by the {run['n_folds']} fold models of run {run['name']} "
-             f"({run['model']}, {run['loss']} loss, {run['image_size']} px, {run['workdir']})",
-             f"- left out as copies of training photos: {len(dropped)}"
-             + "".join(f"\n  - {d['file']} ~ {d['training_file']}" for d in dropped)]
-    parts = ["\n".join(lines), report.clinical_markdown(results, "fold ensemble on the new photos"),
-             report.calibration_line_markdown(results["calibration"]["intercept_slope"]),
-             report.decision_curve_markdown(results["decision_curve"])]
-    return "\n\n".join(parts) + "\n"
-
-
 def write_outputs(out: Path, preds: clinical.Predictions, results: dict) -> list[Path]:
-    """predictions.csv, results.json, results.md and the PNGs into ``out``."""
+    """predictions.csv and results.json, then the shared report tail (results.md, PNGs)."""
+    from handjax.report import markdown as report
     out.mkdir(parents=True, exist_ok=True)
     written = [clinical.write_predictions(out / "predictions.csv", preds)]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(validation_markdown(results), encoding="utf-8")
-    written += [out / "results.json", out / "results.md"]
-    ece = {rule: results["clinical"].get(rule, {}).get("ece_10bin", {}).get("value")
-           for rule in ("cnn", "cnn_calibrated")}
-    written += [
-        plots.plot_roc(out / "roc.png", preds.label, preds.probs["cnn_calibrated"]),
-        plots.plot_reliability(out / "reliability.png", preds.label,
-                               {"before calibration": preds.probs["cnn"],
-                                "after calibration": preds.probs["cnn_calibrated"]},
-                               {"before calibration": ece["cnn"],
-                                "after calibration": ece["cnn_calibrated"]}),
-        plots.plot_decision_curve(out / "decision_curve.png", results["decision_curve"],
-                                  results["name"])]
-    for rule, decided in preds.pred.items():
-        cm = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
-        np.add.at(cm, (preds.label, decided), 1)
-        written.append(plots.plot_confusion(cm, list(CLASSES), f"{results['name']}\n{rule}",
-                                            out / f"confusion_{rule}.png"))
-    return written
+    return written + [out / "results.json"] + report.write(out, preds, results)
 
 
 # --------------------------------------------------------------------------- the command
-def training_cohort(workdir: Path, run: TrainedRun) -> Cohort:
+def training_cohort(workdir: Path, run) -> Cohort:
     """The run's training photos and folds, rebuilt; refused when they are not the photos
     the run trained on (``ledger.json``): the SVM refit and the overlap guard need them."""
     spec = run.run_spec
@@ -279,7 +213,7 @@ def training_cohort(workdir: Path, run: TrainedRun) -> Cohort:
     return cohort
 
 
-def load_new_set(data, run: TrainedRun, metadata=None) -> tuple[Examples, np.ndarray, dict]:
+def load_new_set(data, run, metadata=None) -> tuple[Examples, np.ndarray, dict]:
     """The second photo set at the run's input size, its subjects and subgroup columns."""
     spec = run.run_spec.data
     class_map = dict(spec.class_map) if spec.class_map else None
@@ -297,8 +231,9 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
     """Score the run in ``workdir`` on the photos in ``data``; write everything to ``out``.
     Returns the results.json record."""
     workdir, out = Path(workdir), Path(out)
-    run = load_run(workdir)
-    check_run_classes(run.results.get("data", {}).get("class_names", CLASSES))
+    model = load_model(workdir)
+    run = model.run
+    check_run_classes(model.classes)
     new, subjects, columns = load_new_set(data, run, metadata)
     source = str(data)
     console.say(f"validating run {run.results.get('name', workdir)} on {len(new.labels)} "
@@ -319,11 +254,11 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
                         "left to validate on")
     new, subjects = subset(new, keep), subjects[keep]
     columns = {c: np.asarray(v)[keep] for c, v in columns.items()}
-    preds = ensemble_predictions(run, cohort, new, subjects, columns)
+    preds = locked_predictions(model, cohort, new, subjects, columns)
     desc = {**describe(new, source=source), "class_names": list(CLASSES),
             "n_subjects": len(np.unique(subjects))}
     dropped = [{"file": f, "training_file": o} for f, o in named]
-    results = validation_results(run, preds, desc, dropped, workdir)
+    results = validation_results(model, preds, desc, dropped, workdir)
     try:
         write_outputs(out, preds, results)
     except OSError as e:
@@ -336,8 +271,8 @@ def validate(workdir, data, out, metadata=None, drop_overlap: bool = False) -> d
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m handjax.validate",
-        description="Apply a finished run's fold models to a second photo set and score "
-                    "them like the run (clinical metrics with subject-bootstrap CIs, "
+        description="Apply a finished run's locked model to a second photo set and score "
+                    "it like the run (clinical metrics with subject-bootstrap CIs, "
                     "calibration intercept and slope, decision curves).")
     parser.add_argument("--workdir", required=True, help="a finished run (python launch.py)")
     parser.add_argument("--data", required=True, help="ImageFolder of the second photo set")

@@ -1,4 +1,4 @@
-"""Predicting photos with a run's fold ensemble, and Grad-CAM.
+"""Predicting photos with a run's locked model, and Grad-CAM.
 
 Grad-CAM is checked on hand-built models whose answer is known; the CLI on one tiny smoke
 run (VGG16, 32 px, random weights) applied to synthetic hands saved as PNG and JPEG files.
@@ -16,9 +16,11 @@ import pytest
 from PIL import Image
 
 from cells import run, tiny_config
-from handjax import data, predict
+from handjax import data, losses, predict
 from handjax.evaluation import scoring as evaluate
-from handjax.model import ensemble as inference
+from handjax.model import locked
+from handjax.model.gradcam import grad_cam
+from handjax.report import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,7 @@ def test_grad_cam_peak_lies_in_the_scored_quadrant(quadrant):
     v = net.init(jax.random.key(0), scene[None])
     feats = net.apply(v, scene[None])[0]
     np.testing.assert_allclose(feats, scene, atol=1e-6)      # really the identity
-    cam = np.asarray(predict.grad_cam(_score(_quadrant_mask(size, quadrant)), feats))
+    cam = np.asarray(grad_cam(_score(_quadrant_mask(size, quadrant)), feats))
     assert cam.shape == (size, size)
     peak = np.unravel_index(cam.argmax(), cam.shape)
     assert _quadrant_mask(size, quadrant)[peak] == 1
@@ -82,7 +84,7 @@ def test_grad_cam_weights_are_spatial_mean_gradients_then_relu():
     size = 16
     scene = _scene(size)
     mask = _quadrant_mask(size, "top_left")
-    cam = np.asarray(predict.grad_cam(_score(mask), scene))
+    cam = np.asarray(grad_cam(_score(mask), scene))
     # By hand: d score / d R = mask * R, d score / d G = -2 mask, d / d B = 0.
     w_r = np.sum(mask * scene[..., 0]) / size**2
     w_g = -2.0 * mask.sum() / size**2
@@ -95,7 +97,7 @@ def test_grad_cam_weights_are_spatial_mean_gradients_then_relu():
 
 
 def test_grad_cam_without_evidence_is_zero_not_nan():
-    cam = predict.grad_cam(lambda f: -jnp.sum(f), jnp.ones((4, 4, 2)))
+    cam = grad_cam(lambda f: -jnp.sum(f), jnp.ones((4, 4, 2)))
     np.testing.assert_array_equal(np.asarray(cam), np.zeros((4, 4)))
 
 
@@ -140,27 +142,42 @@ def json_output(run_dir, photos, tmp_path_factory):
 
 
 @pytest.mark.slow  # needs a trained smoke run
-def test_json_probabilities_are_the_fold_average(json_output, run_dir, photos):
+def test_json_gives_the_locked_models_probabilities_and_decisions(json_output, run_dir, photos):
     result, _ = json_output
     preds = result["predictions"]
-    assert [p["photo"] for p in preds] == [str(p) for p in photos]
+    assert [p["file"] for p in preds] == [str(p) for p in photos]
     probs = np.array([list(p["probabilities"].values()) for p in preds])
     assert list(preds[0]["probabilities"]) == ["normal", "heberden", "ra"]
-    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-    # Independently: each fold's full Classifier on the decoded photos, averaged.
-    run = inference.load_run(run_dir)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-9)
+    # Independently: each fold's full Classifier on the decoded photos, each scaled by the
+    # card's temperature, averaged.
+    model = locked.load_model(run_dir)
+    card = json.loads((run_dir / "model" / "model.json").read_text())
+    t = card["calibration"]["temperature"]
     x = np.stack([data.decode_image(p, 32) for p in photos])
     per_fold = []
     for k in range(5):
-        v = jax.tree.map(lambda a, k=k: a[k], run.variables)
-        logits, _ = run.model.apply(v, x, train=False, mode="tune")
-        per_fold.append(np.asarray(evaluate.probabilities("categorical", logits)))
+        v = jax.tree.map(lambda a, k=k: a[k], model.run.variables)
+        logits, _ = model.run.model.apply(v, x, train=False, mode="tune")
+        p = np.asarray(evaluate.probabilities("categorical", logits), np.float64)
+        z = np.log(np.clip(p, 1e-12, 1)) / t
+        per_fold.append(np.exp(z) / np.exp(z).sum(-1, keepdims=True))
     np.testing.assert_allclose(probs, np.mean(per_fold, 0), rtol=1e-4, atol=1e-6)
     names = ["normal", "heberden", "ra"]
-    assert [p["argmax"] for p in preds] == [names[i] for i in probs.argmax(-1)]
-    assert all(p["min_expected_cost"] in names for p in preds)
+    thresholds = {f"{task}_{kind}": c["threshold"]
+                  for task, kinds in card["operating_points"].items()
+                  for kind, c in kinds.items() if c["status"] == "chosen"}
+    for p, row in zip(preds, probs):
+        d = p["decisions"]
+        assert set(d) == {"argmax", "mec", *thresholds}
+        assert d["argmax"] == names[row.argmax()]
+        assert d["mec"] == names[int(np.argmin(row @ np.asarray(losses.DEFAULT_COST)))]
+        for rule, thr in thresholds.items():
+            score = row[2] if rule.startswith("ra_") else row[1] + row[2]
+            assert d[rule] == int(score >= thr)
+    assert result["model"]["thresholds"] == pytest.approx(thresholds)
     assert "not a diagnosis" in result["disclaimer"] and "synthetic" in result["disclaimer"]
-    assert result["run"]["data"]["class_counts"] == {"normal": 10, "heberden": 10, "ra": 10}
+    assert result["model"]["data"]["class_counts"] == {"normal": 10, "heberden": 10, "ra": 10}
 
 
 @pytest.mark.slow  # needs a trained smoke run
@@ -181,8 +198,8 @@ def test_overlays_are_photo_sized_pngs(json_output, photos):
 
 def test_overlay_blends_the_heat_map_over_the_photo(photos):
     photo = photos[1]
-    hot = predict.overlay(photo, np.ones((2, 2)))
-    cold = predict.overlay(photo, np.zeros((2, 2)))
+    hot = plots.gradcam_overlay(photo, np.ones((2, 2)))
+    cold = plots.gradcam_overlay(photo, np.zeros((2, 2)))
     src = np.asarray(Image.open(photo).convert("RGB"), np.float32)
     hot, cold = np.asarray(hot, np.float32), np.asarray(cold, np.float32)
     # jet(1) is dark red, jet(0) dark blue: the overlays differ, in the expected channels.
@@ -258,3 +275,12 @@ def test_photo_below_the_minimum_size_is_one_line_naming_it(tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (f"handjax: error: {tiny}: too small (1x1 pixels; a photo needs at least "
                     f"{data.decode.MIN_PHOTO_SIDE} px on each side)")
+
+
+def test_matplotlib_is_imported_only_by_the_report_plots_and_the_console():
+    importers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "handjax").rglob("*.py")
+                       if any(line.lstrip().startswith(("import matplotlib",
+                                                        "from matplotlib"))
+                              for line in p.read_text().splitlines()))
+    assert "handjax/report/plots.py" in importers
+    assert set(importers) <= {"handjax/console.py", "handjax/report/plots.py"}

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from cells import run, tiny_config
 
-from handjax import evaluation as clinical, validate
+from handjax import evaluation as clinical, predict, validate
 from handjax.data import CLASSES, DataError, load_synthetic
 from handjax.errors import RunError, TrainingError
 
@@ -155,6 +155,8 @@ def test_validate_end_to_end_on_a_disjoint_folder(trained, tmp_path):
     for rule in results["clinical"]:
         assert set(results["clinical"][rule]) == set(run_results["clinical"][rule])
     np.testing.assert_array_equal(preds.pred["svm"], preds.probs["svm"].argmax(-1))
+    np.testing.assert_array_equal(preds.pred["cnn_calibrated"],
+                                  preds.probs["cnn_calibrated"].argmax(-1))
     assert results["overlap_dropped"] == []
     assert set(results["calibration"]["intercept_slope"]) == {
         f"{k}_{t}" for k in ("intercept", "slope") for t in clinical.TASKS}
@@ -167,15 +169,84 @@ def test_validate_end_to_end_on_a_disjoint_folder(trained, tmp_path):
 @pytest.mark.slow
 def test_fold_models_rebuilt_score_the_runs_own_test_photos_as_it_did(trained):
     workdir, _ = trained
-    from handjax.evaluation.scoring import probabilities
-    from handjax.model.ensemble import load_run
-    run = load_run(workdir)
-    cohort = validate.training_cohort(workdir, run)
-    [(logits, _)] = validate.fold_outputs(run, np.asarray(cohort.examples.images))
-    p = np.asarray(probabilities(run.run_spec.loss.name, logits), np.float64)
+    from handjax.model.locked import load_model
+    model = load_model(workdir)
+    cohort = validate.training_cohort(workdir, model.run)
+    logits, _ = model.member_outputs(np.asarray(cohort.examples.images))
+    p = model.member_probabilities(logits)
     preds = clinical.read_predictions(workdir / "predictions.csv")
     for k, te in enumerate(cohort.test_sets):
         np.testing.assert_allclose(p[k, te], preds.probs["cnn"][te], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def validated(trained, tmp_path_factory):
+    """The smoke run validated on 12 new photos (4 per class), and predict's JSON for
+    the same files."""
+    import contextlib
+    import io
+    import json
+    workdir, _ = trained
+    root = tmp_path_factory.mktemp("second")
+    data = _write_folder(root / "clinic_c", 4, seed=9)
+    out = root / "out"
+    results = validate.validate(workdir, data, out)
+    preds = clinical.read_predictions(out / "predictions.csv")
+    files = [str(data / f) for f in preds.file]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert predict.main(["--workdir", str(workdir), "--json", "--out",
+                             str(root / "cams"), *files]) == 0
+    return results, preds, json.loads(buf.getvalue()), out, files
+
+
+@pytest.mark.slow
+def test_predict_and_validate_give_equal_probabilities_and_decisions(validated):
+    results, preds, predicted, _, files = validated
+    rows = predicted["predictions"]
+    assert [r["file"] for r in rows] == files     # the paths as given, in validate's order
+    probs = np.array([[r["probabilities"][c] for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(probs, preds.probs["cnn_calibrated"], rtol=1e-9, atol=1e-12)
+    assert [r["decisions"]["argmax"] for r in rows] == [CLASSES[i] for i in
+                                                        preds.pred["cnn_calibrated"]]
+    assert [r["decisions"]["mec"] for r in rows] == [CLASSES[i] for i in preds.pred["cnn_mec"]]
+    # each locked threshold's calls, as validate scores them, are predict's
+    for task, entries in results["locked_operating_points"].items():
+        score = clinical.TASKS[task].score(preds.probs["cnn_calibrated"])
+        for e in entries:
+            assert [r["decisions"][e["rule"]] for r in rows] == list(
+                (score >= e["threshold"]).astype(int))
+
+
+@pytest.mark.slow
+def test_locked_operating_points_recompute_from_predictions_csv(validated, trained):
+    results, _, _, out, _ = validated
+    workdir, _ = trained
+    import json
+    card = json.loads((workdir / "model" / "model.json").read_text())
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    p = {c: np.array([float(r[f"p_cnn_calibrated_{c}"]) for r in rows]) for c in CLASSES}
+    label = np.array([r["label"] for r in rows])
+    cases = {"any_disease": (label != "normal", p["heberden"] + p["ra"]),
+             "ra": (label == "ra", p["ra"])}
+    seen = set()
+    for task, entries in results["locked_operating_points"].items():
+        pos, score = cases[task]
+        for e in entries:
+            kind = e["rule"][len(task) + 1:]
+            assert e["threshold"] == card["operating_points"][task][kind]["threshold"]
+            called = score >= e["threshold"]
+            assert e["sensitivity"]["value"] == pytest.approx(np.mean(called[pos]), abs=1e-12)
+            assert e["specificity"]["value"] == pytest.approx(np.mean(~called[~pos]), abs=1e-12)
+            lo, hi = e["sensitivity"]["ci95"]
+            assert lo <= e["sensitivity"]["value"] <= hi
+            seen.add(e["rule"])
+    chosen = {f"{t}_{k}" for t, ks in card["operating_points"].items()
+              for k, c in ks.items() if c["status"] == "chosen"}
+    assert seen == chosen and chosen
+    md = (out / "results.md").read_text()
+    assert "## Locked operating points" in md and "Calibration (?, ours)" not in md
 
 
 @pytest.mark.slow

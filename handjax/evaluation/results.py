@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from handjax.evaluation.bootstrap import bootstrap_ci, per_fold_metrics, subgroup_table
-from handjax.evaluation.net_benefit import decision_curves
-from handjax.evaluation.clinical import ECE_BINS, clinical_metrics
-from handjax.evaluation.operating import operating_points
+from handjax.evaluation.bootstrap import bootstrap_ci
+from handjax.evaluation.clinical import clinical_metrics
 from handjax.evaluation.predictions import Predictions, present_rules, read_predictions
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -37,45 +35,17 @@ def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int
     the calibration record (``calib``: :func:`handjax.evaluation.scoring.out_of_fold`'s) and the
     decision curves of the cnn_calibrated probabilities, pooled out of fold (with repeats,
     the mean over repeats: net benefit is linear in the counts)."""
-    preds = read_predictions(csv_path)
-    targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
-    n_boot, rule = eval_spec.bootstrap, "cnn_calibrated"
-    folds = (preds.fold if preds.repeats == 1
-             else np.char.add(np.char.add(preds.repeat.astype(str), "/"), preds.fold.astype(str)))
-    return {
-        "clinical": clinical_block(preds, n_boot=n_boot, seed=seed),
-        **_per_repeat(preds, n_boot, seed),
-        "clinical_per_fold": {r: {str(k): v for k, v in per_fold_metrics(
-            preds.label, preds.probs_for(r), preds.pred[r], folds).items()}
-            for r in preds.pred},
-        "subgroups": subgroup_table(preds.label, preds.probs[rule], preds.pred[rule],
-                                    preds.subject, dict(preds.extra), n_boot=n_boot, seed=seed,
-                                    repeat=preds.repeat),
-        "operating_points": operating_points(preds, calib["thresholds"], targets, n_boot,
-                                             seed),
-        "calibration": {**{k: v for k, v in calib.items() if k != "thresholds"},
-                        "ece_10bin": f"{ECE_BINS} equal-width bins of top-label confidence",
-                        "ece_sweep": "equal-mass bins, as many as keep accuracy monotone "
-                                     "(Roelofs et al. 2022)"},
-        "decision_curve": decision_curves(preds.label, preds.probs[rule]),
-        "bootstrap": {"resamples": n_boot, "unit": "subject", "seed": seed},
-    }
+    from handjax.evaluation import evaluators   # the registry builds on this module
+    context = evaluators.Context(
+        n_boot=eval_spec.bootstrap, seed=seed, calibration=calib,
+        targets={"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity})
+    return evaluators.evaluate(read_predictions(csv_path), context, evaluators.RUN)
 
 
 REPEAT_POOLING = ("each figure is the mean over repeats of the repeat's own value; each "
                   "bootstrap resample draws the subjects with replacement and one repeat at "
                   "random, so the 95% CI holds both the subject sampling and the between-repeat "
                   "(fold assignment) variation")
-
-
-def _per_repeat(preds: Predictions, n_boot: int, seed: int) -> dict:
-    """With repeated cross-validation: every clinical figure per repeat, and how the pooled
-    ones are formed. Nothing without repeats."""
-    if preds.repeats == 1:
-        return {}
-    return {"clinical_per_repeat": [clinical_block(preds.rows(preds.repeat == r), n_boot, seed)
-                                    for r in range(preds.repeats)],
-            "repeat_pooling": REPEAT_POOLING}
 
 
 def run_results(run_spec: RunSpec, data_desc: dict, cache_bytes: int, decisions: dict,

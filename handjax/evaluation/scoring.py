@@ -128,9 +128,8 @@ def decision_summary(cms: np.ndarray) -> dict:
     """Per-fold metrics of stacked confusion matrices [K, C, C], their mean and std (ddof 0)."""
     per_fold = _fold_metrics(jnp.asarray(cms))
     per_fold = {k: [float(v) for v in np.asarray(per_fold[k])] for k in metrics.STUDY_METRICS}
-    return {"per_fold": per_fold,
-            "mean": {k: float(np.mean(v)) for k, v in per_fold.items()},
-            "std": {k: float(np.std(v)) for k, v in per_fold.items()},
+    mean, std = metrics.mean_std(per_fold)
+    return {"per_fold": per_fold, "mean": mean, "std": std,
             "confusion": np.asarray(cms).astype(int).tolist(),
             "confusion_sum": np.asarray(cms).sum(0).astype(int).tolist()}
 

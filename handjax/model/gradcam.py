@@ -8,7 +8,7 @@ for every class of a batch of raw photos. Drawing it over a photo is the report'
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

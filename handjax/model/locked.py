@@ -88,7 +88,7 @@ def fit_calibration(preds: Predictions) -> dict:
     t = fit_temperature(log_probs(preds.probs["cnn"]), preds.label)
     return {"method": "temperature scaling of each member, then the mean over members",
             "temperature": t, "at_bound": at_bound(t), "bounds": list(TEMPERATURE_BOUNDS),
-            "n_rows": int(len(preds.label)),
+            "n_rows": len(preds.label),
             "fitted_on": "the pooled out-of-fold predictions (predictions.csv p_cnn_*: each "
                          "photo scored by the fold model that never saw it; every repeat)"}
 
@@ -132,10 +132,14 @@ def checkpoint_fingerprint(workdir) -> str:
     return h.hexdigest()
 
 
-def caveats(run_spec: RunSpec, results: dict) -> list[str]:
+def caveats(run_spec: RunSpec, results: dict, calibration: dict) -> list[str]:
     """What the card's figures cannot mean, in plain words."""
     data = results.get("data", {})
     out = []
+    if calibration.get("at_bound"):
+        out.append(f"The locked temperature ({calibration['temperature']:.3g}) sits at a "
+                   f"search bound {calibration['bounds']}: the NLL kept falling past it, so "
+                   "it is a limit, not a fit (e.g. a model that says nothing).")
     if not run_spec.model.weights:
         out.append("Random weights: no pretrained backbone; the figures only show that the "
                    "pipeline runs.")
@@ -147,12 +151,12 @@ def caveats(run_spec: RunSpec, results: dict) -> list[str]:
         out.append(f"Few subjects ({n}): every interval is wide, and a threshold chosen on "
                    "them moves a lot from one photo set to the next.")
     out += [
-        "The threshold rates reached on the rows they were chosen on are optimistic; test "
-        "them on new photos (python -m handjax.validate).",
-        "Fold k's labels reach its temperature T_k through the other folds' models, which "
-        "trained on fold k: 'fold k never tunes T_k' holds only with the predictions fixed.",
-        "Photos unlike the training ones (another camera, clinic, skin tone or resolution) "
-        "may be scored with confidence and still be wrong."]
+        ("The threshold rates reached on the rows they were chosen on are optimistic; test "
+         "them on new photos (python -m handjax.validate)."),
+        ("Fold k's labels reach its temperature T_k through the other folds' models, which "
+         "trained on fold k: 'fold k never tunes T_k' holds only with the predictions fixed."),
+        ("Photos unlike the training ones (another camera, clinic, skin tone or resolution) "
+         "may be scored with confidence and still be wrong.")]
     return out
 
 
@@ -204,7 +208,7 @@ def model_card(run_spec: RunSpec, preds: Predictions, results: dict, workdir) ->
             "data": results.get("data")},
         "describes": DESCRIBES,
         "intended_use": INTENDED_USE,
-        "caveats": caveats(run_spec, results),
+        "caveats": caveats(run_spec, results, calibration),
     }
 
 
@@ -334,8 +338,10 @@ def load_model(workdir, batch_size: int = BATCH_SIZE) -> LockedModel:
     if card.get("format") != FORMAT:
         raise RunError(f"{path} has format {card.get('format')!r}, this handjax reads "
                        f"{FORMAT}; rerun the run's launch command to rewrite it")
-    run = load_run(workdir)
-    if checkpoint_fingerprint(workdir) != card["fingerprints"]["checkpoint"]:
+    # Checked before restoring: an altered file may not even restore. (A missing checkpoint
+    # is load_run's to report: "training is not finished".)
+    if ((workdir / "checkpoints").is_dir()
+            and checkpoint_fingerprint(workdir) != card["fingerprints"]["checkpoint"]):
         raise RunError(f"{workdir / 'checkpoints'} differs from the checkpoint {path} was "
                        "written for; restore it or rerun the launch command")
-    return LockedModel(run, card, batch_size)
+    return LockedModel(load_run(workdir), card, batch_size)

@@ -20,7 +20,7 @@ from handjax import evaluation as clinical
 from handjax.report import plots
 from handjax.config import STUDY_LOSSES, STUDY_MODELS
 from handjax.data.records import CLASSES
-from handjax.metrics import STUDY_METRICS
+from handjax.metrics import STUDY_METRICS, mean_std
 
 # Column suffixes of the study's table, in its order.
 METRIC_COLUMNS = {"accuracy": "acc", "custom_multi": "cus_multi",
@@ -43,11 +43,7 @@ CLINICAL_COLUMNS = {"CNN_auroc_macro [95% CI]": "auroc_macro", "CNN_qwk": "qwk",
 
 
 # ------------------------------------------------------------------------ numbers
-def summarize(per_fold: dict) -> tuple[dict, dict]:
-    """Mean and *population* std (``ddof=0``) of each metric's per-fold list."""
-    mean = {k: float(np.mean(v)) for k, v in per_fold.items()}
-    std = {k: float(np.std(v, ddof=0)) for k, v in per_fold.items()}
-    return mean, std
+summarize = mean_std   # mean and population std (ddof=0) of each per-fold list
 
 
 def format_pm(mean: float, std: float, digits: int = 4) -> str:
@@ -136,54 +132,125 @@ def read_metrics_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_run(workdir, results: dict) -> list[Path]:
-    """Write ``results.md``, ``confusion_<decision>.png`` for every decision (CNN, SVM,
-    min-expected-cost), ``curves.png`` if ``metrics.jsonl`` exists and, if
-    ``predictions.csv`` does, ``roc.png`` and ``reliability.png``, and ``decision_curve.png``
-    where results has decision curves. Everything is read from
-    ``results`` (the run's results.json) and the workdir's files. Returns the paths."""
+def write(out, predictions, results: dict) -> list[Path]:
+    """The report tail every command ends with: ``results.md`` and the PNGs of a training run
+    or a validation, from its ``Predictions`` (``None``: no ROC or reliability diagram) and
+    its ``results.json`` record. Returns the paths written (none off process 0).
+
+    A run (``results["decisions"]``) gets ``confusion_<decision>.png`` summed over folds and
+    ``curves.png`` from ``out/metrics.jsonl``; a validation ``confusion_<rule>.png`` per
+    rule of ``predictions``. Both get ``roc.png``, ``reliability.png`` and
+    ``decision_curve.png``."""
     from handjax.train import distributed
     if not distributed.is_primary():   # process 0 writes the reports
         return []
-    workdir = Path(workdir)
-    md = workdir / "results.md"
-    md.write_text(run_markdown(results), encoding="utf-8")
+    out = Path(out)
+    md = out / "results.md"
+    md.write_text(markdown(results), encoding="utf-8")
     written = [md]
     class_names = results.get("data", {}).get("class_names", list(CLASSES))
-    for key, decision in results.get("decisions", {}).items():
-        title = f"{results.get('name', '')}\n{DECISION_PREFIX.get(key, key)}, summed over folds"
-        written.append(plots.plot_confusion(confusion_sum(decision), class_names, title,
-                                            workdir / f"confusion_{key}.png"))
-    jsonl = workdir / "metrics.jsonl"
+    if "decisions" in results:
+        for key, decision in results["decisions"].items():
+            title = (f"{results.get('name', '')}\n{DECISION_PREFIX.get(key, key)}, "
+                     "summed over folds")
+            written.append(plots.plot_confusion(confusion_sum(decision), class_names, title,
+                                                out / f"confusion_{key}.png"))
+    elif predictions is not None:
+        for rule, decided in predictions.pred.items():
+            cm = np.zeros((len(class_names), len(class_names)), np.int64)
+            np.add.at(cm, (predictions.label, decided), 1)
+            written.append(plots.plot_confusion(cm, class_names,
+                                                f"{results.get('name', '')}\n{rule}",
+                                                out / f"confusion_{rule}.png"))
+    jsonl = out / "metrics.jsonl"
     if jsonl.exists():
         records = read_metrics_jsonl(jsonl)
         if records:
-            written.append(plots.plot_curves(records, workdir / "curves.png"))
-    if (workdir / "predictions.csv").exists():
-        written += _clinical_plots(workdir, results)
+            written.append(plots.plot_curves(records, out / "curves.png"))
+    if predictions is not None and "cnn_calibrated" in predictions.probs:
+        written += _clinical_plots(out, predictions, results)
     if results.get("decision_curve"):
-        written.append(plots.plot_decision_curve(workdir / "decision_curve.png",
-                                                 results["decision_curve"]))
+        written.append(plots.plot_decision_curve(out / "decision_curve.png",
+                                                 results["decision_curve"],
+                                                 "" if "decisions" in results
+                                                 else results.get("name", "")))
     return written
 
 
-def _clinical_plots(workdir: Path, results: dict) -> list[Path]:
-    """ROC with the frozen operating points and reliability before/after calibration, drawn
-    from ``predictions.csv`` with the figures of ``results``."""
-    preds = clinical.read_predictions(workdir / "predictions.csv")
+def write_run(workdir, results: dict) -> list[Path]:
+    """:func:`write` for a finished run's folder, its predictions read from its
+    ``predictions.csv`` where there is one."""
+    csv_path = Path(workdir) / "predictions.csv"
+    preds = clinical.read_predictions(csv_path) if csv_path.exists() else None
+    return write(workdir, preds, results)
+
+
+def markdown(results: dict) -> str:
+    """``results.md`` of a run (:func:`run_markdown`) or of a validation
+    (:func:`validation_markdown`)."""
+    return run_markdown(results) if "decisions" in results else validation_markdown(results)
+
+
+def _clinical_plots(out: Path, preds, results: dict) -> list[Path]:
+    """ROC with the operating points (a run's fold thresholds, or a validation's locked
+    ones) and reliability before/after calibration."""
     points = {task: {f"{kind} >= target": {
         "sensitivity": e["sensitivity"]["value"], "specificity": e["specificity"]["value"]}
         for kind, e in kinds.items() if e.get("sensitivity")}
         for task, kinds in results.get("operating_points", {}).items()}
+    for task, entries in results.get("locked_operating_points", {}).items():
+        points.setdefault(task, {}).update({f"locked {e['rule']}": {
+            "sensitivity": e["sensitivity"]["value"], "specificity": e["specificity"]["value"]}
+            for e in entries})
     ece = {rule: results.get("clinical", {}).get(rule, {}).get("ece_10bin", {}).get("value")
            for rule in ("cnn", "cnn_calibrated")}
-    return [plots.plot_roc(workdir / "roc.png", preds.label, preds.probs["cnn_calibrated"],
+    return [plots.plot_roc(out / "roc.png", preds.label, preds.probs["cnn_calibrated"],
                            points),
-            plots.plot_reliability(workdir / "reliability.png", preds.label,
+            plots.plot_reliability(out / "reliability.png", preds.label,
                                    {"before calibration": preds.probs["cnn"],
                                     "after calibration": preds.probs["cnn_calibrated"]},
                                    {"before calibration": ece["cnn"],
                                     "after calibration": ece["cnn_calibrated"]})]
+
+
+def validation_markdown(results: dict) -> str:
+    """``results.md`` of a validation: what was scored, the clinical tables, the locked
+    operating points, calibration intercept and slope, and the decision curve at a few
+    thresholds."""
+    data, run = results["data"], results["run"]
+    dropped = results.get("overlap_dropped") or []
+    lines = [f"# {results['name']}", "",
+             f"- **{data['n']} photos of {data['n_subjects']} subjects** from {data['source']} "
+             f"({', '.join(f'{k} {v}' for k, v in data['class_counts'].items())})",
+             f"- scored by the locked model of run {run['name']} ({run['model']}, "
+             f"{run['loss']} loss, {run['image_size']} px, {run['workdir']}): "
+             f"{results.get('model', '')}",
+             f"- left out as copies of training photos: {len(dropped)}"
+             + "".join(f"\n  - {d['file']} ~ {d['training_file']}" for d in dropped)]
+    warn = caveats({"weights": run.get("weights"), "data": data})
+    parts = ["\n".join(warn + lines), clinical_markdown(results, "locked model on the new photos")]
+    if results.get("locked_operating_points"):
+        parts.append(locked_operating_markdown(results["locked_operating_points"]))
+    parts += [calibration_line_markdown(results["calibration"]["intercept_slope"]),
+              decision_curve_markdown(results["decision_curve"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def locked_operating_markdown(points: dict) -> str:
+    """The locked thresholds on the new photos: sensitivity and specificity with CIs, beside
+    the rate each reached where it was chosen."""
+    rows = []
+    for task, entries in points.items():
+        for e in entries:
+            kind = e["rule"][len(task) + 1:]
+            dev = e.get("development", {})
+            rows.append([task, e.get("target") or kind, f"{e['threshold']:.3f}",
+                         _num(dev.get(kind), 3), format_ci(e.get("sensitivity")),
+                         format_ci(e.get("specificity"))])
+    return "\n\n".join([
+        "## Locked operating points (thresholds chosen in development, frozen, applied here)",
+        _md_table(["task", "chosen for", "threshold", "reached in development",
+                   "sensitivity here", "specificity here"], rows)])
 
 
 # ------------------------------------------------------------------------ clinical
@@ -280,6 +347,9 @@ def clinical_markdown(results: dict, pooled: str = "pooled out of fold") -> str:
 
 
 def _calibration_line(calib: dict) -> str:
+    if "temperature" in calib:   # a validation: the locked model's one temperature
+        return (f"Calibration (locked model): one temperature T = {calib['temperature']:.3g}, "
+                f"fitted on {calib.get('fitted_on', '?')}.")
     temps = ", ".join(f"{t:.3g}" for t in calib.get("temperatures", []))
     bound = [k for k, b in enumerate(calib.get("at_bound", [])) if b]
     note = (f" **At a search bound in fold(s) {', '.join(map(str, bound))}**: the NLL kept "
@@ -430,7 +500,7 @@ def _study_rows(cells: dict, models, losses):
                  else f"mean ({n_present} of {len(models)} models)")
         present = [cells[(loss, m)] for m in models if cells.get((loss, m))]
         rows.append([group, label] + [
-            format_pm(np.mean(model_means[c]), np.std(model_means[c])) if model_means[c]
+            format_pm(*(x[c] for x in summarize({c: model_means[c]}))) if model_means[c]
             else "n/a" for c in STUDY_COLUMNS] + _clinical_means(present))
     return rows, missing
 

@@ -367,7 +367,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     results = _results(run_spec, cohort, inputs, workdir, decisions, preds, calib)
     timing["evaluate_s"] = time.perf_counter() - t - timing.get("fit_s", 0.0)
     timing["wall_time_s"] = time.perf_counter() - t0
-    _write_outputs(workdir, results, timing)
+    _write_outputs(workdir, preds, results, timing)
     if distributed.is_primary():
         _write_model(workdir, run_spec, preds, results)
         workdirs.mark_finished(workdir)
@@ -412,11 +412,12 @@ def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Pat
                                 decisions, figures)
 
 
-def _write_outputs(workdir: Path, results: dict, timing: dict) -> None:
+def _write_outputs(workdir: Path, preds: clinical.Predictions, results: dict,
+                   timing: dict) -> None:
     from handjax.report import markdown as report
     try:
         write_results(workdir, results, timing)
-        report.write_run(workdir, results)
+        report.write(workdir, preds, results)
     except OSError as e:  # a full disk or a folder made read-only under the run
         raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
                             "space or fix permissions, then rerun the same command (it "
