@@ -196,5 +196,5 @@ def overlay(display: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> Image
 
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=False)
+    img.save(buf, "PNG", compress_level=1)  # fast: the overlay is fetched once, on loopback
     return buf.getvalue()
