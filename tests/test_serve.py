@@ -238,10 +238,16 @@ def test_full_queue_is_503_with_retry_after():
 def test_request_past_its_timeout_is_503_and_not_computed_later():
     with fake_client(timeout_s=0.2) as (client, model):
         model.gate = threading.Event()
-        r = post(client, photo_bytes(0))
+        image = np.zeros((16, 16, 3), np.uint8)
+        busy = client.app.state.batcher.submit(image)        # the worker holds this one
+        wait_until(lambda: len(model.calls) == 2)
+        r = post(client, photo_bytes(0))                      # queued behind it, times out
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "0.2 s" in r.json()["error"] and one_sentence(r.json()["error"])
         model.gate.set()
+        busy.result(5)
+        client.app.state.batcher.submit(image).result(5)      # queued after the timed-out one
+        assert model.calls == [1, 1, 1]   # warm-up, busy, the last: the timed-out one skipped
 
 
 def test_a_model_failure_is_a_json_500_without_traceback():
@@ -291,12 +297,10 @@ def test_pages_health_schema_and_unknown_paths():
         schema = client.get("/openapi.json").json()
         assert {"/predict", "/model", "/healthz"} <= set(schema["paths"])
         form = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
-        (body_schema,) = form["multipart/form-data"]["schema"].values() if "$ref" in \
-            form["multipart/form-data"]["schema"] else [form["multipart/form-data"]["schema"]]
-        ref = body_schema.split("/")[-1] if isinstance(body_schema, str) else None
-        fields = schema["components"]["schemas"][ref]["properties"] if ref else \
-            body_schema["properties"]
-        assert list(fields) == ["file"]
+        ref = form["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+        assert list(schema["components"]["schemas"][ref]["properties"]) == ["file"]
+        answers = schema["paths"]["/predict"]["post"]["responses"]
+        assert {"200", "400", "413", "415", "422", "503"} <= set(answers)
         for path, method in (("/nope", "get"), ("/predict", "get")):
             r = getattr(client, method)(path)
             assert r.status_code in (404, 405) and one_sentence(r.json()["error"])
