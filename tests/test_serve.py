@@ -362,3 +362,17 @@ def test_model_card_caveats_and_plots(served):
     png = client.get("/model/plots/reliability.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get("/model/plots/..%2Fconfig.json").status_code == 404
+
+
+# --------------------------------------------------------------------------- the command
+def test_only_loopback_addresses_count_as_loopback():
+    from handjax.serve.__main__ import is_loopback
+    assert all(map(is_loopback, ("127.0.0.1", "127.8.0.2", "::1", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "192.168.1.4", "::", "example.org")))
+
+
+def test_a_missing_run_is_one_line(tmp_path, capsys):
+    from handjax.serve.__main__ import main
+    assert main(["--workdir", str(tmp_path / "norun")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("handjax: error:") and "norun" in line
