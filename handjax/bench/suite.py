@@ -7,6 +7,7 @@
     python -m handjax.bench scaling    # wall time and peak RSS at N = 150, 600, 2400 photos
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
     python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
+    python -m handjax.bench serve      # the web server under 1, 4, 16 clients vs offline
 
 ``protocol`` (:mod:`handjax.bench.protocol`) runs the same protocol (model, input size,
 images, epochs, folds, SVM) as handjax's fold program (shared frozen-layer cache, compiled
@@ -338,6 +339,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["scaling"]:   # its own flags; each point in a fresh process
         return scaling_main(argv[1:])
+    if argv[:1] == ["serve"]:     # its own flags; the server under load beside predict
+        from handjax.bench import serve as bench_serve
+        return bench_serve.main(argv[1:])
     if argv[:1] == ["gpu-study"]:  # its own flags; refuses on a CPU
         from handjax.bench import gpu as bench_gpu
         return bench_gpu.main(argv[1:], peak_lookup=bf16_peak_tflops)
