@@ -39,3 +39,16 @@ def image_folder():
     ``per_class`` small solid-colour PNGs per class (normal, heberden, ra; 600 px each, so that
     a lowered decompression-bomb limit still lets them through), none in the ``skip`` classes."""
     return _image_folder
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One trained smoke run (VGG16, categorical, 32 px, random weights, 2+1 epochs:
+    ``cells.tiny_config()``) shared by every test that only reads a finished run: predict,
+    the locked model, validate and the server. Trained on first use; tests must not change
+    it (write into a copy or another folder)."""
+    from cells import run, tiny_config
+    workdir = tmp_path_factory.getbasetemp() / "smoke-run"
+    if not (workdir / "model" / "model.json").is_file():
+        run(tiny_config(), workdir)
+    return workdir

@@ -11,16 +11,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from cells import run, tiny_config
 from handjax import data
 
 
-def smoke_run(tmp_path_factory):
-    """The session's trained smoke run (trained on first use, then shared between modules)."""
-    workdir = tmp_path_factory.getbasetemp() / "serve-smoke-run"
-    if not (workdir / "model" / "model.json").is_file():
-        run(tiny_config(), workdir)
-    return workdir
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from scipy import optimize, special
 
-from cells import run, tiny_config
 from handjax import evaluation as clinical, losses
 from handjax.data import DataError, load_synthetic
 from handjax.errors import RunError
@@ -123,10 +122,8 @@ def test_unchosen_targets_give_no_rule():
 
 # ------------------------------------------------------------------ a smoke run (slow)
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "vgg16"
-    run(tiny_config(), workdir)
-    return workdir
+def run_dir(smoke_run):
+    return smoke_run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cells import run, tiny_config
 from handjax import data, losses, predict
 from handjax.evaluation import scoring as evaluate
 from handjax.model import locked
@@ -103,10 +102,8 @@ def test_grad_cam_without_evidence_is_zero_not_nan():
 
 # --------------------------------------------------------------------------- a trained run
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "vgg16"
-    run(tiny_config(), workdir)
-    return workdir
+def run_dir(smoke_run):
+    return smoke_run
 
 
 @pytest.fixture(scope="module")

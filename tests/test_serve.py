@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from serve_helpers import (FakeModel, bad_uploads, encode, hands, photo_bytes, smoke_run,
+from serve_helpers import (FakeModel, bad_uploads, encode, hands, photo_bytes,
                            softmax)
 from handjax import data
 from handjax.serve import uploads
@@ -308,10 +308,10 @@ def test_pages_health_schema_and_unknown_paths():
 
 # --------------------------------------------------------------------------- a trained run
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(smoke_run):
     from handjax.model.locked import load_model
     from handjax.serve.app import run_plots
-    workdir = smoke_run(tmp_path_factory)
+    workdir = smoke_run
     model = load_model(workdir)
     with TestClient(create_app(model, plots=run_plots(workdir))) as client:
         yield client, model, workdir

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_helpers import bad_uploads, photo_bytes, smoke_run
+from serve_helpers import bad_uploads, photo_bytes
 from handjax.bench.serve import Client, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow  # trains the smoke run (shared with test_serve.py)
@@ -31,9 +31,9 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(smoke_run, tmp_path_factory):
     """``(port, process)`` of the server on a free loopback port; stopped at the end."""
-    workdir = smoke_run(tmp_path_factory)
+    workdir = smoke_run
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = open(log_path, "wb")

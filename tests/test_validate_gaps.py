@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cells import run, tiny_config
 
 from handjax import evaluation as clinical, validate
 from handjax.data import CLASSES, DataError, load_synthetic
@@ -96,10 +95,8 @@ def _write(root: Path, seed: int, n: int, size: int = 64, skip=(), turn=None,
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    run(tiny_config(), workdir)
-    return workdir
+def trained(smoke_run):
+    return smoke_run
 
 
 @pytest.mark.slow
