@@ -28,7 +28,7 @@ import numpy as np
 
 from handjax import cli, console, data
 from handjax.data import decode
-from handjax.model.locked import LockedModel, load_model
+from handjax.model.locked import LockedModel, decision_value, display_names, load_model
 
 
 class Prediction(NamedTuple):
@@ -86,12 +86,6 @@ def write_overlays(preds: list[Prediction], out_dir, class_names) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- output
-def display_names(class_names) -> list[str]:
-    """Readable names for the run's classes ("ra" -> "Rheumatoid arthritis")."""
-    table = dict(zip(data.CLASSES, data.DISPLAY_NAMES))
-    return [table.get(c, c) for c in class_names]
-
-
 def disclaimer(card: dict) -> str:
     """The sentence every output carries: what the model was trained on, and what it is not."""
     d = card.get("cv_figures", {}).get("data") or {}
@@ -100,11 +94,6 @@ def disclaimer(card: dict) -> str:
     note = " (synthetic hands, medically meaningless)" if source == "synthetic" else ""
     return (f"Research tool, not a diagnosis: this model was trained on {source}{note} "
             f"with class counts {counts}. See a doctor about any concern for your hands.")
-
-
-def decision_value(model: LockedModel, rule: str, value: int):
-    """A decision as shown: the class name for argmax and mec, 1/0 for a threshold rule."""
-    return model.classes[value] if rule in ("argmax", "mec") else int(value)
 
 
 def as_json(model: LockedModel, preds, overlays) -> dict:

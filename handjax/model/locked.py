@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from handjax.data.decode import decode_image
+from handjax.data.records import CLASSES, DISPLAY_NAMES
 from handjax.errors import RunError
 from handjax.evaluation.scoring import probabilities
 from handjax.evaluation.model_card import CARD, FORMAT, MODEL_DIR, calibrate_members, decide, \
@@ -162,3 +163,15 @@ def load_model(workdir, batch_size: int = BATCH_SIZE) -> LockedModel:
         raise RunError(f"{workdir / 'checkpoints'} differs from the checkpoint {path} was "
                        "written for; restore it or rerun the launch command")
     return LockedModel(load_run(workdir), card, batch_size)
+
+
+# --------------------------------------------------------------------------- how it is shown
+def display_names(class_names) -> list[str]:
+    """Readable names for the run's classes ("ra" -> "Rheumatoid arthritis")."""
+    table = dict(zip(CLASSES, DISPLAY_NAMES))
+    return [table.get(c, c) for c in class_names]
+
+
+def decision_value(model: LockedModel, rule: str, value: int):
+    """A decision as shown: the class name for argmax and mec, 1/0 for a threshold rule."""
+    return model.classes[value] if rule in ("argmax", "mec") else int(value)

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from handjax.data import DataError
-from handjax.predict import decision_value, display_names
+from handjax.model.locked import decision_value, display_names
 from handjax.serve import uploads
 from handjax.serve.batcher import MicroBatcher, QueueFull, Stopped
 from handjax.serve.limits import BodyLimit
