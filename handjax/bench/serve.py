@@ -235,7 +235,13 @@ def parse_args(argv):
     p.add_argument("--photos", type=console.int_at_least(1), default=24,
                    help="distinct photos, sent in turn (default 24)")
     p.add_argument("--json", help="also write the measurements to this file")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings (16 requests per level, 4 photos, 60 s): a check that "
+                        "it runs, not a measurement")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.photos, args.seconds = 16, 4, 60.0
+    return args
 
 
 def main(argv=None) -> int:
