@@ -177,7 +177,8 @@ def doc_env(tmp_path_factory):
     return env
 
 
-TRAINED: dict[str, Path] = {}   # a training command already run this session -> its workdir
+TRAINED: dict[str, Path] = {}   # a training command already run this session -> a copy of
+                                # its workdir as the command left it (before later commands)
 
 
 def _workdir(cmd: str) -> str | None:
@@ -185,9 +186,14 @@ def _workdir(cmd: str) -> str | None:
     return words[words.index("--workdir") + 1] if "--workdir" in words else None
 
 
+@pytest.fixture(scope="module")
+def trained_copies(tmp_path_factory):
+    return tmp_path_factory.mktemp("trained")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_every_command_on_the_page_runs(page, doc_env, tmp_path):
+def test_every_command_on_the_page_runs(page, doc_env, tmp_path, trained_copies):
     """Each command exits 0; one shown with ``|| true`` is refused: exit 1 and one
     ``handjax: error:`` line. A training command another page already ran in this session
     (the same command, hence the same files: runs are reproducible) has its workdir copied
@@ -211,7 +217,8 @@ def test_every_command_on_the_page_runs(page, doc_env, tmp_path):
                 f"{page.name}: `{cmd}` should be refused in one line:\n{r.stderr[-3000:]}"
         else:
             assert r.returncode == 0, f"{page.name}: `{cmd}` failed:\n{r.stderr[-3000:]}"
-        if workdir:
-            TRAINED[run] = tmp_path / workdir
+        if workdir:   # as this command left it, before the page's later commands write
+            TRAINED[run] = trained_copies / f"{len(TRAINED)}"
+            shutil.copytree(tmp_path / workdir, TRAINED[run], symlinks=True)
         ran += 1
     print(f"{page.name}: {ran} commands ran")
