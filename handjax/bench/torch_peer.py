@@ -110,15 +110,18 @@ def svm_accuracy(pooled: np.ndarray, labels, train_idx, test_idx, svm) -> float:
 
 def torch_evaluate(torch, model, pooled_fn, x, labels, train_idx, test_idx, svm, *,
                    batch_size: int, autocast: bool) -> tuple[float, float]:
-    """CNN test accuracy, and the SVM's on the pooled features of every image (view 0)."""
+    """CNN test accuracy (the model on the test images), and the SVM's on the pooled
+    features of every image (view 0): the two passes Keras' ``predict`` calls make."""
     model.eval()
+
+    def run(fn, x):
+        return torch.cat([fn(batch(torch, x[i:i + batch_size]))
+                          for i in range(0, len(x), batch_size)]).float()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        chunks = [batch(torch, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        logits = torch.cat([model(c) for c in chunks])
-        pooled = torch.cat([pooled_fn(c) for c in chunks])
-    pred = logits.float().argmax(-1).numpy()
-    cnn = float(np.mean(pred[test_idx] == labels[test_idx]))
-    return cnn, svm_accuracy(pooled.float().numpy(), labels, train_idx, test_idx, svm)
+        logits = run(model, x[torch.from_numpy(test_idx)])
+        pooled = run(pooled_fn, x)
+    cnn = float(np.mean(logits.argmax(-1).numpy() == labels[test_idx]))
+    return cnn, svm_accuracy(pooled.numpy(), labels, train_idx, test_idx, svm)
 
 
 def torch_fold(torch, torchvision, fast, x_views, labels, n_classes: int, k: int, fold,
