@@ -354,3 +354,19 @@ def test_pretransformed_winograd_kernels_give_the_same_features(impl):
         "kernel": other(variables["params"]["block2_conv1"]["kernel"])}}}
     with pytest.raises(ValueError, match="block2_conv1"):
         run(wrong)
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_bfloat16_transposed_dot_matches_float64(n):
+    """_tn_f32 (a.T @ b, the kernel gradients' dot) in bf16: within bf16's unit roundoff
+    (2**-8 relative) of the exact float64 product of the same bf16 values, n = 1 (a 1x1 map
+    of one image) included; float32 operands within the classical bound of a float32 sum of
+    n positive terms (n * 2**-24 relative)."""
+    rng = np.random.default_rng(2)
+    a64, b64 = rng.uniform(0, 1, (n, 96)), rng.uniform(0, 1, (n, 40))
+    for dtype, tol in ((jnp.bfloat16, 2.0**-8), (jnp.float32, n * 2.0**-24)):
+        a, b = jnp.asarray(a64, dtype), jnp.asarray(b64, dtype)
+        exact = np.asarray(a, np.float64).T @ np.asarray(b, np.float64)
+        ours = jax.jit(conv_algorithms._tn_f32)(a, b)
+        assert ours.dtype == jnp.float32 and ours.shape == (96, 40)
+        assert (np.abs(np.asarray(ours, np.float64) - exact) / exact).max() <= tol

@@ -140,9 +140,11 @@ def _timed_run(spec, workdir: Path, label: str) -> dict:
 
 
 def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
-                   bf16: bool = False, plain: bool = True) -> dict:
+                   bf16: bool = False, plain: bool = True, torch: bool = False) -> dict:
     """handjax's fold program vs the plain path (and, with ``keras``, the Keras reference;
-    with ``bf16``, handjax once more in bfloat16 compute); ``specs``: protocol_configs.
+    with ``torch``, the plain PyTorch one, :mod:`handjax.bench.torch_peer`, bfloat16
+    autocast; with ``bf16``, handjax once more in bfloat16 compute); ``specs``:
+    protocol_configs.
 
     handjax runs twice: "handjax" as a first run on a fresh machine (the conv-tuning cache
     set aside, :func:`fresh_tuning`, and JAX's persistent compilation cache empty: it decides
@@ -212,4 +214,16 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
         print(f"  speed-up handjax vs keras: {out['ratio_keras']:.1f}x first run, "
               f"{out['ratio_keras_warm']:.1f}x warm   peak RSS {peak_rss_gib():.2f} GiB",
               flush=True)
+    if torch:
+        from handjax.bench.torch_peer import torch_protocol
+        t = out["torch"] = torch_protocol(fast)
+        _protocol_line("torch-bf16", t["wall_s"], t["timing"], None, t["cnn_acc"], t["svm_acc"])
+        out["ratio_torch"] = t["wall_s"] / out["handjax"]["wall_s"]
+        out["ratio_torch_warm"] = t["wall_s"] / out["handjax-warm"]["wall_s"]
+        print(f"  speed-up handjax vs plain PyTorch (bf16 autocast, {t['threads']} threads): "
+              f"{out['ratio_torch']:.1f}x first run, {out['ratio_torch_warm']:.1f}x warm",
+              flush=True)
+        if keras:
+            print(f"  plain Keras / plain PyTorch-bf16: {out['keras']['wall_s'] / t['wall_s']:.2f}x",
+                  flush=True)
     return out

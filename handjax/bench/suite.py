@@ -6,6 +6,7 @@
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
     python -m handjax.bench scaling    # wall time and peak RSS at N = 150, 600, 2400 photos
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
+    python -m handjax.bench protocol --torch   # + as a plain PyTorch script (bf16 autocast)
     python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
     python -m handjax.bench serve      # the web server under 1, 4, 16 clients vs offline
 
@@ -20,7 +21,9 @@ With ``--keras`` (also under ``all``) a third run does the same protocol on the 
 way the study's code did, in Keras 3 on JAX (``pip install -e '.[test]'``): per fold a fresh
 ``keras.applications`` model, ``fit`` with the base frozen then its top block(s) unfrozen,
 ``predict``, and an SVM on the pooled features. Its results differ from handjax's (its own
-initialisation and random numbers); only its wall time is compared.
+initialisation and random numbers); only its wall time is compared. ``--torch`` adds the
+same protocol as a plain PyTorch script (:mod:`handjax.bench.torch_peer`: torchvision's VGG,
+``channels_last``, ``torch.autocast`` bfloat16; ``pip install -e '.[torch]'``).
 GFLOP/s figures count the convolutions and matrix products in the step's jaxpr
 (``handjax.train.flops.jaxpr_flops``) and are compared with a matmul peak measured in the same run.
 """
@@ -368,6 +371,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 images)")
     p.add_argument("--keras", action="store_true",
                    help="'protocol'/'all': also run the protocol written plainly in Keras 3")
+    p.add_argument("--torch", action="store_true",
+                   help="'protocol'/'all': also run the protocol as a plain PyTorch script "
+                        "(torchvision, bf16 autocast; pip install -e '.[torch]')")
     p.add_argument("--no-plain", action="store_true",
                    help="'protocol': leave out the plain path (at 10+10 epochs as long as Keras)")
     p.add_argument("--repeats", type=console.int_at_least(2), default=3,
@@ -383,6 +389,14 @@ def main(argv=None) -> int:
         from handjax.bench.keras_peer import KERAS_APPS
         if a.model not in KERAS_APPS:
             p.error(f"--keras: the plain Keras reference covers {', '.join(KERAS_APPS)}")
+    if a.torch:
+        if a.what not in ("protocol", "all"):
+            p.error("--torch applies to 'protocol' and 'all'")
+        from handjax.bench.torch_peer import NO_TORCH, TORCH_MODELS
+        if any(importlib.util.find_spec(m) is None for m in ("torch", "torchvision")):
+            raise SystemExit(NO_TORCH)   # now, not after the handjax runs
+        if a.model not in TORCH_MODELS:
+            p.error(f"--torch: the plain PyTorch reference covers {', '.join(TORCH_MODELS)}")
     impls = tuple(i for i in a.convs.split(",") if i)
     unknown = set(impls) - set(STEP_IMPLS)
     if unknown:
@@ -429,7 +443,7 @@ def main(argv=None) -> int:
         if a.what in ("protocol", "all"):
             print(f"\nprotocol: {a.model} {a.image_size} px, {3 * a.n_per_class} synthetic "
                   f"images, {e1}+{e2} epochs, {a.folds} folds + SVM, weights={a.weights}:")
-            out = bench_protocol(specs, Path(tmp), keras=a.keras,
+            out = bench_protocol(specs, Path(tmp), keras=a.keras, torch=a.torch,
                                  bf16=a.dtype == "bfloat16", plain=not a.no_plain)
             report["protocol"] = {k: ({kk: vv for kk, vv in v.items() if kk != "results"}
                                       if isinstance(v, dict) else v) for k, v in out.items()}

@@ -60,6 +60,24 @@ def _matmul_f32(a, b):
     return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
 
+def _tn_f32(a, b):
+    """``a.T @ b`` (contracting both operands' first dim) in float32.
+
+    float32 operands: XLA:CPU takes the transposed-operand dot at full speed. bfloat16:
+    XLA:CPU's fast bf16 dot (bf16 x bf16 -> f32 on AVX512-BF16 / AMX, its YNNPACK library
+    fusion) takes only the canonical form, lhs (m, k) contracting its last dim and rhs (k, n)
+    its first; a dot with a transposed operand goes to the generic DotThunk, which is slower
+    and on some shapes (1x1 maps: VGG's top block at 16 px) rejects the types outright
+    ("Unsupported element type for DotThunk: BF16 x BF16 = F32"). So: (b.T @ a).T with b.T
+    materialised, and barriers that keep XLA's simplifier from folding either transpose
+    back into the dot.
+    """
+    if a.dtype == jnp.float32:
+        return _matmul_f32(a.T, b)
+    bt = lax.optimization_barrier(b.T)
+    return lax.optimization_barrier(_matmul_f32(bt, a)).T
+
+
 def _matmul(a, b):
     """:func:`_matmul_f32` rounded back to the operands' dtype."""
     return _matmul_f32(a, b).astype(a.dtype)
@@ -85,11 +103,11 @@ def _kernel_grad_one(x, g, kernel_shape, pads):
     rows, oh, ow = xp.shape[1], g.shape[1], g.shape[2]
     if kh * kw * cin <= kw * cin + kh * cout:  # few input channels (the RGB layer): X^T g
         xs = jnp.stack([xp[:, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=3)
-        return _matmul_f32(xs.reshape(-1, kh * kw * cin).T, g.reshape(-1, cout)).reshape(kernel_shape)
+        return _tn_f32(xs.reshape(-1, kh * kw * cin), g.reshape(-1, cout)).reshape(kernel_shape)
     xs = jnp.stack([xp[:, :, j : j + ow] for j in range(kw)], axis=3)  # b, rows, ow, kw, cin
     gp = jnp.pad(g, ((0, 0), (kh - 1, rows - oh), (0, 0), (0, 0)))
     gs = jnp.stack([gp[:, kh - 1 - i : kh - 1 - i + rows] for i in range(kh)], axis=3)  # g[h - i]
-    dw = _matmul_f32(xs.reshape(-1, kw * cin).T, gs.reshape(-1, kh * cout))  # (j, c), (i, o)
+    dw = _tn_f32(xs.reshape(-1, kw * cin), gs.reshape(-1, kh * cout))  # (j, c), (i, o)
     return dw.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
 
 
@@ -209,6 +227,8 @@ def _kernel_grad_dot(patches, g):
     layout first: that form measured 1.2-1.3x slower (VGG19 block5, 5 folds x 16 images).
     """
     n = g.shape[0] * g.shape[1] * g.shape[2]
+    if g.dtype != jnp.float32:   # bfloat16: the canonical form (:func:`_tn_f32`)
+        return _tn_f32(patches.reshape(n, -1), g.reshape(n, g.shape[3]))
     gt = g.reshape(n, g.shape[3]).T
     dw_t = lax.dot_general(gt, patches.reshape(n, -1), _ROWS_BY_COLUMNS,
                            preferred_element_type=jnp.float32)
@@ -379,7 +399,7 @@ def _winograd_bwd(pads, res, gy):
     shape = (gy.shape[0], *x0.shape[1:])
     dm = _winograd_out_t(gy, shape, pads).astype(v.dtype)
     dv = lax.dot_general(dm, u, (((2,), (2,)), ((0,), (0,))), preferred_element_type=jnp.float32)
-    du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+    du = jax.vmap(_tn_f32)(v, dm)   # v[p].T @ dm[p] per Winograd position p
     dk = (jnp.asarray(_WINOGRAD_GG).T @ du.reshape(16, -1)).reshape(3, 3, *u.shape[1:])
     return _winograd_tiles_t(dv, shape, pads).astype(x0.dtype), dk.astype(k0.dtype)
 
