@@ -4,11 +4,14 @@ of every split."""
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
 from handjax.data.records import N_FOLDS, DataError
+from handjax.data.store import batches
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,11 @@ def _dhash(images: np.ndarray, hash_size: int = 12, scales=(1.0,),
     orientation ``v % len(orientations)``. Survives resizing and re-encoding, which scraped
     photo sets are full of."""
     turns = [ORIENTATIONS[o] for o in orientations]
-    bits = []
-    for im in np.asarray(images):
+
+    def one(im):
         g = Image.fromarray(np.asarray(im, np.uint8)).convert("L")
         w, h = g.size
+        bits = []
         for s in scales:
             box = ((w - w * s) / 2, (h - h * s) / 2, (w + w * s) / 2, (h + h * s) / 2)
             a = np.asarray(g.resize((hash_size + 1,) * 2, Image.Resampling.BOX, box=box),
@@ -62,7 +66,19 @@ def _dhash(images: np.ndarray, hash_size: int = 12, scales=(1.0,),
                 right, down = v[:-1, 1:] - v[:-1, :-1], v[1:, :-1] - v[:-1, :-1]
                 bits.append(np.concatenate([(right > np.median(right)).ravel(),
                                             (down > np.median(down)).ravel()]))
-    return np.array(bits, bool).reshape(len(images), -1, 2 * hash_size * hash_size)
+        return bits
+    per_image = _per_photo(one, images)
+    return np.array(per_image, bool).reshape(len(images), -1, 2 * hash_size * hash_size)
+
+
+def _per_photo(fn, images) -> list:
+    """``[fn(photo)]`` for every photo of ``images`` (in RAM or a memmap, read in batches),
+    on every core: PIL's resizing and hashlib let go of the GIL."""
+    out = []
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for _, rows in batches(images):
+            out += pool.map(fn, rows)
+    return out
 
 
 def _closest_variant(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,9 +189,8 @@ def identical_groups(images) -> np.ndarray:
     decoded pixels (a byte copy, a hard link) share a group, whether or not near-duplicate
     detection (``data.dedup``) is on."""
     import hashlib
-    flat = np.ascontiguousarray(images).reshape(len(images), -1)
-    return _first_appearance(np.array([hashlib.sha256(row.tobytes()).hexdigest()
-                                       for row in flat]))
+    return _first_appearance(np.array(_per_photo(
+        lambda im: hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest(), images)))
 
 
 def label_conflicts(groups, labels) -> list[np.ndarray]:

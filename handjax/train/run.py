@@ -156,7 +156,8 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     plan, tune_s = conv_plan(run_spec, workdir)
     timings.set("tune_s", tune_s)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
-                         run_spec.train.inner_val, run_spec.repeats)
+                         run_spec.train.inner_val, run_spec.repeats,
+                         features.photo_store(workdir, run_spec.train.cache_budget_gb))
     primary.check_ledger(ledger_entries(run_spec, cohort, plan),
                          may_change=("conv_plan",) if run_spec.model.replan else ())
     primary.record_plan(plan)
