@@ -20,7 +20,8 @@ import numpy as np
 from handjax import console
 from handjax.data.augment import augment_draws, augment_with
 from handjax.data.records import N_FOLDS, DataError, Examples
-from handjax.data.store import BATCH, Store, batches, drop_pages, finish
+from handjax.data import store as stores
+from handjax.data.store import Store, batches, drop_pages, finish
 from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic, select
 from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits, label_conflicts, merge_groups)
 from handjax.data.synthetic import synthetic_metadata
@@ -95,11 +96,12 @@ def load_examples(data_spec: DataSpec, seed: int, n_folds: int = N_FOLDS,
 
 
 def augmented_views(images: np.ndarray, n_views: int, key: jax.Array,
-                    store: Store | None = None, batch: int = BATCH) -> np.ndarray:
+                    store: Store | None = None, batch: int | None = None) -> np.ndarray:
     """[V, N, H, W, 3] uint8: view 0 is the photo, views 1.. are ``augment`` draws; in RAM,
     or in ``store``'s folder when larger than its budget. Made ``batch`` photos at a time
-    (each photo's draws do not depend on the batch: the same values as one call)."""
-    store, n = store or Store(), len(images)
+    (default :data:`handjax.data.store.BATCH`; each photo's draws do not depend on the
+    batch: the same values as one call)."""
+    store, n, batch = store or Store(), len(images), batch or stores.BATCH
     views = store.empty("views", (n_views,) + tuple(images.shape), np.uint8)
     draws = [augment_draws(jax.random.fold_in(key, v), n) for v in range(n_views)]
     size = -(-n // -(-n // batch)) if n else 1   # even batches: the least padding

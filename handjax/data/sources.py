@@ -32,7 +32,8 @@ from handjax.cache import cache_dir
 from handjax.data.records import CLASSES, N_FOLDS, DataError, Examples
 from handjax.data.decode import _DECODER_VERSION, _check_size, decode_image
 from handjax.data.folders import IMAGE_EXTENSIONS
-from handjax.data.store import BATCH, Store, drop_pages, finish
+from handjax.data import store as stores
+from handjax.data.store import Store, drop_pages, finish
 from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, subject_traits
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,8 @@ def _decode_all(root: Path, files: list, size: int):
             return e
     workers = os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(files), BATCH):
-            yield from pool.map(one, files[start:start + BATCH])
+        for start in range(0, len(files), stores.BATCH):
+            yield from pool.map(one, files[start:start + stores.BATCH])
 
 
 @dataclasses.dataclass
@@ -311,9 +312,28 @@ def _prepared(builder_cls, config):
         prepared = builder.is_prepared()
     if not prepared:
         log.info("preparing %s/%s in %s", builder.name, config.name, builder.data_dir)
-        with _quiet(), _private_tempdir():
+        with _quiet(), _private_tempdir(), _shuffle_buffer(PREPARE_BUFFER_BYTES):
             builder.download_and_prepare(file_format="array_record")
     return builder, builder.as_data_source(split="train")
+
+
+# TFDS's writer holds every record in memory up to 1 GB before it moves them to temporary
+# bucket files (20,000 photos at 64 px: 250 MB, all of it). Lower, preparing a large folder
+# takes memory that does not grow with it; the records are sorted on reading either way.
+PREPARE_BUFFER_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def _shuffle_buffer(nbytes: int):
+    """TFDS's in-memory shuffle buffer set to ``nbytes`` meanwhile (its module constant)."""
+    from tensorflow_datasets.core import shuffle
+    old = getattr(shuffle, "MAX_MEM_BUFFER_SIZE", None)
+    shuffle.MAX_MEM_BUFFER_SIZE = nbytes
+    try:
+        yield
+    finally:
+        if old is not None:
+            shuffle.MAX_MEM_BUFFER_SIZE = old
 
 
 def _read(builder_cls, config) -> tuple:
@@ -334,8 +354,8 @@ def _index(source) -> list:
     """``[(label, id, position)]`` of every record, sorted by (label, id); read in batches,
     only the labels and ids kept."""
     index = []
-    for start in range(0, len(source), BATCH):
-        positions = range(start, min(start + BATCH, len(source)))
+    for start in range(0, len(source), stores.BATCH):
+        positions = range(start, min(start + stores.BATCH, len(source)))
         for pos, r in zip(positions, source.__getitems__(positions)):
             index.append((int(r["label"]), _text(r["id"]), pos))
     return sorted(index)
@@ -382,8 +402,9 @@ def _stream_examples(data, index: list, source: str, resize_to: int | None,
     positions = [pos for _, _, pos in index]
     size = resize_to or data[positions[0]]["image"].shape[0]
     images = store.empty("photos", (len(index), size, size, 3))
-    for start in range(0, len(index), BATCH):
-        batch = np.stack([r["image"] for r in data.__getitems__(positions[start:start + BATCH])])
+    for start in range(0, len(index), stores.BATCH):
+        records = data.__getitems__(positions[start:start + stores.BATCH])
+        batch = np.stack([r["image"] for r in records])
         if batch.shape[1] != size:
             batch = np.stack(_resized(batch, size))
         images[start:start + len(batch)] = batch

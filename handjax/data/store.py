@@ -68,10 +68,11 @@ def drop_pages(array) -> None:
         m.madvise(mmap.MADV_DONTNEED)
 
 
-def batches(array, size: int = BATCH):
-    """``(start, rows)`` over the first axis of ``array`` in blocks of ``size`` rows: views
-    of an array in RAM; copies of a memmap's rows, its pages dropped after each block."""
-    disk = on_disk(array)
+def batches(array, size: int | None = None):
+    """``(start, rows)`` over the first axis of ``array`` in blocks of ``size`` rows
+    (default :data:`BATCH`): views of an array in RAM; copies of a memmap's rows, its pages
+    dropped after each block."""
+    disk, size = on_disk(array), size or BATCH
     for i in range(0, len(array), size):
         rows = array[i:i + size]
         yield i, np.array(rows) if disk else rows
