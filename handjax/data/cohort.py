@@ -8,6 +8,9 @@ fold program's inputs (:class:`handjax.train.features.FoldInputs`) are built fro
 Augmentation is applied to the *images*: ``V`` views per photo are drawn once (view 0 is
 the photo itself, views 1..V-1 random :func:`handjax.data.augment` draws) so that layers
 frozen in a phase can be computed once per view.
+
+Photos and views larger than a run's budget live in ``.npy`` files (:mod:`handjax.data.store`)
+and every pass over them (hashing, augmenting, the frozen prefix) reads them in batches.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class Cohort:
     metadata: dict                     # subgroup columns, one value per photo
     folds: list                        # [(train, test)] index arrays, repeat-major: R x K
     inner: list                        # per fold: inner validation photos (within train)
-    views: np.ndarray                  # [V, N, H, W, 3] uint8
+    views: np.ndarray                  # [V, N, H, W, 3] uint8 (a read-only memmap on disk)
     repeats: int = 1                   # fold assignments (repeated cross-validation)
 
     @property
