@@ -315,7 +315,8 @@ def scaling_child(n: int, size: int, epochs: str, model: str, spill: bool,
     return {"n": results["data"]["n"], "spill": spill, "source": "png" if root else "synthetic",
             "wall_s": wall, "not_training": 1 - train_s / wall,
             "peak_rss_gib": peak_rss_gib(), "cache_mib": results["cache_bytes"] / 2**20,
-            "train_s": train_s, "prepare_s": timing.get("prepare_s", 0.0),
+            "train_s": train_s, "tune_s": timing.get("tune_s", 0.0),
+            "prepare_s": timing.get("prepare_s", 0.0), "fit_s": timing.get("fit_s", 0.0),
             "evaluate_s": timing.get("evaluate_s", 0.0),
             "accuracy": results["decisions"]["cnn"]["mean"]["accuracy"]}
 
@@ -403,8 +404,10 @@ def scaling_main(argv) -> int:
             r = rows[-1]
             print(f"  N={n} {'disk' if spill else 'RAM '}: {r['wall_s']:.1f} s, "
                   f"{100 * r['not_training']:.0f}% not training, "
-                  f"{r['wall_s'] / r['n']:.4f} s per photo, peak RSS {r['peak_rss_gib']:.2f} GiB",
-                  flush=True)
+                  f"{r['wall_s'] / r['n']:.4f} s per photo, peak RSS {r['peak_rss_gib']:.2f} GiB "
+                  f"(tune {r['tune_s']:.1f} s, prepare {r['prepare_s']:.1f} s, epochs "
+                  f"{r['train_s']:.1f} s of fit {r['fit_s']:.1f} s, evaluate "
+                  f"{r['evaluate_s']:.1f} s)", flush=True)
     rows = scaling_ratios(rows)
     print(f"\nscaling: {a.model} {a.image_size} px, {a.epochs} epochs, 5 folds + SVM, "
           f"{'PNG folder' if a.source == 'png' else 'synthetic renderer'}\n")
