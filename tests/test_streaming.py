@@ -106,3 +106,14 @@ def test_what_a_streamed_load_holds_does_not_grow_with_n(tmp_path, monkeypatch, 
         assert peaks[80] < 0.5 * arrays[80], (peaks, arrays)
     else:
         assert grown > 0.9 * (arrays[80] - arrays[20]) * 2 / 3, (peaks, arrays)
+
+
+def test_a_folder_past_tfds_memory_buffer_still_prepares(tmp_path, monkeypatch):
+    """TFDS moves a preparation past its in-memory buffer to files through TensorFlow,
+    which is not installed: with its buffer set to 1 byte, the folder still prepares (the
+    loader lifts the limit while it prepares) and the buffer is restored after."""
+    from tensorflow_datasets.core import shuffle
+    from handjax.data.sources import load_folder
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)
+    examples = load_folder(_noise_folder(tmp_path / "photos", 5, size=16), image_size=16)
+    assert len(examples.labels) == 15 and shuffle.MAX_MEM_BUFFER_SIZE == 1
