@@ -10,7 +10,8 @@ from handjax import config as configs
 from handjax.data import store
 from handjax.data.cohort import load_cohort
 from handjax.models import keras_weights
-from handjax.train import features, workdir as workdirs
+from handjax.train import features
+from handjax.train import workdir as workdirs
 
 
 def _noise_folder(root, per_class: int, size: int = 64):
@@ -98,7 +99,8 @@ def test_what_a_streamed_load_holds_does_not_grow_with_n(tmp_path, monkeypatch, 
         spec = _data_spec(_noise_folder(tmp_path / f"p{per_class}", per_class))
         where = store.Store(tmp_path / f"a{per_class}", 0) if spill else store.Store()
         load_cohort(spec, 0, 5, store=where)          # prepares the TFDS copy once
-        peaks[per_class] = _traced_peak(lambda: load_cohort(spec, 0, 5, store=where))
+        peaks[per_class] = _traced_peak(
+            lambda spec=spec, where=where: load_cohort(spec, 0, 5, store=where))
         arrays[per_class] = 3 * per_class * 64 * 64 * 3 * (1 + 2)   # photos + 2 views
     grown = peaks[80] - peaks[20]
     if spill:
@@ -113,6 +115,7 @@ def test_a_folder_past_tfds_memory_buffer_still_prepares(tmp_path, monkeypatch):
     which is not installed: with its buffer set to 1 byte, the folder still prepares (the
     loader lifts the limit while it prepares) and the buffer is restored after."""
     from tensorflow_datasets.core import shuffle
+
     from handjax.data.sources import load_folder
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)
     examples = load_folder(_noise_folder(tmp_path / "photos", 5, size=16), image_size=16)

@@ -274,6 +274,7 @@ def _write_png(job) -> None:
     counts."""
     import numpy as np
     from PIL import Image
+
     from handjax.data.synthetic import render_hand, subject_traits
     seed, label, i, size, path = job
     traits = subject_traits(seed, label, i // 2)

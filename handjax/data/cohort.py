@@ -21,12 +21,25 @@ import jax
 import numpy as np
 
 from handjax import console
+from handjax.data import store as stores
 from handjax.data.augment import augment_draws, augment_with
 from handjax.data.records import N_FOLDS, DataError, Examples
-from handjax.data import store as stores
+from handjax.data.sources import (
+    describe,
+    load_folder,
+    load_metadata,
+    load_synthetic,
+    select,
+)
+from handjax.data.splits import (
+    duplicate_groups,
+    folds,
+    identical_groups,
+    inner_splits,
+    label_conflicts,
+    merge_groups,
+)
 from handjax.data.store import Store, batches, drop_pages, finish
-from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic, select
-from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits, label_conflicts, merge_groups)
 from handjax.data.synthetic import synthetic_metadata
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -192,7 +205,7 @@ def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float =
     (seeds ``seed .. seed + R - 1``, each subject- and duplicate-aware), repeat-major; the
     first is the R = 1 assignment. ``store``: where photos and views larger than its budget
     go (files, read in batches; default: RAM), the same values either way."""
-    from handjax.train import distributed# processes may share $HANDJAX_CACHE: one writes it
+    from handjax.train import distributed  # processes may share $HANDJAX_CACHE: one writes it
     examples = distributed.primary_first(lambda: load_examples(data_spec, seed, n_folds, store))
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
     examples, dup = one_label_per_photo(examples, dup, data_spec.on_error)
