@@ -3,7 +3,9 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from PIL import Image
 
 from handjax.bench import suite as bench
 from handjax.train.flops import jaxpr_flops
@@ -59,8 +61,32 @@ def test_scaling_ratios_and_table():
     out = bench.scaling_ratios(rows)
     assert [r["per_photo_ratio"] for r in out] == pytest.approx([1.0, 1.0, 0.5, 1.0])
     assert [r["rss_vs_ram"] for r in out] == pytest.approx([1.0, 0.5, 1.0, 0.5])
+    assert [r["rss_vs_first"] for r in out] == pytest.approx([1.0, 1.0, 2.0, 2.0])
     table = bench.scaling_table(out)
     assert table.count("\n") == 1 + len(rows) and "| 120 | disk |" in table
+
+
+def test_scaling_png_folder_is_written_once_and_shared(tmp_path, monkeypatch):
+    """``scaling``'s PNG folders: n/3 synthetic hands per class, readable by the folder
+    loader; a second N links the first one's files instead of rendering them again."""
+    from handjax.data.sources import load_folder
+    from handjax.data.synthetic import render_hand, subject_traits
+    monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path))
+    small = bench.png_folder(15, 32)
+    assert bench.png_folder(15, 32) == small
+    files = sorted(small.rglob("*.png"))
+    assert len(files) == 15 and {f.parent.name for f in files} == {"normal", "heberden", "ra"}
+    larger = bench.png_folder(18, 32)
+    same = larger / "ra" / "hand00003.png"
+    assert same.stat().st_ino == (small / "ra" / "hand00003.png").stat().st_ino
+    traits = subject_traits(0, 2, 1)
+    drawn = render_hand(np.random.default_rng([0, 2, 3]), 2, traits["severity"], 32,
+                        traits=traits, hand="right")
+    np.testing.assert_array_equal(np.asarray(Image.open(same).convert("RGB")), drawn)
+    examples = load_folder(larger, image_size=32)
+    assert len(examples.labels) == 18
+    spec = bench.scaling_spec(18, 32, "1+1", "vgg16", True, larger)
+    assert spec.data.root == str(larger) and spec.train.cache_budget_gb == 0.0
 
 
 @pytest.mark.parametrize("argv,needle", [

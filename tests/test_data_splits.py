@@ -248,3 +248,18 @@ def test_plain_turns_are_missed_by_the_folds_hash_and_caught_by_copies_of():
     nearest = all_turns[np.triu_indices(len(images), 1)].min()
     print("nearest distinct pair, any turn:", nearest)
     assert nearest > splits.MAX_DISTANCE + 10
+
+
+def test_blocked_links_are_the_pairs_within_the_threshold():
+    """duplicate_groups' links, found a block of rows at a time, are exactly the pairs whose
+    full N x N distance (either direction, _hash_distance) is within the threshold."""
+    rng = np.random.default_rng(3)
+    base = rng.random((40, 1, 288)) < 0.5
+    flips = rng.random((40, 4, 288)) < rng.uniform(0, 0.3, (40, 1, 1))   # near and far copies
+    hashes = np.concatenate([base, base ^ flips], axis=1)[rng.permutation(40)]
+    for t in (0, 20, 40, 90):
+        rows, cols = splits._linked_pairs(hashes, t, block=7)
+        got = np.zeros((40, 40), bool)
+        got[rows, cols] = True
+        want = splits._hash_distance(hashes) <= t
+        np.testing.assert_array_equal(got | got.T, want)

@@ -62,8 +62,9 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
 @pytest.mark.slow  # trains the smoke cell
 def test_spilled_cache_gives_identical_results(tmp_path):
     """A budget of ~0 bytes puts the frozen-feature cache in a .npy memmap in the workdir,
-    streamed to phase 2 one step at a time: the confusion matrices equal the in-memory
-    run's (pinned in the golden file, which test_train checks)."""
+    streamed to phase 2 one step at a time, and the decoded photos and their views too
+    (``arrays.0/``, read in batches): the confusion matrices equal the in-memory run's
+    (pinned in the golden file, which test_train checks)."""
     import json
     from pathlib import Path
 
@@ -73,6 +74,7 @@ def test_spilled_cache_gives_identical_results(tmp_path):
     c.train.cache_budget_gb = 1e-9
     results = train.run(config.parse_run(c), tmp_path)
     assert (tmp_path / "frozen_features.0.npy").stat().st_size > results["cache_bytes"]
+    assert {p.name for p in (tmp_path / "arrays.0").iterdir()} == {"photos.npy", "views.npy"}
     golden = json.loads((Path(__file__).parent / "golden" / "smoke_confusions.json")
                         .read_text())["vgg16_categorical"]
     assert {k: results["decisions"][k]["confusion"] for k in golden} == golden

@@ -4,7 +4,7 @@
     python -m handjax.bench steps      # train-step images/s and GFLOP/s per conv mode
     python -m handjax.bench folds      # phase-1/2 epochs under vmap, lax.map, a fold loop
     python -m handjax.bench all        # all three (``--quick`` for tiny settings)
-    python -m handjax.bench scaling    # wall time and peak RSS at N = 150, 600, 2400 photos
+    python -m handjax.bench scaling    # wall, share not training, s/photo, peak RSS, N to 20,000
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
     python -m handjax.bench protocol --torch   # + as a plain PyTorch script (bf16 autocast)
     python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -238,39 +239,98 @@ def bench_folds(spec) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- scaling
-SCALING_SIZES = {"full": (150, 600, 2400), "quick": (30, 60, 120)}
+SCALING_SIZES = {"full": (150, 600, 2400, 10000, 20000), "quick": (30, 60, 120)}
 
 
-def scaling_spec(n: int, size: int, epochs: str, model: str, spill: bool):
-    """The protocol at ``n`` synthetic photos (``n/3`` per class); ``spill``: the
-    frozen-feature cache on disk (a zero budget), else in RAM."""
+def png_folder(n: int, size: int, seed: int = 0) -> Path:
+    """An ImageFolder of ``n`` PNG photos (``n/3`` per class) of ``size`` px: the synthetic
+    renderer's hands, written once under ``$HANDJAX_CACHE/bench/`` on every core. Photo i of
+    a class is the same file in every folder (hard-linked from one pool), so the folders of
+    several N share their photos and only the first pays for rendering."""
+    from handjax.cache import cache_dir
+    from handjax.data.records import CLASSES
+    per_class = max(5, n // 3)
+    base = cache_dir() / "bench" / f"scaling-png-{size}px-seed{seed}"
+    folder = base / f"n{per_class * 3}"
+    if (folder / ".complete").exists():
+        return folder
+    jobs = [(seed, label, i, size, base / "pool" / CLASSES[label] / f"hand{i:05d}.png")
+            for label in range(len(CLASSES)) for i in range(per_class)]
+    todo = [j for j in jobs if not j[-1].exists()]
+    if todo:
+        import concurrent.futures
+        for label in CLASSES:
+            (base / "pool" / label).mkdir(parents=True, exist_ok=True)
+        with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(_write_png, todo, chunksize=64))
+    for *_, src in jobs:
+        dst = folder / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.link(src, dst)
+    (folder / ".complete").touch()   # a hidden file: the folder scan skips it
+    return folder
+
+
+def _write_png(job) -> None:
+    """One synthetic hand (``synthetic_hands``' photo i of its class, drawn at ``size``)
+    as a PNG: written to a temporary name, then renamed, so a half-written file never
+    counts."""
+    import numpy as np
+    from PIL import Image
+
+    from handjax.data.synthetic import render_hand, subject_traits
+    seed, label, i, size, path = job
+    traits = subject_traits(seed, label, i // 2)
+    image = render_hand(np.random.default_rng([seed, label, i]), label, traits["severity"],
+                        size, traits=traits, hand="left" if i % 2 == 0 else "right")
+    tmp = path.with_name(path.name + ".part")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def scaling_spec(n: int, size: int, epochs: str, model: str, spill: bool,
+                 root: str | None = None):
+    """The protocol at ``n`` photos (``n/3`` per class): synthetic hands, or the PNG folder
+    ``root``; ``spill``: the frozen-feature cache, photos and views on disk (a zero
+    budget), else in RAM."""
     from handjax import config as configs
     c = configs.cell(model, "categorical")
     c.model.weights = "none"
     c.data.image_size, c.data.n_per_class, c.data.views = size, max(2, n // 3), 2
+    if root:
+        c.data.root = str(root)
     c.train.epochs1, c.train.epochs2 = (int(v) for v in epochs.split("+"))
     c.train.cache_budget_gb = 0.0 if spill else 1e6
     return configs.parse_run(c)
 
 
-def scaling_child(n: int, size: int, epochs: str, model: str, spill: bool) -> dict:
-    """One scaling point, in this (fresh) process: wall time, peak RSS, timing, cache size."""
+def scaling_child(n: int, size: int, epochs: str, model: str, spill: bool,
+                  root: str | None = None) -> dict:
+    """One scaling point, in this (fresh) process: wall time, the share of it not spent in
+    training epochs, peak RSS, timing, cache size."""
     from handjax.train import run as train
     with tempfile.TemporaryDirectory(prefix="handjax-scaling-") as tmp:
         t = time.perf_counter()
-        results = train.run(scaling_spec(n, size, epochs, model, spill), Path(tmp) / "run")
+        results = train.run(scaling_spec(n, size, epochs, model, spill, root),
+                            Path(tmp) / "run")
         wall = time.perf_counter() - t
         timing = json.loads((Path(tmp) / "run" / "timing.json").read_text())
-    return {"n": results["data"]["n"], "spill": spill, "wall_s": wall,
+    train_s = timing.get("run_s", 0.0)   # the epochs and their scoring (train/fit.py)
+    return {"n": results["data"]["n"], "spill": spill, "source": "png" if root else "synthetic",
+            "wall_s": wall, "not_training": 1 - train_s / wall,
             "peak_rss_gib": peak_rss_gib(), "cache_mib": results["cache_bytes"] / 2**20,
-            "train_s": timing.get("run_s", 0.0), "prepare_s": timing.get("prepare_s", 0.0),
+            "train_s": train_s, "tune_s": timing.get("tune_s", 0.0),
+            "prepare_s": timing.get("prepare_s", 0.0), "fit_s": timing.get("fit_s", 0.0),
+            "evaluate_s": timing.get("evaluate_s", 0.0),
             "accuracy": results["decisions"]["cnn"]["mean"]["accuracy"]}
 
 
 def scaling_ratios(rows: list[dict]) -> list[dict]:
     """Each row with ``s_per_photo`` and ``per_photo_ratio`` (time per photo relative to the
-    smallest N of the same spill setting) and ``rss_vs_ram`` (peak RSS relative to the
-    in-RAM run of the same N, where there is one)."""
+    smallest N of the same spill setting), ``rss_vs_ram`` (peak RSS relative to the in-RAM
+    run of the same N, where there is one) and ``rss_vs_first`` (relative to the smallest N
+    of the same spill setting)."""
     out = []
     for r in rows:
         same = [q for q in rows if q["spill"] == r["spill"]]
@@ -278,19 +338,23 @@ def scaling_ratios(rows: list[dict]) -> list[dict]:
         ram = [q for q in rows if q["n"] == r["n"] and not q["spill"]]
         out.append(dict(r, s_per_photo=r["wall_s"] / r["n"],
                         per_photo_ratio=(r["wall_s"] / r["n"]) / (base["wall_s"] / base["n"]),
-                        rss_vs_ram=r["peak_rss_gib"] / ram[0]["peak_rss_gib"] if ram else None))
+                        rss_vs_ram=r["peak_rss_gib"] / ram[0]["peak_rss_gib"] if ram else None,
+                        rss_vs_first=r["peak_rss_gib"] / base["peak_rss_gib"]))
     return out
 
 
 def scaling_table(rows: list[dict]) -> str:
     """A markdown table of :func:`scaling_ratios` rows."""
-    lines = ["| N photos | cache | cache MiB | wall s | train s | s/photo | x smallest N "
-             "| peak RSS GiB | RSS vs RAM run |", "|" + "---|" * 9]
+    lines = ["| N photos | cache | cache MiB | wall s | train s | not training | s/photo "
+             "| x smallest N | peak RSS GiB | RSS x smallest N | RSS vs RAM run |",
+             "|" + "---|" * 11]
     for r in rows:
         rss = "" if r["rss_vs_ram"] is None else f"{r['rss_vs_ram']:.2f}"
         lines.append(f"| {r['n']} | {'disk' if r['spill'] else 'RAM'} | {r['cache_mib']:.1f} "
-                     f"| {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['s_per_photo']:.3f} "
-                     f"| {r['per_photo_ratio']:.2f} | {r['peak_rss_gib']:.2f} | {rss} |")
+                     f"| {r['wall_s']:.1f} | {r['train_s']:.1f} "
+                     f"| {100 * r.get('not_training', 0.0):.0f}% | {r['s_per_photo']:.4f} "
+                     f"| {r['per_photo_ratio']:.2f} | {r['peak_rss_gib']:.2f} "
+                     f"| {r.get('rss_vs_first', 1.0):.2f} | {rss} |")
     return "\n".join(lines)
 
 
@@ -301,11 +365,18 @@ def scaling_main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m handjax.bench scaling")
     p.add_argument("--quick", action="store_true", help="N = 30, 60, 120 at 32 px, 1+1 epochs")
     p.add_argument("--sizes", type=console.int_list(15),
-                   help="comma list of N (default 150,600,2400)")
+                   help="comma list of N (default 150,600,2400,10000,20000)")
     p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
-    p.add_argument("--image-size", type=console.int_at_least(32, 1024), default=112)
+    p.add_argument("--image-size", type=console.int_at_least(32, 1024), default=64)
     p.add_argument("--epochs", type=console.epochs, default="2+1")
+    p.add_argument("--source", default="png", choices=("png", "synthetic"),
+                   help="png (default): a folder of PNG photos written once into the cache "
+                        "and decoded by the folder loader; synthetic: the embedded renderer")
+    p.add_argument("--cache", default="both", choices=("both", "ram", "disk"),
+                   help="frozen features, photos and views in RAM, on disk (a zero budget), "
+                        "or both, one run each")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--spill", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args(argv)
@@ -313,24 +384,38 @@ def scaling_main(argv) -> int:
         a.model, a.image_size, a.epochs = "vgg16", 32, "1+1"
     if a.child is not None:
         print("SCALING " + json.dumps(scaling_child(a.child, a.image_size, a.epochs, a.model,
-                                                      a.spill)), flush=True)
+                                                      a.spill, a.root)), flush=True)
         return 0
     sizes = a.sizes or SCALING_SIZES["quick" if a.quick else "full"]
+    spills = {"both": (False, True), "ram": (False,), "disk": (True,)}[a.cache]
     rows = []
     for n in sizes:
-        for spill in (False, True):
+        root = None
+        if a.source == "png":
+            t = time.perf_counter()
+            root = png_folder(n, a.image_size)
+            print(f"  N={n}: photos in {root} ({time.perf_counter() - t:.1f} s to write or "
+                  "find; not in the runs' wall)", flush=True)
+        for spill in spills:
             cmd = [sys.executable, "-m", "handjax.bench", "scaling", "--child", str(n),
                    "--model", a.model, "--image-size", str(a.image_size), "--epochs", a.epochs]
+            cmd += ["--root", str(root)] if root else []
             out = subprocess.run(cmd + (["--spill"] if spill else []), capture_output=True,
                                  text=True, check=False)
             lines = [l for l in out.stdout.splitlines() if l.startswith("SCALING ")]
             if out.returncode or not lines:
                 raise SystemExit(f"scaling run N={n} failed:\n{out.stderr[-2000:]}")
             rows.append(json.loads(lines[-1][len("SCALING "):]))
-            print(f"  N={n} {'disk' if spill else 'RAM '}: {rows[-1]['wall_s']:.1f} s, "
-                  f"peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB", flush=True)
+            r = rows[-1]
+            print(f"  N={n} {'disk' if spill else 'RAM '}: {r['wall_s']:.1f} s, "
+                  f"{100 * r['not_training']:.0f}% not training, "
+                  f"{r['wall_s'] / r['n']:.4f} s per photo, peak RSS {r['peak_rss_gib']:.2f} GiB "
+                  f"(tune {r['tune_s']:.1f} s, prepare {r['prepare_s']:.1f} s, epochs "
+                  f"{r['train_s']:.1f} s of fit {r['fit_s']:.1f} s, evaluate "
+                  f"{r['evaluate_s']:.1f} s)", flush=True)
     rows = scaling_ratios(rows)
-    print(f"\nscaling: {a.model} {a.image_size} px, {a.epochs} epochs, 5 folds + SVM\n")
+    print(f"\nscaling: {a.model} {a.image_size} px, {a.epochs} epochs, 5 folds + SVM, "
+          f"{'PNG folder' if a.source == 'png' else 'synthetic renderer'}\n")
     print(scaling_table(rows))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -20,11 +20,23 @@ def augment(key, images, *, max_rotate_deg: float = 10.0, max_scale: float = 0.1
     acts around the image mean, so any value range works). Pixels pulled from outside the frame
     repeat the edge.
     """
-    x = jnp.asarray(images)
+    return augment_with(augment_draws(key, jnp.shape(images)[0]), images, limits=(
+        max_rotate_deg, max_scale, max_translate, max_brightness, max_contrast))
+
+
+def augment_draws(key, n: int):
+    """The 7 uniform draws of each of ``n`` images, [n, 7]: row i is the same whatever
+    ``n`` (threefry counts per element), so :func:`augment_with` can run in batches."""
     # All per-image draws in one call: one threefry instance instead of one per split and
     # draw under vmap (those took ~0.8 s to compile, the warp itself ~0.1 s).
-    u = jax.random.uniform(key, (x.shape[0], 7))
-    limits = (max_rotate_deg, max_scale, max_translate, max_brightness, max_contrast)
+    return jax.random.uniform(key, (n, 7))
+
+
+@functools.partial(jax.jit, static_argnames=("limits",))
+def augment_with(u, images, *, limits=(10.0, 0.1, 0.08, 0.2, 0.2)):
+    """:func:`augment` of ``images`` given their draws ``u`` [N, 7] (:func:`augment_draws`)
+    and ``limits`` (max rotation in degrees, scale, translation, brightness, contrast)."""
+    x = jnp.asarray(images)
     out = jax.vmap(lambda u, im: _augment_one(u, im, *limits))(u, x.astype(jnp.float32))
     if x.dtype == jnp.uint8:
         return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)

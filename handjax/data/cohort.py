@@ -8,6 +8,9 @@ fold program's inputs (:class:`handjax.train.features.FoldInputs`) are built fro
 Augmentation is applied to the *images*: ``V`` views per photo are drawn once (view 0 is
 the photo itself, views 1..V-1 random :func:`handjax.data.augment` draws) so that layers
 frozen in a phase can be computed once per view.
+
+Photos and views larger than a run's budget live in ``.npy`` files (:mod:`handjax.data.store`)
+and every pass over them (hashing, augmenting, the frozen prefix) reads them in batches.
 """
 from __future__ import annotations
 
@@ -17,10 +20,25 @@ import jax
 import numpy as np
 
 from handjax import console
-from handjax.data.augment import augment
+from handjax.data import store as stores
+from handjax.data.augment import augment_draws, augment_with
 from handjax.data.records import N_FOLDS, DataError, Examples
-from handjax.data.sources import describe, load_folder, load_metadata, load_synthetic, select
-from handjax.data.splits import (duplicate_groups, folds, identical_groups, inner_splits, label_conflicts, merge_groups)
+from handjax.data.sources import (
+    describe,
+    load_folder,
+    load_metadata,
+    load_synthetic,
+    select,
+)
+from handjax.data.splits import (
+    duplicate_groups,
+    folds,
+    identical_groups,
+    inner_splits,
+    label_conflicts,
+    merge_groups,
+)
+from handjax.data.store import Store, batches, drop_pages, finish
 from handjax.data.synthetic import synthetic_metadata
 
 # ``data_spec`` below is a :class:`handjax.config.DataSpec`; the data stage does not import
@@ -39,7 +57,7 @@ class Cohort:
     metadata: dict                     # subgroup columns, one value per photo
     folds: list                        # [(train, test)] index arrays, repeat-major: R x K
     inner: list                        # per fold: inner validation photos (within train)
-    views: np.ndarray                  # [V, N, H, W, 3] uint8
+    views: np.ndarray                  # [V, N, H, W, 3] uint8 (a read-only memmap on disk)
     repeats: int = 1                   # fold assignments (repeated cross-validation)
 
     @property
@@ -81,24 +99,44 @@ class Cohort:
         return desc
 
 
-def load_examples(data_spec: DataSpec, seed: int, n_folds: int = N_FOLDS) -> Examples:
+def load_examples(data_spec: DataSpec, seed: int, n_folds: int = N_FOLDS,
+                  store: Store | None = None) -> Examples:
     """The configured photos: the user's folder if ``data_spec.root`` is set, else
-    synthetic hands."""
+    synthetic hands; in RAM, or in ``store``'s folder when larger than its budget."""
     if data_spec.root:
         return load_folder(data_spec.root, image_size=data_spec.image_size,
                            on_error=data_spec.on_error,
                            class_map=dict(data_spec.class_map) if data_spec.class_map else None,
-                           min_per_class=n_folds)
+                           min_per_class=n_folds, store=store)
     return load_synthetic(n_per_class=data_spec.n_per_class, image_size=data_spec.image_size,
-                          seed=seed)
+                          seed=seed, store=store)
 
 
-def augmented_views(images: np.ndarray, n_views: int, key: jax.Array) -> np.ndarray:
-    """[V, N, H, W, 3] uint8: view 0 is the photo, views 1.. are ``augment`` draws."""
-    views = [images]
-    for v in range(1, n_views):
-        views.append(np.asarray(augment(jax.random.fold_in(key, v), images)))
-    return np.stack(views)
+def augmented_views(images: np.ndarray, n_views: int, key: jax.Array,
+                    store: Store | None = None, batch: int | None = None) -> np.ndarray:
+    """[V, N, H, W, 3] uint8: view 0 is the photo, views 1.. are ``augment`` draws; in RAM,
+    or in ``store``'s folder when larger than its budget. Made ``batch`` photos at a time
+    (default :data:`handjax.data.store.BATCH`; each photo's draws do not depend on the
+    batch: the same values as one call)."""
+    store, n, batch = store or Store(), len(images), batch or stores.BATCH
+    views = store.empty("views", (n_views,) + tuple(images.shape), np.uint8)
+    draws = [augment_draws(jax.random.fold_in(key, v), n) for v in range(n_views)]
+    size = -(-n // -(-n // batch)) if n else 1   # even batches: the least padding
+    for start, rows in batches(images, size):
+        stop = start + len(rows)
+        views[0, start:stop] = rows
+        for v in range(1, n_views):
+            out = augment_with(_padded(draws[v][start:stop], size), _padded(rows, size))
+            views[v, start:stop] = np.asarray(out)[:len(rows)]
+        drop_pages(views)
+    return finish(views)
+
+
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+    """``rows`` with its last row repeated up to ``size`` rows: one shape, one compilation."""
+    if len(rows) == size:
+        return rows
+    return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), axis=0)])
 
 
 def one_label_per_photo(examples: Examples, dup: np.ndarray | None,
@@ -162,14 +200,16 @@ def subjects_and_metadata(data_spec: DataSpec, examples: Examples, seed: int) ->
 
 
 def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float = 0.0,
-                repeats: int = 1, first=None) -> Cohort:
+                repeats: int = 1, store: Store | None = None, first=None) -> Cohort:
     """Photos, subjects and metadata, folds grouped by subject and near-duplicate group, the
     inner validation splits and the image views. ``repeats`` R > 1: R fold assignments
     (seeds ``seed .. seed + R - 1``, each subject- and duplicate-aware), repeat-major; the
-    first is the R = 1 assignment. ``first(fn)`` runs the photo loading, which may write
-    the decoded set into ``$HANDJAX_CACHE``: many processes share that folder, so the
-    training run passes ``distributed.primary_first`` (one writes, then the others read)."""
-    load = lambda: load_examples(data_spec, seed, n_folds)   # noqa: E731
+    first is the R = 1 assignment. ``store``: where photos and views larger than its budget
+    go (files, read in batches; default: RAM), the same values either way. ``first(fn)``
+    runs the photo loading, which may write the decoded set into ``$HANDJAX_CACHE``: many
+    processes share that folder, so the training run passes ``distributed.primary_first``
+    (one writes, then the others read)."""
+    load = lambda: load_examples(data_spec, seed, n_folds, store)   # noqa: E731
     examples = first(load) if first is not None else load()
     dup = duplicate_groups(examples.images) if data_spec.dedup else None
     examples, dup = one_label_per_photo(examples, dup, data_spec.on_error)
@@ -184,5 +224,5 @@ def load_cohort(data_spec: DataSpec, seed: int, n_folds: int, inner_val: float =
         splits += these
         inner += inner_splits(these, labels, groups, inner_val, seed + r)
     views = augmented_views(examples.images, data_spec.views,
-                            jax.random.fold_in(jax.random.key(seed), 2))
+                            jax.random.fold_in(jax.random.key(seed), 2), store)
     return Cohort(examples, dup, subjects, metadata, splits, inner, views, repeats)

@@ -19,7 +19,9 @@ import hashlib
 import io
 import logging
 import shutil
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from handjax.cache import cache_dir
 from handjax.data.records import CLASSES, N_FOLDS, DataError, Examples
 from handjax.data.decode import _DECODER_VERSION, _check_size, decode_image
 from handjax.data.folders import IMAGE_EXTENSIONS
+from handjax.data import store as stores
+from handjax.data.store import Store, drop_pages, finish
 from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, subject_traits
 
 log = logging.getLogger(__name__)
@@ -224,14 +228,28 @@ class HandConditions(_Builder, skip_registration=_SKIP):
     def _generate_examples(self):
         cfg = self.builder_config
         root, bad = Path(cfg.root), []
-        for rel, label in _scan_folder(root, dict(cfg.class_map), 0):
-            try:
-                image = decode_image(root / rel, cfg.image_size)
-            except DataError as e:
-                bad.append([rel, str(e).split(": ", 1)[-1]])
+        files = _scan_folder(root, dict(cfg.class_map), 0)
+        for (rel, label), image in zip(files, _decode_all(root, files, cfg.image_size)):
+            if isinstance(image, DataError):
+                bad.append([rel, str(image).split(": ", 1)[-1]])
                 continue
             yield rel, {"image": image, "label": label, "id": rel}
         self.info.metadata["bad_files"] = bad
+
+
+def _decode_all(root: Path, files: list, size: int):
+    """Each file's decoded photo, or the DataError saying why not, in ``files``' order:
+    decoded on every core (PIL's decoders and resizing let go of the GIL), at most a few
+    batches ahead of the consumer, so memory stays bounded."""
+    def one(rel_label):
+        try:
+            return decode_image(root / rel_label[0], size)
+        except DataError as e:
+            return e
+    workers = os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(files), stores.BATCH):
+            yield from pool.map(one, files[start:start + stores.BATCH])
 
 
 @dataclasses.dataclass
@@ -287,20 +305,62 @@ def _quiet():
         absl.setLevel(level)
 
 
-def _read(builder_cls, config) -> tuple:
-    """Prepares the data set if needed; returns (builder, records sorted by (label, id))."""
+def _prepared(builder_cls, config):
+    """Prepares the data set if needed; returns (builder, its random-access data source)."""
     with _quiet(), _private_tempdir():
         builder = builder_cls(data_dir=str(cache_dir() / "tfds"), config=config)
         prepared = builder.is_prepared()
     if not prepared:
         log.info("preparing %s/%s in %s", builder.name, config.name, builder.data_dir)
-        with _quiet(), _private_tempdir():
+        with _quiet(), _private_tempdir(), _shuffle_buffer(PREPARE_BUFFER_BYTES):
             builder.download_and_prepare(file_format="array_record")
-    source = builder.as_data_source(split="train")
+    return builder, builder.as_data_source(split="train")
+
+
+# TFDS's writer holds a preparation's records in memory up to 1 GB, then moves them to
+# temporary bucket files through TensorFlow's file API, which handjax does not install (with
+# the limit at 64 MB, 10,000 photos at 64 px failed there: "No module named 'tensorflow'").
+# No limit: preparing a folder holds its decoded records once (N x photo bytes, the first
+# run over a folder only); every later read is in batches.
+PREPARE_BUFFER_BYTES = float("inf")
+
+
+@contextlib.contextmanager
+def _shuffle_buffer(nbytes: int):
+    """TFDS's in-memory shuffle buffer set to ``nbytes`` meanwhile (its module constant)."""
+    from tensorflow_datasets.core import shuffle
+    old = getattr(shuffle, "MAX_MEM_BUFFER_SIZE", None)
+    shuffle.MAX_MEM_BUFFER_SIZE = nbytes
+    try:
+        yield
+    finally:
+        if old is not None:
+            shuffle.MAX_MEM_BUFFER_SIZE = old
+
+
+def _read(builder_cls, config) -> tuple:
+    """Prepares the data set if needed; returns (builder, records sorted by (label, id)),
+    every photo in RAM (:func:`_index` and :func:`_stream_examples` read in batches)."""
+    builder, source = _prepared(builder_cls, config)
     records = list(source.__getitems__(range(len(source))))
     for r in records:
-        r["id"] = r["id"].decode() if isinstance(r["id"], bytes) else str(r["id"])
+        r["id"] = _text(r["id"])
     return builder, sorted(records, key=lambda r: (int(r["label"]), r["id"]))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _index(source) -> list:
+    """``[(label, id, position)]`` of every record, sorted by (label, id); read in batches,
+    only the labels and ids kept."""
+    index = []
+    for start in range(0, len(source), stores.BATCH):
+        positions = range(start, min(start + stores.BATCH, len(source)))
+        for pos, r in zip(positions, source.__getitems__(positions)):
+            index.append((int(r["label"]), _text(r["id"]), pos))
+    return sorted(index)
 
 
 @contextlib.contextmanager
@@ -325,23 +385,43 @@ def _prune_stale_copies(builder_root: Path, prefix: str, keep: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _examples(records, source: str, resize_to: int | None = None) -> Examples:
-    images = np.stack([r["image"] for r in records])
-    if resize_to is not None and images.shape[1] != resize_to:
-        images = np.stack([
-            np.asarray(Image.fromarray(im).resize((resize_to, resize_to), Image.Resampling.LANCZOS,
-                                                  reducing_gap=2.0)) for im in images])
-    ids = _Ids(r["id"] for r in records)
+def _resized(images, size: int) -> list:
+    """Each photo resized to ``size`` (Lanczos), on every core (PIL lets go of the GIL)."""
+    def one(im):
+        return np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.LANCZOS,
+                                                     reducing_gap=2.0))
+    if len(images) < 2:
+        return [one(im) for im in images]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(one, images))
+
+
+def _stream_examples(data, index: list, source: str, resize_to: int | None,
+                     store: Store) -> Examples:
+    """The photos of ``index`` (from :func:`_index`), in its order, read from the data
+    source ``data`` in batches into an array of ``store``'s (RAM, or a file when larger
+    than its budget): the same values as :func:`_examples`, never all records at once."""
+    positions = [pos for _, _, pos in index]
+    size = resize_to or data[positions[0]]["image"].shape[0]
+    images = store.empty("photos", (len(index), size, size, 3))
+    for start in range(0, len(index), stores.BATCH):
+        records = data.__getitems__(positions[start:start + stores.BATCH])
+        batch = np.stack([r["image"] for r in records])
+        if batch.shape[1] != size:
+            batch = np.stack(_resized(batch, size))
+        images[start:start + len(batch)] = batch
+        drop_pages(images)
+    ids = _Ids(i for _, i, _ in index)
     ids.source = source
-    labels = np.array([r["label"] for r in records], np.int32)
-    return Examples(images, labels, ids, CLASSES)
+    labels = np.array([label for label, _, _ in index], np.int32)
+    return Examples(finish(images), labels, ids, CLASSES)
 
 
 # --------------------------------------------------------------------------- loaders
 
 
 def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=None,
-                min_per_class: int = N_FOLDS) -> Examples:
+                min_per_class: int = N_FOLDS, store: Store | None = None) -> Examples:
     """Loads a user's ImageFolder of hand photos (see the module docstring for the layout).
 
     on_error: "raise" (default) raises one DataError listing every unreadable file and why;
@@ -349,7 +429,8 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
     {folder name: class name} for folders not named like ``CLASSES``. Folder-structure errors
     (missing root, no/unknown/empty class folders, fewer than N_FOLDS images in a class) are
     raised before anything is decoded; ``min_per_class=0`` lets a class have no photo (a
-    second set for validation). Decoded arrays are cached under $HANDJAX_CACHE.
+    second set for validation). Decoded arrays are cached under $HANDJAX_CACHE and read in
+    batches into RAM or, larger than ``store``'s budget, a file (:mod:`handjax.data.store`).
     """
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -364,7 +445,8 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
         name=prefix + _fingerprint(resolved, files, int(image_size), class_map),
         root=str(resolved), image_size=int(image_size),
         class_map=tuple(sorted((class_map or {}).items())))
-    builder, records = _read(HandConditions, config)
+    builder, data = _prepared(HandConditions, config)
+    index = _index(data)
     _prune_stale_copies(Path(builder.data_dir).parents[1], prefix, keep=config.name)
     bad = list(builder.info.metadata.get("bad_files", []))
     if bad:
@@ -375,27 +457,41 @@ def load_folder(root, *, image_size: int, on_error: str = "raise", class_map=Non
                 f"on_error='skip'): {listing}")
         warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root}: {listing}",
                       stacklevel=2)
-        _check_counts([r["label"] for r in records], root, "readable images", min_per_class)
-    examples = _examples(records, source=str(root))
+        _check_counts([label for label, _, _ in index], root, "readable images", min_per_class)
+    examples = _stream_examples(data, index, str(root), None, store or Store())
     examples.ids.left_out = tuple({"file": rel, "reason": why} for rel, why in bad)
     return examples
 
 
-def load_synthetic(*, n_per_class: int = 50, image_size: int, seed: int = 0) -> Examples:
+def load_synthetic(*, n_per_class: int = 50, image_size: int, seed: int = 0,
+                   store: Store | None = None) -> Examples:
     """The embedded synthetic_hands set (synthetic, medically meaningless), resized to
-    ``image_size``. Generated once per (n_per_class, seed) and cached under $HANDJAX_CACHE."""
+    ``image_size``. Generated once per (n_per_class, seed) and cached under $HANDJAX_CACHE.
+    ``store``: where the decoded photos go (default: RAM), see :mod:`handjax.data.store`."""
     _check_size(image_size)
     if not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
         raise DataError(f"n_per_class must be a positive integer, got {n_per_class!r}")
-    return _examples(_synthetic_records(int(n_per_class), int(seed)), "synthetic", image_size)
+    data, index = _synthetic_index(int(n_per_class), int(seed))
+    return _stream_examples(data, index, "synthetic", image_size, store or Store())
+
+
+def _synthetic_config(n_per_class: int, seed: int) -> SyntheticHandsConfig:
+    """The cached set to read the first ``n_per_class`` hands of each class from. Hand i of
+    a class does not depend on how many are generated, so a larger set already in the cache
+    is sliced instead of rendering."""
+    n = min((m for m in _prepared_synthetic_sizes(seed) if m >= n_per_class), default=n_per_class)
+    return SyntheticHandsConfig(name=f"n{n}_seed{seed}", n_per_class=n, seed=seed)
+
+
+def _synthetic_index(n_per_class: int, seed: int) -> tuple:
+    """(data source, :func:`_index` of its first ``n_per_class`` hands per class)."""
+    data = _prepared(SyntheticHands, _synthetic_config(n_per_class, seed))[1]
+    return data, [e for e in _index(data) if int(e[1].rsplit("/", 1)[1]) < n_per_class]
 
 
 def _synthetic_records(n_per_class: int, seed: int) -> list:
-    """The first ``n_per_class`` hands of each class. Hand i of a class does not depend on how
-    many are generated, so a larger set already in the cache is sliced instead of rendering."""
-    n = min((m for m in _prepared_synthetic_sizes(seed) if m >= n_per_class), default=n_per_class)
-    config = SyntheticHandsConfig(name=f"n{n}_seed{seed}", n_per_class=n, seed=seed)
-    records = _read(SyntheticHands, config)[1]
+    """The first ``n_per_class`` hands of each class, every record in RAM (previews)."""
+    records = _read(SyntheticHands, _synthetic_config(n_per_class, seed))[1]
     return [r for r in records if int(r["id"].rsplit("/", 1)[1]) < n_per_class]
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from handjax.data import store
 from handjax.data.cohort import Cohort
 from handjax.models import backbones, classifier
 from handjax.models.kernels import convs
@@ -45,14 +46,17 @@ def map_batches(fn, flat: np.ndarray, batch: int, out_dtype=None, desc: str | No
     if out is not None:
         for i, y in _batches(fn, flat, batch, desc):
             out[i:i + len(y)] = y
+            store.drop_pages(out)   # written: the file holds it, not this process
         return out
     return np.concatenate([y if out_dtype is None else y.astype(out_dtype)
                            for _, y in _batches(fn, flat, batch, desc)])
 
 
 def _batches(fn, flat: np.ndarray, batch: int, desc: str | None):
-    for i in tqdm(range(0, len(flat), batch), desc=desc, leave=False, disable=desc is None):
-        chunk = flat[i:i + batch]
+    """``(start, fn(rows))`` per batch; ``flat`` on disk (a memmap) is read a batch at a
+    time (:func:`handjax.data.store.batches`)."""
+    for i, chunk in tqdm(store.batches(flat, batch), total=-(-len(flat) // batch), desc=desc,
+                         leave=False, disable=desc is None):
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
@@ -154,6 +158,15 @@ def spill_path(workdir: Path | None, nbytes: int, budget_gb: float) -> Path | No
     return Path(workdir) / f"frozen_features.{jax.process_index()}.npy"
 
 
+def photo_store(workdir: Path | None, budget_gb: float) -> store.Store:
+    """Where a run's decoded photos and views go: RAM, or ``<workdir>/arrays.<process>/``
+    when one is larger than ``budget_gb`` (``train.cache_budget_gb``, the budget of the
+    frozen-feature cache too): a run's peak memory is then set by the budget and a batch."""
+    if workdir is None:
+        return store.Store()
+    return store.Store(Path(workdir) / f"arrays.{jax.process_index()}", budget_gb * 2**30)
+
+
 def pooled_features(model: classifier.Classifier, params, stats, feats,
                     batch: int = 64) -> np.ndarray:
     """Pooled output of the (still frozen) top for every view: phase 1 trains heads on it."""
@@ -251,9 +264,9 @@ def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None,
     if plain:
         return FoldInputs(fm, views, views, 0)
     backbone, name, split = fm.model.backbone, fm.model.backbone_name, fm.model.split
-    store = np.float32 if run_spec.train.cache_dtype == "float32" else jnp.bfloat16
-    nbytes = cache_nbytes(backbone, variables, name, views, split, store_dtype=store)
-    feats = frozen_features(backbone, variables, name, views, split, store_dtype=store,
+    dtype = np.float32 if run_spec.train.cache_dtype == "float32" else jnp.bfloat16
+    nbytes = cache_nbytes(backbone, variables, name, views, split, store_dtype=dtype)
+    feats = frozen_features(backbone, variables, name, views, split, store_dtype=dtype,
                             spill=spill_path(workdir, nbytes, run_spec.train.cache_budget_gb))
     pooled = pooled_features(fm.model, fm.backbone_params, fm.backbone_stats, feats)
     return FoldInputs(fm, pooled, feats, int(feats.nbytes))

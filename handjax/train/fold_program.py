@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from handjax.data.store import drop_pages
 from handjax import losses, ordinal
 from handjax.train.distributed import fold_mesh
 from handjax.train.features import FoldInputs, FoldModel, even_batch
@@ -273,6 +274,7 @@ def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, width: int):
         if isinstance(inputs, np.memmap):   # spilled cache: only this chunk's rows, read here
             rows, local = used_rows(cols)
             outs.append(fn(states, inputs[rows], jnp.asarray(local)))
+            drop_pages(inputs)   # read: this chunk's rows are copies, the file keeps the rest
         else:
             outs.append(fn(states, inputs, jnp.asarray(cols)))
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1)[:, :m], *outs)
@@ -325,6 +327,7 @@ class StreamedEpoch:
         sums = []
         for c0 in range(0, n_steps, c):
             args = (states, *self.chunk(inputs, labels, batches, c0, c0 + c), keys[c0:c0 + c])
+            drop_pages(inputs)   # the chunk is a copy: a pass holds one chunk, not the file
             if self.compiled is None or self.compiled[0] != c:
                 fn = functools.partial(steps_fn, fold_map=self.fold_map)
                 self.compiled = (c, jax.jit(fn, donate_argnums=0).lower(*args).compile())

@@ -158,6 +158,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     timings.set("tune_s", tune_s)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats,
+                         store=features.photo_store(workdir, run_spec.train.cache_budget_gb),
                          first=distributed.primary_first)
     entries = ledger_entries(run_spec, cohort, plan)
     primary.check_ledger(entries,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from handjax.data.store import batches
 from handjax.errors import RunError, TrainingError
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -82,7 +83,8 @@ def data_fingerprint(examples) -> str:
     h = hashlib.sha256()
     h.update("\n".join(map(str, examples.ids)).encode())
     h.update(np.ascontiguousarray(examples.labels, np.int64).tobytes())
-    h.update(np.ascontiguousarray(examples.images).tobytes())
+    for _, rows in batches(examples.images):   # a photo store on disk is read in batches
+        h.update(np.ascontiguousarray(rows).tobytes())
     return h.hexdigest()
 
 
