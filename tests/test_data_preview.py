@@ -31,7 +31,7 @@ def test_out_must_be_an_image_file(out, needle, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         data.main(["preview", "--out", out, "--n", "1"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1 and needle in err
+    assert e.value.code == 1 and err.count("\n") == 1 and needle in err
 
 
 def test_export_writes_an_image_folder_that_loads(tmp_path):
@@ -57,7 +57,7 @@ def test_preview_never_overwrites_a_photo_nor_writes_among_photos(tmp_path, imag
         with pytest.raises(SystemExit) as e:
             data.main(["preview", "--out", str(out), "--n", "1"])
         err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and needle in err
+        assert e.value.code == 1 and err.count("\n") == 1 and needle in err
     assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == before
     sheet = tmp_path / "sheet.png"
     data.main(["preview", "--out", str(sheet), "--n", "1"])

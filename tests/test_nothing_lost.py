@@ -113,7 +113,7 @@ def test_export_into_a_folder_of_real_photos_is_refused_and_changes_nothing(
     before = snapshot(photos)
     with pytest.raises(SystemExit) as stop:
         preview.main(["export", "--out", str(photos), "--n", "2"])
-    assert stop.value.code == 2
+    assert stop.value.code == 1   # bad input (2 is for usage)
     line = one_error_line(capsys.readouterr().err)
     assert "holds photos" in line and "nothing was written" in line
     assert snapshot(photos) == before

@@ -196,9 +196,9 @@ def bench_photos(n: int, size: int = 256) -> list[bytes]:
 def smoke_workdir(root: Path) -> Path:
     """Trains the smoke cell (VGG16, 32 px, random weights) into ``root/smoke``."""
     from handjax import config as configs
-    from handjax.train import fit
+    from handjax.train import run
     workdir = root / "smoke"
-    fit.run(configs.parse_run(configs.cell("vgg16", "categorical", "smoke")), workdir)
+    run.run(configs.parse_run(configs.cell("vgg16", "categorical", "smoke")), workdir)
     return workdir
 
 

@@ -151,5 +151,5 @@ def main(argv=None) -> None:
         else:
             print(f"wrote {_preview(args)} (synthetic images are medically meaningless)"
                   if not args.folder else f"wrote {_preview(args)}")
-    except DataError as e:
-        parser.exit(2, f"handjax: error: {e}\n")
+    except DataError as e:   # bad input: one line, exit 1 (2 is argparse's, for usage)
+        parser.exit(1, f"handjax: error: {e}\n")
