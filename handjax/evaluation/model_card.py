@@ -102,6 +102,12 @@ def checkpoint_fingerprint(workdir) -> str:
     return h.hexdigest()
 
 
+def random_weights(weights) -> bool:
+    """Whether a run's ``weights`` mean no pretrained backbone: the spec's None, or the
+    ``"none"`` that results.json and the card write for it. The one test every caveat uses."""
+    return str(weights or "none").lower() in ("none", "random")
+
+
 def caveats(run_spec: RunSpec, results: dict, calibration: dict) -> list[str]:
     """What the card's figures cannot mean, in plain words."""
     data = results.get("data", {})
@@ -110,7 +116,7 @@ def caveats(run_spec: RunSpec, results: dict, calibration: dict) -> list[str]:
         out.append(f"The locked temperature ({calibration['temperature']:.3g}) sits at a "
                    f"search bound {calibration['bounds']}: the NLL kept falling past it, so "
                    "it is a limit, not a fit (e.g. a model that says nothing).")
-    if not run_spec.model.weights:
+    if random_weights(run_spec.model.weights):
         out.append("Random weights: no pretrained backbone; the figures only show that the "
                    "pipeline runs.")
     if data.get("source") == "synthetic":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from handjax import evaluation as clinical
+from handjax.evaluation.model_card import random_weights
 from handjax.report import plots
 from handjax.config import STUDY_LOSSES, STUDY_MODELS
 from handjax.data.records import CLASSES
@@ -327,7 +328,7 @@ def caveats(results: dict) -> list[str]:
     photos means nothing)."""
     data = results.get("data", {})
     lines = []
-    if str(results.get("weights", "")) in ("none", "None", ""):
+    if random_weights(results.get("weights")):
         lines.append("> **Random weights**: no pretrained backbone; these figures only show "
                      "that the pipeline runs.")
     if data.get("source") == "synthetic":

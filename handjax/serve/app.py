@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from handjax.data import DataError
+from handjax.evaluation.model_card import random_weights
 from handjax.model.locked import decision_value, display_names
 from handjax.serve import uploads
 from handjax.serve.batcher import MicroBatcher, QueueFull, Stopped
@@ -130,7 +131,7 @@ def caveats(card: dict) -> list[str]:
     data = (card.get("cv_figures") or {}).get("data") or {}
     out = ["Not a medical device: this is a research tool, not a diagnosis. See a doctor "
            "about any concern for your hands."]
-    if str(card.get("weights", "none")).lower() in ("none", "random"):
+    if random_weights(card.get("weights")):
         out.append("Random weights: the network did not start from ImageNet training, so "
                    "its answers show only that the software runs.")
     if data.get("source") == "synthetic":
