@@ -12,7 +12,6 @@ import pytest
 
 from handjax.models import backbones, keras_weights
 from handjax.models.kernels import convs
-from handjax.models.kernels import convs
 from keras_reference import KERAS_APPS, PARAM_COUNTS, TOL, keras_ref
 
 MAX_REL_ERR = {}
@@ -51,8 +50,10 @@ def test_matches_keras(name, refs):
     assert ref.model.count_params() == PARAM_COUNTS[name]
 
     x = backbones.preprocess(name, ref.images)
-    for impl in ("xla", "im2col", "mmgrad", "winograd"):
+    for impl in ("xla", "im2col", "mmgrad", "winograd", "winograd4", "table"):
         module, variables = keras_weights.load(name, weights=ref.path, conv_impl=impl)
+        if impl == "table":   # as the frozen prefix runs it (winograd4 from 64 channels)
+            module = convs.for_purpose(module, "frozen")
         out, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(variables, x)
         _check_close(name, out, ref.features, f"conv_impl={impl}")
         # train=False leaves the running statistics alone.

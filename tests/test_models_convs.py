@@ -13,7 +13,7 @@ from handjax.models.kernels import algorithms as conv_algorithms, convs
 F32, BF16 = jnp.float32, jnp.bfloat16
 # Output pixels per image at every threshold: 7x7, 99, 10x10, 783, 28x28, 785, 56x56.
 PIXELS = (49, 99, 100, 783, 784, 785, 3136)
-I, M, W, X, MM = "im2col", "mmgrad", "winograd", "xla", "matmul"
+I, M, W, X, MM, W4 = "im2col", "mmgrad", "winograd", "xla", "matmul", "winograd4"
 # (purpose, dtype, winograd_ok) -> conv_policy's choice on CPU at each of PIXELS. Written
 # from the code before the policy was one function (resolve_conv_impl + inference_impl);
 # bf16 training became "matmul" with issue 20.
@@ -22,7 +22,7 @@ CPU_TABLE = {
     ("train", F32, False): (I, I, I, I, M, M, M),
     ("train", BF16, True): (MM, MM, MM, MM, MM, MM, MM),
     ("train", BF16, False): (MM, MM, MM, MM, MM, MM, MM),
-    ("frozen", F32, True): (W, W, W, W, W, X, X),
+    ("frozen", F32, True): (W4, W4, W4, W4, W4, W4, W4),
     ("frozen", F32, False): (X, X, X, X, X, X, X),
     ("frozen", BF16, True): (I, I, I, I, M, M, M),
     ("frozen", BF16, False): (I, I, I, I, M, M, M),
@@ -42,15 +42,26 @@ def test_conv_policy_table(backend, px, dtype, purpose, winograd_ok, want):
     assert convs.conv_policy(backend, px, dtype, purpose, winograd_ok=winograd_ok) == want
 
 
+@pytest.mark.parametrize("px", PIXELS)
+def test_conv_policy_few_input_channels(px):
+    """A frozen float32 3x3 conv with fewer than 64 input channels (VGG's RGB layer) keeps
+    Winograd F(2x2) up to 28x28 and ``lax.conv`` above; from 64 channels F(4x4) runs."""
+    for cin, want in ((3, W if px <= 784 else X), (63, W if px <= 784 else X), (64, W4)):
+        assert convs.conv_policy("cpu", px, F32, "frozen", winograd_ok=True,
+                                 in_channels=cin) == want
+    assert convs.conv_policy("gpu", px, F32, "frozen", winograd_ok=True, in_channels=512) == X
+
+
 # (kernel, stride, depthwise) kinds -> what each explicit impl runs (any backend, dtype, purpose).
 KIND_TABLE = {
-    ((3, 3), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": W, "matmul": MM},
-    ((1, 1), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I, "matmul": MM},
-    ((5, 5), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I, "matmul": MM},
-    ((3, 3), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
-    ((7, 7), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
-    ((3, 3), 1, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
-    ((3, 3), 2, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "matmul": I},
+    ((3, 3), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": W, "winograd4": W4,
+                         "matmul": MM},
+    ((1, 1), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I, "winograd4": I, "matmul": MM},
+    ((5, 5), 1, False): {"xla": X, "im2col": I, "mmgrad": M, "winograd": I, "winograd4": I, "matmul": MM},
+    ((3, 3), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "winograd4": I, "matmul": I},
+    ((7, 7), 2, False): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "winograd4": I, "matmul": I},
+    ((3, 3), 1, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "winograd4": I, "matmul": I},
+    ((3, 3), 2, True): {"xla": X, "im2col": I, "mmgrad": I, "winograd": I, "winograd4": I, "matmul": I},
 }
 
 
@@ -102,7 +113,7 @@ def test_describe_says_what_each_conv_runs():
         assert primitive in {e.primitive.name for e in jaxpr.eqns}
     frozen = convs.describe(convs.for_purpose(layer, "frozen"), x.shape)
     assert frozen["algorithm"] == convs.conv_algorithm("table", jax.default_backend(), 196, F32,
-                                                       "frozen")
+                                                       "frozen", in_channels=8)
     assert frozen["key"] == "frozen/float32/14x14x8->8/k3x3/s1"
     vgg = backbones.build("vgg16")
     layers = backbones.conv_layers(vgg, jax.ShapeDtypeStruct((1, 32, 32, 3), F32),

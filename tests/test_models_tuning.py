@@ -59,17 +59,18 @@ def test_model_layers_and_candidates():
     trained = [l for l in layers if l["purpose"] == "train"]
     # vgg16 after block4_pool: block5's three 512->512 convs share one key at 16 px (1x1 map)
     assert [l["key"] for l in trained] == ["train/float32/1x1x512->512/k3x3/s1"]
-    assert tuning.candidates(trained[0]) == ("im2col", "mmgrad", "winograd", "winograd4", "matmul")
+    assert tuning.candidates(trained[0]) == ("im2col", "mmgrad", "winograd", "matmul")
     frozen = [l for l in layers if l["purpose"] == "frozen"]
     assert all(tuning.candidates(l) == ("xla", "im2col", "winograd", "winograd4") for l in frozen)
     assert frozen[-1]["in_shape"] == (16, 16, 3)  # least work last
     assert tuning.batch_for(trained[0], 16) == 16
     # each layer carries the table's choice, the baseline every candidate must beat
     for l in layers:
-        h, w, _ = l["in_shape"]
+        h, w, cin = l["in_shape"]
         assert l["algorithm"] == convs.conv_algorithm(
             "table", jax.default_backend(), h * w, jnp.float32, l["purpose"],
-            kernel_size=l["kernel_size"], strides=l["strides"], depthwise=l["depthwise"])
+            kernel_size=l["kernel_size"], strides=l["strides"], depthwise=l["depthwise"],
+            in_channels=cin)
 
 
 def test_margin_rule():

@@ -81,7 +81,7 @@ def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | Non
           f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
 
 
-def fresh_import_seconds(module: str = "handjax.train") -> float:
+def fresh_import_seconds(module: str = "handjax.train.run") -> float:
     """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
     before its first line of work (this process has paid it already)."""
     import subprocess
@@ -155,7 +155,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     from handjax import metrics
     fast = specs["handjax"]
     out = {"imports_s": fresh_import_seconds(), "warmup_s": warm_up(fast)}
-    print(f"  imports of a run (handjax.train, a fresh process): {out['imports_s']:.1f} s",
+    print(f"  imports of a run (handjax.train.run, a fresh process): {out['imports_s']:.1f} s",
           flush=True)
     print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
     runs = [("handjax", "handjax"), ("handjax-warm", "handjax")]

@@ -147,7 +147,7 @@ def conv_plan(run_spec: RunSpec, workdir: Path) -> tuple[ConvPlan, float]:
 
 def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     t0 = time.perf_counter()
-    workdirs.enable_compilation_cache(workdir)
+    workdirs.enable_compilation_cache()
     primary = Primary(workdir)
     primary.start(run_spec.config_json)
     timings = Timings()

@@ -28,11 +28,13 @@ if TYPE_CHECKING:   # the specs, for annotations only: config is read at one bou
     from handjax.config import ModelSpec
 
 
-def enable_compilation_cache(workdir: Path) -> None:
-    """JAX's persistent compilation cache next to the workdir: a rerun need not compile."""
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache in the handjax cache, one per machine
+    (:func:`handjax.models.kernels.plan.compilation_cache_dir`): a second run, in any
+    workdir, need not compile, and nothing is written beside the workdir."""
     import jax   # here, so that compare's check of a workdir does not load JAX
-    cache = Path(workdir).absolute().parent / ".jax_cache"
-    jax.config.update("jax_compilation_cache_dir", str(cache))
+    from handjax.models.kernels import plan
+    jax.config.update("jax_compilation_cache_dir", str(plan.compilation_cache_dir()))
     # Low enough to keep the phase epochs, feature passes and evaluation (0.3-2 s each).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
 

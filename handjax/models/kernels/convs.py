@@ -8,7 +8,8 @@ Algorithms (all take the same parameters, so weights load the same way in every 
                 (stride-1 dense convs only)
     "winograd"  Winograd's F(2x2, 3x3) (3x3 stride-1 dense convs only)
     "winograd4" Winograd's F(4x4, 3x3): fewer multiplies, ~10x the rounding (3x3 stride-1
-                dense convs only; a tuner candidate, never the table's choice)
+                dense convs only; the table's choice for float32 forward-only convs with
+                at least 64 input channels, a tuner candidate elsewhere)
     "matmul"    im2col's forward, and both gradients as ``dot_general`` over im2col patches
                 with float32 accumulation (custom VJP; stride-1 dense convs only)
 
@@ -26,7 +27,7 @@ stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of `
     purpose       the program                      CPU, float32
     "train"       may differentiate the backbone   P >= 784: mmgrad; w and P >= 100: winograd;
                                                    else im2col
-    "frozen"      forward, one set of weights      w and P <= 784: winograd; else xla
+    "frozen"      forward, one set of weights      w and cin >= 64: winograd4; else xla
     "eval_folds"  forward, vmapped or mapped over  w and P <= 784: winograd; else as "train"
                   per-fold weights
 
@@ -39,7 +40,12 @@ near its matmul peak, but its conv *gradients* are slow (and 50-150x slower insi
 ``lax.scan`` bodies). Training: below 28x28 the im2col matmul beat mmgrad, above it mmgrad
 won by 1.1-1.7x; from 10x10 to 28x28 Winograd's train step beat both for float32 3x3 stride-1
 convs (14x14x512: 1.6x) and tied with im2col on 7x7. Forward only, Winograd beat ``lax.conv``
-on maps up to 28x28 (VGG19 blocks 3/4/5: 1.1x/1.7x/1.4x) and lost on larger ones (0.5-0.8x).
+on maps up to 28x28 (VGG19 blocks 3/4/5: 1.1x/1.7x/1.4x) and lost on larger ones (0.5-0.8x);
+F(4x4, 3x3) beat both on every VGG19 prefix conv with 64 or more input channels (112 px,
+2-core AMD EPYC, per image: 112x112x64 4.2 ms against lax.conv's 5.1; 56x56x128 3.0 against
+4.6; 28x28x256 2.9 against Winograd F(2x2)'s 4.7; 14x14x512 2.0 against 2.2) and lost on the
+RGB layer (1.0 against 0.5 ms). Its rounding through all of VGG19 measured 2.3e-6 of the
+output's scale against ``lax.conv`` (tests/test_models_backbones.py holds it to 1e-4).
 Under vmap over per-fold weights ``lax.conv`` becomes grouped convolutions, slow on XLA:CPU,
 hence "eval_folds" keeps "train"'s matmul forms. In bfloat16 "im2col"'s float32-accumulating
 matmul runs on AMX where the CPU has it; "matmul" keeps the gradients on that form too
@@ -62,7 +68,7 @@ import jax.numpy as jnp
 from handjax.models.kernels.plan import ConvPlan, layer_key
 from handjax.models.kernels.algorithms import (_explicit_pads, _lax_conv, conv_im2col, conv_matmul, conv_mmgrad, conv_winograd, conv_winograd4, depthwise_im2col, winograd4_kernel, winograd_kernel)
 
-# The algorithms themselves (what "auto" measures, and "table" chooses among but winograd4).
+# The algorithms themselves (what "auto" measures, and "table" chooses among).
 ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
 CONV_IMPLS = ("auto", "table") + ALGORITHMS   # model.conv_impl: a policy, or one algorithm
 PURPOSES = ("train", "frozen", "eval_folds")
@@ -71,6 +77,7 @@ PURPOSES = ("train", "frozen", "eval_folds")
 _MMGRAD_MIN_PIXELS = 28 * 28
 _WINOGRAD_MIN_PIXELS = 10 * 10
 _WINOGRAD_FORWARD_MAX_PIXELS = 28 * 28
+_WINOGRAD4_MIN_CHANNELS = 64   # input channels of a "frozen" float32 conv run by winograd4
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -86,14 +93,16 @@ def check_purpose(purpose: str) -> None:
         raise ValueError(f"conv purpose must be one of {PURPOSES}, got {purpose!r}")
 
 
-def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_ok: bool) -> str:
+def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_ok: bool,
+                in_channels: int | None = None) -> str:
     """What ``conv_impl="table"`` means for one conv (the table in the module docstring; also
     ``"auto"``'s choice for a conv the tuner has not measured).
 
     ``backend``: ``jax.default_backend()``; ``out_pixels``: output pixels per image;
     ``dtype``: the compute dtype; ``purpose``: one of :data:`PURPOSES`; ``winograd_ok``:
-    the conv is 3x3, stride 1, not depthwise. Returns "xla", "im2col", "mmgrad" or
-    "winograd" or "matmul" (:func:`conv_algorithm` then falls back to "im2col" where
+    the conv is 3x3, stride 1, not depthwise; ``in_channels``: its input channels (None:
+    many). Returns "xla", "im2col", "mmgrad", "winograd", "winograd4" or "matmul"
+    (:func:`conv_algorithm` then falls back to "im2col" where
     "mmgrad" or "matmul" does not apply).
     """
     check_purpose(purpose)
@@ -104,6 +113,9 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
         return "matmul"
     winograd = winograd_ok and float32
     if purpose != "train" and float32:  # forward only
+        if purpose == "frozen" and winograd and (in_channels or _WINOGRAD4_MIN_CHANNELS) >= \
+                _WINOGRAD4_MIN_CHANNELS:
+            return "winograd4"
         if winograd and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
             return "winograd"
         if purpose == "frozen":
@@ -144,7 +156,8 @@ def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
 
 def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str, *,
                    kernel_size=(3, 3), strides: int = 1, depthwise: bool = False,
-                   key: str | None = None, plan: ConvPlan | None = None) -> str:
+                   key: str | None = None, plan: ConvPlan | None = None,
+                   in_channels: int | None = None) -> str:
     """The algorithm a conv runs: ``impl`` where it applies, else "im2col" ("mmgrad" and
     "matmul" need a stride-1 dense conv, "winograd" a 3x3 one).
 
@@ -158,7 +171,8 @@ def conv_algorithm(impl: str, backend: str, out_pixels: int, dtype, purpose: str
     plain3x3 = stride1_dense and tuple(kernel_size) == (3, 3)
     planned = plan.algorithm(key) if impl == "auto" and plan is not None and key else None
     if impl in ("auto", "table"):
-        impl = planned or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3)
+        impl = planned or conv_policy(backend, out_pixels, dtype, purpose, winograd_ok=plain3x3,
+                                      in_channels=in_channels)
     if ((impl in ("mmgrad", "matmul") and not stride1_dense)
             or (impl in ("winograd", "winograd4") and not plain3x3)):
         return "im2col"
@@ -214,7 +228,8 @@ def describe(conv: "Conv", in_shape) -> dict:
     out_pixels = -(-h // conv.strides) * -(-w // conv.strides)
     algorithm = conv_algorithm(conv.impl, jax.default_backend(), out_pixels, conv.dtype,
                                conv.purpose, kernel_size=kernel_size, strides=conv.strides,
-                               depthwise=conv.depthwise, key=key, plan=conv.plan)
+                               depthwise=conv.depthwise, key=key, plan=conv.plan,
+                               in_channels=cin)
     return dict(name=conv.name, purpose=conv.purpose, dtype=dtype, in_shape=(h, w, cin),
                 features=conv.features, kernel_size=kernel_size, strides=conv.strides,
                 depthwise=conv.depthwise,

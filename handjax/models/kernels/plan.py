@@ -73,11 +73,22 @@ def machine() -> dict:
     return json.loads(_machine())
 
 
+def machine_digest(machine_key: dict | None = None) -> str:
+    """16 hex digits of :func:`machine` (or ``machine_key``)."""
+    machine_key = machine() if machine_key is None else machine_key
+    return hashlib.sha256(json.dumps(machine_key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cache_path(machine_key: dict | None = None) -> Path:
     """``cache_dir()/tuning/convs-<hash of machine()>.json``."""
-    machine_key = machine() if machine_key is None else machine_key
-    digest = hashlib.sha256(json.dumps(machine_key, sort_keys=True).encode()).hexdigest()
-    return cache_dir() / "tuning" / f"convs-{digest[:16]}.json"
+    return cache_dir() / "tuning" / f"convs-{machine_digest(machine_key)}.json"
+
+
+def compilation_cache_dir() -> Path:
+    """``cache_dir()/jax/<hash of machine()>``: JAX's persistent compilation cache, one per
+    machine (CPU model and flags, JAX versions), since a program compiled for one CPU's
+    instructions must not be loaded on another that shares the cache folder."""
+    return cache_dir() / "jax" / machine_digest()
 
 
 def layer_key(purpose: str, dtype: str, in_shape, features: int, kernel_size, strides: int,
