@@ -183,6 +183,34 @@ def test_the_bound_leaves_the_table_decided(cache):
     assert all(e["how"] == "measured" for e in remeasured.values())
 
 
+def test_a_run_s_bound_is_its_share_and_a_short_run_measures_nothing(cache):
+    """run_budget: TUNE_BUDGET_S x phase-2 epochs / TUNE_FULL_EPOCHS, capped, and 0 under
+    MIN_TUNE_S; a zero bound times nothing (not even the table's program) and records
+    every layer as the table's ("budget"), so ``again`` measures them later."""
+    full, n = tuning.TUNE_BUDGET_S, tuning.TUNE_FULL_EPOCHS
+    assert tuning.run_budget(n) == full and tuning.run_budget(10 * n) == full
+    assert tuning.run_budget(n // 2) == pytest.approx(full / 2)
+    short = max(e for e in range(n) if full * e / n < tuning.MIN_TUNE_S)
+    assert tuning.run_budget(short) == 0.0 and tuning.run_budget(short + 1) > 0
+    layers, timer = _layers(), FakeTimer(FLAT)
+    decided = tuning.tune_layers(layers, 16, timer=timer, budget_s=0.0,
+                                 clock=lambda: 0.0)   # a clock that never moves
+    assert timer.calls == []
+    assert all(decided[l["key"]] == {"algorithm": _table(l), "how": "budget",
+                                     "batch": tuning.batch_for(l, 16)}
+               for l in layers if len(tuning.candidates(l)) > 1)
+
+
+def test_a_bound_spent_compiling_the_table_measures_nothing():
+    """The bound ran out before the first candidate: the layer is the table's, "budget"
+    (not "measured" with no ratios), so ``again`` measures it."""
+    layer = next(l for l in _layers() if len(tuning.candidates(l)) > 1)
+    checks = iter([False, True])   # in time for the table's program, not for a candidate
+    entry = tuning.measure_layer(layer, 16, FakeTimer(FLAT), lambda: next(checks))
+    assert entry == {"algorithm": _table(layer), "how": "budget",
+                     "batch": tuning.batch_for(layer, 16)}
+
+
 def test_resolve_plan_decides_once_and_later_runs_measure_nothing(cache):
     if jax.default_backend() != "cpu":
         pytest.skip("tuning runs on CPU only")

@@ -133,7 +133,8 @@ def conv_plan(run_spec: RunSpec, workdir: Path) -> tuple[ConvPlan, float]:
     measuring: a started run's recorded plan (``conv_plan.json``; one line when another
     machine measured it), unless ``model.replan``; else this machine's
     (:func:`handjax.models.kernels.tuning.resolve_plan`: the cache's, or one bounded
-    tuning step the first time)."""
+    tuning step the first time, its bound the run's share (:func:`~handjax.models.kernels.
+    tuning.run_budget`))."""
     from handjax.models.kernels import tuning
     started = (workdir / "checkpoints").exists() or (workdir / "results.json").exists()
     recorded = plans.load_plan(workdir) if started and not run_spec.model.replan else None
@@ -141,8 +142,9 @@ def conv_plan(run_spec: RunSpec, workdir: Path) -> tuple[ConvPlan, float]:
         if recorded.measured_elsewhere() and distributed.is_primary():
             console.say(plans.elsewhere_line(recorded, workdir))
         return recorded, 0.0
+    budget = tuning.run_budget(run_spec.train.epochs2 * run_spec.repeats)
     return tuning.resolve_plan(run_spec.model, run_spec.data.image_size,
-                               run_spec.train.batch_size)
+                               run_spec.train.batch_size, budget_s=budget)
 
 
 def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
