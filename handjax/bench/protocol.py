@@ -95,7 +95,7 @@ def warm_up(spec) -> float:
     compilations of data generation and weight initialisation (the same for every run of
     the comparison) and orbax's import. Without it the first run measured pays them (1.5-2 s
     here) and the later ones get them free. The conv plan is not decided here: the first
-    handjax run decides it, as a first run on a fresh machine does (:func:`fresh_tuning`)."""
+    handjax run decides it, as a first run on a fresh machine does (:func:`fresh_machine`)."""
     from handjax.data.cohort import load_cohort
     from handjax.models import classifier
     t = time.perf_counter()
@@ -107,16 +107,30 @@ def warm_up(spec) -> float:
 
 
 @contextlib.contextmanager
-def fresh_tuning():
-    """This machine's conv-tuning cache set aside for the block (a first run on a fresh
-    machine then tunes), and put back afterwards (what the block measured is dropped)."""
+def fresh_machine():
+    """This machine's conv plan (the tuning cache) and compiled programs (JAX's persistent
+    compilation cache, :func:`handjax.models.kernels.plan.compilation_cache_dir`) set aside
+    for the block, so that its first run decides the plan and compiles everything as on a
+    fresh machine; put back afterwards (what the block measured and compiled is dropped).
+    Prepared data stays: the warm-up made it, untimed, for every run alike."""
+    import shutil
+    from jax.experimental.compilation_cache import compilation_cache
     from handjax.models.kernels import plan as plans
-    path = plans.cache_path()
+    path, compiled = plans.cache_path(), plans.compilation_cache_dir()
     kept = path.read_bytes() if path.exists() else None
+    aside = compiled.with_name(compiled.name + ".bench-aside")
+    shutil.rmtree(aside, ignore_errors=True)
+    if compiled.exists():
+        compiled.rename(aside)
     path.unlink(missing_ok=True)
+    compilation_cache.reset_cache()
     try:
         yield
     finally:
+        compilation_cache.reset_cache()
+        shutil.rmtree(compiled, ignore_errors=True)
+        if aside.exists():
+            aside.rename(compiled)
         if kept is None:
             path.unlink(missing_ok=True)
         else:
@@ -147,7 +161,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     protocol_configs.
 
     handjax runs twice: "handjax" as a first run on a fresh machine (the conv-tuning cache
-    set aside, :func:`fresh_tuning`, and JAX's persistent compilation cache empty: it decides
+    and JAX's persistent compilation cache set aside, :func:`fresh_machine`: it decides
     the conv plan and compiles everything), then "handjax-warm", the same run again (the
     plan decided, the compilations cached: a rerun, or any later run of the same model and
     shapes: what the ratios are quoted for); their ratio is the cold/tuned pair.
@@ -161,7 +175,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
     runs = [("handjax", "handjax"), ("handjax-warm", "handjax")]
     runs += [("handjax-bf16", "handjax-bf16")] if bf16 else []
     runs += [("plain", "plain")] if plain else []
-    with fresh_tuning():
+    with fresh_machine():
         for label, which in runs:
             out[label] = _timed_run(specs[which], workroot / label, label)
             results = out[label]["results"]

@@ -28,13 +28,25 @@ if TYPE_CHECKING:   # the specs, for annotations only: config is read at one bou
     from handjax.config import ModelSpec
 
 
+COMPILATION_CACHE_BYTES = 4 * 2**30
+
+
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache in the handjax cache, one per machine
     (:func:`handjax.models.kernels.plan.compilation_cache_dir`): a second run, in any
     workdir, need not compile, and nothing is written beside the workdir."""
     import jax   # here, so that compare's check of a workdir does not load JAX
+    from jax.experimental.compilation_cache import compilation_cache
     from handjax.models.kernels import plan
-    jax.config.update("jax_compilation_cache_dir", str(plan.compilation_cache_dir()))
+    path = str(plan.compilation_cache_dir())
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        # At most this much on disk, least recently used entries evicted first.
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+        # JAX decides once per process whether (and where) its cache is used, at the first
+        # compilation: a process that compiled before (or under another $HANDJAX_CACHE)
+        # decides again.
+        compilation_cache.reset_cache()
     # Low enough to keep the phase epochs, feature passes and evaluation (0.3-2 s each).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
 

@@ -258,7 +258,8 @@ def tune_layers(layers: list[dict], train_batch: int, *, timer: Timer = layer_ti
     start = clock()
     out_of_time = lambda: budget_s <= 0 or clock() - start > budget_s   # noqa: E731
     entries = {}
-    with tqdm(todo, desc=f"{desc} (at most {budget_s:.0f} s)", leave=False, unit="conv") as bar:
+    with tqdm(todo, desc=f"{desc} (at most {budget_s:.0f} s)", leave=False, unit="conv",
+              disable=budget_s <= 0) as bar:
         for layer in bar:
             entries[layer["key"]] = measure_layer(layer, train_batch, timer, out_of_time)
     data = dict(tuned.read(path), layers={**tuned.read(path)["layers"], **entries})
