@@ -19,6 +19,7 @@ from PIL import Image, ImageFilter
 from serve_helpers import (FakeModel, bad_uploads, encode, hands, photo_bytes,
                            softmax)
 from handjax import data
+from handjax.data import overlay
 from handjax.serve import uploads
 from handjax.serve.app import Settings, create_app
 from handjax.serve.batcher import MicroBatcher, QueueFull, Stopped
@@ -137,7 +138,7 @@ def test_quality_warnings(kind):
 def test_jet_is_matplotlibs():
     import matplotlib
     x = np.arange(256) / 255                  # the colormap's own lookup-table points
-    np.testing.assert_allclose(uploads.jet(x), matplotlib.colormaps["jet"](x)[:, :3],
+    np.testing.assert_allclose(overlay.jet(x), matplotlib.colormaps["jet"](x)[:, :3],
                                atol=1e-6)
 
 
@@ -145,8 +146,8 @@ def test_overlay_puts_the_heat_of_the_square_on_the_photo_it_letterboxes():
     photo = np.full((32, 64, 3), 128, np.uint8)          # wide: rows 4..12 of a 16 px square
     on_photo, on_padding = np.zeros((16, 16)), np.ones((16, 16))
     on_photo[4:12], on_padding[4:12] = 1.0, 0.0
-    hot = np.asarray(uploads.overlay(photo, on_photo), np.float32)
-    cold = np.asarray(uploads.overlay(photo, on_padding), np.float32)
+    hot = np.asarray(overlay.heat_overlay(photo, on_photo), np.float32)
+    cold = np.asarray(overlay.heat_overlay(photo, on_padding), np.float32)
     assert hot.shape == cold.shape == (32, 64, 3)
     # jet(1) is dark red and jet(0) dark blue: the heat inside the photo is what shows.
     assert (hot[..., 0] - cold[..., 0]).min() > 40 and (cold[..., 2] - hot[..., 2]).min() > 40

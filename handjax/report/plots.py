@@ -17,6 +17,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
+from handjax.data import overlay
 from handjax.evaluation import TASKS, reliability_curve
 from handjax.evaluation.clinical import ECE_BINS
 
@@ -243,7 +244,7 @@ def photo_size(path) -> tuple[int, int]:
 
 
 def gradcam_overlay(path, cam: np.ndarray, *, caption: str | None = None, max_side: int = 1024,
-                    alpha: float = 0.45, colormap: str = "jet"):
+                    alpha: float = overlay.ALPHA):
     """The photo at ``path`` (long side at most ``max_side``) with ``cam`` blended over it
     as a heat map (opacity ``alpha``), as a PIL image; with ``caption`` (e.g. the file name,
     the class and its probability) a band under it carries the caption and a colour bar
@@ -253,7 +254,6 @@ def gradcam_overlay(path, cam: np.ndarray, *, caption: str | None = None, max_si
     display size and the padding is cut away again, so heat and photo line up.
     """
     import matplotlib
-    from PIL import Image
 
     from handjax.data.decode import decode_image
     w, h = photo_size(path)
@@ -262,13 +262,8 @@ def gradcam_overlay(path, cam: np.ndarray, *, caption: str | None = None, max_si
     scale = side / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     y, x = (side - nh) // 2, (side - nw) // 2
-    heat = Image.fromarray(np.asarray(cam, np.float32))
-    heat = np.asarray(heat.resize((side, side), Image.Resampling.BILINEAR))
-    cmap = matplotlib.colormaps[colormap]
-    rgb = cmap(np.clip(heat, 0, 1))[..., :3] * 255.0
-    blend = (1 - alpha) * square.astype(np.float32) + alpha * rgb
-    out = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8)[y:y + nh, x:x + nw])
-    return out if caption is None else _captioned(out, caption, cmap)
+    out = overlay.heat_overlay(square[y:y + nh, x:x + nw], cam, alpha)
+    return out if caption is None else _captioned(out, caption, matplotlib.colormaps["jet"])
 
 
 def _captioned(image, caption: str, cmap):

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
-from handjax.data import DataError
+from handjax.data import DataError, overlay
 from handjax.evaluation.model_card import random_weights
 from handjax.model.locked import decision_value, display_names
 from handjax.serve import uploads
@@ -248,7 +248,7 @@ def create_app(model, settings: Settings = Settings(), plots: dict[str, bytes] |
             _accept, model, raw, settings, limiter=cpu_work["limiter"])
         probs, rules, cam = await asyncio.wrap_future(batcher.submit(image))
         png = await anyio.to_thread.run_sync(
-            lambda: uploads.png_bytes(uploads.overlay(photo.display, cam)),
+            lambda: uploads.png_bytes(overlay.heat_overlay(photo.display, cam)),
             limiter=cpu_work["limiter"])
         return PredictionOut(
             probabilities={n: float(p) for n, p in zip(names, probs)},

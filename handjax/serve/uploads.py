@@ -1,5 +1,6 @@
 """One uploaded file -> a checked photo: the reasons to refuse it (each a 4xx and one plain
-sentence), the image-quality warnings to show beside the answer, and the Grad-CAM overlay.
+sentence), the image-quality warnings to show beside the answer, and the Grad-CAM overlay's
+PNG (its blend: :func:`handjax.data.overlay.heat_overlay`).
 
 Nothing here touches the disk: an upload is bytes in memory, and no name the client sent is
 ever used as a path.
@@ -22,7 +23,6 @@ BLUR_SIDE = 256        # px: sharpness is measured on the photo shrunk to at mos
 BLUR_VARIANCE = 30.0   # Laplacian variance below which a photo reads as blurred (at BLUR_SIDE,
                        # contrast stretched: synthetic hands give 75-390 sharp, 4-43 blurred)
 MAX_ASPECT = 2.0       # long side / short side beyond which the hand fills little of the square
-ALPHA = 0.45           # heat-map opacity in the overlay (as predict's)
 
 
 class UploadError(Exception):
@@ -162,36 +162,6 @@ def _shrunk(gray: np.ndarray, side: int) -> np.ndarray:
     img = Image.fromarray(gray)
     img.thumbnail((side, side), Image.Resampling.BILINEAR)
     return np.asarray(img)
-
-
-# --------------------------------------------------------------------------- overlay
-# matplotlib's "jet" segment data (x, value) per channel: the same colours as predict's
-# overlays, without importing matplotlib into the server.
-_JET = (((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
-        ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
-        ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)))
-
-
-def jet(x: np.ndarray) -> np.ndarray:
-    """``x`` in [0, 1] -> RGB in [0, 1] (shape + (3,)), matplotlib's jet colormap."""
-    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
-    return np.stack([np.interp(x, *zip(*seg)) for seg in _JET], axis=-1)
-
-
-def overlay(display: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> Image.Image:
-    """``display`` (the upright photo) with ``cam`` blended over it as a heat map.
-
-    ``cam`` lies on the model's letterboxed square input: it is upsampled to the square the
-    photo's long side spans and the padding is cut away, so heat and photo line up.
-    """
-    h, w = display.shape[:2]
-    side = max(h, w)
-    heat = Image.fromarray(np.asarray(cam, np.float32)).resize((side, side),
-                                                               Image.Resampling.BILINEAR)
-    y, x = (side - h) // 2, (side - w) // 2
-    rgb = jet(np.asarray(heat)[y:y + h, x:x + w]) * 255.0
-    blend = (1 - alpha) * display.astype(np.float32) + alpha * rgb
-    return Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
 
 
 def png_bytes(img: Image.Image) -> bytes:
