@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handjax import console
-from handjax.data.cohort import Cohort, load_cohort
+from handjax.data.cohort import Cohort, data_fingerprint, load_cohort
+from handjax.data.store import photo_store
 from handjax.errors import TrainingError
 from handjax.metrics import STUDY_METRICS
+from handjax.models.keras_weights import weights_fingerprint
 from handjax.models.kernels import plan as plans
 from handjax.models.kernels.plan import ConvPlan
 from handjax.train import checkpoint, distributed, features, fit as fitting, fold_program as folds
@@ -123,8 +125,8 @@ def run(run_spec: RunSpec, workdir, restart: bool = False) -> dict:
 def ledger_entries(run_spec: RunSpec, cohort: Cohort, plan: ConvPlan) -> dict:
     """What the workdir's ledger pins: the data and the weights the run trains from, and
     the conv plan it runs."""
-    return {"data": workdirs.data_fingerprint(cohort.examples),
-            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed),
+    return {"data": data_fingerprint(cohort.examples),
+            "weights": weights_fingerprint(run_spec.model, run_spec.seed),
             "conv_plan": plan.fingerprint()}
 
 
@@ -158,7 +160,7 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     timings.set("tune_s", tune_s)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats,
-                         store=features.photo_store(workdir, run_spec.train.cache_budget_gb),
+                         store=photo_store(workdir, run_spec.train.cache_budget_gb),
                          first=distributed.primary_first)
     entries = ledger_entries(run_spec, cohort, plan)
     primary.check_ledger(entries,
