@@ -35,7 +35,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from handjax import evaluation as clinical, losses, metrics, ordinal
+from handjax import evaluation as clinical, metrics, ordinal
+from handjax.losses import DEFAULT_COST
 from handjax.data.cohort import Cohort
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -111,7 +112,7 @@ def probabilities(loss_name: str, logits):
     return jax.nn.softmax(logits, axis=-1)
 
 
-def mec_decisions(probs, cost=losses.DEFAULT_COST) -> np.ndarray:
+def mec_decisions(probs, cost=DEFAULT_COST) -> np.ndarray:
     """The minimum-expected-cost class of each row of ``probs`` [N, C] under ``cost``
     (``cost[true, decided]``), int64 [N]. The one place the rule is applied: the run's
     ``cnn_mec`` column and the locked model's ``mec`` decision both call it. Computed in
@@ -245,12 +246,3 @@ def decisions_per_fold(preds: clinical.Predictions, n_classes: int) -> dict:
             for k in range(int(model.max()) + 1)]
         out[name] = decision_summary(np.stack(cms))
     return out
-
-
-def evaluate(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_name: str,
-             svm_spec: SvmSpec, seed: int, targets: dict) -> tuple[dict, clinical.Predictions, dict]:
-    """Out-of-fold predictions (:func:`out_of_fold`) and the study's per-fold metrics of the
-    cnn, cnn_mec and svm decisions. Returns ``(decisions, predictions, calibration)``."""
-    preds, calib = out_of_fold(outputs, cohort, loss_name=loss_name, svm_spec=svm_spec,
-                               seed=seed, targets=targets)
-    return decisions_per_fold(preds, len(cohort.examples.class_names)), preds, calib

@@ -72,12 +72,15 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "results.md", "timi
              LEDGER, "predictions.csv", "model", INCOMPLETE, PLAN)
 
 
-def check_ledger(workdir: Path, entries: dict, may_change: tuple = ()) -> None:
+def check_ledger(workdir: Path, entries: dict, may_change: tuple = (),
+                 conv_plan: str | None = None) -> None:
     """Record ``entries`` (``{"data": sha, "weights": sha, "conv_plan": sha}``) in
-    ``ledger.json``; when the workdir already holds checkpoints or results of other entries
-    (but those named in ``may_change``), refuse with one line that says what changed: a
-    changed folder would otherwise be split into new folds and scored by fold models that
-    trained on some of its test photos."""
+    ``ledger.json``, and the plan they pin as ``conv_plan.json`` (``conv_plan``: its text,
+    :meth:`handjax.models.kernels.plan.ConvPlan.to_text`); when the workdir already holds
+    checkpoints or results of other entries (but those named in ``may_change``), refuse
+    with one line that says what changed, and write nothing: a changed folder would
+    otherwise be split into new folds and scored by fold models that trained on some of
+    its test photos."""
     path = workdir / LEDGER
     started = (workdir / "checkpoints").exists() or (workdir / "results.json").exists()
     if path.exists() and started:
@@ -91,6 +94,8 @@ def check_ledger(workdir: Path, entries: dict, may_change: tuple = ()) -> None:
         raise TrainingError(f"{workdir} holds a run without a ledger.json (older handjax): "
                             "its data cannot be checked; use a fresh --workdir or --restart")
     path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    if conv_plan is not None:
+        (workdir / PLAN).write_text(conv_plan)
 
 
 def mark_incomplete(workdir: Path) -> None:
