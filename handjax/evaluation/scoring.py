@@ -42,9 +42,6 @@ from handjax.data.cohort import Cohort
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import SvmSpec
 
-# The decisions the study's per-fold metrics are reported for (results.json, tables).
-DECISIONS = ("cnn", "cnn_mec", "svm")
-
 
 # --------------------------------------------------------------------------- SVM probe
 def make_svm(*, kernel: str = "rbf", C: float = 1.0, class_weight=None,
@@ -207,8 +204,9 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
     for k, (_, te) in enumerate(splits):
         fold_of[te] = k
     temps, choose, method = fold_calibration(probs_all, labels, fold_of, inner)
-    probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
-    pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
+    probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES
+             if r != clinical.MEC_RULE}
+    pred = {r: np.zeros(n, np.int64) for r in clinical.RULES}
     svm_out = svm_fold_probabilities(pooled, labels, splits, subjects=cohort.subjects,
                                      kernel=svm_spec.kernel, C=svm_spec.C,
                                      class_weight=svm_spec.class_weight, seed=seed)
@@ -235,11 +233,12 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
 
 
 def decisions_per_fold(preds: clinical.Predictions, n_classes: int) -> dict:
-    """The study's per-fold metrics of the cnn, cnn_mec and svm decisions (out of fold);
-    with repeats, over all R x K folds (repeat-major), so the mean pools the repeats."""
+    """The study's per-fold metrics of the decisions of :data:`handjax.evaluation.STUDY_RULES`
+    (cnn, svm, cnn_mec; out of fold); with repeats, over all R x K folds (repeat-major), so
+    the mean pools the repeats."""
     model = preds.repeat * (int(preds.fold.max()) + 1) + preds.fold
     out = {}
-    for name in DECISIONS:
+    for name in clinical.STUDY_RULES:
         cms = [np.asarray(metrics.confusion_matrix(
             jnp.asarray(preds.label[model == k]),
             jnp.asarray(preds.pred[name][model == k]), n_classes))
