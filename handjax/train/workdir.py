@@ -6,7 +6,7 @@
   plan; a rerun on changed data, weights or plan is refused, so folds are never mixed
   (:func:`check_ledger`);
 - ``conv_plan.json``: the conv algorithms and compute dtype the run uses, decided once
-  (:mod:`handjax.models.kernels.plan`);
+  (:mod:`handjax.models.kernels.plan`), written with the ledger that pins it;
 - ``.lock``: one run writes at a time (:class:`Lock`);
 - ``INCOMPLETE``: present from a run's start until its results are written, so a run
   stopped in training or evaluation is never read as a finished one (:func:`check_finished`).
