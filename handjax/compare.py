@@ -189,7 +189,7 @@ def main(argv=None) -> int:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("run_a", help="run workdir (or its predictions.csv)")
     ap.add_argument("run_b")
-    ap.add_argument("--rule", default="cnn", choices=clinical.RULES + (clinical.MEC_RULE,))
+    ap.add_argument("--rule", default="cnn", choices=clinical.RULES)
     ap.add_argument("--n-boot", type=console.int_at_least(0), default=2000,
                     help="subject-bootstrap resamples (0: no CI)")
     ap.add_argument("--seed", type=console.int_at_least(0), default=0)

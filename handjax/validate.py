@@ -56,7 +56,8 @@ import numpy as np
 
 from handjax import cli, console
 from handjax import evaluation as clinical
-from handjax.data.cohort import Cohort, load_cohort, mixed_subjects, say_mixed_subjects
+from handjax.data.cohort import (Cohort, data_fingerprint, load_cohort, mixed_subjects,
+                                 say_mixed_subjects)
 from handjax.data.folders import claim_output, resolve_path
 from handjax.data.native import native_size_record
 from handjax.data.records import CLASSES, DataError, Examples
@@ -211,7 +212,7 @@ def training_cohort(workdir: Path, run) -> Cohort:
     cohort = load_cohort(spec.data, spec.seed, spec.n_folds, spec.train.inner_val,
                          spec.repeats)
     want = read_json(workdir / workdirs.LEDGER).get("data")
-    if workdirs.data_fingerprint(cohort.examples) != want:
+    if data_fingerprint(cohort.examples) != want:
         raise RunError(f"the run's training photos ({spec.data.root or 'synthetic'}) differ "
                        "from the ones it trained on (ledger.json); restore them or retrain")
     return cohort

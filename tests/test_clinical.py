@@ -52,8 +52,7 @@ def test_predictions_csv_round_trip(tmp_path):
     for field in ("file", "subject", "fold", "label"):
         np.testing.assert_array_equal(getattr(q, field), getattr(p, field))
     for rule in clinical.RULES:
-        np.testing.assert_allclose(q.probs[rule], p.probs[rule], rtol=0, atol=1e-15)
-    for rule in clinical.RULES + ("cnn_mec",):
+        np.testing.assert_allclose(q.probs_for(rule), p.probs_for(rule), rtol=0, atol=1e-15)
         np.testing.assert_array_equal(q.pred[rule], p.pred[rule])
     np.testing.assert_array_equal(q.extra["sex"], p.extra["sex"])
     assert q.probs_for("cnn_mec") is q.probs["cnn_calibrated"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from cells import prepare, tiny_config, tiny_spec
-from handjax.models import backbones, keras_weights
+from handjax.data import store
+from handjax.models import backbones, frozen, keras_weights
 from handjax.models.kernels import convs
-from handjax.train import features
 from handjax import config as configs
 
 
@@ -14,21 +14,21 @@ def test_per_image_prefix_equals_one_batched_pass():
     module, variables = keras_weights.load("vgg16", None, seed=0)
     views = (np.random.default_rng(0).random((1, 3, 56, 56, 3)) * 255).astype(np.uint8)
     # 56 px: block1_pool's output is 28x28, the last map that large
-    assert features.per_image_boundary(module, variables, (56, 56),
-                                       "block4_pool") == "block1_pool"
-    batched = features.frozen_features(module, variables, "vgg16", views, "block4_pool",
-                                       per_image=False)
-    per_image = features.frozen_features(module, variables, "vgg16", views, "block4_pool",
-                                         per_image=True)
+    assert frozen.per_image_boundary(module, variables, (56, 56),
+                                     "block4_pool") == "block1_pool"
+    batched = frozen.frozen_features(module, variables, "vgg16", views, "block4_pool",
+                                     per_image=False)
+    per_image = frozen.frozen_features(module, variables, "vgg16", views, "block4_pool",
+                                       per_image=True)
     assert batched.shape == (1, 3, 3, 3, 512)
     np.testing.assert_allclose(per_image, batched, rtol=1e-5,
                                atol=1e-5 * np.abs(batched).max())
 
 
 def test_even_batch_wastes_the_least_padding():
-    assert features.even_batch(300, 32) == 30
-    assert features.even_batch(10, 64) == 10
-    assert features.even_batch(0, 8) == 8
+    assert store.even_batch(300, 32) == 30
+    assert store.even_batch(10, 64) == 10
+    assert store.even_batch(0, 8) == 8
 
 
 @pytest.mark.slow  # bf16

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from handjax.model import ensemble as inference
-from handjax.train import workdir as workdirs
+from handjax.models import keras_weights
 from handjax.errors import RunError
 
 
@@ -23,7 +23,7 @@ def test_a_changed_weight_file_is_refused(tmp_path):
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"original weights")
     (tmp_path / "ledger.json").write_text(json.dumps(
-        {"data": "x", "weights": workdirs.file_fingerprint(weights)}))
+        {"data": "x", "weights": keras_weights.file_hash(weights)}))
     spec = SimpleNamespace(model=SimpleNamespace(name="vgg16", weights=str(weights)), seed=0)
     inference.check_weights(tmp_path, spec)             # unchanged: fine
     weights.write_bytes(b"other weights")

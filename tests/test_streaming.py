@@ -8,10 +8,8 @@ from PIL import Image
 
 from handjax import config as configs
 from handjax.data import store
-from handjax.data.cohort import load_cohort
-from handjax.models import keras_weights
-from handjax.train import features
-from handjax.train import workdir as workdirs
+from handjax.data.cohort import data_fingerprint, load_cohort
+from handjax.models import frozen, keras_weights
 
 
 def _noise_folder(root, per_class: int, size: int = 64):
@@ -62,7 +60,7 @@ def test_streamed_cohort_equals_the_in_ram_one(tmp_path):
     for (tr1, te1), (tr2, te2) in zip(disk.folds, ram.folds):
         np.testing.assert_array_equal(tr1, tr2)
         np.testing.assert_array_equal(te1, te2)
-    assert workdirs.data_fingerprint(disk.examples) == workdirs.data_fingerprint(ram.examples)
+    assert data_fingerprint(disk.examples) == data_fingerprint(ram.examples)
 
 
 def test_streamed_frozen_features_equal_in_ram_features_exactly(tmp_path):
@@ -70,9 +68,9 @@ def test_streamed_frozen_features_equal_in_ram_features_exactly(tmp_path):
     views = np.random.default_rng(1).integers(0, 256, (2, 7, 32, 32, 3), np.uint8)
     np.save(tmp_path / "views.npy", views)
     on_disk = np.load(tmp_path / "views.npy", mmap_mode="r")
-    ram = features.frozen_features(module, variables, "vgg16", views, "block3_pool", batch=4)
-    streamed = features.frozen_features(module, variables, "vgg16", on_disk, "block3_pool",
-                                        batch=4, spill=tmp_path / "feats.npy")
+    ram = frozen.frozen_features(module, variables, "vgg16", views, "block3_pool", batch=4)
+    streamed = frozen.frozen_features(module, variables, "vgg16", on_disk, "block3_pool",
+                                      batch=4, spill=tmp_path / "feats.npy")
     assert store.on_disk(streamed)
     np.testing.assert_array_equal(np.asarray(streamed), ram)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cells import prepare, run, tiny_config, tiny_spec
-from handjax.evaluation import scoring as evaluate
+from handjax import evaluation as clinical
 from handjax.train import fold_program as folds
 from handjax.metrics import STUDY_METRICS
 from handjax.errors import TrainingError
@@ -50,7 +50,7 @@ def test_results_layout(reference):
     assert results == _results(workdir)
     assert results["n_folds"] == 5 and results["data"]["n"] == 30
     assert results["data"]["class_counts"] == {"normal": 10, "heberden": 10, "ra": 10}
-    for name in evaluate.DECISIONS:
+    for name in clinical.STUDY_RULES:
         d = results["decisions"][name]
         for key in STUDY_METRICS:
             per_fold = d["per_fold"][key]
@@ -185,7 +185,7 @@ def test_fold_axis_sharded_over_four_devices_matches_one(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    for name in evaluate.DECISIONS:
+    for name in clinical.STUDY_RULES:
         for key in STUDY_METRICS:
             np.testing.assert_allclose(res["True"][name]["per_fold"][key],
                                        res["False"][name]["per_fold"][key], atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from cells import run, tiny_config
+from handjax.data.cohort import data_fingerprint
 from handjax.train import checkpoint, workdir as workdirs
 from handjax.errors import TrainingError
 
@@ -35,10 +36,10 @@ def test_data_fingerprint_sees_one_pixel():
     class Ex:
         ids, labels = ["a", "b"], np.array([0, 1])
         images = np.zeros((2, 4, 4, 3), np.uint8)
-    a = workdirs.data_fingerprint(Ex)
+    a = data_fingerprint(Ex)
     Ex.images = Ex.images.copy()
     Ex.images[1, 2, 2, 0] = 1
-    assert workdirs.data_fingerprint(Ex) != a
+    assert data_fingerprint(Ex) != a
 
 
 def test_second_run_into_a_locked_workdir_stops_at_once(tmp_path):

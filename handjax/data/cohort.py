@@ -15,6 +15,7 @@ and every pass over them (hashing, augmenting, the frozen prefix) reads them in 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import jax
 import numpy as np
@@ -97,6 +98,17 @@ class Cohort:
         desc["subjects_with_several_classes"] = mixed_subjects(
             self.subjects, self.labels, self.examples.class_names)
         return desc
+
+
+def data_fingerprint(examples: Examples) -> str:
+    """SHA-256 of what a run trains on: the photos' ids, labels and decoded pixels (what a
+    run's ``ledger.json`` pins)."""
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, examples.ids)).encode())
+    h.update(np.ascontiguousarray(examples.labels, np.int64).tobytes())
+    for _, rows in batches(examples.images):   # a photo store on disk is read in batches
+        h.update(np.ascontiguousarray(rows).tobytes())
+    return h.hexdigest()
 
 
 def load_examples(data_spec: DataSpec, seed: int, n_folds: int = N_FOLDS,

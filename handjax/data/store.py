@@ -8,7 +8,8 @@ so a run's results do not depend on where its arrays live.
 
 Reading a memmap maps its pages into the process; clean file pages then count in its RSS
 until the kernel needs them. :func:`batches` therefore hands each batch out as a copy and
-drops the mapping's pages after it, so a pass over a spilled array holds one batch at a time.
+drops the mapping's pages after it, so a pass over a spilled array holds one batch at a time;
+:func:`map_batches` runs a function over an array that way (one batch shape: one compile).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import mmap
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 BATCH = 256   # photos per read: 64 px x 256 = 3 MiB, 224 px x 256 = 37 MiB
 
@@ -41,6 +43,16 @@ class Store:
         self.folder.mkdir(parents=True, exist_ok=True)
         return np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype,
                                          shape=tuple(shape))
+
+
+def photo_store(workdir: Path | None, budget_gb: float) -> Store:
+    """Where a run's decoded photos and views go: RAM, or ``<workdir>/arrays.<process>/``
+    when one is larger than ``budget_gb`` (``train.cache_budget_gb``, the budget of the
+    frozen-feature cache too): a run's peak memory is then set by the budget and a batch."""
+    if workdir is None:
+        return Store()
+    import jax   # here: reading photos loads no JAX
+    return Store(Path(workdir) / f"arrays.{jax.process_index()}", budget_gb * 2**30)
 
 
 def finish(array: np.ndarray) -> np.ndarray:
@@ -78,3 +90,34 @@ def batches(array, size: int | None = None):
         yield i, np.array(rows) if disk else rows
         if disk:
             drop_pages(array)
+
+
+def even_batch(n: int, most: int) -> int:
+    """The batch size <= ``most`` that covers ``n`` items in the fewest batches with the
+    least padding (300 items, most 32: 10 batches of 30, not 10 of 32)."""
+    return max(1, -(-n // -(-n // most))) if n else most
+
+
+def map_batches(fn, flat: np.ndarray, batch: int, out_dtype=None, desc: str | None = None,
+                out: np.ndarray | None = None):
+    """``fn`` over ``flat`` in batches of one size (the last padded by repeating its final
+    item, the padding dropped from the output): one shape, one compilation. ``flat`` on disk
+    (a memmap) is read a batch at a time (:func:`batches`). With ``out`` (e.g. a disk-backed
+    ``np.memmap``) each batch is written into it as it comes."""
+    if out is not None:
+        for i, y in _mapped(fn, flat, batch, desc):
+            out[i:i + len(y)] = y
+            drop_pages(out)   # written: the file holds it, not this process
+        return out
+    return np.concatenate([y if out_dtype is None else y.astype(out_dtype)
+                           for _, y in _mapped(fn, flat, batch, desc)])
+
+
+def _mapped(fn, flat: np.ndarray, batch: int, desc: str | None):
+    """``(start, fn(rows))`` per batch of :func:`map_batches`."""
+    for i, chunk in tqdm(batches(flat, batch), total=-(-len(flat) // batch), desc=desc,
+                         leave=False, disable=desc is None):
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        yield i, np.asarray(fn(chunk)[:n])

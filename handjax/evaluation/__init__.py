@@ -22,7 +22,7 @@ from handjax.evaluation.net_benefit import decision_curve, decision_curves
 from handjax.evaluation.clinical import (ECE_BINS, any_disease_metrics, assessable, class_coverage, clinical_metrics, coverage_line, ece_binned, ece_sweep_weighted, ovr_aurocs_batched)
 from handjax.evaluation.intervals import (auroc_score_interval, kish_subjects, percentile_interval, proportion_interval, wilson_interval)
 from handjax.evaluation.operating import (MIN_TO_CHOOSE, choose_threshold, describe_choice, fold_thresholds, operating_point, operating_points, threshold_choice)
-from handjax.evaluation.predictions import (MEC_RULE, RULES, Predictions, PredictionsError, prediction_columns, read_predictions, write_predictions)
+from handjax.evaluation.predictions import (MEC_RULE, RULES, STUDY_RULES, Predictions, PredictionsError, prediction_columns, read_predictions, write_predictions)
 from handjax.evaluation.evaluators import clinical_block
 from handjax.evaluation.results import clinical_results, json_safe, run_results
 from handjax.evaluation.tasks import TASKS, Task

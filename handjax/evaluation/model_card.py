@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from handjax import losses
+from handjax.losses import DEFAULT_COST
 from handjax.evaluation.calibration import (TEMPERATURE_BOUNDS, apply_temperature, at_bound,
                                             fit_temperature, log_probs)
 from handjax.evaluation.operating import fold_thresholds
@@ -172,7 +172,7 @@ def model_card(run_spec: RunSpec, preds: Predictions, results: dict, workdir,
             "mec": "the class of minimum expected cost under cost_matrix",
             **{name: f"1 when the {TASKS[task].title} score (locked probability) >= "
                      f"{thr:.6g}, else 0" for name, (task, thr) in threshold_rules(points).items()}},
-        "cost_matrix": np.asarray(losses.DEFAULT_COST).tolist(),
+        "cost_matrix": np.asarray(DEFAULT_COST).tolist(),
         "cost_matrix_axes": "rows: true class, columns: decided class (classes' order)",
         "conv_plan": conv_plan,
         "fingerprints": {"data": fingerprints.get("data"), "weights": fingerprints.get("weights"),

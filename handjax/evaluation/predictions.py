@@ -12,9 +12,14 @@ import numpy as np
 from handjax.data.records import CLASSES
 from handjax.errors import HandjaxError
 
-RULES = ("cnn", "cnn_calibrated", "svm")  # decision rules that carry probabilities
+# The decision rules, defined once: each a column group of predictions.csv, in its order.
+RULES = ("cnn", "cnn_calibrated", "svm", "cnn_mec")
 MEC_RULE = "cnn_mec"  # minimum-expected-cost decisions on the calibrated cnn probabilities
 MEC_BASIS = "cnn_calibrated"  # the probabilities cnn_mec decides on (and is scored with)
+# The rules the study's per-fold metrics are reported for (results.json's "decisions", the
+# study table): its CNN, SVM and MEC columns. cnn_calibrated's probabilities are the clinical
+# figures' (and the locked model's); its decisions are reported there, not per fold.
+STUDY_RULES = tuple(r for r in RULES if r != MEC_BASIS)
 BASE_COLUMNS = ("file", "subject", "fold", "label")
 PROB_TOLERANCE = 1e-3  # |sum_k p_k - 1| allowed in a predictions.csv row
 
@@ -31,8 +36,9 @@ class PredictionsError(HandjaxError, ValueError):
 class Predictions:
     """Pooled out-of-fold predictions of one run, one row per photo.
 
-    ``probs[rule]`` is ``(N, 3)`` float64 for rule in :data:`RULES` (those present);
-    ``pred[rule]`` is ``(N,)`` int class ids for the same rules plus ``"cnn_mec"``. ``extra``
+    ``probs[rule]`` is ``(N, 3)`` float64 for each rule of :data:`RULES` present but
+    ``"cnn_mec"`` (which decides on ``probs["cnn_calibrated"]``); ``pred[rule]`` is ``(N,)``
+    int class ids for every rule present. ``extra``
     holds any further CSV columns (e.g. subgroup metadata) as string arrays. With repeated
     cross-validation a photo has one row per repeat: ``repeat`` says which (the CSV column
     ``repeat`` is written when there is more than one), ``fold`` is the fold within it.
@@ -82,7 +88,7 @@ class Predictions:
         return self.probs[MEC_BASIS if rule == MEC_RULE else rule]
 
 
-def prediction_columns(rules=RULES + (MEC_RULE,)) -> list[str]:
+def prediction_columns(rules=RULES) -> list[str]:
     """The CSV header, in order, for the given rules (``cnn_mec`` has a decision column only)."""
     cols = list(BASE_COLUMNS)
     for rule in rules:
@@ -93,7 +99,7 @@ def prediction_columns(rules=RULES + (MEC_RULE,)) -> list[str]:
 
 
 def present_rules(pred: dict) -> list[str]:
-    return [r for r in RULES + (MEC_RULE,) if r in pred]
+    return [r for r in RULES if r in pred]
 
 
 def write_predictions(path, preds: Predictions) -> Path:
@@ -173,7 +179,7 @@ def read_predictions(path) -> Predictions:
         header = list(reader.fieldnames or [])
         rows = list(reader)
     missing = [c for c in BASE_COLUMNS if c not in header]
-    rules = [r for r in RULES + (MEC_RULE,) if f"pred_{r}" in header]
+    rules = [r for r in RULES if f"pred_{r}" in header]
     if not rules:
         missing.append("pred_cnn")
     if MEC_RULE in rules and MEC_BASIS not in rules:

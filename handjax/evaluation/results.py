@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from handjax.evaluation import evaluators
-from handjax.evaluation.predictions import read_predictions
+from handjax.evaluation.predictions import Predictions, read_predictions
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import EvalSpec, RunSpec
@@ -30,16 +30,19 @@ def clinical_results(csv_path: Path, calib: dict, eval_spec: EvalSpec, seed: int
     return evaluators.evaluate(read_predictions(csv_path), context, evaluators.RUN)
 
 
-def run_results(run_spec: RunSpec, data_desc: dict, cache_bytes: int, decisions: dict,
+def run_results(run_spec: RunSpec, data_desc: dict, cache_bytes: int, preds: Predictions,
                 clinical: dict) -> dict:
     """The whole ``results.json`` of a run: a pure function of config + data (timing goes
-    to ``timing.json``), strict JSON (NaN and infinities as ``null``)."""
+    to ``timing.json``), strict JSON (NaN and infinities as ``null``). ``decisions``: the
+    study's per-fold metrics of the out-of-fold ``preds``
+    (:func:`handjax.evaluation.scoring.decisions_per_fold`)."""
+    from handjax.evaluation.scoring import decisions_per_fold   # here: the face loads no JAX
     return json_safe({
         "name": run_spec.name, "model": run_spec.model.name, "loss": run_spec.loss.label,
         "weights": str(run_spec.model.weights or "none"),
         "image_size": run_spec.data.image_size, "n_folds": run_spec.n_folds,
-        "repeats": run_spec.repeats,
-        "seed": run_spec.seed, "data": data_desc, "decisions": decisions,
+        "repeats": run_spec.repeats, "seed": run_spec.seed, "data": data_desc,
+        "decisions": decisions_per_fold(preds, len(preds.class_names)),
         "cache_bytes": cache_bytes, **clinical,
     })
 

@@ -35,14 +35,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from handjax import evaluation as clinical, losses, metrics, ordinal
+from handjax import evaluation as clinical, metrics, ordinal
+from handjax.losses import DEFAULT_COST
 from handjax.data.cohort import Cohort
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
     from handjax.config import SvmSpec
-
-# The decisions the study's per-fold metrics are reported for (results.json, tables).
-DECISIONS = ("cnn", "cnn_mec", "svm")
 
 
 # --------------------------------------------------------------------------- SVM probe
@@ -111,7 +109,7 @@ def probabilities(loss_name: str, logits):
     return jax.nn.softmax(logits, axis=-1)
 
 
-def mec_decisions(probs, cost=losses.DEFAULT_COST) -> np.ndarray:
+def mec_decisions(probs, cost=DEFAULT_COST) -> np.ndarray:
     """The minimum-expected-cost class of each row of ``probs`` [N, C] under ``cost``
     (``cost[true, decided]``), int64 [N]. The one place the rule is applied: the run's
     ``cnn_mec`` column and the locked model's ``mec`` decision both call it. Computed in
@@ -206,8 +204,9 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
     for k, (_, te) in enumerate(splits):
         fold_of[te] = k
     temps, choose, method = fold_calibration(probs_all, labels, fold_of, inner)
-    probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES}
-    pred = {r: np.zeros(n, np.int64) for r in clinical.RULES + (clinical.MEC_RULE,)}
+    probs = {r: np.zeros((n, probs_all.shape[-1])) for r in clinical.RULES
+             if r != clinical.MEC_RULE}
+    pred = {r: np.zeros(n, np.int64) for r in clinical.RULES}
     svm_out = svm_fold_probabilities(pooled, labels, splits, subjects=cohort.subjects,
                                      kernel=svm_spec.kernel, C=svm_spec.C,
                                      class_weight=svm_spec.class_weight, seed=seed)
@@ -234,23 +233,15 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
 
 
 def decisions_per_fold(preds: clinical.Predictions, n_classes: int) -> dict:
-    """The study's per-fold metrics of the cnn, cnn_mec and svm decisions (out of fold);
-    with repeats, over all R x K folds (repeat-major), so the mean pools the repeats."""
+    """The study's per-fold metrics of the decisions of :data:`handjax.evaluation.STUDY_RULES`
+    (cnn, svm, cnn_mec; out of fold); with repeats, over all R x K folds (repeat-major), so
+    the mean pools the repeats."""
     model = preds.repeat * (int(preds.fold.max()) + 1) + preds.fold
     out = {}
-    for name in DECISIONS:
+    for name in clinical.STUDY_RULES:
         cms = [np.asarray(metrics.confusion_matrix(
             jnp.asarray(preds.label[model == k]),
             jnp.asarray(preds.pred[name][model == k]), n_classes))
             for k in range(int(model.max()) + 1)]
         out[name] = decision_summary(np.stack(cms))
     return out
-
-
-def evaluate(outputs: tuple[np.ndarray, np.ndarray], cohort: Cohort, *, loss_name: str,
-             svm_spec: SvmSpec, seed: int, targets: dict) -> tuple[dict, clinical.Predictions, dict]:
-    """Out-of-fold predictions (:func:`out_of_fold`) and the study's per-fold metrics of the
-    cnn, cnn_mec and svm decisions. Returns ``(decisions, predictions, calibration)``."""
-    preds, calib = out_of_fold(outputs, cohort, loss_name=loss_name, svm_spec=svm_spec,
-                               seed=seed, targets=targets)
-    return decisions_per_fold(preds, len(cohort.examples.class_names)), preds, calib

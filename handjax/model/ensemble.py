@@ -13,6 +13,7 @@ from handjax.train import workdir as workdirs
 from handjax.errors import RunError, TrainingError
 from handjax import console
 from handjax.models import classifier
+from handjax.models.keras_weights import weights_fingerprint
 from handjax.models.kernels import plan as plans
 from handjax.models.kernels.plan import ConvPlan
 
@@ -85,7 +86,7 @@ def check_weights(workdir: Path, run_spec: RunSpec) -> None:
                        "(python launch.py --config ... --restart)")
     want = read_json(ledger).get("weights")
     try:
-        have = workdirs.weights_fingerprint(run_spec.model, run_spec.seed)
+        have = weights_fingerprint(run_spec.model, run_spec.seed)
     except OSError as e:
         raise RunError(f"the run's weight file {run_spec.model.weights} cannot be read "
                        f"({e.strerror}); restore it or retrain") from e

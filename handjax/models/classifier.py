@@ -135,6 +135,14 @@ def feature_dim(backbone, variables, image_size: int, dtype) -> int:
                           x).shape[-1]
 
 
+def trained_algorithms(model: Classifier, input_shape: tuple) -> frozenset:
+    """The conv algorithms the trained layers (from the model's ``start``) run on inputs of
+    ``input_shape`` (one example): the conv policy's or tuner's choices, traced on shapes
+    only."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), model.dtype)
+    return frozenset(backbones.conv_algorithms(model.backbone, x, start=model.start).values())
+
+
 def model_parts(model_spec, image_size: int, seed: int, num_classes: int,
                 loss_name: str = "", plan: ConvPlan | None = None) -> tuple:
     """Backbone, its variables, the layer names after the split, and the ``Classifier``

@@ -37,7 +37,7 @@ MODEL_NAMES = {"vgg16": "VGG16", "vgg19": "VGG19", "resnet50": "ResNet50",
 # which the study did not have) keep their own name as their label.
 LOSS_GROUPS = {"categorical": "categorical", "binary": "binary", "custom": "custom_loss"}
 STUDY_COLUMNS = tuple(f"{DECISION_PREFIX[d]}_{METRIC_COLUMNS[m]}"
-                      for d in ("cnn", "svm", "cnn_mec") for m in STUDY_METRICS)
+                      for d in clinical.STUDY_RULES for m in STUDY_METRICS)
 # Clinical columns beside the seed's, from the calibrated CNN's pooled out-of-fold figures.
 CLINICAL_COLUMNS = {"CNN_auroc_macro [95% CI]": "auroc_macro", "CNN_qwk": "qwk",
                     "CNN_sens_ra": "sensitivity_ra", "CNN_ece_sweep": "ece_sweep"}

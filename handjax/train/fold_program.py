@@ -23,10 +23,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from handjax.data.store import drop_pages
+from handjax.data.store import drop_pages, even_batch
 from handjax import losses, ordinal
 from handjax.train.distributed import fold_mesh
-from handjax.train.features import FoldInputs, FoldModel, even_batch
+from handjax.train.features import FoldInputs, FoldModel
 from handjax.models.kernels import convs
 
 if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
@@ -254,17 +254,14 @@ def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
 EVAL_CHUNK = 64   # at most this many examples per fold go through the model at once
 
 
-def eval_width(test_sets) -> int:
-    """Examples per fold per evaluation call: the test sets in the fewest calls of at most
-    ``EVAL_CHUNK``. Validation (test sets) and the final outputs (every image) then run one
-    compiled shape, and memory stays bounded for large sets."""
-    return even_batch(max(len(s) for s in test_sets), EVAL_CHUNK)
-
-
-def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, width: int):
-    """:func:`eval_fn` over ``idx`` [K, M] in column chunks of ``width`` (the last one
-    filled up by wrapping round, the filler dropped): one compilation per ``width``."""
+def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, test_sets):
+    """:func:`eval_fn` over ``idx`` [K, M] in column chunks of one width (the last one
+    filled up by wrapping round, the filler dropped): the width that takes ``test_sets`` in
+    the fewest calls of at most ``EVAL_CHUNK`` examples per fold. Validation (test sets) and
+    the final outputs (every image) then run one compiled shape, and memory stays bounded
+    for large sets."""
     fn = _eval_jit(mode, fold_map)
+    width = even_batch(max(len(s) for s in test_sets), EVAL_CHUNK)
     m = idx.shape[1]
     n_chunks = max(1, math.ceil(m / width))
     idx = np.take(np.asarray(idx), np.arange(n_chunks * width) % m, axis=1)
@@ -447,7 +444,7 @@ def fold_outputs(states: FoldState, inputs: FoldInputs, test_sets: list,
     n = inputs.inputs2.shape[1]
     idx = np.broadcast_to(np.arange(n, dtype=np.int32), (len(test_sets), n))
     logits, pooled = eval_columns(states, inputs.inputs2[0], idx, mode="tune", fold_map=fmap,
-                                  width=eval_width(test_sets))
+                                  test_sets=test_sets)
     return np.asarray(logits), np.asarray(pooled)
 
 
@@ -504,7 +501,7 @@ def _split_scores(states, plan: EpochPlan, inputs, idx, mask, phase: int, emap: 
     else:
         mode = plan.fold_model.mode1 if phase == 1 else "tune"
         logits, _ = eval_columns(states, inputs[0], idx, mode=mode, fold_map=emap,
-                                       width=eval_width(plan.test_sets))
+                                 test_sets=plan.test_sets)
     y = plan.labels[jnp.asarray(idx)]
     loss, acc = _masked_loss_and_accuracy(states.loss_fn, states.decide, jnp.asarray(logits),
                                           y, jnp.asarray(mask, jnp.float32))

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handjax import console
-from handjax.data.cohort import Cohort, load_cohort
+from handjax.data.cohort import Cohort, data_fingerprint, load_cohort
+from handjax.data.store import photo_store
 from handjax.errors import TrainingError
 from handjax.metrics import STUDY_METRICS
+from handjax.models.keras_weights import weights_fingerprint
 from handjax.models.kernels import plan as plans
 from handjax.models.kernels.plan import ConvPlan
 from handjax.train import checkpoint, distributed, features, fit as fitting, fold_program as folds
@@ -50,36 +52,44 @@ class Primary:
         if self.writes:
             workdirs.claim(self.workdir, config_json)
 
-    def check_ledger(self, entries: dict, may_change=()) -> None:
+    def check_ledger(self, entries: dict, plan: ConvPlan, may_change=()) -> None:
         """Refuse other photos, weights or conv plan (``may_change``: the keys a replan
-        may change); only then mark the run unfinished (until every result is written), so
-        a refused rerun leaves a finished run finished."""
+        may change); only then record ``plan`` (``conv_plan.json``: the plan the run is
+        traced with) and mark the run unfinished (until every result is written), so a
+        refused rerun leaves a finished run finished."""
         if self.writes:
-            workdirs.check_ledger(self.workdir, entries, may_change=may_change)
+            workdirs.check_ledger(self.workdir, entries, may_change=may_change,
+                                  conv_plan=plan.to_text())
             workdirs.mark_incomplete(self.workdir)
-
-    def record_plan(self, plan: ConvPlan) -> None:
-        """``conv_plan.json`` beside config.json: the plan the run is traced with."""
-        if self.writes:
-            plans.save_plan(plan, self.workdir)
 
     def say(self, line: str) -> None:
         if self.writes:
             console.say(line)
 
-    def write_model(self, run_spec: RunSpec, preds: clinical.Predictions, results: dict,
-                    fingerprints: dict, plan: ConvPlan) -> None:
-        """``model/``: the locked model's card, which predict, validate and serve load
-        (:func:`handjax.evaluation.model_card.write_model`)."""
-        if not self.writes:
+    def write_outputs(self, run_spec: RunSpec, preds: clinical.Predictions, results: dict,
+                      timings: Timings, fingerprints: dict, plan: ConvPlan) -> None:
+        """Everything a run hands on: ``results.json`` and ``timing.json``, ``results.md``
+        and the PNGs (:mod:`handjax.report`), ``model/`` (the locked model's card, which
+        predict, validate and serve load: :func:`handjax.evaluation.model_card.write_model`),
+        then the summary on the console."""
+        if not self.writes:   # process 0 writes; the others computed the same
             return
         from handjax.evaluation import model_card as card
+        from handjax.report import markdown as report
+        try:
+            write_results(self.workdir, results, timings)
+            report.write(self.workdir, preds, results)
+        except OSError as e:  # a full disk or a folder made read-only under the run
+            raise TrainingError(f"cannot write the results into {self.workdir} ({e.strerror}); "
+                                "free space or fix permissions, then rerun the same command "
+                                "(it resumes from the last checkpoint)") from e
         try:
             card.write_model(self.workdir, run_spec, preds, results, fingerprints,
                              plan.to_json())
         except OSError as e:
             raise TrainingError(f"cannot write {self.workdir / card.MODEL_DIR} ({e.strerror}); "
                                 "free space or fix permissions, then rerun the same command") from e
+        console.summary(results, STUDY_METRICS, str(self.workdir / "results.md"))
 
     def finish(self) -> None:
         if self.writes:
@@ -120,14 +130,6 @@ def run(run_spec: RunSpec, workdir, restart: bool = False) -> dict:
         return _run_locked(run_spec, workdir)
 
 
-def ledger_entries(run_spec: RunSpec, cohort: Cohort, plan: ConvPlan) -> dict:
-    """What the workdir's ledger pins: the data and the weights the run trains from, and
-    the conv plan it runs."""
-    return {"data": workdirs.data_fingerprint(cohort.examples),
-            "weights": workdirs.weights_fingerprint(run_spec.model, run_spec.seed),
-            "conv_plan": plan.fingerprint()}
-
-
 def conv_plan(run_spec: RunSpec, workdir: Path) -> tuple[ConvPlan, float]:
     """The run's conv plan, decided once, before anything is traced, and the seconds spent
     measuring: a started run's recorded plan (``conv_plan.json``; one line when another
@@ -158,39 +160,43 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
                 f"at {run_spec.data.image_size} px, loss {run_spec.loss.label} -> {workdir}")
     plan, tune_s = conv_plan(run_spec, workdir)
     timings.set("tune_s", tune_s)
+    # What the ledger pins: the weights (ImageNet's fetched here, once), the data the run
+    # trains on and the conv plan it runs.
+    weights = weights_fingerprint(run_spec.model, run_spec.seed)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats,
-                         store=features.photo_store(workdir, run_spec.train.cache_budget_gb),
+                         store=photo_store(workdir, run_spec.train.cache_budget_gb),
                          first=distributed.primary_first)
-    entries = ledger_entries(run_spec, cohort, plan)
-    primary.check_ledger(entries,
+    entries = {"data": data_fingerprint(cohort.examples), "weights": weights,
+               "conv_plan": plan.fingerprint()}
+    data_desc = cohort.description()
+    primary.check_ledger(entries, plan,
                          may_change=("conv_plan",) if run_spec.model.replan else ())
-    primary.record_plan(plan)
     inputs = features.prepare(run_spec, cohort, workdir, plan)
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timings.set("prepare_s", time.perf_counter() - t0 - timings.get("tune_s"))
     console.say(f"{len(cohort.labels)} photos; frozen features "
                 f"{inputs.cache_bytes / 2**20:.1f} MiB")
     t = time.perf_counter()
-    decisions, preds, calib = _train_and_evaluate(cohort, inputs, run_spec, workdir, timings)
+    preds, calib = _train_and_score(cohort, inputs, run_spec, workdir, timings)
     bound = [k for k, b in enumerate(calib["at_bound"]) if b]
     if bound:
         primary.say(f"calibration: the temperature of fold(s) {', '.join(map(str, bound))} "
                     f"sits at a search bound {calib['bounds']} (the NLL kept falling: a "
                     "limit, not a fit); results.json says so")
-    results = _results(run_spec, cohort, inputs, workdir, decisions, preds, calib)
+    results = _results(run_spec, data_desc, inputs.cache_bytes, workdir, preds, calib)
     timings.set("evaluate_s", time.perf_counter() - t - timings.get("fit_s"))
     timings.set("wall_time_s", time.perf_counter() - t0)
-    _write_outputs(workdir, preds, results, timings)
-    primary.write_model(run_spec, preds, results, entries, plan)
+    primary.write_outputs(run_spec, preds, results, timings, entries, plan)
     primary.finish()
     return results
 
 
-def _train_and_evaluate(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path,
-                        timings: Timings) -> tuple[dict, clinical.Predictions, dict]:
-    """Fit (resuming), then the out-of-fold decisions while the last checkpoint is written."""
-    from handjax.evaluation import scoring as evaluate
+def _train_and_score(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path,
+                     timings: Timings) -> tuple[clinical.Predictions, dict]:
+    """Fit (resuming), then every photo's out-of-fold prediction under every decision rule
+    and the calibration record, while the last checkpoint is written."""
+    from handjax.evaluation import scoring
     manager = checkpoint.manager(workdir)
     try:
         with timings.timed("fit_s"):
@@ -200,13 +206,13 @@ def _train_and_evaluate(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, w
             outputs = folds.fold_outputs(states, inputs, cohort.test_sets, emap)
         eval_spec = run_spec.eval
         targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
-        return evaluate.evaluate(outputs, cohort, loss_name=run_spec.loss.name,
-                                 svm_spec=run_spec.svm, seed=run_spec.seed, targets=targets)
+        return scoring.out_of_fold(outputs, cohort, loss_name=run_spec.loss.name,
+                                   svm_spec=run_spec.svm, seed=run_spec.seed, targets=targets)
     finally:
         checkpoint.close(manager)
 
 
-def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Path, decisions: dict,
+def _results(run_spec: RunSpec, data_desc: dict, cache_bytes: int, workdir: Path,
              preds: clinical.Predictions, calib: dict) -> dict:
     """``predictions.csv`` (process 0 writes it), then results.json's record with the
     clinical figures recomputed from that file."""
@@ -220,23 +226,7 @@ def _results(run_spec: RunSpec, cohort: Cohort, inputs: FoldInputs, workdir: Pat
                                 "permissions, then rerun") from e
     distributed.barrier("handjax_predictions_written")
     figures = clinical.clinical_results(csv_path, calib, run_spec.eval, run_spec.seed)
-    return clinical.run_results(run_spec, cohort.description(), inputs.cache_bytes,
-                                decisions, figures)
-
-
-def _write_outputs(workdir: Path, preds: clinical.Predictions, results: dict,
-                   timings: Timings) -> None:
-    from handjax.report import markdown as report
-    if not distributed.is_primary():   # process 0 writes; the others computed the same
-        return
-    try:
-        write_results(workdir, results, timings)
-        report.write(workdir, preds, results)
-    except OSError as e:  # a full disk or a folder made read-only under the run
-        raise TrainingError(f"cannot write the results into {workdir} ({e.strerror}); free "
-                            "space or fix permissions, then rerun the same command (it "
-                            "resumes from the last checkpoint)") from e
-    console.summary(results, STUDY_METRICS, str(workdir / "results.md"))
+    return clinical.run_results(run_spec, data_desc, cache_bytes, preds, figures)
 
 
 def write_results(workdir: Path, results: dict, timings: Timings) -> None:

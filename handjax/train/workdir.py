@@ -1,10 +1,12 @@
 """The workdir: where a run's files live, and the guards that keep it to one run.
 
 - ``config.json``: a rerun with another config is refused (:func:`claim`);
-- ``ledger.json``: fingerprints of the data, the weight file and the conv plan; a rerun on
-  changed data, weights or plan is refused, so folds are never mixed (:func:`check_ledger`);
+- ``ledger.json``: fingerprints of the data (:func:`handjax.data.cohort.data_fingerprint`),
+  the weight file (:func:`handjax.models.keras_weights.weights_fingerprint`) and the conv
+  plan; a rerun on changed data, weights or plan is refused, so folds are never mixed
+  (:func:`check_ledger`);
 - ``conv_plan.json``: the conv algorithms and compute dtype the run uses, decided once
-  (:mod:`handjax.models.kernels.plan`);
+  (:mod:`handjax.models.kernels.plan`), written with the ledger that pins it;
 - ``.lock``: one run writes at a time (:class:`Lock`);
 - ``INCOMPLETE``: present from a run's start until its results are written, so a run
   stopped in training or evaluation is never read as a finished one (:func:`check_finished`).
@@ -12,20 +14,12 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from handjax.data.store import batches
 from handjax.errors import RunError, TrainingError
-
-if TYPE_CHECKING:   # the specs, for annotations only: config is read at one boundary
-    from handjax.config import ModelSpec
 
 
 COMPILATION_CACHE_BYTES = 4 * 2**30
@@ -92,41 +86,15 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "results.md", "timi
              LEDGER, "predictions.csv", "model", INCOMPLETE, PLAN)
 
 
-def data_fingerprint(examples) -> str:
-    """SHA-256 of what a run trains on: the photos' ids, labels and decoded pixels."""
-    h = hashlib.sha256()
-    h.update("\n".join(map(str, examples.ids)).encode())
-    h.update(np.ascontiguousarray(examples.labels, np.int64).tobytes())
-    for _, rows in batches(examples.images):   # a photo store on disk is read in batches
-        h.update(np.ascontiguousarray(rows).tobytes())
-    return h.hexdigest()
-
-
-def file_fingerprint(path) -> str:
-    """SHA-256 of a file's bytes (weight files: ~0.3 s for VGG19's 80 MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_fingerprint(model_spec: ModelSpec, seed: int) -> str:
-    """SHA-256 of the backbone's weight file, or the seed of a random init."""
-    if model_spec.weights is None:
-        return f"random init, seed {seed}"
-    if model_spec.weights == "imagenet":
-        from handjax.models.keras_weights import fetch_weights
-        return file_fingerprint(fetch_weights(model_spec.name))
-    return file_fingerprint(model_spec.weights)
-
-
-def check_ledger(workdir: Path, entries: dict, may_change: tuple = ()) -> None:
+def check_ledger(workdir: Path, entries: dict, may_change: tuple = (),
+                 conv_plan: str | None = None) -> None:
     """Record ``entries`` (``{"data": sha, "weights": sha, "conv_plan": sha}``) in
-    ``ledger.json``; when the workdir already holds checkpoints or results of other entries
-    (but those named in ``may_change``), refuse with one line that says what changed: a
-    changed folder would otherwise be split into new folds and scored by fold models that
-    trained on some of its test photos."""
+    ``ledger.json``, and the plan they pin as ``conv_plan.json`` (``conv_plan``: its text,
+    :meth:`handjax.models.kernels.plan.ConvPlan.to_text`); when the workdir already holds
+    checkpoints or results of other entries (but those named in ``may_change``), refuse
+    with one line that says what changed, and write nothing: a changed folder would
+    otherwise be split into new folds and scored by fold models that trained on some of
+    its test photos."""
     path = workdir / LEDGER
     started = (workdir / "checkpoints").exists() or (workdir / "results.json").exists()
     if path.exists() and started:
@@ -140,6 +108,8 @@ def check_ledger(workdir: Path, entries: dict, may_change: tuple = ()) -> None:
         raise TrainingError(f"{workdir} holds a run without a ledger.json (older handjax): "
                             "its data cannot be checked; use a fresh --workdir or --restart")
     path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    if conv_plan is not None:
+        (workdir / PLAN).write_text(conv_plan)
 
 
 def mark_incomplete(workdir: Path) -> None:

@@ -225,6 +225,11 @@ class ConvPlan:
                    str(data.get("policy", "auto")),
                    canonical(data["machine"]) if data["machine"] else "")
 
+    def to_text(self) -> str:
+        """:meth:`to_json` as the text of ``conv_plan.json`` (:data:`PLAN_FILE`), which a
+        run's workdir records (:func:`handjax.train.workdir.check_ledger`)."""
+        return json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n"
+
     def fingerprint(self) -> str:
         """SHA-256 of the plan's JSON (what ledger.json pins)."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
@@ -242,13 +247,6 @@ def elsewhere_line(plan: ConvPlan, workdir) -> str:
     return (f"conv plan: {Path(workdir) / PLAN_FILE} was measured on another machine ({what}, "
             f"jax {where.get('jax', '?')}); using it, so the results stay this run's "
             "(--config.model.replan=True decides a plan for this machine)")
-
-
-def save_plan(plan: ConvPlan, workdir) -> Path:
-    """Write ``plan`` as ``workdir/conv_plan.json``."""
-    path = Path(workdir) / PLAN_FILE
-    path.write_text(json.dumps(plan.to_json(), indent=1, sort_keys=True) + "\n")
-    return path
 
 
 def load_plan(workdir) -> ConvPlan | None:

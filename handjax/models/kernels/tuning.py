@@ -47,6 +47,7 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from handjax.models import backbones
+from handjax.models.frozen import PER_IMAGE_MIN_PIXELS
 from handjax.models.kernels import convs, plan as tuned
 from handjax.models.kernels.plan import ConvPlan
 
@@ -68,8 +69,8 @@ PROB_TOL = 0.02
 CANDIDATES = {"train": ("im2col", "mmgrad", "winograd", "matmul"),
               "frozen": ("xla", "im2col", "winograd", "winograd4")}
 TRAIN_STEPS = 2          # SGD steps per timed scan
-FROZEN_BATCH = 10        # features.frozen_features's batch ...
-PER_IMAGE_MIN_PIXELS = 28 * 28   # ... and its one-image-at-a-time maps (features.py)
+FROZEN_BATCH = 10        # handjax.models.frozen.frozen_features's batch (and its
+                         # one-image-at-a-time maps: PER_IMAGE_MIN_PIXELS)
 
 # timer(layer, algorithm, batch) -> a function that runs the compiled program once and
 # returns its seconds (the compilation happens in timer itself, outside every pair).
