@@ -194,13 +194,16 @@ def test_conv_algorithms_follow_the_policy_per_layer():
     frozen = backbones.conv_algorithms(convs.for_purpose(backbones.build("vgg16"), "frozen"), x)
     assert list(train) == list(backbones.keras_layer_order("vgg16"))  # call order, every conv
     backend = jax.default_backend()
+    cin = {l["name"]: l["in_shape"][2] for l in backbones.conv_layers(backbones.build("vgg16"), x)}
     for layer in train:
         side = 112 >> (int(layer[len("block")]) - 1)
         for purpose, got in (("train", train), ("frozen", frozen)):
-            assert got[layer] == convs.conv_algorithm("auto", backend, side * side, jnp.float32, purpose)
-    if backend == "cpu":
+            assert got[layer] == convs.conv_algorithm("auto", backend, side * side, jnp.float32,
+                                                      purpose, in_channels=cin[layer])
+    if backend == "cpu":   # the RGB layer: few input channels; then F(4x4) where frozen
         assert train["block1_conv1"] == "mmgrad" and frozen["block1_conv1"] == "xla"
-        assert train["block5_conv1"] == "im2col" and frozen["block5_conv1"] == "winograd"
+        assert train["block1_conv2"] == "mmgrad" and frozen["block1_conv2"] == "winograd4"
+        assert train["block5_conv1"] == "im2col" and frozen["block5_conv1"] == "winograd4"
     # From the split on, as the fold program asks it: VGG16's top block at 7x7.
     mid = jax.ShapeDtypeStruct((2, 7, 7, 512), jnp.float32)
     top = backbones.conv_algorithms(backbones.build("vgg16"), mid, start="block4_pool")

@@ -219,25 +219,22 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
         out["phase2_bf16_speedup"] = epoch2[0] / epoch2[1] if epoch2[1] else float("nan")
         print(f"  phase-2 epoch: float32 {epoch2[0]:.3f} s, bfloat16 {epoch2[1]:.3f} s: "
               f"bf16 / float32 epoch speed {out['phase2_bf16_speedup']:.2f}x", flush=True)
+    peers = []
     if keras:
         from handjax.bench.keras_peer import keras_protocol
-        k = out["keras"] = keras_protocol(fast)
-        _protocol_line("keras", k["wall_s"], k["timing"], None, k["cnn_acc"], k["svm_acc"])
-        out["ratio_keras"] = k["wall_s"] / out["handjax"]["wall_s"]
-        out["ratio_keras_warm"] = k["wall_s"] / out["handjax-warm"]["wall_s"]
-        print(f"  speed-up handjax vs keras: {out['ratio_keras']:.1f}x first run, "
-              f"{out['ratio_keras_warm']:.1f}x warm   peak RSS {peak_rss_gib():.2f} GiB",
-              flush=True)
+        peers.append(("keras", "keras", "plain Keras 3", keras_protocol))
     if torch:
         from handjax.bench.torch_peer import torch_protocol
-        t = out["torch"] = torch_protocol(fast)
-        _protocol_line("torch-bf16", t["wall_s"], t["timing"], None, t["cnn_acc"], t["svm_acc"])
-        out["ratio_torch"] = t["wall_s"] / out["handjax"]["wall_s"]
-        out["ratio_torch_warm"] = t["wall_s"] / out["handjax-warm"]["wall_s"]
-        print(f"  speed-up handjax vs plain PyTorch (bf16 autocast, {t['threads']} threads): "
-              f"{out['ratio_torch']:.1f}x first run, {out['ratio_torch_warm']:.1f}x warm",
+        peers.append(("torch", "torch-bf16", "plain PyTorch (bf16 autocast)", torch_protocol))
+    for key, label, words, protocol in peers:
+        p = out[key] = protocol(fast)
+        _protocol_line(label, p["wall_s"], p["timing"], None, p["cnn_acc"], p["svm_acc"])
+        out[f"ratio_{key}"] = p["wall_s"] / out["handjax"]["wall_s"]
+        out[f"ratio_{key}_warm"] = p["wall_s"] / out["handjax-warm"]["wall_s"]
+        print(f"  speed-up handjax vs {words}: {out[f'ratio_{key}']:.1f}x first run, "
+              f"{out[f'ratio_{key}_warm']:.1f}x warm   peak RSS {peak_rss_gib():.2f} GiB",
               flush=True)
-        if keras:
-            print(f"  plain Keras / plain PyTorch-bf16: {out['keras']['wall_s'] / t['wall_s']:.2f}x",
-                  flush=True)
+    if keras and torch:
+        print(f"  plain Keras / plain PyTorch-bf16: {out['keras']['wall_s'] / out['torch']['wall_s']:.2f}x",
+              flush=True)
     return out

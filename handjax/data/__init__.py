@@ -20,7 +20,11 @@ One module per job, in the order photos flow through them:
 * ``folders``: paths a user names, resolved once (``resolve_path``), and the folders a
   command may write into (``check_output``, ``claim_output``: never another command's
   results, never photos; docs/reliability.md).
-* ``base``: what they share (``CLASSES``, ``N_FOLDS``, ``DataError``, ``Examples``).
+* ``store``: arrays in RAM, or in ``.npy`` files past a budget, read a batch at a time
+  (``Store``, ``photo_store``, ``map_batches``).
+* ``overlay``: Grad-CAM heat over a photo, as the web page and predict's PNGs show it
+  (``heat_overlay``).
+* ``records``: what they share (``CLASSES``, ``N_FOLDS``, ``DataError``, ``Examples``).
 
 The face is light: ``from handjax.data import CLASSES`` imports no TFDS (only ``augment``,
 which needs JAX, is bound at once); every other name loads its module on first use.
