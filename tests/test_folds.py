@@ -9,6 +9,7 @@ import pytest
 from cells import prepare, tiny_config, tiny_spec
 from handjax import config as configs
 from handjax.train import fold_program as folds
+from handjax.models.kernels import convs
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +117,22 @@ def test_auto_fold_map_follows_the_trained_convs():
     c = tiny_config()
     with c.unlocked():
         c.model.name = "vgg19"
-        c.data.image_size = 112            # block5 sees 7x7 maps: im2col on CPU (the table)
+        c.data.image_size = 112            # block5 sees 7x7 maps: winograd on CPU (the table)
     spec = configs.parse_run(c)
     _, inputs = prepare(spec)
     on_cpu = jax.default_backend() == "cpu"
-    assert inputs.fold_model.trained_algorithms == ({"im2col"} if on_cpu else {"xla"})
+    assert inputs.fold_model.trained_algorithms == ({"winograd"} if on_cpu else {"xla"})
     im2col, wino, lax_conv = frozenset({"im2col"}), frozenset({"winograd"}), frozenset({"xla"})
     assert folds.resolve_fold_map("auto", im2col) == "vmap"
     assert folds.resolve_fold_map("auto", wino) == ("loop" if on_cpu else "vmap")
     assert folds.resolve_fold_map("auto", lax_conv) == ("loop" if on_cpu else "vmap")
+    # Winograd's folds unroll only in a phase long enough to win back the loop's compile;
+    # lax.conv's always (vmap would make grouped convs of them).
+    short = convs.UNROLL_MIN_EPOCHS - 1
+    assert folds.resolve_fold_map("auto", wino, short) == "vmap"
+    assert folds.resolve_fold_map("auto", wino, short + 1) == ("loop" if on_cpu else "vmap")
+    assert folds.resolve_fold_map("auto", lax_conv | wino, 1) == ("loop" if on_cpu else "vmap")
+    assert folds.resolve_eval_fold_map("auto", wino, 1) == ("map" if on_cpu else "vmap")
     assert folds.resolve_fold_map("map", lax_conv) == "map"           # an explicit choice holds
     assert folds.resolve_eval_fold_map("auto", im2col) == ("map" if on_cpu else "vmap")
     assert folds.resolve_eval_fold_map("auto", wino) == ("map" if on_cpu else "vmap")

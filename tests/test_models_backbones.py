@@ -203,7 +203,7 @@ def test_conv_algorithms_follow_the_policy_per_layer():
     if backend == "cpu":   # the RGB layer: few input channels; then F(4x4) where frozen
         assert train["block1_conv1"] == "mmgrad" and frozen["block1_conv1"] == "xla"
         assert train["block1_conv2"] == "mmgrad" and frozen["block1_conv2"] == "winograd4"
-        assert train["block5_conv1"] == "im2col" and frozen["block5_conv1"] == "winograd4"
+        assert train["block5_conv1"] == "winograd" and frozen["block5_conv1"] == "winograd4"
     # From the split on, as the fold program asks it: VGG16's top block at 7x7.
     mid = jax.ShapeDtypeStruct((2, 7, 7, 512), jnp.float32)
     top = backbones.conv_algorithms(backbones.build("vgg16"), mid, start="block4_pool")

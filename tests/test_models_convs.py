@@ -18,7 +18,7 @@ I, M, W, X, MM, W4 = "im2col", "mmgrad", "winograd", "xla", "matmul", "winograd4
 # from the code before the policy was one function (resolve_conv_impl + inference_impl);
 # bf16 training became "matmul" with issue 20.
 CPU_TABLE = {
-    ("train", F32, True): (I, I, W, W, M, M, M),
+    ("train", F32, True): (W, W, W, W, M, M, M),
     ("train", F32, False): (I, I, I, I, M, M, M),
     ("train", BF16, True): (MM, MM, MM, MM, MM, MM, MM),
     ("train", BF16, False): (MM, MM, MM, MM, MM, MM, MM),

@@ -145,7 +145,8 @@ def fit(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path, ti
         batches = folds.epoch_batches(plan.train_sets, batch_size=train_spec.batch_size,
                                       n_views=x.shape[0], seed=run_spec.seed, phase=phase,
                                       epoch=epoch)
-        fmap, emap = plan.fold_maps(phase, train_spec.fold_map)
+        fmap, emap = plan.fold_maps(phase, train_spec.fold_map,
+                                    train_spec.epochs1 if phase == 1 else train_spec.epochs2)
         key = jax.random.fold_in(jax.random.fold_in(plan.key, phase), epoch)
         args = (states, x, plan.labels, batches, key)
         if phase not in programs:

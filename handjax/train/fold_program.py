@@ -148,20 +148,24 @@ def fold_mapper(kind: str) -> Callable:
     raise ValueError(f"config.train.fold_map={kind!r}: expected 'auto', 'vmap', 'map' or 'loop'")
 
 
-def resolve_fold_map(kind: str, algorithms: frozenset) -> str:
+def resolve_fold_map(kind: str, algorithms: frozenset, epochs: int | None = None) -> str:
     """'auto': vmap, except on XLA:CPU when the trained layers run an algorithm of
     :data:`handjax.models.kernels.convs.UNROLL_FOLDS` (``algorithms``: theirs): an unrolled loop
     over folds there (lax.conv: vmap over fold kernels makes grouped convs, ~7x slower;
-    Winograd: the loop's epoch measured 1.2x vmap's). Dense heads and im2col/matmul convs
-    vmap into batched matmuls (``python -m handjax.bench folds``)."""
+    Winograd: the loop's epoch measured 1.1-1.2x vmap's, for 3x the compile, so only in a
+    phase of ``epochs`` >= :data:`~handjax.models.kernels.convs.UNROLL_MIN_EPOCHS`; None:
+    as many as that). Dense heads and im2col/matmul convs vmap into batched matmuls
+    (``python -m handjax.bench folds``)."""
     if kind != "auto":
         return kind
     if jax.default_backend() == "cpu" and algorithms & convs.UNROLL_FOLDS:
-        return "loop"
+        if algorithms & convs.LAX_CONV or (epochs or convs.UNROLL_MIN_EPOCHS) >= \
+                convs.UNROLL_MIN_EPOCHS:
+            return "loop"
     return "vmap"
 
 
-def resolve_eval_fold_map(kind: str, algorithms: frozenset) -> str:
+def resolve_eval_fold_map(kind: str, algorithms: frozenset, epochs: int | None = None) -> str:
     """The fold mapping of programs that run trained backbone layers forward only (phase-2
     validation, the final outputs): "auto" on XLA:CPU maps the folds one after another
     (``lax.map``) unless the layers run ``lax.conv`` (then as training: a loop). Forward
@@ -171,7 +175,7 @@ def resolve_eval_fold_map(kind: str, algorithms: frozenset) -> str:
     if (kind == "auto" and jax.default_backend() == "cpu"
             and not algorithms & convs.LAX_CONV):
         return "map"
-    return resolve_fold_map(kind, algorithms)
+    return resolve_fold_map(kind, algorithms, epochs)
 
 
 def _fold_keys(key, n_steps: int, n_folds: int):
@@ -471,14 +475,15 @@ class EpochPlan:
                    fold_mesh(run_spec.n_models, run_spec.train.shard_folds),
                    jax.random.fold_in(jax.random.key(run_spec.seed), 3), fold_model)
 
-    def fold_maps(self, phase: int, kind: str) -> tuple[str, str]:
-        """(training, evaluation) fold mappings of ``phase``."""
+    def fold_maps(self, phase: int, kind: str, epochs: int | None = None) -> tuple[str, str]:
+        """(training, evaluation) fold mappings of ``phase``, which runs ``epochs`` epochs
+        (the config's, so that a resumed run maps its folds as the uninterrupted one)."""
         fm = self.fold_model
         trained = (fm.trained_algorithms if phase == 2 or fm.mode1 != "pooled"
                    else frozenset())   # phase 1 on pooled features trains the heads only
-        fmap = resolve_fold_map(kind, trained)
+        fmap = resolve_fold_map(kind, trained, epochs)
         # Evaluation (forward only) of the phase-2 models may map folds differently.
-        return fmap, fmap if phase == 1 else resolve_eval_fold_map(kind, trained)
+        return fmap, fmap if phase == 1 else resolve_eval_fold_map(kind, trained, epochs)
 
 
 # --------------------------------------------------------------------------- per-epoch scores

@@ -25,7 +25,7 @@ stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of `
 ``Backbone``; :func:`for_purpose` clones a module into another)::
 
     purpose       the program                      CPU, float32
-    "train"       may differentiate the backbone   P >= 784: mmgrad; w and P >= 100: winograd;
+    "train"       may differentiate the backbone   P >= 784: mmgrad; w and P >= 49: winograd;
                                                    else im2col
     "frozen"      forward, one set of weights      w and cin >= 64: winograd4; else xla
     "eval_folds"  forward, vmapped or mapped over  w and P <= 784: winograd; else as "train"
@@ -39,7 +39,9 @@ Why (measured on this project's CPU, VGG19 at 112 px, batch 16): XLA:CPU runs fo
 near its matmul peak, but its conv *gradients* are slow (and 50-150x slower inside
 ``lax.scan`` bodies). Training: below 28x28 the im2col matmul beat mmgrad, above it mmgrad
 won by 1.1-1.7x; from 10x10 to 28x28 Winograd's train step beat both for float32 3x3 stride-1
-convs (14x14x512: 1.6x) and tied with im2col on 7x7. Forward only, Winograd beat ``lax.conv``
+convs (14x14x512: 1.6x) and on 7x7 tied with im2col in an early measurement, then (its
+custom VJP since) beat it: VGG19's phase-2 epoch at 112 px, 5 folds vmapped, 2-core AMD EPYC,
+best of 3 interleaved, 2026-12-06: 8.0 s against im2col's 10.0 s. Forward only, Winograd beat ``lax.conv``
 on maps up to 28x28 (VGG19 blocks 3/4/5: 1.1x/1.7x/1.4x) and lost on larger ones (0.5-0.8x);
 F(4x4, 3x3) beat both on every VGG19 prefix conv with 64 or more input channels (112 px,
 2-core AMD EPYC, per image: 112x112x64 4.2 ms against lax.conv's 5.1; 56x56x128 3.0 against
@@ -75,7 +77,7 @@ PURPOSES = ("train", "frozen", "eval_folds")
 
 # Thresholds of conv_policy (output pixels per image); see the module docstring.
 _MMGRAD_MIN_PIXELS = 28 * 28
-_WINOGRAD_MIN_PIXELS = 10 * 10
+_WINOGRAD_MIN_PIXELS = 7 * 7
 _WINOGRAD_FORWARD_MAX_PIXELS = 28 * 28
 _WINOGRAD4_MIN_CHANNELS = 64   # input channels of a "frozen" float32 conv run by winograd4
 
@@ -188,7 +190,11 @@ LAX_CONV = frozenset({"xla", "mmgrad"})
 # folds (2-core AMD EPYC, interleaved, best of 4): loop 9.78 s, lax.map 11.2 s, vmap 11.9 s
 # ("winograd4" is the same kind of program). im2col and matmul vmap into batched matmuls
 # about as fast as the loop (vmap 8.0 s, loop 8.3 s) and compile faster.
+# The unrolled loop compiles K programs' worth: for Winograd that buys less than it costs in
+# a short phase (same epoch, 2026-12-06: loop 7.3 s after a 7.0 s compile, vmap 8.0 s after
+# 2.2 s), so Winograd's folds unroll only in a phase of at least UNROLL_MIN_EPOCHS epochs.
 UNROLL_FOLDS = LAX_CONV | {"winograd", "winograd4"}
+UNROLL_MIN_EPOCHS = 5
 
 
 def runs_lax_conv(algorithm: str) -> bool:
