@@ -154,3 +154,26 @@ def test_validate_or_predict_out_inside_the_runs_training_photos_is_refused(tmp_
     assert not (photos / "val").exists()
     assert workdirs.check_output_target(tmp_path / "val", run, "validate", {}) == (
         tmp_path / "val").resolve()
+
+
+def test_compiled_programs_are_cached_per_machine_in_the_handjax_cache(tmp_path, monkeypatch):
+    """JAX's persistent compilation cache lives in ``$HANDJAX_CACHE/jax/<machine digest>``
+    (a second run in any workdir finds it; a CPU of other instructions gets its own folder),
+    follows a changed ``$HANDJAX_CACHE``, and nothing is written beside the workdir."""
+    import jax
+    from handjax.models.kernels import plan as plans
+    old = jax.config.jax_compilation_cache_dir
+    try:
+        for name in ("one", "two"):
+            monkeypatch.setenv("HANDJAX_CACHE", str(tmp_path / name))
+            workdirs.enable_compilation_cache()
+            want = tmp_path / name / "jax" / plans.machine_digest()
+            assert jax.config.jax_compilation_cache_dir == str(want)
+        other = dict(plans.machine(), cpu="another CPU")
+        assert plans.machine_digest(other) != plans.machine_digest()
+        run(tiny_config(), tmp_path / "runs" / "a")
+        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a"]
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old)
+        from jax.experimental.compilation_cache import compilation_cache
+        compilation_cache.reset_cache()

@@ -128,11 +128,13 @@ def boundary_shape(backbone, variables, image_size: int, split: str, dtype) -> t
                           variables, x).shape
 
 
-def feature_dim(backbone, variables, image_size: int, dtype) -> int:
-    """Channels of the backbone's final feature map (the head's input width)."""
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
-    return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), variables,
-                          x).shape[-1]
+def feature_dim(backbone, variables, shape: tuple, dtype, start: str | None = None) -> int:
+    """Channels of the backbone's final feature map (the head's input width), from one
+    example of ``shape`` entering at boundary ``start`` (None: an image): from the split
+    only the top is traced."""
+    x = jax.ShapeDtypeStruct((1, *shape), dtype)
+    return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False, start=start),
+                          variables, x).shape[-1]
 
 
 def trained_algorithms(model: Classifier, input_shape: tuple) -> frozenset:

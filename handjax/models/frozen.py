@@ -96,16 +96,6 @@ def frozen_features(backbone, variables, name: str, views: np.ndarray, split: st
     return feats.reshape(views.shape[:2] + feats.shape[1:])
 
 
-def cache_nbytes(backbone, variables, name: str, views: np.ndarray, split: str, *,
-                 store_dtype) -> int:
-    """Bytes of :func:`frozen_features`'s output, from shapes alone (nothing runs)."""
-    backbone = convs.for_purpose(backbone, "frozen")
-    x = jax.ShapeDtypeStruct((1,) + views.shape[2:], views.dtype)
-    out = jax.eval_shape(lambda v, x: frozen_forward(backbone, v, name, x, split),
-                         variables, x)
-    return int(np.prod(views.shape[:2]) * np.prod(out.shape[1:]) * np.dtype(store_dtype).itemsize)
-
-
 def spill_path(workdir: Path | None, nbytes: int, budget_gb: float) -> Path | None:
     """Where the frozen-feature cache goes: ``None`` (RAM) when it fits ``budget_gb``, else
     ``<workdir>/frozen_features.<process>.npy``."""

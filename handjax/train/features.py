@@ -43,6 +43,7 @@ class FoldModel:
     head_dim: int
     mode1: str                       # "pooled" (cached) or "frozen" (plain)
     trained_algorithms: frozenset   # e.g. {'winograd'}
+    boundary: tuple = ()             # one example's shape where the trained part starts
 
 
 def fold_model(model_spec: ModelSpec, image_size: int, seed: int, num_classes: int, *, loss_name: str,
@@ -57,16 +58,17 @@ def fold_model(model_spec: ModelSpec, image_size: int, seed: int, num_classes: i
     image = (image_size, image_size, 3)
     if plain:
         model = classifier.Classifier(start=None, **common)
-        dim = classifier.feature_dim(backbone, variables, image_size, common["dtype"])
+        dim = classifier.feature_dim(backbone, variables, image, common["dtype"])
         return FoldModel(model, frozenset(top), params, stats, dim, "frozen",
-                         classifier.trained_algorithms(model, image)), variables
+                         classifier.trained_algorithms(model, image), image), variables
     model = classifier.Classifier(start=common["split"], **common)
     shape = classifier.boundary_shape(backbone, variables, image_size, common["split"],
                                       common["dtype"])
     params, stats = classifier.subtree(params, top), classifier.subtree(stats, top)
-    dim = classifier.feature_dim(backbone, variables, image_size, common["dtype"])
+    dim = classifier.feature_dim(backbone, variables, shape[1:], common["dtype"],
+                                 start=common["split"])
     return FoldModel(model, frozenset(top), params, stats, dim, "pooled",
-                     classifier.trained_algorithms(model, shape[1:])), variables
+                     classifier.trained_algorithms(model, shape[1:]), tuple(shape[1:])), variables
 
 
 # --------------------------------------------------------------------------- preparation
@@ -98,7 +100,8 @@ def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None,
         return FoldInputs(fm, views, views, 0)
     backbone, name, split = fm.model.backbone, fm.model.backbone_name, fm.model.split
     dtype = np.float32 if run_spec.train.cache_dtype == "float32" else jnp.bfloat16
-    nbytes = frozen.cache_nbytes(backbone, variables, name, views, split, store_dtype=dtype)
+    # The cache's bytes from the boundary's shape (no second trace of the prefix).
+    nbytes = int(np.prod(views.shape[:2]) * np.prod(fm.boundary) * np.dtype(dtype).itemsize)
     spill = frozen.spill_path(workdir, nbytes, run_spec.train.cache_budget_gb)
     feats = frozen.frozen_features(backbone, variables, name, views, split, store_dtype=dtype,
                                    spill=spill)
