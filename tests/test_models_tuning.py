@@ -201,6 +201,25 @@ def test_a_run_s_bound_is_its_share_and_a_short_run_measures_nothing(cache):
                for l in layers if len(tuning.candidates(l)) > 1)
 
 
+def test_a_short_run_on_a_fresh_machine_plans_the_table_without_tracing(cache, monkeypatch):
+    """A zero bound where this machine has measured nothing: the empty plan (the table's
+    choices everywhere), decided once (a later run with a bound reads it), and the model
+    is not even traced for it; ``again`` measures it."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("tuning runs on CPU only")
+    c = configs.cell("vgg16", "categorical", "smoke")
+    c.model.conv_impl = "auto"
+    model = configs.parse_run(c).model
+    monkeypatch.setattr(tuning, "model_layers", lambda *a: pytest.fail("traced the model"))
+    plan, seconds = tuning.resolve_plan(model, 16, 4, budget_s=0.0, timer=FakeTimer(FLAT))
+    assert plan == ConvPlan((), "float32", "auto") and seconds == 0.0
+    assert tuning.resolve_plan(model, 16, 4, timer=FakeTimer(FLAT)) == (plan, 0.0)
+    monkeypatch.undo()
+    timer = FakeTimer(FLAT)
+    again, _ = tuning.resolve_plan(model, 16, 4, timer=timer, again=True)
+    assert timer.calls and again.layers
+
+
 def test_a_bound_spent_compiling_the_table_measures_nothing():
     """The bound ran out before the first candidate: the layer is the table's, "budget"
     (not "measured" with no ratios), so ``again`` measures it."""

@@ -397,6 +397,18 @@ def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer | None
     cached = tuned.read(path).get("plans", {}).get(done)
     if cached is not None and not again:   # skips even tracing the model
         return ConvPlan.from_json(cached, str(tuned.cache_path() if path is None else path)), 0.0
+    where = tuned.cache_path() if path is None else path
+    if budget_s <= 0 and not again and not tuned.read(path)["layers"]:
+        # A short run on a machine that has measured nothing: the table's choices, without
+        # tracing the model for them (an empty plan is the table), decided once all the same.
+        plan = ConvPlan((), dtypes[0] if len(dtypes) == 1 else unmeasured_dtype(model_spec),
+                        model_spec.conv_impl)   # machine "": nothing measured
+        data = tuned.read(path)
+        tuned.write(dict(data, plans={**data.get("plans", {}), done: plan.to_json()}), path)
+        from handjax.console import say
+        say("conv plan: the table's (a run this short would not win back the measuring; "
+            f"`python -m handjax.tune --config ... --again` measures it); cached in {where}")
+        return plan, 0.0
     timer = layer_timer if timer is None else timer
     t = time.perf_counter()
     layers = {dt: model_layers(model_spec.name, jnp.dtype(dt), image_size, split)
@@ -421,11 +433,11 @@ def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer | None
     from handjax.console import say
     left = sum(e.get("how") == "budget" for e in measured.values())
     if budget_s <= 0:
-        say(f"conv plan: the table's algorithms for {len(measured)} conv shapes (a run this "
-            "short would not win back the measuring; `python -m handjax.tune --config ... "
-            f"--again` measures them); cached in {tuned.cache_path() if path is None else path}")
+        say(f"conv plan: the table's algorithms for {left} conv shapes (a run this short "
+            "would not win back the measuring; `python -m handjax.tune --config ... --again` "
+            f"measures them); cached in {where}")
         return plan, seconds
     say(f"conv plan: {len(measured)} conv shapes decided in {seconds:.1f} s"
         + (f" ({left} kept the table: the {budget_s:.0f} s bound ran out)" if left else "")
-        + f"; cached in {tuned.cache_path() if path is None else path}")
+        + f"; cached in {where}")
     return plan, seconds
