@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -35,8 +36,10 @@ def enable_compilation_cache() -> None:
     path = str(plan.compilation_cache_dir())
     if jax.config.jax_compilation_cache_dir != path:
         jax.config.update("jax_compilation_cache_dir", path)
-        # At most this much on disk, least recently used entries evicted first.
-        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+        # At most this much on disk, least recently used entries evicted first (JAX needs
+        # `filelock` for that, a dependency; without it a cap breaks every cache read).
+        if importlib.util.find_spec("filelock") is not None:
+            jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
         # JAX decides once per process whether (and where) its cache is used, at the first
         # compilation: a process that compiled before (or under another $HANDJAX_CACHE)
         # decides again.
