@@ -354,6 +354,12 @@ def _cache_dtype(key: str, entry: dict, path=None) -> None:
     tuned.write(dict(data, dtypes={**data["dtypes"], key: entry}), path)
 
 
+def _cache_plan(done: str, plan: ConvPlan, path=None) -> None:
+    """The cache's whole plan for one model part, batch and dtypes (``done``)."""
+    data = tuned.read(path)
+    tuned.write(dict(data, plans={**data.get("plans", {}), done: plan.to_json()}), path)
+
+
 # ----------------------------------------------------------------------------- the plan
 def plan_for(layers: list[dict], dtype: str, policy: str = "auto", path=None) -> ConvPlan:
     """The plan of ``layers`` of compute dtype ``dtype``: the cache's decision per key (the
@@ -403,8 +409,7 @@ def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer | None
         # tracing the model for them (an empty plan is the table), decided once all the same.
         plan = ConvPlan((), dtypes[0] if len(dtypes) == 1 else unmeasured_dtype(model_spec),
                         model_spec.conv_impl)   # machine "": nothing measured
-        data = tuned.read(path)
-        tuned.write(dict(data, plans={**data.get("plans", {}), done: plan.to_json()}), path)
+        _cache_plan(done, plan, path)
         from handjax.console import say
         say("conv plan: the table's (a run this short would not win back the measuring; "
             f"`python -m handjax.tune --config ... --again` measures it); cached in {where}")
@@ -427,8 +432,7 @@ def resolve_plan(model_spec, image_size: int, batch: int, *, timer: Timer | None
             _cache_dtype(key, entry, path)
         dtype = entry["dtype"]
     plan = plans[dtype]
-    data = tuned.read(path)
-    tuned.write(dict(data, plans={**data.get("plans", {}), done: plan.to_json()}), path)
+    _cache_plan(done, plan, path)
     seconds = spent()
     from handjax.console import say
     left = sum(e.get("how") == "budget" for e in measured.values())
