@@ -114,8 +114,7 @@ def test_class_map_parses():
 
 
 def test_model_names_are_the_backbone_registry():
-    from handjax.models import backbones, keras_weights
-    from handjax.models.kernels import convs
+    from handjax.models import backbones
 
     assert configs.MODEL_NAMES == backbones.NAMES
 

@@ -17,7 +17,7 @@ def test_svm_decisions_equal_sklearn_directly():
     spec = tiny_spec()
     cohort, inputs = prepare(spec)
     states = folds.states_for(1, inputs.fold_model, spec)
-    _, pooled = folds.fold_outputs(states, inputs, cohort.test_sets, "vmap")
+    _, pooled = folds.fold_outputs(states, inputs, "vmap")
     ours = evaluate.svm_fold_probabilities(pooled, cohort.labels, cohort.folds,
                                            kernel="rbf", C=1.0, class_weight="balanced")
     for k, (tr, te) in enumerate(cohort.folds):
@@ -203,6 +203,30 @@ def test_platt_cv_keeps_each_subject_on_one_side_and_equals_sklearn_with_those_s
         ensemble=False))]).fit(x[tr], labels[tr])
     np.testing.assert_allclose(prob, ref.predict_proba(x[te]), atol=1e-12)
     np.testing.assert_allclose(prob.sum(1), 1, atol=1e-12)
+
+
+def test_svm_folds_in_threads_equal_sklearn_fold_by_fold():
+    """Several folds fitted at once (threads): each fold's decisions equal a plain
+    StandardScaler + SVC fitted on its training split, and its probabilities sklearn's
+    CalibratedClassifierCV with that fold's Platt splits, as if run one after another."""
+    from sklearn.calibration import CalibratedClassifierCV
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(3), 20)
+    subjects = np.array([f"s{i // 2}" for i in range(60)])
+    x = rng.normal(size=(3, 60, 6)) + np.eye(3, 6)[labels]      # one feature set a fold
+    folds_ = [(np.arange(60)[np.arange(60) % 6 // 2 != k], np.arange(60)[np.arange(60) % 6 // 2 == k])
+              for k in range(3)]
+    ours = evaluate.svm_fold_probabilities(x, labels, folds_, subjects=subjects, kernel="rbf",
+                                           C=2.0, class_weight="balanced", seed=4)
+    assert len(ours) == 3
+    for k, (tr, te) in enumerate(folds_):
+        svc = dict(kernel="rbf", C=2.0, class_weight="balanced", random_state=4)
+        plain = Pipeline([("s", StandardScaler()), ("c", SVC(**svc))]).fit(x[k][tr], labels[tr])
+        np.testing.assert_array_equal(ours[k][0], plain.predict(x[k][te]))
+        platt = Pipeline([("s", StandardScaler()), ("c", CalibratedClassifierCV(
+            SVC(**svc), method="sigmoid", cv=evaluate.platt_cv(labels[tr], subjects[tr], 4),
+            ensemble=False))]).fit(x[k][tr], labels[tr])
+        np.testing.assert_allclose(ours[k][1], platt.predict_proba(x[k][te]), atol=1e-12)
 
 
 def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):

@@ -5,8 +5,7 @@ import pytest
 
 from cells import prepare, tiny_config, tiny_spec
 from handjax.data import store
-from handjax.models import backbones, frozen, keras_weights
-from handjax.models.kernels import convs
+from handjax.models import frozen, keras_weights
 from handjax import config as configs
 
 
@@ -60,16 +59,17 @@ def test_offline_imagenet_suggests_random_weights(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow  # trains the smoke cell
-def test_spilled_cache_gives_identical_results(tmp_path):
+def test_spilled_cache_gives_identical_results(tmp_path, monkeypatch):
     """A budget of ~0 bytes puts the frozen-feature cache in a .npy memmap in the workdir,
-    streamed to phase 2 one step at a time, and the decoded photos and their views too
+    streamed to phase 2 one step at a time (a chunk bound of one byte), and the decoded photos and their views too
     (``arrays.0/``, read in batches): the confusion matrices equal the in-memory run's
     (pinned in the golden file, which test_train checks)."""
     import json
     from pathlib import Path
 
     from handjax import config
-    from handjax.train import run as train
+    from handjax.train import fold_program, run as train
+    monkeypatch.setattr(fold_program, "STREAM_CHUNK_BYTES", 1)
     c = config.cell("vgg16", "categorical", "smoke")
     c.train.cache_budget_gb = 1e-9
     results = train.run(config.parse_run(c), tmp_path)

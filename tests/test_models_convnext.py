@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from handjax.models import backbones, keras_weights
-from handjax.models.kernels import convs
-from handjax.models import convnext, keras_weights
+from handjax.models import convnext
 
 NAME = "convnext_tiny"
 HW = (71, 53)

@@ -26,7 +26,7 @@ CPU_TABLE = {
     ("frozen", F32, False): (X, X, X, X, X, X, X),
     ("frozen", BF16, True): (I, I, I, I, M, M, M),
     ("frozen", BF16, False): (I, I, I, I, M, M, M),
-    ("eval_folds", F32, True): (W, W, W, W, W, M, M),
+    ("eval_folds", F32, True): (W4, W4, W4, W4, W4, W4, W4),
     ("eval_folds", F32, False): (I, I, I, I, M, M, M),
     ("eval_folds", BF16, True): (I, I, I, I, M, M, M),
     ("eval_folds", BF16, False): (I, I, I, I, M, M, M),
@@ -45,11 +45,17 @@ def test_conv_policy_table(backend, px, dtype, purpose, winograd_ok, want):
 @pytest.mark.parametrize("px", PIXELS)
 def test_conv_policy_few_input_channels(px):
     """A frozen float32 3x3 conv with fewer than 64 input channels (VGG's RGB layer) keeps
-    Winograd F(2x2) up to 28x28 and ``lax.conv`` above; from 64 channels F(4x4) runs."""
+    Winograd F(2x2) up to 28x28 and ``lax.conv`` above; from 64 channels F(4x4) runs; so
+    for evaluation over per-fold weights."""
     for cin, want in ((3, W if px <= 784 else X), (63, W if px <= 784 else X), (64, W4)):
         assert convs.conv_policy("cpu", px, F32, "frozen", winograd_ok=True,
                                  in_channels=cin) == want
     assert convs.conv_policy("gpu", px, F32, "frozen", winograd_ok=True, in_channels=512) == X
+    # Evaluation under vmap over per-fold weights: the same F(4x4) rule; below 64 channels
+    # F(2x2) up to 28x28, then training's mmgrad.
+    for cin, want in ((3, W if px <= 784 else M), (64, W4)):
+        assert convs.conv_policy("cpu", px, F32, "eval_folds", winograd_ok=True,
+                                 in_channels=cin) == want
 
 
 # (kernel, stride, depthwise) kinds -> what each explicit impl runs (any backend, dtype, purpose).

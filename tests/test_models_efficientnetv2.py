@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from handjax.models import backbones, keras_weights
-from handjax.models.kernels import convs
 from handjax.models import efficientnetv2
 
 NAME = "efficientnetv2_b0"

@@ -11,10 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from handjax.models import backbones, keras_weights
-from handjax.models.kernels import convs
-from handjax import cache
 from handjax.models import keras_weights
+from handjax import cache
 from keras_reference import KERAS_APPS, keras_ref
 
 

@@ -26,6 +26,7 @@ and for specificity >= ``eval.specificity``, then frozen and applied to the test
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING
 
 import jax
@@ -79,22 +80,30 @@ def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
     Decisions: the study's SVC ``predict``. Probabilities: Platt scaling fitted by
     ``CalibratedClassifierCV(SVC(...), method="sigmoid", ensemble=False)`` inside the
     training split (cross-validated by :func:`platt_cv`, grouped by ``subjects`` when given),
-    never on the test photos."""
+    never on the test photos. With ``ensemble=False`` the calibrated classifier's own SVC is
+    fitted on the whole training split, the very fit the study's ``predict`` makes, so each
+    fold fits it once and reads both off it. The folds run in threads, one per core (libsvm
+    releases the GIL while it fits); each fold's fits are the same in any order."""
+    from concurrent.futures import ThreadPoolExecutor
     from sklearn.calibration import CalibratedClassifierCV
     labels = np.asarray(labels)
-    out = []
-    for k, (tr, te) in enumerate(folds):
+    groups = None if subjects is None else np.asarray(subjects)
+
+    def fold(k):
+        tr, te = folds[k]
         x_tr, y_tr = np.asarray(pooled[k][tr], np.float64), labels[tr]
         x_te = np.asarray(pooled[k][te], np.float64)
-        decide = make_svm(**svm_kwargs).fit(x_tr, y_tr)
-        cv = platt_cv(y_tr, None if subjects is None else np.asarray(subjects)[tr],
-                      svm_kwargs.get("seed", 0))
+        cv = platt_cv(y_tr, None if groups is None else groups[tr], svm_kwargs.get("seed", 0))
         platt = make_svm(**svm_kwargs)
         platt.steps[-1] = ("svc", CalibratedClassifierCV(platt.steps[-1][1], method="sigmoid",
                                                          cv=cv, ensemble=False))
         platt.fit(x_tr, y_tr)
-        out.append((decide.predict(x_te).astype(np.int32), platt.predict_proba(x_te)))
-    return out
+        svc = platt.named_steps["svc"].calibrated_classifiers_[0].estimator
+        decisions = svc.predict(platt.named_steps["scale"].transform(x_te))
+        return decisions.astype(np.int32), platt.predict_proba(x_te)
+
+    with ThreadPoolExecutor(min(len(folds), os.cpu_count() or 1)) as pool:
+        return list(pool.map(fold, range(len(folds))))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -53,7 +53,7 @@ def compile_epoch(plain: bool, fmap: str, mesh, timings: Timings, phase: int, ar
         return folds.plain_epoch(_compile(folds.plain_batch_step, timings, f"phase{phase}",
                                           one, inputs, labels, b0, key))
     if isinstance(inputs, np.memmap):   # a spilled cache: streamed in chunks of steps
-        return folds.StreamedEpoch(fmap, min(folds.STREAM_CHUNK_BYTES, inputs.nbytes / 8))
+        return folds.StreamedEpoch(fmap, folds.STREAM_CHUNK_BYTES)
     fn = functools.partial(folds.epoch_fn, fold_map=fmap, mesh=mesh)
     if mesh is not None:   # folds padded, sharded over every process's devices, gathered
         t = time.perf_counter()
@@ -159,7 +159,7 @@ def fit(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path, ti
         timings.add(f"epochs{phase}_s", time.perf_counter() - t)
         last = g + 1 == len(sched)
         if last and phase == 2:
-            outputs = folds.fold_outputs(states, inputs, plan.test_sets, emap)
+            outputs = folds.fold_outputs(states, inputs, emap)
         scores = folds.epoch_scores(states, plan, x, phase, emap, outputs)
         timings.add("run_s", time.perf_counter() - t)
         log.write_epoch(phase, epoch, states.step, sums, scores)

@@ -258,15 +258,16 @@ def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
 EVAL_CHUNK = 64   # at most this many examples per fold go through the model at once
 
 
-def eval_columns(states, inputs, idx, *, mode: str, fold_map: str, test_sets):
+def eval_columns(states, inputs, idx, *, mode: str, fold_map: str):
     """:func:`eval_fn` over ``idx`` [K, M] in column chunks of one width (the last one
-    filled up by wrapping round, the filler dropped): the width that takes ``test_sets`` in
-    the fewest calls of at most ``EVAL_CHUNK`` examples per fold. Validation (test sets) and
-    the final outputs (every image) then run one compiled shape, and memory stays bounded
-    for large sets."""
+    filled up by wrapping round, the filler dropped): the width that takes the M columns in
+    the fewest calls of at most ``EVAL_CHUNK`` examples per fold, so that one compiled shape
+    serves each kind of call (a test split; every image) and memory stays bounded for large
+    sets, while each call is as wide as the bound allows (Winograd's matmuls gain from
+    rows: :mod:`handjax.models.kernels.convs`)."""
     fn = _eval_jit(mode, fold_map)
-    width = even_batch(max(len(s) for s in test_sets), EVAL_CHUNK)
     m = idx.shape[1]
+    width = even_batch(m, EVAL_CHUNK)
     n_chunks = max(1, math.ceil(m / width))
     idx = np.take(np.asarray(idx), np.arange(n_chunks * width) % m, axis=1)
     outs = []
@@ -292,7 +293,11 @@ def used_rows(flat_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, local.reshape(flat_idx.shape).astype(np.int32)
 
 
-STREAM_CHUNK_BYTES = 2**28   # rows of a spilled cache read per chunk of steps (at most)
+# Rows of a spilled cache read per chunk of steps (at most): a fixed size, not a share of the
+# cache, because the chunk's program holds working memory in proportion to its steps (VGG19
+# at 64 px, 2,400 photos, the cache's eighth (19 MB) as the bound: peak RSS 1.95 GiB in
+# phase 2 against 1.62 GiB at 600 photos; a 4 MB bound: 1.68 GiB, the epoch no slower).
+STREAM_CHUNK_BYTES = 2**24
 
 
 def chunk_steps(n_steps: int, bytes_per_step: int, budget_bytes: float) -> int:
@@ -441,14 +446,13 @@ def eval_fold_map(fold_model: FoldModel, kind: str) -> str:
     return resolve_eval_fold_map(kind, fold_model.trained_algorithms)
 
 
-def fold_outputs(states: FoldState, inputs: FoldInputs, test_sets: list,
+def fold_outputs(states: FoldState, inputs: FoldInputs,
                  fmap: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-fold logits [K, N, C] and pooled features [K, N, D] on every image (view 0 of
     the phase-2 inputs); ``fmap`` is the evaluation fold mapping (:func:`eval_fold_map`)."""
     n = inputs.inputs2.shape[1]
-    idx = np.broadcast_to(np.arange(n, dtype=np.int32), (len(test_sets), n))
-    logits, pooled = eval_columns(states, inputs.inputs2[0], idx, mode="tune", fold_map=fmap,
-                                  test_sets=test_sets)
+    idx = np.broadcast_to(np.arange(n, dtype=np.int32), (len(states.step), n))
+    logits, pooled = eval_columns(states, inputs.inputs2[0], idx, mode="tune", fold_map=fmap)
     return np.asarray(logits), np.asarray(pooled)
 
 
@@ -505,8 +509,7 @@ def _split_scores(states, plan: EpochPlan, inputs, idx, mask, phase: int, emap: 
         logits = np.take_along_axis(outputs[0], idx[..., None], axis=1)
     else:
         mode = plan.fold_model.mode1 if phase == 1 else "tune"
-        logits, _ = eval_columns(states, inputs[0], idx, mode=mode, fold_map=emap,
-                                 test_sets=plan.test_sets)
+        logits, _ = eval_columns(states, inputs[0], idx, mode=mode, fold_map=emap)
     y = plan.labels[jnp.asarray(idx)]
     loss, acc = _masked_loss_and_accuracy(states.loss_fn, states.decide, jnp.asarray(logits),
                                           y, jnp.asarray(mask, jnp.float32))

@@ -203,7 +203,7 @@ def _train_and_score(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, work
             states, outputs = fitting.fit(cohort, inputs, run_spec, workdir, timings, manager)
         if outputs is None:
             emap = folds.eval_fold_map(inputs.fold_model, run_spec.train.fold_map)
-            outputs = folds.fold_outputs(states, inputs, cohort.test_sets, emap)
+            outputs = folds.fold_outputs(states, inputs, emap)
         eval_spec = run_spec.eval
         targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
         return scoring.out_of_fold(outputs, cohort, loss_name=run_spec.loss.name,

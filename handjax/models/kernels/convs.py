@@ -28,8 +28,8 @@ stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of `
     "train"       may differentiate the backbone   P >= 784: mmgrad; w and P >= 49: winograd;
                                                    else im2col
     "frozen"      forward, one set of weights      w and cin >= 64: winograd4; else xla
-    "eval_folds"  forward, vmapped or mapped over  w and P <= 784: winograd; else as "train"
-                  per-fold weights
+    "eval_folds"  forward, vmapped or mapped over  w and cin >= 64: winograd4; w and P <= 784:
+                  per-fold weights                 winograd; else as "train"
 
     CPU, bfloat16, "train": matmul.
     CPU, bfloat16, "frozen" and "eval_folds": P >= 784: mmgrad; else im2col (never winograd).
@@ -49,7 +49,11 @@ F(4x4, 3x3) beat both on every VGG19 prefix conv with 64 or more input channels 
 RGB layer (1.0 against 0.5 ms). Its rounding through all of VGG19 measured 2.3e-6 of the
 output's scale against ``lax.conv`` (tests/test_models_backbones.py holds it to 1e-4).
 Under vmap over per-fold weights ``lax.conv`` becomes grouped convolutions, slow on XLA:CPU,
-hence "eval_folds" keeps "train"'s matmul forms. In bfloat16 "im2col"'s float32-accumulating
+hence "eval_folds" keeps "train"'s matmul forms, and there too F(4x4, 3x3) beat F(2x2, 3x3)
+with enough rows a call (VGG19's block5 convs, 512 channels, 5 folds vmapped, 2026-12-06:
+7x7 maps 50 images a fold 1.14x, 150 images 1.73x; 4x4 maps 240 images 1.28x; 30 images at
+7x7 a tie), hence the evaluation's calls of the most rows its memory bound allows
+(:func:`handjax.train.fold_program.eval_columns`). In bfloat16 "im2col"'s float32-accumulating
 matmul runs on AMX where the CPU has it; "matmul" keeps the gradients on that form too
 (autodiff of im2col, and mmgrad's bf16 ``lax.conv``, have no fast path there). Whether bf16
 pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``). Off CPU
@@ -115,8 +119,7 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
         return "matmul"
     winograd = winograd_ok and float32
     if purpose != "train" and float32:  # forward only
-        if purpose == "frozen" and winograd and (in_channels or _WINOGRAD4_MIN_CHANNELS) >= \
-                _WINOGRAD4_MIN_CHANNELS:
+        if winograd and (in_channels or _WINOGRAD4_MIN_CHANNELS) >= _WINOGRAD4_MIN_CHANNELS:
             return "winograd4"
         if winograd and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
             return "winograd"
