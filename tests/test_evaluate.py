@@ -205,10 +205,11 @@ def test_platt_cv_keeps_each_subject_on_one_side_and_equals_sklearn_with_those_s
     np.testing.assert_allclose(prob.sum(1), 1, atol=1e-12)
 
 
-def test_svm_folds_in_threads_equal_sklearn_fold_by_fold():
+def test_svm_folds_in_threads_equal_sklearn_fold_by_fold(monkeypatch):
     """Several folds fitted at once (threads): each fold's decisions equal a plain
     StandardScaler + SVC fitted on its training split, and its probabilities sklearn's
-    CalibratedClassifierCV with that fold's Platt splits, as if run one after another."""
+    CalibratedClassifierCV with that fold's Platt splits, as if run one after another; and
+    past the memory bound (folds one after another) the same arrays."""
     from sklearn.calibration import CalibratedClassifierCV
     rng = np.random.default_rng(5)
     labels = np.repeat(np.arange(3), 20)
@@ -227,6 +228,13 @@ def test_svm_folds_in_threads_equal_sklearn_fold_by_fold():
             SVC(**svc), method="sigmoid", cv=evaluate.platt_cv(labels[tr], subjects[tr], 4),
             ensemble=False))]).fit(x[k][tr], labels[tr])
         np.testing.assert_allclose(ours[k][1], platt.predict_proba(x[k][te]), atol=1e-12)
+    monkeypatch.setattr(evaluate, "SVM_THREADS_MAX_BYTES", 0)
+    one_by_one = evaluate.svm_fold_probabilities(x, labels, folds_, subjects=subjects,
+                                                 kernel="rbf", C=2.0, class_weight="balanced",
+                                                 seed=4)
+    for (d, p), (d1, p1) in zip(ours, one_by_one):
+        np.testing.assert_array_equal(d, d1)
+        np.testing.assert_array_equal(p, p1)
 
 
 def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):

@@ -204,6 +204,7 @@ def _train_and_score(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, work
         if outputs is None:
             emap = folds.eval_fold_map(inputs.fold_model, run_spec.train.fold_map)
             outputs = folds.fold_outputs(states, inputs, emap)
+        del states   # the fold models' weights (and Adam's moments): not needed to score
         eval_spec = run_spec.eval
         targets = {"sensitivity": eval_spec.sensitivity, "specificity": eval_spec.specificity}
         return scoring.out_of_fold(outputs, cohort, loss_name=run_spec.loss.name,
