@@ -297,7 +297,8 @@ def used_rows(flat_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # cache, because the chunk's program holds working memory in proportion to its steps. VGG19
 # at 64 px, 2,400 photos (a step's rows 2.6 MB): the cache's eighth (19 MB, 6 steps a chunk)
 # peaked at 1.95 GiB of RSS in phase 2, against 1.62 GiB at 600 photos; 4 MB (one step):
-# 1.68 GiB, the run no slower (146 s against 157 s). 20,000 photos, an eighth: 50 steps.
+# 1.68-1.71 GiB, the run's wall 146-165 s against 157 s (within this box's noise). 20,000
+# photos, an eighth: 50 steps a chunk.
 STREAM_CHUNK_BYTES = 2**22
 
 
