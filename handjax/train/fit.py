@@ -53,7 +53,7 @@ def compile_epoch(plain: bool, fmap: str, mesh, timings: Timings, phase: int, ar
         return folds.plain_epoch(_compile(folds.plain_batch_step, timings, f"phase{phase}",
                                           one, inputs, labels, b0, key))
     if isinstance(inputs, np.memmap):   # a spilled cache: streamed in chunks of steps
-        return folds.StreamedEpoch(fmap, folds.STREAM_CHUNK_BYTES)
+        return folds.StreamedEpoch(fmap)
     fn = functools.partial(folds.epoch_fn, fold_map=fmap, mesh=mesh)
     if mesh is not None:   # folds padded, sharded over every process's devices, gathered
         t = time.perf_counter()

@@ -313,10 +313,11 @@ class StreamedEpoch:
     """An ``epoch_fn``-shaped program for a cache spilled to disk (``inputs`` a [V, N, ...]
     ``np.memmap``): the epoch runs in chunks of steps, each fed only the rows its batches
     use, read from disk on the host. Same batches, same dropout keys, same results as the
-    in-memory epoch; host memory holds one chunk's rows (at most ``budget_bytes``)."""
+    in-memory epoch; host memory holds one chunk's rows (at most :data:`STREAM_CHUNK_BYTES`,
+    or one step's)."""
 
-    def __init__(self, fold_map: str, budget_bytes: float):
-        self.fold_map, self.budget, self.compiled = fold_map, budget_bytes, None
+    def __init__(self, fold_map: str):
+        self.fold_map, self.budget, self.compiled = fold_map, STREAM_CHUNK_BYTES, None
 
     def chunk(self, inputs, labels, batches, c0: int, c1: int):
         """(inputs [1, R, ...], labels [R], batches) of steps ``c0:c1``, re-indexed."""
