@@ -101,6 +101,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.eval.specificity = 0.90     # ... and specificity >= this
 
     c.svm = ml_collections.ConfigDict(dict(kernel="rbf", C=1.0, class_weight="balanced"))
+    # Ours: a fold's SVM is fitted on at most this many of its training photos, drawn
+    # stratified by class (an RBF SVC's fit grows with n^2 and more); 0: all of them.
+    c.svm.max_train = 2000
 
     if arg == "smoke":
         apply_smoke(c)
@@ -217,6 +220,7 @@ class SvmSpec:
     kernel: str
     C: float
     class_weight: str | None
+    max_train: int             # a fold's SVM: at most this many training photos (0: all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,7 +425,10 @@ def _svm(c) -> SvmSpec:
     weight = c.svm.class_weight or None
     if weight not in (None, "balanced"):
         raise ConfigError(f"config.svm.class_weight={weight!r}: expected 'balanced' or ''")
-    return SvmSpec(c.svm.kernel, float(c.svm.C), weight)
+    if "max_train" not in c.svm:   # a run from before the bound fitted every training photo
+        return SvmSpec(c.svm.kernel, float(c.svm.C), weight, 0)
+    _check_int(c, "svm.max_train", lo=0, hi=10**9)   # 0: every training photo
+    return SvmSpec(c.svm.kernel, float(c.svm.C), weight, int(c.svm.max_train))
 
 
 # ----------------------------------------------------------------------------- checks

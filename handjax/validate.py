@@ -141,7 +141,8 @@ def svm_ensemble(pooled_train: np.ndarray, pooled_new: np.ndarray, cohort: Cohor
     folds = [(tr, new) for tr, _ in cohort.folds]   # the new photos' labels are never read
     svm = run_spec.svm
     out = svm_fold_probabilities(pooled, labels, folds, subjects=subjects, kernel=svm.kernel,
-                                 C=svm.C, class_weight=svm.class_weight, seed=run_spec.seed)
+                                 C=svm.C, class_weight=svm.class_weight, seed=run_spec.seed,
+                                 max_train=svm.max_train)
     return np.mean([p for _, p in out], axis=0)
 
 

@@ -207,3 +207,20 @@ def test_our_own_errors_are_never_reworded_as_a_missing_config_file():
     e = DataError("config.data.metadata=/m.csv: cannot read it ([Errno 2] No such file or "
                   "directory: '/m.csv')")
     assert configs.one_line(e) == str(e)
+
+
+def test_svm_max_train_bounds_and_old_configs_fit_every_photo():
+    """``svm.max_train``: 2,000 by default, 0 accepted (every photo), a negative refused by name;
+    a config from before the key (an older run's config.json) reads as 0,
+    because that run's SVM was fitted on every training photo."""
+    c = configs.cell("vgg16", "categorical", "smoke")
+    assert configs.parse(c).svm.max_train == 2000
+    c.svm.max_train = 0
+    assert configs.parse(c).svm.max_train == 0
+    for bad in (-1, -5):
+        c.svm.max_train = bad
+        with pytest.raises(ConfigError, match=f"svm.max_train={bad!r}"):
+            configs.parse(c)
+    old = configs.cell("vgg16", "categorical", "smoke")
+    del old.svm["max_train"]
+    assert configs.parse(old).svm.max_train == 0

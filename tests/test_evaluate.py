@@ -10,6 +10,7 @@ from handjax.evaluation import scoring as evaluate
 from handjax.train import fold_program as folds
 from handjax.data.records import Examples
 from handjax.data.cohort import Cohort
+from handjax.config import SvmSpec
 from handjax.metrics import STUDY_METRICS
 
 
@@ -61,7 +62,7 @@ def test_inner_splits_lie_inside_training_and_never_touch_test():
         assert set(np.bincount(prep.examples.labels[inner], minlength=3)) != {0}
 
 
-_SVM = type("S", (), dict(kernel="rbf", C=1.0, class_weight="balanced"))
+_SVM = SvmSpec(kernel="rbf", C=1.0, class_weight="balanced", max_train=2000)
 _TARGETS = {"sensitivity": 0.9, "specificity": 0.9}
 
 
@@ -235,6 +236,49 @@ def test_svm_folds_in_threads_equal_sklearn_fold_by_fold(monkeypatch):
     for (d, p), (d1, p1) in zip(ours, one_by_one):
         np.testing.assert_array_equal(d, d1)
         np.testing.assert_array_equal(p, p1)
+
+
+def test_svm_rows_bound_a_large_split_stratified_by_class():
+    """``svm.max_train``: a split within the bound is used whole, in order; a larger one
+    gives exactly ``max_train`` of its rows, each class in its share (to one photo), the same
+    rows for the same seed and others for another."""
+    labels = np.repeat(np.arange(3), [500, 300, 200])
+    tr = np.arange(1000, 2000)
+    np.testing.assert_array_equal(evaluate.svm_rows(tr, labels, 1000), tr)
+    np.testing.assert_array_equal(evaluate.svm_rows(tr, labels, 0), tr)
+    rows = evaluate.svm_rows(tr, labels, 100, seed=3)
+    assert len(rows) == len(set(rows)) == 100 and set(rows) <= set(tr)
+    assert np.all(np.diff(rows) > 0)
+    counts = np.bincount(labels[rows - 1000], minlength=3)
+    assert np.all(np.abs(counts - [50, 30, 20]) <= 1), counts
+    np.testing.assert_array_equal(rows, evaluate.svm_rows(tr, labels, 100, seed=3))
+    assert set(rows) != set(evaluate.svm_rows(tr, labels, 100, seed=4))
+
+
+def test_svm_bounded_fit_equals_sklearn_on_the_drawn_rows():
+    """Past ``max_train``, each fold's SVM (decisions and Platt probabilities) is sklearn's,
+    fitted on exactly the rows :func:`svm_rows` draws; the test photos all scored."""
+    from sklearn.calibration import CalibratedClassifierCV
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(3), 40)
+    subjects = np.array([f"s{i // 2}" for i in range(120)])
+    x = rng.normal(size=(1, 120, 5)) + np.eye(3, 5)[labels]
+    tr, te = np.arange(120)[np.arange(120) % 4 != 0], np.arange(120)[np.arange(120) % 4 == 0]
+    (dec, prob), = evaluate.svm_fold_probabilities(x, labels, [(tr, te)], subjects=subjects,
+                                                   kernel="rbf", C=1.0, class_weight="balanced",
+                                                   seed=2, max_train=45)
+    rows = evaluate.svm_rows(tr, labels[tr], 45, seed=2)
+    assert len(rows) == 45 and len(dec) == len(prob) == len(te)
+    svc = dict(kernel="rbf", C=1.0, class_weight="balanced", random_state=2)
+    plain = Pipeline([("s", StandardScaler()), ("c", SVC(**svc))]).fit(x[0][rows], labels[rows])
+    np.testing.assert_array_equal(dec, plain.predict(x[0][te]))
+    platt = Pipeline([("s", StandardScaler()), ("c", CalibratedClassifierCV(
+        SVC(**svc), method="sigmoid", cv=evaluate.platt_cv(labels[rows], subjects[rows], 2),
+        ensemble=False))]).fit(x[0][rows], labels[rows])
+    np.testing.assert_allclose(prob, platt.predict_proba(x[0][te]), atol=1e-12)
+    full, = evaluate.svm_fold_probabilities(x, labels, [(tr, te)], subjects=subjects,
+                                            kernel="rbf", C=1.0, class_weight="balanced", seed=2)
+    assert not np.array_equal(full[1], prob)   # the bound changed the fit: not a no-op
 
 
 def test_bootstrap_zero_gives_point_values_and_no_intervals(tmp_path):

@@ -17,7 +17,12 @@ Decision rules, each photo scored by the one fold model that never saw it:
   the argmax of its probabilities). Its probabilities: Platt scaling by
   ``CalibratedClassifierCV(SVC, method="sigmoid", ensemble=False)`` fitted inside the
   training split, its internal folds grouped by subject (sklearn 1.9 deprecates SVC's own
-  ``probability=True``).
+  ``probability=True``). Ours: where a fold's training split holds more than
+  ``svm.max_train`` photos (2,000 by default; 0: no bound), the SVM is fitted on that many
+  of them, drawn stratified by class with the run's seed (:func:`svm_rows`): an RBF SVC's
+  fit costs O(n^2) kernel evaluations and more, so above the bound the stage would grow
+  faster than the rest of the run (10,000 photos: 189 s of 838). The study's ~120 photos, and
+  any set up to 2,500 photos in 5 folds, are fitted on the whole split as before.
 
 Operating points (the triage tasks of :data:`handjax.evaluation.TASKS`) are chosen per fold on
 the same rows as its temperature (calibrated with it), for sensitivity >= ``eval.sensitivity``
@@ -81,7 +86,22 @@ def platt_cv(y_train, subjects_train=None, seed: int = 0):
 SVM_THREADS_MAX_BYTES = 2**25
 
 
-def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
+def svm_rows(train_idx, y_train, max_train: int, seed: int = 0) -> np.ndarray:
+    """The rows of a fold's training split that its SVM is fitted on: all of ``train_idx``
+    when it holds at most ``max_train`` (0: no bound), else ``max_train`` of them drawn
+    stratified by class (sklearn's ``train_test_split``, ``random_state=seed``), in their
+    original order."""
+    train_idx = np.asarray(train_idx)
+    if not max_train or len(train_idx) <= max_train:
+        return train_idx
+    from sklearn.model_selection import train_test_split
+    kept, _ = train_test_split(train_idx, train_size=max_train, stratify=np.asarray(y_train),
+                               random_state=seed)
+    return np.sort(kept)
+
+
+def svm_fold_probabilities(pooled, labels, folds, subjects=None, max_train: int = 0,
+                           **svm_kwargs):
     """Per fold: (test decisions, test probabilities) of SVMs fitted on the training split.
 
     Decisions: the study's SVC ``predict``. Probabilities: Platt scaling fitted by
@@ -92,7 +112,8 @@ def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
     fold fits it once and reads both off it. The folds run in threads, one per core (libsvm
     releases the GIL while it fits; each fold's fits are the same in any order), unless a
     fold's training features exceed :data:`SVM_THREADS_MAX_BYTES` as float64: then one after
-    another, so that memory does not grow with the cores."""
+    another, so that memory does not grow with the cores. ``max_train``: each fold's SVM is
+    fitted on at most that many of its training photos (:func:`svm_rows`; 0: all)."""
     from concurrent.futures import ThreadPoolExecutor
     from sklearn.calibration import CalibratedClassifierCV
     labels = np.asarray(labels)
@@ -100,6 +121,7 @@ def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
 
     def fold(k):
         tr, te = folds[k]
+        tr = svm_rows(tr, labels[tr], max_train, svm_kwargs.get("seed", 0))
         x_tr, y_tr = np.asarray(pooled[k][tr], np.float64), labels[tr]
         x_te = np.asarray(pooled[k][te], np.float64)
         cv = platt_cv(y_tr, None if groups is None else groups[tr], svm_kwargs.get("seed", 0))
@@ -111,7 +133,8 @@ def svm_fold_probabilities(pooled, labels, folds, subjects=None, **svm_kwargs):
         decisions = svc.predict(platt.named_steps["scale"].transform(x_te))
         return decisions.astype(np.int32), platt.predict_proba(x_te)
 
-    train_bytes = max(len(tr) for tr, _ in folds) * np.shape(pooled)[-1] * 8
+    rows = max(len(tr) for tr, _ in folds)
+    train_bytes = (min(rows, max_train) if max_train else rows) * np.shape(pooled)[-1] * 8
     threads = 1 if train_bytes > SVM_THREADS_MAX_BYTES else min(len(folds), os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(fold, range(len(folds))))
@@ -229,7 +252,8 @@ def _repeat_out_of_fold(logits, pooled, cohort: Cohort, r: int, *, loss_name: st
     pred = {r: np.zeros(n, np.int64) for r in clinical.RULES}
     svm_out = svm_fold_probabilities(pooled, labels, splits, subjects=cohort.subjects,
                                      kernel=svm_spec.kernel, C=svm_spec.C,
-                                     class_weight=svm_spec.class_weight, seed=seed)
+                                     class_weight=svm_spec.class_weight, seed=seed,
+                                     max_train=svm_spec.max_train)
     thresholds = []
     for k, (_, te) in enumerate(splits):
         cal = clinical.apply_temperature(clinical.log_probs(probs_all[k, te]), temps[k])
