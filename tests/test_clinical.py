@@ -243,7 +243,7 @@ def test_ece_sweep_bootstrap_interval_covers_its_point_value():
         ci = clinical.bootstrap_ci(clinical.clinical_metrics, y, prob, prob.argmax(1),
                                    subjects, n_boot=1000, seed=seed)["ece_sweep"]
         assert ci["ci95"][0] <= ci["value"] <= ci["ci95"][1]
-        w = clinical.subject_bootstrap_weights(subjects, 1000, seed=seed)
+        w = next(clinical.subject_bootstrap_blocks(subjects, 1000, seed=seed))
         for name, fn in (("sweep", clinical.ece_sweep_weighted),
                          ("binned", clinical.ece_binned)):
             rank[name].append(np.mean(fn(y, prob, w) <= fn(y, prob, one)[0]))
@@ -276,7 +276,7 @@ def test_batched_metrics_equal_sklearn_on_the_repeated_photos():
     y, prob, pred, subjects = _data(40, seed=4, signal=1.0)
     prob = np.round(prob, 1)  # ties for the AUROCs
     prob /= prob.sum(1, keepdims=True)
-    w = clinical.subject_bootstrap_weights(subjects, 6, seed=2)
+    w = next(clinical.subject_bootstrap_blocks(subjects, 6, seed=2))
     w[0] = (y != 2) * 1.0  # a resample without ra
     batched = clinical.clinical_metrics.batched(y, prob, pred, w)
     for b in range(len(w)):
@@ -303,14 +303,18 @@ def test_weighted_auroc_equals_sklearn_sample_weight_with_ties():
 
 def test_subject_bootstrap_weights_draw_whole_subjects():
     subjects = np.array(["a", "a", "b", "c", "c", "c", "d"])
-    w = clinical.subject_bootstrap_weights(subjects, 500, seed=0)
+    w = next(clinical.subject_bootstrap_blocks(subjects, 500, seed=0))
     assert w.shape == (500, 7)
     for s in np.unique(subjects):  # photos of one subject always share a weight
         assert (w[:, subjects == s] == w[:, subjects == s][:, :1]).all()
     per_subject = w[:, [0, 2, 3, 6]]
     np.testing.assert_array_equal(per_subject.sum(1), 4)  # 4 subjects drawn 4 times
     assert per_subject.mean() == pytest.approx(1.0, abs=0.05)
-    np.testing.assert_array_equal(w, clinical.subject_bootstrap_weights(subjects, 500, seed=0))
+    np.testing.assert_array_equal(w, next(clinical.subject_bootstrap_blocks(subjects, 500, 0)))
+    for rows in (1, 7, 499):   # in blocks (bounded memory): the same draws, in order
+        blocks = list(clinical.subject_bootstrap_blocks(subjects, 500, 0, rows))
+        assert max(len(b) for b in blocks) == rows
+        np.testing.assert_array_equal(np.concatenate(blocks), w)
 
 
 def test_bootstrap_ci_batched_equals_the_loop_and_counts_finite_resamples(monkeypatch):
@@ -589,7 +593,7 @@ def test_repeated_cv_bootstrap_pools_repeats_by_definition():
     assert mixed["brier"]["value"] == pytest.approx(
         (one["brier"]["value"] + second["brier"]) / 2, abs=1e-12)
     # the interval of the mean: each resample draws subjects once and recomputes both repeats
-    w = clinical.subject_bootstrap_weights(np.tile(subjects, 2), 300, seed=4)[:, :len(y)]
+    w = next(clinical.subject_bootstrap_blocks(np.tile(subjects, 2), 300, seed=4))[:, :len(y)]
     per_photo = [((p - np.eye(3)[y]) ** 2).sum(1) for p in (prob, prob2)]   # the definition
     means = np.mean([w @ b / w.sum(1) for b in per_photo], axis=0)
     np.testing.assert_allclose(mixed["brier"]["ci95"], np.percentile(means, [2.5, 97.5]),

@@ -105,7 +105,7 @@ def test_paired_bootstrap_uses_the_same_subjects_for_both_runs():
     assert r["auroc_macro_b"] == pytest.approx(macro(a.label, unshuffled.probs["cnn"]))
     # the same 30 subject resamples, scored with sklearn on the repeated photos of both runs
     diffs = []
-    for w in clinical.subject_bootstrap_weights(a.subject, 30, seed=4):
+    for w in next(clinical.subject_bootstrap_blocks(a.subject, 30, seed=4)):
         idx = np.repeat(np.arange(60), w.astype(int))
         if len(np.unique(a.label[idx])) == 3:
             diffs.append(macro(a.label[idx], a.probs["cnn"][idx])

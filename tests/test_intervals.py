@@ -85,7 +85,7 @@ def test_clustered_variance_equals_the_subject_bootstrap_of_the_mean_over_repeat
     den = np.concatenate(called)
     repeat = np.repeat(np.arange(3), n)
     got = proportion_interval(num, den, np.tile(subjects, 3), repeat)
-    w = clinical.subject_bootstrap_weights(subjects, 20000, seed=1)
+    w = next(clinical.subject_bootstrap_blocks(subjects, 20000, seed=1))
     boot = np.mean([(w @ (c & truth)) / (w @ c) for c in called], axis=0)
     p = got["value"]
     assert p == pytest.approx(np.mean([np.sum(c & truth) / np.sum(c) for c in called]))
@@ -272,7 +272,7 @@ def test_repeated_cv_interval_is_that_of_the_mean_by_definition():
     on the drawn photos, averaged; the interval is the percentiles of those means."""
     y, subjects, prob = _repeated(30, 3)
     out = _pooled(y, subjects, prob, n_boot=120)["auroc_ra"]
-    w = clinical.subject_bootstrap_weights(np.tile(subjects, 3), 120, seed=7)[:, :len(y)]
+    w = next(clinical.subject_bootstrap_blocks(np.tile(subjects, 3), 120, seed=7))[:, :len(y)]
     ref = []
     for row in w:
         idx = np.repeat(np.arange(len(y)), row.astype(int))

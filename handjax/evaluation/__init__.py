@@ -16,7 +16,7 @@ subject-level CIs. Pure numpy + sklearn statistics (no JAX), one module per job:
 
 The face binds what callers use; it imports no TFDS and computes nothing with JAX.
 """
-from handjax.evaluation.bootstrap import (bootstrap_ci, per_fold_metrics, subgroup_table, subject_bootstrap_weights)
+from handjax.evaluation.bootstrap import (bootstrap_ci, per_fold_metrics, subgroup_table, subject_bootstrap_blocks)
 from handjax.evaluation.calibration import (TEMPERATURE_BOUNDS, apply_temperature, at_bound, calibration_intercept_slope, calibration_lines, cross_fitted_temperatures, fit_temperature, log_probs, reliability_curve)
 from handjax.evaluation.net_benefit import decision_curve, decision_curves
 from handjax.evaluation.clinical import (ECE_BINS, any_disease_metrics, assessable, class_coverage, clinical_metrics, coverage_line, ece_binned, ece_sweep_weighted, ovr_aurocs_batched)

@@ -14,14 +14,21 @@ from handjax.evaluation.intervals import (auroc_score_interval, kish_subjects,
 _BOOT_CHUNK = 2 ** 21  # photo weights per batched bootstrap chunk (16 MiB of float64)
 
 
-def subject_bootstrap_weights(subjects, n_boot: int, seed: int = 0) -> np.ndarray:
-    """``(n_boot, N)`` photo weights: each row draws the S distinct subjects S times with
-    replacement; a photo's weight is how often its subject was drawn."""
+def subject_bootstrap_blocks(subjects, n_boot: int, seed: int = 0, rows: int | None = None):
+    """``(rows, N)`` blocks of photo weights, ``n_boot`` rows in all (default: one block):
+    each row draws the S distinct subjects S times with replacement; a photo's weight is how
+    often its subject was drawn. One generator draws the subjects block after block, so any
+    ``rows`` gives the same rows in the same order, while memory holds ``rows`` x N weights
+    rather than ``n_boot`` x N."""
     _, subject_id = np.unique(np.asarray(subjects).astype(str), return_inverse=True)
     s = subject_id.max() + 1
-    draws = np.random.default_rng(seed).integers(0, s, (n_boot, s))
-    counts = np.bincount((draws + s * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * s)
-    return counts.reshape(n_boot, s)[:, subject_id].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    rows = rows or n_boot
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        draws = rng.integers(0, s, (b, s))
+        counts = np.bincount((draws + s * np.arange(b)[:, None]).ravel(), minlength=b * s)
+        yield counts.reshape(b, s)[:, subject_id].astype(np.float64)
 
 
 def _resample_loop(metric_fn, y, prob, pred, w) -> dict[str, np.ndarray]:
@@ -37,14 +44,25 @@ def _resample_loop(metric_fn, y, prob, pred, w) -> dict[str, np.ndarray]:
 
 def _resamples(metric_fn, y, prob, pred, w) -> dict[str, np.ndarray]:
     """``metric_fn`` under each row of photo weights ``w`` ``(B, N)``: all at once through
-    its ``.batched`` form where it has one (in chunks of ~2M weights, which bound the
-    (resamples, photos) intermediates on large N), else photo by photo."""
+    its ``.batched`` form where it has one, else photo by photo."""
     batched = getattr(metric_fn, "batched", None)
     if batched is None:
         return _resample_loop(metric_fn, y, prob, pred, w)
+    return {k: np.asarray(v, np.float64) for k, v in batched(y, prob, pred, w).items()}
+
+
+def _bootstrap_samples(metric_fn, y, prob, pred, subjects, masks, n_boot: int, seed: int,
+                       names: list) -> dict[str, np.ndarray]:
+    """The ``n_boot`` subject-resampled values of each of ``names``, each the mean over the
+    repeats (``masks``) recomputed on the same drawn subjects. The weights come in blocks of
+    ~2M photo weights (:data:`_BOOT_CHUNK`, 16 MiB of float64), which bound the (resamples,
+    photos) arrays on large N."""
     rows = max(1, _BOOT_CHUNK // max(len(y), 1))
-    parts = [batched(y, prob, pred, w[i:i + rows]) for i in range(0, len(w), rows)]
-    return {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts]) for k in parts[0]}
+    blocks = []
+    for w in subject_bootstrap_blocks(subjects, n_boot, seed, rows):
+        per_repeat = [_resamples(metric_fn, y[m], prob[m], pred[m], w[:, m]) for m in masks]
+        blocks.append({k: np.mean([r[k] for r in per_repeat], axis=0) for k in names})
+    return {k: np.concatenate([b[k] for b in blocks]) for k in names}
 
 
 def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed: int = 0,
@@ -92,12 +110,11 @@ def bootstrap_ci(metric_fn, y, prob, pred, subjects, *, n_boot: int = 2000, seed
     props = getattr(metric_fn, "proportions", None)
     parts = props(y, prob, pred) if props is not None else {}
     aurocs = metric_fn.aurocs(y) if hasattr(metric_fn, "aurocs") else {}
-    w = subject_bootstrap_weights(subjects, n_boot, seed)
     rest = [k for k in value if k not in parts]
     samples = {}
     if rest:
-        per_repeat = [_resamples(metric_fn, y[m], prob[m], pred[m], w[:, m]) for m in masks]
-        samples = {k: np.mean([s[k] for s in per_repeat], axis=0) for k in rest}
+        samples = _bootstrap_samples(metric_fn, y, prob, pred, subjects, masks, n_boot, seed,
+                                     rest)
     out = {}
     for k, v in value.items():
         if k in parts:
