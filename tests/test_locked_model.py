@@ -120,6 +120,38 @@ def test_unchosen_targets_give_no_rule():
     assert card.threshold_rules(points) == {"ra_specificity": ("ra", 0.4)}
 
 
+def test_limitations_decided_once_and_worded_by_every_audience():
+    """``limitations``: the kinds by their definitions (weights, source, the two subject
+    counts, each bound exclusive); the card, results.md and the web page each word exactly
+    the kinds it shows, and say nothing of a pretrained run on many real subjects."""
+    from types import SimpleNamespace
+    from handjax.report import markdown
+    from handjax.serve import app
+    few, coarse = card.FEW_SUBJECTS, card.COARSE_SUBJECTS
+    assert card.limitations("imagenet", {"source": "/photos", "n_subjects": few}) == {}
+    assert card.limitations("none", {"n_subjects": few - 1}) == {"random_weights": None,
+                                                                "few_subjects": few - 1}
+    assert card.limitations(None, {"source": "synthetic", "n_subjects": coarse}) == {
+        "random_weights": None, "synthetic": None, "few_subjects": coarse}
+    assert card.limitations("imagenet", {"n_subjects": 3}) == {"few_subjects": 3,
+                                                               "coarse_subjects": 3}
+    data = {"source": "synthetic", "n_subjects": 10, "n": 20}
+    spec = SimpleNamespace(model=SimpleNamespace(weights=None))
+    said = {"card": " ".join(card.caveats(spec, {"data": data}, {})),
+            "results.md": " ".join(markdown.caveats({"weights": "none", "data": data})),
+            "page": " ".join(app.caveats({"weights": "none", "cv_figures": {"data": data}}))}
+    for where, text in said.items():
+        assert "Random weights" in text and "Synthetic data" in text, where
+    assert "Few subjects (10)" in said["card"] and "Only 10 subjects" in said["results.md"]
+    clean = {"source": "/photos", "n_subjects": 500, "n": 1000}
+    pretrained = SimpleNamespace(model=SimpleNamespace(weights="imagenet"))
+    assert not any(line for line in markdown.caveats({"weights": "imagenet", "data": clean}))
+    assert not [c for c in card.caveats(pretrained, {"data": clean}, {})
+                if c.startswith(("Random", "Synthetic", "Few"))]
+    assert app.caveats({"weights": "imagenet", "cv_figures": {"data": clean}})[1:] == [
+        "Trained on 1000 photos of 500 people; it has not been tested on anyone else."]
+
+
 # ------------------------------------------------------------------ a smoke run (slow)
 @pytest.fixture(scope="module")
 def run_dir(smoke_run):

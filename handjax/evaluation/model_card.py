@@ -104,28 +104,53 @@ def checkpoint_fingerprint(workdir) -> str:
 
 def random_weights(weights) -> bool:
     """Whether a run's ``weights`` mean no pretrained backbone: the spec's None, or the
-    ``"none"`` that results.json and the card write for it. The one test every caveat uses."""
+    ``"none"`` that results.json and the card write for it."""
     return str(weights or "none").lower() in ("none", "random")
+
+
+# Subject counts under which figures carry a caveat.
+FEW_SUBJECTS = 100     # every interval wide; a threshold chosen on them moves between sets
+COARSE_SUBJECTS = 30   # the subject-bootstrap 95% CIs too coarse to read at all
+
+
+def limitations(weights, data: dict) -> dict[str, int | None]:
+    """What a run's figures cannot mean, by kind: decided here once for the card, results.md
+    and the web page, each of which words them for its own reader. ``weights``: the run's
+    (the spec's, or as results.json writes them); ``data``: results.json's data block.
+    Keys present: ``"random_weights"`` (no pretrained backbone), ``"synthetic"`` (drawn
+    hands, medically meaningless), ``"few_subjects"`` (fewer than :data:`FEW_SUBJECTS`) and
+    ``"coarse_subjects"`` (fewer than :data:`COARSE_SUBJECTS`); the subject kinds map to the
+    count, the others to None."""
+    out: dict[str, int | None] = {}
+    if random_weights(weights):
+        out["random_weights"] = None
+    if data.get("source") == "synthetic":
+        out["synthetic"] = None
+    n = data.get("n_subjects")
+    if isinstance(n, int) and n < FEW_SUBJECTS:
+        out["few_subjects"] = n
+    if isinstance(n, int) and n < COARSE_SUBJECTS:
+        out["coarse_subjects"] = n
+    return out
 
 
 def caveats(run_spec: RunSpec, results: dict, calibration: dict) -> list[str]:
     """What the card's figures cannot mean, in plain words."""
-    data = results.get("data", {})
     out = []
     if calibration.get("at_bound"):
         out.append(f"The locked temperature ({calibration['temperature']:.3g}) sits at a "
                    f"search bound {calibration['bounds']}: the NLL kept falling past it, so "
                    "it is a limit, not a fit (e.g. a model that says nothing).")
-    if random_weights(run_spec.model.weights):
-        out.append("Random weights: no pretrained backbone; the figures only show that the "
-                   "pipeline runs.")
-    if data.get("source") == "synthetic":
-        out.append("Synthetic data: procedurally drawn hands whose disease signs are medically "
-                   "meaningless; nothing here is about real patients.")
-    n = data.get("n_subjects")
-    if isinstance(n, int) and n < 100:
-        out.append(f"Few subjects ({n}): every interval is wide, and a threshold chosen on "
-                   "them moves a lot from one photo set to the next.")
+    limits = limitations(run_spec.model.weights, results.get("data", {}))
+    words = {
+        "random_weights": "Random weights: no pretrained backbone; the figures only show that "
+                          "the pipeline runs.",
+        "synthetic": "Synthetic data: procedurally drawn hands whose disease signs are "
+                     "medically meaningless; nothing here is about real patients.",
+        "few_subjects": f"Few subjects ({limits.get('few_subjects')}): every interval is wide, "
+                        "and a threshold chosen on them moves a lot from one photo set to the "
+                        "next."}
+    out += [words[kind] for kind in limits if kind in words]
     out += [
         ("The threshold rates reached on the rows they were chosen on are optimistic; test "
          "them on new photos (python -m handjax.validate)."),

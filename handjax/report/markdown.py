@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from handjax import evaluation as clinical
-from handjax.evaluation.model_card import random_weights
+from handjax.evaluation.model_card import COARSE_SUBJECTS, limitations
 from handjax.report import plots
 from handjax.config import STUDY_LOSSES, STUDY_MODELS
 from handjax.data.records import CLASSES
@@ -318,27 +318,21 @@ def _bootstrap_line(boot: dict) -> str:
             "from predictions.csv")
 
 
-SMALL_SUBJECTS = 30   # fewer subjects than this: the bootstrap's CIs are not to be trusted
-
-
 def caveats(results: dict) -> list[str]:
-    """Warnings that must open a results.md: what the figures cannot mean. Random weights
-    and synthetic photos make every figure a pipeline check; CIs from fewer than
-    ``SMALL_SUBJECTS`` subjects are too coarse to read (a 1.000 [1.000, 1.000] from 10
-    photos means nothing)."""
-    data = results.get("data", {})
-    lines = []
-    if random_weights(results.get("weights")):
-        lines.append("> **Random weights**: no pretrained backbone; these figures only show "
-                     "that the pipeline runs.")
-    if data.get("source") == "synthetic":
-        lines.append("> **Synthetic data**: procedurally drawn hands whose disease signs are "
-                     "medically meaningless; nothing here is about real patients.")
-    n_subjects = data.get("n_subjects")
-    if isinstance(n_subjects, int) and n_subjects < SMALL_SUBJECTS:
-        lines.append(f"> **Only {n_subjects} subjects**: with fewer than {SMALL_SUBJECTS}, "
-                     "the subject-bootstrap 95% CIs below are too coarse to read.")
-    return [part for line in lines for part in (line, "")]
+    """Warnings that must open a results.md: what the figures cannot mean
+    (:func:`~handjax.evaluation.model_card.limitations`). Random weights and synthetic photos
+    make every figure a pipeline check; CIs from fewer than ``COARSE_SUBJECTS`` subjects are
+    too coarse to read (a 1.000 [1.000, 1.000] from 10 photos means nothing)."""
+    limits = limitations(results.get("weights"), results.get("data", {}))
+    words = {
+        "random_weights": "> **Random weights**: no pretrained backbone; these figures only "
+                          "show that the pipeline runs.",
+        "synthetic": "> **Synthetic data**: procedurally drawn hands whose disease signs are "
+                     "medically meaningless; nothing here is about real patients.",
+        "coarse_subjects": f"> **Only {limits.get('coarse_subjects')} subjects**: with fewer "
+                           f"than {COARSE_SUBJECTS}, the subject-bootstrap 95% CIs below are "
+                           "too coarse to read."}
+    return [part for kind in limits if kind in words for part in (words[kind], "")]
 
 
 def validation_notes(results: dict) -> list[str]:

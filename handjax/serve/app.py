@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from handjax.data import DataError, overlay
-from handjax.evaluation.model_card import random_weights
+from handjax.evaluation.model_card import limitations
 from handjax.model.locked import decision_value, display_names
 from handjax.serve import uploads
 from handjax.serve.batcher import MicroBatcher, QueueFull, Stopped
@@ -131,12 +131,12 @@ def caveats(card: dict) -> list[str]:
     data = (card.get("cv_figures") or {}).get("data") or {}
     out = ["Not a medical device: this is a research tool, not a diagnosis. See a doctor "
            "about any concern for your hands."]
-    if random_weights(card.get("weights")):
-        out.append("Random weights: the network did not start from ImageNet training, so "
-                   "its answers show only that the software runs.")
-    if data.get("source") == "synthetic":
-        out.append("Synthetic data: it learnt from computer-drawn hands whose disease signs "
-                   "are medically meaningless.")
+    words = {
+        "random_weights": "Random weights: the network did not start from ImageNet training, "
+                          "so its answers show only that the software runs.",
+        "synthetic": "Synthetic data: it learnt from computer-drawn hands whose disease signs "
+                     "are medically meaningless."}
+    out += [words[kind] for kind in limitations(card.get("weights"), data) if kind in words]
     people, photos = data.get("n_subjects"), data.get("n")
     if people or photos:
         out.append(f"Trained on {photos or 'an unknown number of'} photos of "
