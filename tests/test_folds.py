@@ -166,3 +166,17 @@ def test_used_rows_reindex_and_chunk_steps():
     assert folds.chunk_steps(12, 100, 450) == 4          # divisors of 12 up to 4.5 steps
     assert folds.chunk_steps(7, 100, 450) == 1           # a prime: one step at a time
     assert folds.chunk_steps(6, 100, 1e9) == 6 and folds.chunk_steps(6, 100, 0) == 1
+
+
+def test_wait_behind_keeps_at_most_in_flight_calls_queued(monkeypatch):
+    """A host loop over a spilled cache waits, after each dispatch, for the call
+    ``IN_FLIGHT`` places behind the newest: never the newest itself (the host reads the next
+    chunk while it runs), and nothing while fewer are queued."""
+    waited = []
+    monkeypatch.setattr(folds.jax, "block_until_ready", waited.append)
+    outs = []
+    for i in range(5):
+        outs.append(f"call{i}")
+        folds.wait_behind(outs, most=2)
+    assert waited == ["call0", "call1", "call2"]
+    assert folds.IN_FLIGHT >= 1
