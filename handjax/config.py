@@ -425,10 +425,11 @@ def _svm(c) -> SvmSpec:
     weight = c.svm.class_weight or None
     if weight not in (None, "balanced"):
         raise ConfigError(f"config.svm.class_weight={weight!r}: expected 'balanced' or ''")
-    if "max_train" not in c.svm:   # a run from before the bound fitted every training photo
-        return SvmSpec(c.svm.kernel, float(c.svm.C), weight, 0)
-    _check_int(c, "svm.max_train", lo=0, hi=10**9)   # 0: every training photo
-    return SvmSpec(c.svm.kernel, float(c.svm.C), weight, int(c.svm.max_train))
+    max_train = 0   # a run from before the bound (no key) fitted every training photo
+    if "max_train" in c.svm:
+        _check_int(c, "svm.max_train", lo=0, hi=10**9)   # 0: every training photo
+        max_train = int(c.svm.max_train)
+    return SvmSpec(c.svm.kernel, float(c.svm.C), weight, max_train)
 
 
 # ----------------------------------------------------------------------------- checks

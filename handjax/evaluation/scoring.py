@@ -119,12 +119,14 @@ def svm_fold_probabilities(pooled, labels, folds, subjects=None, max_train: int 
     labels = np.asarray(labels)
     groups = None if subjects is None else np.asarray(subjects)
 
+    seed = svm_kwargs.get("seed", 0)
+    fitted = [svm_rows(tr, labels[tr], max_train, seed) for tr, _ in folds]
+
     def fold(k):
-        tr, te = folds[k]
-        tr = svm_rows(tr, labels[tr], max_train, svm_kwargs.get("seed", 0))
+        tr, te = fitted[k], folds[k][1]
         x_tr, y_tr = np.asarray(pooled[k][tr], np.float64), labels[tr]
         x_te = np.asarray(pooled[k][te], np.float64)
-        cv = platt_cv(y_tr, None if groups is None else groups[tr], svm_kwargs.get("seed", 0))
+        cv = platt_cv(y_tr, None if groups is None else groups[tr], seed)
         platt = make_svm(**svm_kwargs)
         platt.steps[-1] = ("svc", CalibratedClassifierCV(platt.steps[-1][1], method="sigmoid",
                                                          cv=cv, ensemble=False))
@@ -133,8 +135,7 @@ def svm_fold_probabilities(pooled, labels, folds, subjects=None, max_train: int 
         decisions = svc.predict(platt.named_steps["scale"].transform(x_te))
         return decisions.astype(np.int32), platt.predict_proba(x_te)
 
-    rows = max(len(tr) for tr, _ in folds)
-    train_bytes = (min(rows, max_train) if max_train else rows) * np.shape(pooled)[-1] * 8
+    train_bytes = max(len(tr) for tr in fitted) * np.shape(pooled)[-1] * 8
     threads = 1 if train_bytes > SVM_THREADS_MAX_BYTES else min(len(folds), os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(fold, range(len(folds))))
