@@ -6,6 +6,7 @@ import pytest
 from cells import prepare, tiny_config, tiny_spec
 from handjax.data import store
 from handjax.models import frozen, keras_weights
+from handjax.train import features
 from handjax import config as configs
 
 
@@ -22,6 +23,20 @@ def test_per_image_prefix_equals_one_batched_pass():
     assert batched.shape == (1, 3, 3, 3, 512)
     np.testing.assert_allclose(per_image, batched, rtol=1e-5,
                                atol=1e-5 * np.abs(batched).max())
+
+
+@pytest.mark.parametrize("cache_dtype", ["float32", "bfloat16"])
+def test_input_specs_are_the_shapes_prepare_returns(cache_dtype, tmp_path):
+    """What the epoch programs are compiled for ahead (features.input_specs) is what
+    prepare then computes; nothing for a cache that spills to disk, or in plain mode."""
+    spec = tiny_spec(cache_dtype=cache_dtype)
+    cohort, inputs = prepare(spec)
+    specs = features.input_specs(spec, cohort, inputs.fold_model)
+    for want, got in zip(specs, (inputs.inputs1, inputs.inputs2)):
+        assert (want.shape, jnp.dtype(want.dtype)) == (got.shape, jnp.dtype(got.dtype))
+    spilled = tiny_spec(cache_dtype=cache_dtype, cache_budget_gb=0.0)
+    assert features.input_specs(spilled, cohort, inputs.fold_model, tmp_path) is None
+    assert features.input_specs(tiny_spec(mode="plain"), cohort, inputs.fold_model) is None
 
 
 def test_even_batch_wastes_the_least_padding():

@@ -387,3 +387,40 @@ def test_bfloat16_transposed_dot_matches_float64(n):
         ours = jax.jit(conv_algorithms._tn_f32)(a, b)
         assert ours.dtype == jnp.float32 and ours.shape == (96, 40)
         assert (np.abs(np.asarray(ours, np.float64) - exact) / exact).max() <= tol
+
+
+
+def _primitives(jaxpr) -> list:
+    """Every primitive's name in ``jaxpr``, nested jaxprs included, once per equation."""
+    from jax.extend.core import jaxprs_in_params
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for sub in jaxprs_in_params(eqn.params):
+            names += _primitives(sub)
+    return names
+
+
+@pytest.mark.parametrize("name", ["vgg19", "resnet50", "mobilenetv2"])
+def test_shape_only_traces_give_the_real_shapes_and_leave_no_trace(name):
+    """convs.eval_shape traces every conv as one lax.conv: the shapes (and the variables an
+    init makes) of jax.eval_shape's full trace; a real trace afterwards still runs the
+    planned algorithms (VGG19 in float32, "frozen": winograd4 on every conv but the RGB one)."""
+    from handjax.models import backbones
+    frozen = convs.for_purpose(backbones.build(name), "frozen")
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    init = lambda x: frozen.init(jax.random.key(0), x, train=False)  # noqa: E731
+    variables = jax.eval_shape(init, x)
+    assert convs.eval_shape(init, x) == variables
+    def apply(v, x):
+        return frozen.apply(v, x, train=False)
+    assert convs.eval_shape(apply, variables, x) == jax.eval_shape(apply, variables, x)
+    if name == "vgg19":   # (JAX keeps a trace per function object: a fresh one each time)
+        token = convs._SHAPES_ONLY.set(True)
+        try:
+            shape_only = _primitives(jax.make_jaxpr(lambda *a: apply(*a))(variables, x).jaxpr)
+        finally:
+            convs._SHAPES_ONLY.reset(token)
+        assert shape_only.count("conv_general_dilated") == 16
+        real = _primitives(jax.make_jaxpr(lambda *a: apply(*a))(variables, x).jaxpr)
+        assert real.count("conv_general_dilated") == 1 and "dot_general" in real

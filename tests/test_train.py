@@ -127,6 +127,28 @@ def test_final_checkpoint_holds_no_optimiser_state_and_a_rerun_restores_it(
     assert len((finished / "metrics.jsonl").read_text().splitlines()) == 15
 
 
+def test_the_fit_runs_the_programs_compiled_ahead(reference, workroot, monkeypatch):
+    """Both phases' epoch programs compile in the background while the frozen prefix runs
+    (fit.Ahead): the fit compiles none itself, and the run is byte for byte the run that
+    compiles each program as its phase starts."""
+    from handjax.train import fit as fitting
+    behind = []
+    compile_epoch = fitting.compile_epoch
+    monkeypatch.setattr(fitting, "compile_epoch",
+                        lambda *a, **k: behind.append(a[4]) or compile_epoch(*a, **k))
+    run(tiny_config(), workroot / "ahead")
+    assert behind == []
+    timing = json.loads((workroot / "ahead" / "timing.json").read_text())
+    assert timing["ahead_phase1_s"] > 0 and timing["ahead_phase2_s"] > 0
+    monkeypatch.setattr(fitting.Ahead, "start", classmethod(lambda cls, *a: None))
+    run(tiny_config(), workroot / "no-ahead")
+    assert behind == [1, 2]
+    for name in ("predictions.csv", "results.json"):
+        assert ((workroot / "ahead" / name).read_bytes()
+                == (workroot / "no-ahead" / name).read_bytes()
+                == (reference[0] / name).read_bytes())
+
+
 def test_other_config_in_same_workdir_is_refused(reference):
     workdir, _ = reference
     with pytest.raises(TrainingError, match="train.lr1"):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from handjax.models import backbones, keras_weights
+from handjax.models.kernels import convs
 from handjax import console
 from handjax.bench.keras_peer import peak_rss_gib
 from handjax.bench.protocol import bench_protocol, bench_repeats, protocol_configs
@@ -102,7 +103,7 @@ def full_train_step(name: str, conv_impl: str, size: int, batch: int, dtype=jnp.
 
 def module_channels(module, variables, size: int) -> int:
     x = jnp.zeros((1, size, size, 3))
-    return jax.eval_shape(lambda: module.apply(variables, x, train=False)).shape[-1]
+    return convs.eval_shape(lambda: module.apply(variables, x, train=False)).shape[-1]
 
 
 STEP_IMPLS = ("xla", "im2col", "mmgrad", "winograd", "matmul", "table", "auto")

@@ -286,7 +286,7 @@ def conv_layers(backbone: Backbone, x, *, start: str | None = None,
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(intercept):
-        jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False, start=start,
+        convs.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False, start=start,
                                                stop=stop), x)
     return seen
 

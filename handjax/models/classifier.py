@@ -116,7 +116,7 @@ def load_backbone(model_spec, seed: int, dtype=None, plan: ConvPlan | None = Non
 
 def top_layers(backbone, split: str, boundary_shape) -> set[str]:
     """Names of the layers after ``split``: the parameter subtree an init from there makes."""
-    shapes = jax.eval_shape(
+    shapes = convs.eval_shape(
         lambda: backbone.init(jax.random.key(0), jnp.zeros(boundary_shape), start=split))
     return set(shapes.get("params", {})) | set(shapes.get("batch_stats", {}))
 
@@ -124,7 +124,7 @@ def top_layers(backbone, split: str, boundary_shape) -> set[str]:
 def boundary_shape(backbone, variables, image_size: int, split: str, dtype) -> tuple:
     """Shape of the prefix's output at ``split`` for one image (preprocessing keeps shapes)."""
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
-    return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False, stop=split),
+    return convs.eval_shape(lambda v, x: backbone.apply(v, x, train=False, stop=split),
                           variables, x).shape
 
 
@@ -133,7 +133,7 @@ def feature_dim(backbone, variables, shape: tuple, dtype, start: str | None = No
     example of ``shape`` entering at boundary ``start`` (None: an image): from the split
     only the top is traced."""
     x = jax.ShapeDtypeStruct((1, *shape), dtype)
-    return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False, start=start),
+    return convs.eval_shape(lambda v, x: backbone.apply(v, x, train=False, start=start),
                           variables, x).shape[-1]
 
 

@@ -35,7 +35,7 @@ def per_image_boundary(backbone, variables, image_hw: tuple[int, int],
     stages = backbone.stages[:backbone.stages.index(split) + 1]
     start, found = None, None
     for stage in stages:   # one stage per trace: the whole prefix is traced once
-        x = jax.eval_shape(lambda v, x, a=start, b=stage: backbone.apply(
+        x = convs.eval_shape(lambda v, x, a=start, b=stage: backbone.apply(
             v, x, train=False, start=a, stop=b), variables, x)
         if x.shape[1] * x.shape[2] >= PER_IMAGE_MIN_PIXELS:
             found = stage

@@ -25,6 +25,7 @@ from handjax.errors import HandjaxError
 from handjax.cache import cache_dir
 from handjax.models.backbones import MODELS, build, check_name, keras_layer_order
 from handjax.models.common import WeightFile
+from handjax.models.kernels import convs
 
 __all__ = ["WEIGHT_FILES", "WeightFile", "WeightsError", "fetch_weights", "file_hash", "load",
            "read_keras_h5", "variables_from_keras", "weights_dir", "weights_fingerprint"]
@@ -240,7 +241,7 @@ def weights_fingerprint(model_spec, seed: int) -> str:
 def _template(module):
     """Shapes of every variable, without computing anything."""
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)  # parameters do not depend on input size
-    return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+    return convs.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
 
 
 def _random_variables(name, template, seed):

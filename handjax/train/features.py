@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -85,24 +86,51 @@ class FoldInputs:
     cache_bytes: int
 
 
+def model_of(run_spec: RunSpec, cohort: Cohort, plan: ConvPlan | None = None
+             ) -> tuple[FoldModel, dict]:
+    """:func:`fold_model` for the RunSpec ``run_spec`` on ``cohort``: the fold model and
+    the backbone's full variables."""
+    return fold_model(run_spec.model, run_spec.data.image_size, run_spec.seed,
+                      len(cohort.examples.class_names), loss_name=run_spec.loss.name,
+                      plain=run_spec.train.mode == "plain", plan=plan)
+
+
+def _cache_layout(run_spec: RunSpec, cohort: Cohort, fm: FoldModel, workdir: Path | None):
+    """The frozen-feature cache's shape [V, N, ...], dtype and spill path (None: in RAM),
+    from the boundary's shape alone (no trace of the prefix)."""
+    dtype = np.float32 if run_spec.train.cache_dtype == "float32" else jnp.bfloat16
+    shape = tuple(cohort.views.shape[:2]) + tuple(fm.boundary)
+    nbytes = int(np.prod(shape) * np.dtype(dtype).itemsize)
+    return shape, dtype, frozen.spill_path(workdir, nbytes, run_spec.train.cache_budget_gb)
+
+
+def input_specs(run_spec: RunSpec, cohort: Cohort, fm: FoldModel, workdir: Path | None = None):
+    """The shapes and dtypes (``jax.ShapeDtypeStruct``) that :func:`prepare` will return as
+    ``(inputs1, inputs2)`` in cached mode with the cache in RAM, before it computes them;
+    ``None`` in plain mode or when the cache spills to disk (streamed in chunks)."""
+    if run_spec.train.mode == "plain":
+        return None
+    shape, dtype, spill = _cache_layout(run_spec, cohort, fm, workdir)
+    if spill is not None:
+        return None
+    return (jax.ShapeDtypeStruct(shape[:2] + (fm.head_dim,), jnp.float32),
+            jax.ShapeDtypeStruct(shape, dtype))
+
+
 def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None,
-            plan: ConvPlan | None = None) -> FoldInputs:
+            plan: ConvPlan | None = None, model: tuple[FoldModel, dict] | None = None
+            ) -> FoldInputs:
     """The fold model and the shared (frozen-layer) inputs of both phases for the RunSpec
     ``run_spec`` on ``cohort``'s views, its convs by the run's ``plan`` (None: the
-    table's). A frozen-feature cache larger than ``train.cache_budget_gb`` goes to a file
-    in ``workdir``."""
+    table's); ``model``: :func:`model_of`'s, when the caller made it already. A
+    frozen-feature cache larger than ``train.cache_budget_gb`` goes to a file in
+    ``workdir``."""
     views = cohort.views
-    plain = run_spec.train.mode == "plain"
-    fm, variables = fold_model(run_spec.model, run_spec.data.image_size, run_spec.seed,
-                               len(cohort.examples.class_names),
-                               loss_name=run_spec.loss.name, plain=plain, plan=plan)
-    if plain:
+    fm, variables = model if model is not None else model_of(run_spec, cohort, plan)
+    if run_spec.train.mode == "plain":
         return FoldInputs(fm, views, views, 0)
     backbone, name, split = fm.model.backbone, fm.model.backbone_name, fm.model.split
-    dtype = np.float32 if run_spec.train.cache_dtype == "float32" else jnp.bfloat16
-    # The cache's bytes from the boundary's shape (no second trace of the prefix).
-    nbytes = int(np.prod(views.shape[:2]) * np.prod(fm.boundary) * np.dtype(dtype).itemsize)
-    spill = frozen.spill_path(workdir, nbytes, run_spec.train.cache_budget_gb)
+    _, dtype, spill = _cache_layout(run_spec, cohort, fm, workdir)
     feats = frozen.frozen_features(backbone, variables, name, views, split, store_dtype=dtype,
                                    spill=spill)
     pooled = frozen.pooled_features(fm.model, fm.backbone_params, fm.backbone_stats, feats)

@@ -64,7 +64,17 @@ KERAS_ADAM_EPS = 1e-7   # Keras's Adam epsilon (optax's default is 1e-8)
 
 
 def make_tx(params, lr: float, trainable_layers) -> optax.GradientTransformation:
-    """Adam on the trainable leaves, ``set_to_zero`` on the frozen ones."""
+    """Adam on the trainable leaves, ``set_to_zero`` on the frozen ones.
+
+    One object per (parameter structure, rate, trained layers): states made twice from the
+    same arguments are then the same pytree (the optimiser is part of its structure), so a
+    program compiled for one runs the other (:class:`handjax.train.fit.Ahead`)."""
+    return _tx(jax.tree.structure(params), float(lr), frozenset(trainable_layers))
+
+
+@functools.lru_cache(maxsize=64)
+def _tx(structure, lr: float, trainable_layers: frozenset) -> optax.GradientTransformation:
+    params = jax.tree.unflatten(structure, [0] * structure.num_leaves)
     return optax.multi_transform({"train": optax.adam(lr, eps=KERAS_ADAM_EPS),
                                   "freeze": optax.set_to_zero()},
                                  param_labels(params, trainable_layers))
@@ -258,6 +268,11 @@ def eval_fn(states, inputs, idx, *, mode: str, fold_map: str):
 EVAL_CHUNK = 64   # at most this many examples per fold go through the model at once
 
 
+def column_width(m: int) -> int:
+    """The columns of each call of :func:`eval_columns` over ``m`` columns."""
+    return even_batch(m, EVAL_CHUNK)
+
+
 def eval_columns(states, inputs, idx, *, mode: str, fold_map: str):
     """:func:`eval_fn` over ``idx`` [K, M] in column chunks of one width (the last one
     filled up by wrapping round, the filler dropped): the width that takes the M columns in
@@ -265,14 +280,14 @@ def eval_columns(states, inputs, idx, *, mode: str, fold_map: str):
     serves each kind of call (a test split; every image) and memory stays bounded for large
     sets, while each call is as wide as the bound allows (Winograd's matmuls gain from
     rows: :mod:`handjax.models.kernels.convs`)."""
-    fn = _eval_jit(mode, fold_map)
+    fn = eval_program(mode, fold_map)
     if not isinstance(inputs, np.memmap):
         # Once for the pass: a NumPy view handed to each call is copied by each call, and
         # the queued copies (20 MB each for phase 1's inputs at 10,000 photos, 32 calls over
         # a test split) stayed in the process: +0.35 GB of RSS, growing with N.
         inputs = jnp.asarray(inputs)
     m = idx.shape[1]
-    width = even_batch(m, EVAL_CHUNK)
+    width = column_width(m)
     n_chunks = max(1, math.ceil(m / width))
     idx = np.take(np.asarray(idx), np.arange(n_chunks * width) % m, axis=1)
     host, pending = None, []   # the outputs on the host; calls not yet copied there
@@ -416,8 +431,10 @@ def epoch_batches(train_sets, *, batch_size: int, n_views: int, seed: int, phase
 
 
 # --------------------------------------------------------------------------- states per phase
+@functools.lru_cache(maxsize=None)
 def make_loss(loss_spec: LossSpec) -> Callable:
-    """The optax-shaped per-example loss of ``loss_spec`` (a LossSpec)."""
+    """The optax-shaped per-example loss of ``loss_spec`` (a LossSpec); one object per spec,
+    as :func:`make_tx`'s optimiser, since a state holds it as part of its structure."""
     kwargs = {"ce_weight": loss_spec.ce_weight} if loss_spec.name == "severity" else {}
     return losses.get(loss_spec.name, **kwargs)
 
@@ -464,11 +481,17 @@ def to_phase2(states: FoldState, fold_model: FoldModel, lr: float) -> FoldState:
         loss_fn=st.loss_fn, decide=st.decide)))(states)
 
 
+@functools.lru_cache(maxsize=None)
+def _decider(loss: str) -> Callable:
+    """An ordinal loss's logits -> classes (one object per loss, as :func:`make_loss`)."""
+    return functools.partial(ordinal.decide, loss)
+
+
 def states_for(phase: int, fold_model: FoldModel, run_spec: RunSpec) -> FoldState:
     """Fresh K-fold states as they stand at the start of ``phase`` (1 or 2) for the RunSpec
     ``run_spec``: the structure a checkpoint of that phase restores into."""
     loss = run_spec.loss.name
-    decide = functools.partial(ordinal.decide, loss) if loss in ordinal.ORDINAL else None
+    decide = _decider(loss) if loss in ordinal.ORDINAL else None
     states = initial_states(fold_model, n_folds=run_spec.n_folds, seed=run_spec.seed,
                             lr=run_spec.train.lr1, loss_fn=make_loss(run_spec.loss),
                             decide=decide, repeats=run_spec.repeats)
@@ -476,7 +499,9 @@ def states_for(phase: int, fold_model: FoldModel, run_spec: RunSpec) -> FoldStat
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_jit(mode: str, fmap: str):
+def eval_program(mode: str, fmap: str):
+    """The jitted :func:`eval_fn` of ``mode`` and fold mapping ``fmap``: one per pair, so
+    that a program compiled ahead (:class:`handjax.train.fit.Ahead`) is the one called."""
     return jax.jit(functools.partial(eval_fn, mode=mode, fold_map=fmap))
 
 

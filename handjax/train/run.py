@@ -5,7 +5,8 @@ Data flow (the floor plan: ``handjax/__init__.py``)::
     photos --data.load_cohort--> views [V, N, H, W, 3] --features.prepare: frozen prefix,
         once--> cache [V, N, h, w, c]
     fit: phase 1 (backbone frozen, K heads on pooled features [V, N, C]), phase 2 (the top
-        block(s) + head per fold on the cached features)           (:mod:`handjax.train.fit`)
+        block(s) + head per fold on the cached features)           (:mod:`handjax.train.fit`;
+        its programs compile from shapes while the prefix runs:   :class:`~handjax.train.fit.Ahead`)
     evaluate: per-fold logits and pooled features -> the decision rules, the SVM probe,
         predictions.csv, the clinical figures                        (:mod:`handjax.evaluation`)
     write: results.json, timing.json, results.md and the PNGs        (:mod:`handjax.report`)
@@ -172,13 +173,17 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     data_desc = cohort.description()
     primary.check_ledger(entries, plan,
                          may_change=("conv_plan",) if run_spec.model.replan else ())
-    inputs = features.prepare(run_spec, cohort, workdir, plan)
+    model = features.model_of(run_spec, cohort, plan)
+    # The epoch programs compile in the background while the frozen prefix runs.
+    ahead = fitting.Ahead.start(cohort, model[0], run_spec,
+                                features.input_specs(run_spec, cohort, model[0], workdir))
+    inputs = features.prepare(run_spec, cohort, workdir, plan, model=model)
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timings.set("prepare_s", time.perf_counter() - t0 - timings.get("tune_s"))
     console.say(f"{len(cohort.labels)} photos; frozen features "
                 f"{inputs.cache_bytes / 2**20:.1f} MiB")
     t = time.perf_counter()
-    preds, calib = _train_and_score(cohort, inputs, run_spec, workdir, timings)
+    preds, calib = _train_and_score(cohort, inputs, run_spec, workdir, timings, ahead)
     bound = [k for k, b in enumerate(calib["at_bound"]) if b]
     if bound:
         primary.say(f"calibration: the temperature of fold(s) {', '.join(map(str, bound))} "
@@ -193,14 +198,16 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
 
 
 def _train_and_score(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path,
-                     timings: Timings) -> tuple[clinical.Predictions, dict]:
+                     timings: Timings, ahead: fitting.Ahead | None = None
+                     ) -> tuple[clinical.Predictions, dict]:
     """Fit (resuming), then every photo's out-of-fold prediction under every decision rule
     and the calibration record, while the last checkpoint is written."""
     from handjax.evaluation import scoring
     manager = checkpoint.manager(workdir)
     try:
         with timings.timed("fit_s"):
-            states, outputs = fitting.fit(cohort, inputs, run_spec, workdir, timings, manager)
+            states, outputs = fitting.fit(cohort, inputs, run_spec, workdir, timings, manager,
+                                          ahead)
         if outputs is None:
             emap = folds.eval_fold_map(inputs.fold_model, run_spec.train.fold_map)
             outputs = folds.fold_outputs(states, inputs, emap)

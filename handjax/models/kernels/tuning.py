@@ -86,7 +86,7 @@ def model_layers(name: str, dtype, image_size: int, split: str | None) -> list[d
     frozen = backbones.build(name, dtype=dtype, conv_impl="table", purpose="frozen")
     trained = backbones.build(name, dtype=dtype, conv_impl="table", purpose="train")
     image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), dtype)
-    boundary = image if split is None else jax.eval_shape(lambda x: frozen.init_with_output(
+    boundary = image if split is None else convs.eval_shape(lambda x: frozen.init_with_output(
         jax.random.key(0), x, stop=split)[0], image)
     seen = (backbones.conv_layers(trained, boundary, start=split)
             + backbones.conv_layers(frozen, image))
@@ -281,7 +281,7 @@ def _top_parts(name: str, split: str, image_size: int, batch: int, dtype, plan=N
     float32 weights, a fixed random head and input: (module, variables, x)."""
     module = backbones.build(name, dtype=dtype, purpose="train", conv_plan=plan)
     image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    shape = jax.eval_shape(lambda x: backbones.build(name, purpose="frozen").init_with_output(
+    shape = convs.eval_shape(lambda x: backbones.build(name, purpose="frozen").init_with_output(
         jax.random.key(0), x, stop=split)[0], image).shape
     x = jax.nn.relu(jax.random.normal(jax.random.key(2), (batch, *shape[1:]), jnp.float32))
     variables = module.init(jax.random.key(0), x[:1].astype(dtype), start=split)
