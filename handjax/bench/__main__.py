@@ -3,4 +3,5 @@ import sys
 
 from handjax.bench.suite import main
 
-sys.exit(main())
+if __name__ == "__main__":   # a spawned worker imports this module too (as __mp_main__)
+    sys.exit(main())

@@ -260,9 +260,12 @@ def png_folder(n: int, size: int, seed: int = 0) -> Path:
     todo = [j for j in jobs if not j[-1].exists()]
     if todo:
         import concurrent.futures
+        import multiprocessing
         for label in CLASSES:
             (base / "pool" / label).mkdir(parents=True, exist_ok=True)
-        with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        # Spawned, not forked: this process runs JAX's threads, which a fork would copy.
+        with concurrent.futures.ProcessPoolExecutor(
+                os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_write_png, todo, chunksize=64))
     for *_, src in jobs:
         dst = folder / src.parent.name / src.name
