@@ -1,12 +1,11 @@
 """The plain PyTorch reference of ``python -m handjax.bench protocol --torch`` (an optional
 extra: skipped where torch/torchvision are not installed, as in CI)."""
-import dataclasses
 import importlib.util
 
-import numpy as np
 import pytest
 
-from handjax.bench import protocol as bench_protocol, suite, torch_peer
+from cells import assert_peer_result, tiny_peer_spec
+from handjax.bench import suite, torch_peer
 
 needs_torch = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "torchvision")),
@@ -39,16 +38,8 @@ def test_split_index_is_the_named_pool():
 @needs_torch
 @pytest.mark.slow  # PyTorch trains the protocol
 def test_torch_protocol_tiny():
-    specs = bench_protocol.protocol_configs("vgg16", 32, n_per_class=4, epochs1=1, epochs2=1,
-                                            n_folds=2, weights="none", batch=8)
-    fast = specs["handjax"]
-    fast = dataclasses.replace(fast, model=dataclasses.replace(fast.model, hidden=16))
-    out = torch_peer.torch_protocol(fast)
-    assert len(out["cnn_acc_per_fold"]) == len(out["svm_acc_per_fold"]) == 2
-    for acc in (*out["cnn_acc_per_fold"], *out["svm_acc_per_fold"], out["cnn_acc"],
-                out["svm_acc"]):
-        assert np.isfinite(acc) and 0.0 <= acc <= 1.0
-    assert out["wall_s"] > 0 and set(out["timing"]) == {"prepare_s", "run_s", "evaluate_s"}
+    out = torch_peer.torch_protocol(tiny_peer_spec())
+    assert_peer_result(out)
     assert out["dtype"] == "bfloat16 autocast"
 
 
