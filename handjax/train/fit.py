@@ -179,20 +179,27 @@ class Ahead:
         return None if plan.mesh is not None else cls(plan, run_spec, specs)
 
     def _compile_all(self, plan: folds.EpochPlan, run_spec: RunSpec, specs: tuple) -> None:
-        train = run_spec.train
+        train, fresh, states = run_spec.train, None, None
         try:   # the K fresh phase-1 states (a program of their own to compile, too)
-            self._states = folds.states_for(1, plan.fold_model, run_spec)
+            fresh = self._states = folds.states_for(1, plan.fold_model, run_spec)
         except Exception:  # noqa: BLE001 - fit makes them itself and says what is wrong
             pass
         finally:
             self._jobs[0].set()
         for phase, x in zip((1, 2), specs):
             try:
+                # Each phase's state shapes from the last: phase 1's those of the states
+                # just made (traced, where making them failed), phase 2's through to_phase2.
+                if phase == 1:
+                    states = (jax.eval_shape(lambda: fresh) if fresh is not None else
+                              jax.eval_shape(functools.partial(folds.states_for, 1,
+                                                               plan.fold_model, run_spec)))
+                else:
+                    states = jax.eval_shape(lambda s: folds.to_phase2(s, plan.fold_model,
+                                                                      train.lr2), states)
                 epochs = train.epochs1 if phase == 1 else train.epochs2
                 if epochs == 0:
                     continue
-                states = jax.eval_shape(functools.partial(folds.states_for, phase,
-                                                          plan.fold_model, run_spec))
                 fmap, emap = plan.fold_maps(phase, train.fold_map, epochs)
                 args = epoch_args(states, x, plan, run_spec, phase, 0)
                 timings = Timings(imports_s=None)
