@@ -63,7 +63,7 @@ def main(argv):
     workdir = _WORKDIR.value or os.path.join("runs", name)
     # one handler for every command: a user error is one line (exit 1), Ctrl-C exits 130
     # (checkpoints are written whole or not at all, so the same command resumes)
-    sys.exit(cli.command(_launch)(config, workdir, _RESTART.value))
+    cli.exit_process(cli.command(_launch)(config, workdir, _RESTART.value))
 
 
 def _launch(config, workdir: str, restart: bool) -> None:

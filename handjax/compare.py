@@ -202,4 +202,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli.exit_process(main(sys.argv[1:]))

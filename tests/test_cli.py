@@ -53,3 +53,23 @@ def test_exit_codes_of_a_real_command(argv, code, tmp_path):
     r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == code, r.stderr
     assert "Traceback" not in r.stderr and "error: " in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_finished_command_leaves_at_once_with_its_output_flushed(tmp_path):
+    """exit_process skips the interpreter's teardown (exit handlers too), but what the
+    command printed and wrote is all there, and the exit code is the command's."""
+    script = ("import atexit, sys, jax\n"
+              "from handjax import cli\n"
+              "atexit.register(lambda: print('teardown ran'))\n"
+              "open('out.txt', 'w').write('whole')\n"
+              "print('the summary', end='')\n"
+              "sys.stderr.write('a warning')\n"
+              "cli.exit_process(3)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "the summary", "a warning")
+    assert (tmp_path / "out.txt").read_text() == "whole"
+    # A code that is not a number (a message) goes the usual way: printed, exit 1.
+    r = subprocess.run([sys.executable, "-c", "from handjax import cli\n"
+                        "cli.exit_process('stopped')"], capture_output=True, text=True)
+    assert (r.returncode, r.stderr.strip()) == (1, "stopped")

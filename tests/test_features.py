@@ -25,6 +25,27 @@ def test_per_image_prefix_equals_one_batched_pass():
                                atol=1e-5 * np.abs(batched).max())
 
 
+def test_the_prefix_compiles_before_any_photo():
+    """The prefix's program is made from the image size alone (its batch does not depend on
+    how many photos there are), and running the photos through it is running them through
+    a program compiled for them: the same values, bit for bit."""
+    module, variables = keras_weights.load("vgg16", None, seed=0)
+    assert frozen.prefix_batch(300) == frozen.prefix_batch(23) == frozen.PREFIX_BATCH
+    assert frozen.prefix_batch(4) == 4
+    prefix = frozen.prefix_program(module, variables, "vgg16", (32, 32), "block3_pool")
+    assert (prefix.out.shape, prefix.batch) == ((frozen.PREFIX_BATCH, 4, 4, 256), 10)
+    views = (np.random.default_rng(1).random((2, 13, 32, 32, 3)) * 255).astype(np.uint8)
+    ahead = frozen.frozen_features(module, variables, "vgg16", views, "block3_pool",
+                                   prefix=prefix)
+    own = frozen.frozen_features(module, variables, "vgg16", views, "block3_pool")
+    assert ahead.shape == (2, 13, 4, 4, 256)
+    np.testing.assert_array_equal(ahead, own)
+    flat = views.reshape(-1, 32, 32, 3)
+    assert prefix.fits(flat, 10)
+    assert not prefix.fits(flat[:, :16, :16], 10) and not prefix.fits(flat, 8)
+    assert not prefix.fits(flat.astype(np.float32), 10)
+
+
 @pytest.mark.parametrize("cache_dtype", ["float32", "bfloat16"])
 def test_input_specs_are_the_shapes_prepare_returns(cache_dtype, tmp_path):
     """What the epoch programs are compiled for ahead (features.input_specs) is what

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -127,26 +128,43 @@ def test_final_checkpoint_holds_no_optimiser_state_and_a_rerun_restores_it(
     assert len((finished / "metrics.jsonl").read_text().splitlines()) == 15
 
 
-def test_the_fit_runs_the_programs_compiled_ahead(reference, workroot, monkeypatch):
-    """Both phases' epoch programs compile in the background while the frozen prefix runs
-    (fit.Ahead): the fit compiles none itself, and the run is byte for byte the run that
-    compiles each program as its phase starts."""
+def test_the_run_uses_the_programs_compiled_ahead(reference, workroot, monkeypatch):
+    """The frozen prefix compiles in the background while the photos load
+    (features.ModelAhead), and both phases' epoch programs while the prefix runs
+    (fit.Ahead): the run's own thread compiles none of them, and the run is byte for byte
+    the run that compiles each program where it is first needed."""
+    from handjax.models import frozen
     from handjax.train import fit as fitting
-    behind = []
-    compile_epoch = fitting.compile_epoch
+    behind, prefixes = [], []
+    compile_epoch, prefix_program = fitting.compile_epoch, frozen.prefix_program
     monkeypatch.setattr(fitting, "compile_epoch",
                         lambda *a, **k: behind.append(a[4]) or compile_epoch(*a, **k))
+    monkeypatch.setattr(frozen, "prefix_program", lambda *a, **k: prefixes.append(
+        threading.current_thread().name) or prefix_program(*a, **k))
     run(tiny_config(), workroot / "ahead")
-    assert behind == []
+    assert behind == [] and prefixes == ["handjax-model-ahead"]
     timing = json.loads((workroot / "ahead" / "timing.json").read_text())
     assert timing["ahead_phase1_s"] > 0 and timing["ahead_phase2_s"] > 0
     monkeypatch.setattr(fitting.Ahead, "start", classmethod(lambda cls, *a: None))
+    monkeypatch.setattr(frozen.Prefix, "fits", lambda self, flat, batch: False)
     run(tiny_config(), workroot / "no-ahead")
     assert behind == [1, 2]
+    assert prefixes == ["handjax-model-ahead"] * 2 + ["MainThread"]
     for name in ("predictions.csv", "results.json"):
         assert ((workroot / "ahead" / name).read_bytes()
                 == (workroot / "no-ahead" / name).read_bytes()
                 == (reference[0] / name).read_bytes())
+
+
+def test_a_model_that_fails_ahead_fails_in_the_run(workroot, monkeypatch):
+    """What the background thread raises (here a weight file that does not load) is raised
+    by the run itself, as it would be without the thread."""
+    from handjax.train import features
+    def broken(*a, **k):
+        raise TrainingError("the weights in w.h5 do not load")
+    monkeypatch.setattr(features, "fold_model", broken)
+    with pytest.raises(TrainingError, match="w.h5"):
+        run(tiny_config(), workroot / "broken")
 
 
 def test_other_config_in_same_workdir_is_refused(reference):

@@ -59,6 +59,28 @@ def command(main: Callable[..., int | None], interrupted: str = INTERRUPTED):
     return wrapped
 
 
-def run(main: Callable[..., int | None], argv=None) -> None:
-    """``sys.exit(command(main)(argv))``: what each ``__main__`` block calls."""
-    sys.exit(command(main)(sys.argv[1:] if argv is None else argv))
+def exit_process(code: int | None) -> None:
+    """End this process with ``code``, from a ``__main__`` block once its command returned.
+
+    A finished command has flushed and closed what it wrote (results, checkpoints, the
+    locked model). What the interpreter's own shutdown would still do is free every object
+    one by one and run a last garbage collection over JAX's, XLA's and TFDS' modules:
+    0.5-1 s of a short command's wall on 2 cores, for nothing that lands on disk. So a
+    single process flushes the console and leaves at once. A process of a many-process run
+    shuts down the normal way, because ``jax.distributed`` says goodbye to its peers in an
+    exit handler."""
+    code = EXIT_OK if code is None else code
+    if not isinstance(code, int):
+        sys.exit(code)
+    if "jax" in sys.modules:
+        import jax
+        if jax.distributed.is_initialized():
+            sys.exit(code)
+    import logging
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -9,8 +9,10 @@ purpose (:mod:`handjax.models.kernels.convs`), in the backbone's compute dtype.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,39 +58,83 @@ def frozen_forward(backbone, variables, name: str, images, split: str,
     return backbone.apply(variables, x, train=False, start=per_image, stop=split)
 
 
-def frozen_features(backbone, variables, name: str, views: np.ndarray, split: str, *,
-                    batch: int = 10, store_dtype=np.float32, per_image: bool | None = None,
-                    spill: Path | None = None) -> np.ndarray:
-    """Output of the frozen prefix (up to ``split``) for every view and image, computed once.
+# The prefix's batch: one size whatever the number of photos, so that its program can be
+# compiled before the photos are loaded (:class:`handjax.train.features.ModelAhead`).
+PREFIX_BATCH = 10
 
-    Batches have one size (at most ``batch``, the last one padded) so that the function
-    compiles once; the size is chosen so that padding wastes the least. Inference-only, so
-    the convs are chosen for the "frozen" purpose (see :mod:`handjax.models.kernels.convs`); the
-    compute dtype is the backbone's own (``model.dtype``, resolved once by
-    :func:`handjax.models.classifier.compute_dtype`). ``per_image`` (default: on CPU) runs
-    the large-map stages one image at a time (see ``PER_IMAGE_MIN_PIXELS``). ``spill``: a
-    ``.npy`` path; the features are then written there batch by batch and returned as a
-    read-only ``np.memmap`` (a cache larger than RAM).
-    """
-    flat = views.reshape((-1,) + views.shape[2:])
-    batch = even_batch(len(flat), batch)
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """The frozen prefix as one compiled program: ``fn(images)`` on ``batch`` RGB images
+    [batch, H, W, 3] of ``dtype`` -> their features ``out`` (a ``jax.ShapeDtypeStruct``)."""
+
+    fn: Callable
+    batch: int
+    image_hw: tuple
+    dtype: Any
+    out: jax.ShapeDtypeStruct
+
+    def fits(self, flat: np.ndarray, batch: int) -> bool:
+        """Whether this program runs ``flat`` [N, H, W, 3] in batches of ``batch``."""
+        return (self.batch == batch and tuple(flat.shape[1:3]) == tuple(self.image_hw)
+                and np.dtype(flat.dtype) == np.dtype(self.dtype))
+
+
+def prefix_batch(n: int, most: int = PREFIX_BATCH) -> int:
+    """The prefix's batch for ``n`` images: ``most``, unless there are fewer."""
+    return max(1, min(most, n))
+
+
+def prefix_program(backbone, variables, name: str, image_hw: tuple[int, int], split: str, *,
+                   batch: int = PREFIX_BATCH, dtype=np.uint8,
+                   per_image: bool | None = None) -> Prefix:
+    """The frozen prefix (up to ``split``) compiled for batches of ``batch`` images of
+    ``image_hw`` and ``dtype``: traced and compiled from shapes alone, so it needs no photo.
+
+    Inference only, so the convs are chosen for the "frozen" purpose (see
+    :mod:`handjax.models.kernels.convs`); the compute dtype is the backbone's own
+    (``model.dtype``, resolved once by :func:`handjax.models.classifier.compute_dtype`).
+    ``per_image`` (default: on CPU) runs the large-map stages one image at a time (see
+    ``PER_IMAGE_MIN_PIXELS``)."""
     backbone = convs.for_purpose(backbone, "frozen")
     if per_image is None:
         per_image = jax.default_backend() == "cpu"
-    cut = per_image_boundary(backbone, variables, flat.shape[1:3], split) if per_image else None
+    image_hw = tuple(image_hw)
+    cut = per_image_boundary(backbone, variables, image_hw, split) if per_image else None
     variables = backbones.with_winograd_kernels(
-        backbone, variables, jax.ShapeDtypeStruct((1, *flat.shape[1:]), backbone.dtype),
+        backbone, variables, jax.ShapeDtypeStruct((1, *image_hw, 3), backbone.dtype),
         stop=split)
     # The weights are an argument, not a closed-over constant: XLA would fold ~80 MB of
     # constants into the executable (slower compile, huge persistent-cache entries).
     fn = jax.jit(lambda v, x: frozen_forward(backbone, v, name, x, split, cut))
-    fn = functools.partial(fn, variables)
+    compiled = fn.trace(variables, jax.ShapeDtypeStruct((batch, *image_hw, 3), dtype)
+                        ).lower().compile()
+    return Prefix(functools.partial(compiled, variables), batch, image_hw, np.dtype(dtype),
+                  compiled.out_info)
+
+
+def frozen_features(backbone, variables, name: str, views: np.ndarray, split: str, *,
+                    batch: int = PREFIX_BATCH, store_dtype=np.float32,
+                    per_image: bool | None = None, spill: Path | None = None,
+                    prefix: Prefix | None = None) -> np.ndarray:
+    """Output of the frozen prefix (up to ``split``) for every view and image, computed once.
+
+    Batches have one size (``batch``, the last one padded; fewer images, one batch of them)
+    so that the prefix compiles once (:func:`prefix_program`, which says what ``per_image``
+    does); ``prefix``: that program, compiled already (used when it fits these views).
+    ``spill``: a ``.npy`` path; the features are then written there batch by batch and
+    returned as a read-only ``np.memmap`` (a cache larger than RAM).
+    """
+    flat = views.reshape((-1,) + views.shape[2:])
+    batch = prefix_batch(len(flat), batch)
+    if prefix is None or not prefix.fits(flat, batch):
+        prefix = prefix_program(backbone, variables, name, flat.shape[1:3], split, batch=batch,
+                                dtype=flat.dtype, per_image=per_image)
     out = None
     if spill is not None:
-        shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((batch,) + flat.shape[1:], flat.dtype))
         out = np.lib.format.open_memmap(spill, mode="w+", dtype=store_dtype,
-                                        shape=(len(flat),) + shape.shape[1:])
-    feats = map_batches(fn, flat, batch, store_dtype, desc="frozen features", out=out)
+                                        shape=(len(flat),) + tuple(prefix.out.shape[1:]))
+    feats = map_batches(prefix.fn, flat, batch, store_dtype, desc="frozen features", out=out)
     if out is not None:
         out.flush()
         del out

@@ -13,6 +13,7 @@ the frozen prefix itself runs in :mod:`handjax.models.frozen`.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from handjax.data.cohort import Cohort
+from handjax.data.records import CLASSES
 from handjax.models import classifier, frozen
 from handjax.models.kernels.plan import ConvPlan
 
@@ -86,13 +88,49 @@ class FoldInputs:
     cache_bytes: int
 
 
-def model_of(run_spec: RunSpec, cohort: Cohort, plan: ConvPlan | None = None
-             ) -> tuple[FoldModel, dict]:
-    """:func:`fold_model` for the RunSpec ``run_spec`` on ``cohort``: the fold model and
-    the backbone's full variables."""
-    return fold_model(run_spec.model, run_spec.data.image_size, run_spec.seed,
-                      len(cohort.examples.class_names), loss_name=run_spec.loss.name,
-                      plain=run_spec.train.mode == "plain", plan=plan)
+def model_of(run_spec: RunSpec, plan: ConvPlan | None = None) -> tuple[FoldModel, dict]:
+    """:func:`fold_model` for the RunSpec ``run_spec`` (the classes are
+    :data:`~handjax.data.CLASSES`, whatever the photos): the fold model and the backbone's
+    full variables."""
+    return fold_model(run_spec.model, run_spec.data.image_size, run_spec.seed, len(CLASSES),
+                      loss_name=run_spec.loss.name, plain=run_spec.train.mode == "plain",
+                      plan=plan)
+
+
+class ModelAhead:
+    """:func:`model_of` and, in cached mode, the frozen prefix's compiled program
+    (:func:`handjax.models.frozen.prefix_program`), made in a background thread while the
+    photos load and their views are drawn: neither needs a photo. On a first run that is
+    where the prefix's compile (seconds) goes, beside the rendering or decoding; a warm run
+    reads it from JAX's cache there. :meth:`get` waits for them and raises what the thread
+    raised (a weight file that does not load, say) in the caller's thread."""
+
+    def __init__(self, run_spec: RunSpec, plan: ConvPlan | None):
+        self._made: tuple | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._make, args=(run_spec, plan),
+                                         name="handjax-model-ahead", daemon=True)
+        self._thread.start()
+
+    def _make(self, run_spec: RunSpec, plan: ConvPlan | None) -> None:
+        try:
+            fm, variables = model_of(run_spec, plan)
+            prefix = None
+            if run_spec.train.mode != "plain":
+                size = run_spec.data.image_size
+                prefix = frozen.prefix_program(fm.model.backbone, variables,
+                                               fm.model.backbone_name, (size, size),
+                                               fm.model.split)
+            self._made = ((fm, variables), prefix)
+        except BaseException as e:   # re-raised by get(), in the run's thread
+            self._error = e
+
+    def get(self) -> tuple[tuple[FoldModel, dict], frozen.Prefix | None]:
+        """``(model_of(...), prefix program or None)``, once the thread is done."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._made
 
 
 def _cache_layout(run_spec: RunSpec, cohort: Cohort, fm: FoldModel, workdir: Path | None):
@@ -118,20 +156,21 @@ def input_specs(run_spec: RunSpec, cohort: Cohort, fm: FoldModel, workdir: Path 
 
 
 def prepare(run_spec: RunSpec, cohort: Cohort, workdir: Path | None = None,
-            plan: ConvPlan | None = None, model: tuple[FoldModel, dict] | None = None
-            ) -> FoldInputs:
+            plan: ConvPlan | None = None, model: tuple[FoldModel, dict] | None = None,
+            prefix: frozen.Prefix | None = None) -> FoldInputs:
     """The fold model and the shared (frozen-layer) inputs of both phases for the RunSpec
     ``run_spec`` on ``cohort``'s views, its convs by the run's ``plan`` (None: the
-    table's); ``model``: :func:`model_of`'s, when the caller made it already. A
+    table's); ``model``: :func:`model_of`'s, and ``prefix``: the frozen prefix's compiled
+    program, when the caller made them already (:class:`ModelAhead`). A
     frozen-feature cache larger than ``train.cache_budget_gb`` goes to a file in
     ``workdir``."""
     views = cohort.views
-    fm, variables = model if model is not None else model_of(run_spec, cohort, plan)
+    fm, variables = model if model is not None else model_of(run_spec, plan)
     if run_spec.train.mode == "plain":
         return FoldInputs(fm, views, views, 0)
     backbone, name, split = fm.model.backbone, fm.model.backbone_name, fm.model.split
     _, dtype, spill = _cache_layout(run_spec, cohort, fm, workdir)
     feats = frozen.frozen_features(backbone, variables, name, views, split, store_dtype=dtype,
-                                   spill=spill)
+                                   spill=spill, prefix=prefix)
     pooled = frozen.pooled_features(fm.model, fm.backbone_params, fm.backbone_stats, feats)
     return FoldInputs(fm, pooled, feats, int(feats.nbytes))

@@ -164,6 +164,8 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     # What the ledger pins: the weights (ImageNet's fetched here, once), the data the run
     # trains on and the conv plan it runs.
     weights = weights_fingerprint(run_spec.model, run_spec.seed)
+    # The fold model and the frozen prefix's program are made while the photos load.
+    model_ahead = features.ModelAhead(run_spec, plan)
     cohort = load_cohort(run_spec.data, run_spec.seed, run_spec.n_folds,
                          run_spec.train.inner_val, run_spec.repeats,
                          store=photo_store(workdir, run_spec.train.cache_budget_gb),
@@ -173,11 +175,11 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     data_desc = cohort.description()
     primary.check_ledger(entries, plan,
                          may_change=("conv_plan",) if run_spec.model.replan else ())
-    model = features.model_of(run_spec, cohort, plan)
+    model, prefix = model_ahead.get()
     # The epoch programs compile in the background while the frozen prefix runs.
     ahead = fitting.Ahead.start(cohort, model[0], run_spec,
                                 features.input_specs(run_spec, cohort, model[0], workdir))
-    inputs = features.prepare(run_spec, cohort, workdir, plan, model=model)
+    inputs = features.prepare(run_spec, cohort, workdir, plan, model=model, prefix=prefix)
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timings.set("prepare_s", time.perf_counter() - t0 - timings.get("tune_s"))
     console.say(f"{len(cohort.labels)} photos; frozen features "
