@@ -1,4 +1,6 @@
 """handjax.data.synthetic: rendered hands look like photos (content, all distinct)."""
+import numpy as np
+
 from handjax import data
 
 
@@ -21,3 +23,17 @@ def test_two_photos_per_person_share_traits_and_metadata():
         assert cols["severity_band"][j] == cols["severity_band"][j + 1] != "none"
     normal, cols = data.synthetic_metadata(["synthetic/normal/0000"], seed=0)
     assert cols["severity_band"].tolist() == ["none"]
+
+
+def test_photos_drawn_in_worker_processes_are_the_same_photos(monkeypatch):
+    """Many photos are drawn in spawned processes (one per core); each has its own random
+    stream, so they are the photos one process draws, in the order asked."""
+    from handjax.data import synthetic
+    jobs = [(label, i) for label in (2, 0, 1) for i in (3, 0, 1)]
+    monkeypatch.setattr(synthetic, "PARALLEL_MIN_PHOTOS", 1)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    pooled = list(synthetic.photos(7, jobs, size=48))
+    for (label, i), (image, severity) in zip(jobs, pooled, strict=True):
+        one, sev = synthetic.photo(7, label, i, size=48)
+        assert image.shape == (48, 48, 3) and severity == sev
+        np.testing.assert_array_equal(image, one)

@@ -280,14 +280,11 @@ def _write_png(job) -> None:
     """One synthetic hand (``synthetic_hands``' photo i of its class, drawn at ``size``)
     as a PNG: written to a temporary name, then renamed, so a half-written file never
     counts."""
-    import numpy as np
     from PIL import Image
 
-    from handjax.data.synthetic import render_hand, subject_traits
+    from handjax.data.synthetic import photo
     seed, label, i, size, path = job
-    traits = subject_traits(seed, label, i // 2)
-    image = render_hand(np.random.default_rng([seed, label, i]), label, traits["severity"],
-                        size, traits=traits, hand="left" if i % 2 == 0 else "right")
+    image, _ = photo(seed, label, i, size)
     tmp = path.with_name(path.name + ".part")
     Image.fromarray(image).save(tmp, format="PNG")
     tmp.replace(path)

@@ -26,8 +26,10 @@ One module per job, in the order photos flow through them:
   (``heat_overlay``).
 * ``records``: what they share (``CLASSES``, ``N_FOLDS``, ``DataError``, ``Examples``).
 
-The face is light: ``from handjax.data import CLASSES`` imports no TFDS (only ``augment``,
-which needs JAX, is bound at once); every other name loads its module on first use.
+The face is light: ``from handjax.data import CLASSES`` imports neither TFDS nor JAX (so
+the processes that draw synthetic photos import numpy and PIL alone); every other name
+loads its module on first use. ``augment`` is a module here; its function is
+``handjax.data.augment.augment``.
 
     python -m handjax.data preview --out sheet.png   # contact sheet of synthetic hands
 """
@@ -35,8 +37,6 @@ from __future__ import annotations
 
 import importlib
 
-# ``augment`` is both a module and its function: bound here so the name is the function.
-from handjax.data.augment import augment
 from handjax.data.records import CLASSES, DISPLAY_NAMES, N_FOLDS, DataError, Examples
 
 _LAZY = {
@@ -51,7 +51,7 @@ _LAZY = {
     "render_hand": "synthetic", "synthetic_metadata": "synthetic",
 }
 
-__all__ = ["CLASSES", "DISPLAY_NAMES", "N_FOLDS", "DataError", "Examples", "augment",
+__all__ = ["CLASSES", "DISPLAY_NAMES", "N_FOLDS", "DataError", "Examples",
            *sorted(_LAZY)]
 
 

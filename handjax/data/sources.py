@@ -34,7 +34,7 @@ from handjax.data.decode import _DECODER_VERSION, _check_size, decode_image
 from handjax.data.folders import IMAGE_EXTENSIONS
 from handjax.data import store as stores
 from handjax.data.store import Store, drop_pages, finish
-from handjax.data.synthetic import SYNTHETIC_SIZE, render_hand, subject_traits
+from handjax.data.synthetic import SYNTHETIC_SIZE, photos
 
 log = logging.getLogger(__name__)
 
@@ -273,18 +273,11 @@ class SyntheticHands(_Builder, skip_registration=_SKIP):
 
     def _generate_examples(self):
         cfg = self.builder_config
-        for label, name in enumerate(CLASSES):
-            for i in range(cfg.n_per_class):
-                # One stream per (seed, class, index): the first k hands do not depend on n.
-                # Photos 2j and 2j+1 are one person's left and right hand.
-                rng = np.random.default_rng([cfg.seed, label, i])
-                traits = subject_traits(cfg.seed, label, i // 2)
-                severity = traits["severity"]
-                key = f"synthetic/{name}/{i:04d}"
-                image = render_hand(rng, label, severity, SYNTHETIC_SIZE, traits=traits,
-                                    hand="left" if i % 2 == 0 else "right")
-                yield key, {"image": image, "label": label, "id": key,
-                            "severity": np.float32(severity)}
+        jobs = [(label, i) for label in range(len(CLASSES)) for i in range(cfg.n_per_class)]
+        for (label, i), (image, severity) in zip(jobs, photos(cfg.seed, jobs)):
+            key = f"synthetic/{CLASSES[label]}/{i:04d}"
+            yield key, {"image": image, "label": label, "id": key,
+                        "severity": np.float32(severity)}
 
 
 
