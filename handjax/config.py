@@ -22,7 +22,7 @@ from pathlib import Path
 import ml_collections
 
 from handjax.errors import ConfigError, HandjaxError
-from handjax.models.kernels.convs import CONV_IMPLS
+from handjax.models.kernels.plan import CONV_IMPLS
 
 # The study's losses as (handjax loss name, ce_weight); "custom" is the study's custom_loss.
 # "custom" is our reading of the study's custom_loss: its three metrics on a soft confusion

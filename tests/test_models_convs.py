@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handjax.models.kernels import algorithms as conv_algorithms, convs
+from handjax.models.kernels import algorithms as conv_algorithms, convs, plan as plans
 
 # ----------------------------------------------------------------------------- conv_policy's table
 
@@ -184,7 +184,7 @@ AGREE_TOL_WINOGRAD4 = {"float32": 1e-4}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("algorithm", convs.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", plans.ALGORITHMS)
 def test_every_algorithm_agrees_with_xla_float32(algorithm, dtype):
     if algorithm == "winograd4" and dtype == "bfloat16":
         pytest.skip("not a bfloat16 candidate (5.6e-2 off)")

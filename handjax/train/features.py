@@ -102,35 +102,50 @@ class ModelAhead:
     (:func:`handjax.models.frozen.prefix_program`), made in a background thread while the
     photos load and their views are drawn: neither needs a photo. On a first run that is
     where the prefix's compile (seconds) goes, beside the rendering or decoding; a warm run
-    reads it from JAX's cache there. :meth:`get` waits for them and raises what the thread
-    raised (a weight file that does not load, say) in the caller's thread."""
+    reads it from JAX's cache there. :meth:`model` waits for the model only (the epoch
+    programs can then start compiling beside the prefix's), :meth:`prefix` for the
+    program; both raise what the thread raised (a weight file that does not load, say) in
+    the caller's thread."""
 
     def __init__(self, run_spec: RunSpec, plan: ConvPlan | None):
-        self._made: tuple | None = None
+        self._model: tuple | None = None
+        self._prefix: frozen.Prefix | None = None
         self._error: BaseException | None = None
+        self._model_made = threading.Event()
         self._thread = threading.Thread(target=self._make, args=(run_spec, plan),
                                          name="handjax-model-ahead", daemon=True)
         self._thread.start()
 
     def _make(self, run_spec: RunSpec, plan: ConvPlan | None) -> None:
         try:
-            fm, variables = model_of(run_spec, plan)
-            prefix = None
+            self._model = model_of(run_spec, plan)
+            self._model_made.set()
             if run_spec.train.mode != "plain":
-                size = run_spec.data.image_size
-                prefix = frozen.prefix_program(fm.model.backbone, variables,
-                                               fm.model.backbone_name, (size, size),
-                                               fm.model.split)
-            self._made = ((fm, variables), prefix)
-        except BaseException as e:   # re-raised by get(), in the run's thread
+                (fm, variables), size = self._model, run_spec.data.image_size
+                self._prefix = frozen.prefix_program(fm.model.backbone, variables,
+                                                     fm.model.backbone_name, (size, size),
+                                                     fm.model.split)
+        except BaseException as e:   # re-raised in the run's thread
             self._error = e
+        finally:
+            self._model_made.set()
 
-    def get(self) -> tuple[tuple[FoldModel, dict], frozen.Prefix | None]:
-        """``(model_of(...), prefix program or None)``, once the thread is done."""
+    def model(self) -> tuple[FoldModel, dict]:
+        """:func:`model_of`'s fold model and backbone variables, once made."""
+        self._model_made.wait()
+        if self._model is None:
+            self._raise()
+        return self._model
+
+    def prefix(self) -> frozen.Prefix | None:
+        """The frozen prefix's compiled program (``None`` in plain mode), once made."""
         self._thread.join()
         if self._error is not None:
-            raise self._error
-        return self._made
+            self._raise()
+        return self._prefix
+
+    def _raise(self):
+        raise self._error
 
 
 def _cache_layout(run_spec: RunSpec, cohort: Cohort, fm: FoldModel, workdir: Path | None):

@@ -175,11 +175,12 @@ def _run_locked(run_spec: RunSpec, workdir: Path) -> dict:
     data_desc = cohort.description()
     primary.check_ledger(entries, plan,
                          may_change=("conv_plan",) if run_spec.model.replan else ())
-    model, prefix = model_ahead.get()
+    model = model_ahead.model()
     # The epoch programs compile in the background while the frozen prefix runs.
     ahead = fitting.Ahead.start(cohort, model[0], run_spec,
                                 features.input_specs(run_spec, cohort, model[0], workdir))
-    inputs = features.prepare(run_spec, cohort, workdir, plan, model=model, prefix=prefix)
+    inputs = features.prepare(run_spec, cohort, workdir, plan, model=model,
+                              prefix=model_ahead.prefix())
     preload()  # after prepare, whose data splits import sklearn's core themselves
     timings.set("prepare_s", time.perf_counter() - t0 - timings.get("tune_s"))
     console.say(f"{len(cohort.labels)} photos; frozen features "

@@ -72,12 +72,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from handjax.models.kernels.plan import ConvPlan, layer_key
+from handjax.models.kernels.plan import CONV_IMPLS, ConvPlan, layer_key
 from handjax.models.kernels.algorithms import (_explicit_pads, _lax_conv, conv_im2col, conv_matmul, conv_mmgrad, conv_winograd, conv_winograd4, depthwise_im2col, winograd4_kernel, winograd_kernel)
 
 # The algorithms themselves (what "auto" measures, and "table" chooses among).
-ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
-CONV_IMPLS = ("auto", "table") + ALGORITHMS   # model.conv_impl: a policy, or one algorithm
 PURPOSES = ("train", "frozen", "eval_folds")
 
 # Thresholds of conv_policy (output pixels per image); see the module docstring.

@@ -30,6 +30,11 @@ from pathlib import Path
 from handjax.cache import cache_dir
 from handjax.errors import RunError
 
+# The conv algorithms (:mod:`handjax.models.kernels.convs` runs them), named here, where no
+# JAX is imported: the config checks ``model.conv_impl`` against them.
+ALGORITHMS = ("xla", "im2col", "mmgrad", "winograd", "winograd4", "matmul")
+CONV_IMPLS = ("auto", "table") + ALGORITHMS   # model.conv_impl: a policy, or one algorithm
+
 SCHEMA = 2   # 2: choices by the margin rule (tuning.decide), "how" per layer
 # CPU flags that change which conv algorithm and dtype win (vector width, bf16/fp16 units).
 _FLAG_PREFIXES = ("avx", "amx", "fma", "f16c")
