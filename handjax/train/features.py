@@ -134,18 +134,18 @@ class ModelAhead:
         """:func:`model_of`'s fold model and backbone variables, once made."""
         self._model_made.wait()
         if self._model is None:
-            self._raise()
+            raise self._error
         return self._model
 
     def prefix(self) -> frozen.Prefix | None:
-        """The frozen prefix's compiled program (``None`` in plain mode), once made."""
+        """The frozen prefix's compiled program (``None`` in plain mode), once made. Handed
+        over, not kept: it holds the prefix's transformed kernels, which the training
+        that follows has no use for."""
         self._thread.join()
         if self._error is not None:
-            self._raise()
-        return self._prefix
-
-    def _raise(self):
-        raise self._error
+            raise self._error
+        prefix, self._prefix = self._prefix, None
+        return prefix
 
 
 def _cache_layout(run_spec: RunSpec, cohort: Cohort, fm: FoldModel, workdir: Path | None):
