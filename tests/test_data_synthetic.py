@@ -37,3 +37,26 @@ def test_photos_drawn_in_worker_processes_are_the_same_photos(monkeypatch):
         one, sev = synthetic.photo(7, label, i, size=48)
         assert image.shape == (48, 48, 3) and severity == sev
         np.testing.assert_array_equal(image, one)
+
+
+def test_a_users_script_draws_its_photos_without_spawning(monkeypatch, tmp_path):
+    """Spawned workers import the program's main module first; a user's script without a
+    main guard would run again in each of them. Such a script draws in its own process;
+    launch.py, python -m handjax..., pytest and python -c use the pool."""
+    import sys
+    import types
+    from handjax.data import synthetic
+    assert synthetic._spawn_safe()   # pytest's main
+    script = types.ModuleType("__main__")
+    script.__file__, script.__spec__ = str(tmp_path / "my_analysis.py"), None
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    assert not synthetic._spawn_safe()
+    def no_pool(*a, **k):
+        raise AssertionError("a pool was started")
+    monkeypatch.setattr(synthetic.concurrent.futures, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(synthetic, "PARALLEL_MIN_PHOTOS", 1)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    drawn = list(synthetic.photos(7, [(0, 0), (2, 1)], size=32))
+    np.testing.assert_array_equal(drawn[1][0], synthetic.photo(7, 2, 1, size=32)[0])
+    script.__file__ = str(synthetic.Path(synthetic.__file__).resolve().parents[2] / "launch.py")
+    assert synthetic._spawn_safe()

@@ -13,6 +13,8 @@ import concurrent.futures
 import io
 import multiprocessing
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -174,9 +176,10 @@ def photos(seed: int, jobs: list[tuple[int, int]], size: int = SYNTHETIC_SIZE):
     Drawing is ~30 ms a photo of numpy and PIL under the GIL (threads gain 1.1x), so many
     photos are drawn in a pool of spawned processes, one per core: they import numpy and
     PIL, not JAX (``handjax.data`` binds nothing heavy), and a fork would copy the threads of
-    a JAX process. The photos are the same either way: each has its own random stream."""
+    a JAX process. The photos are the same either way: each has its own random stream.
+    Only where a spawned process can start safely (:func:`_spawn_safe`); elsewhere here."""
     workers = min(os.cpu_count() or 1, 8)
-    if workers < 2 or len(jobs) < PARALLEL_MIN_PHOTOS:
+    if workers < 2 or len(jobs) < PARALLEL_MIN_PHOTOS or not _spawn_safe():
         for label, i in jobs:
             yield photo(seed, label, i, size)
         return
@@ -188,6 +191,23 @@ def photos(seed: int, jobs: list[tuple[int, int]], size: int = SYNTHETIC_SIZE):
 
 def _photo(job: tuple) -> tuple[np.ndarray, float]:
     return photo(*job)
+
+
+def _spawn_safe() -> bool:
+    """Whether spawned workers can start without running the user's own code. A spawned
+    process first imports the program's main module: a script of the user's without an
+    ``if __name__ == "__main__":`` guard would run again in each worker and fail there. So
+    the pool is used only when that module is handjax's own (``launch.py``, ``python -m
+    handjax...``), pytest's, or absent (``python -c``, an interactive session)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return spec.name.split(".")[0] in ("handjax", "pytest")
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    ours = Path(__file__).resolve().parents[2] / "launch.py"
+    return Path(path).resolve() == ours
 
 
 def render_hand(rng: np.random.Generator, label: int, severity: float,
