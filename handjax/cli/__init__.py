@@ -14,7 +14,9 @@ exit   meaning
 =====  =====================================================================
 
 ``HANDJAX_DEBUG=1`` lets a user error raise with its traceback, for a bug report. Anything
-that is not a user error (a bug) keeps its traceback always.
+that is not a user error (a bug) keeps its traceback always. ``launch.py``, ``predict``,
+``validate`` and ``compare`` then leave through :func:`exit_process` (no interpreter
+teardown once everything is written).
 """
 from __future__ import annotations
 
