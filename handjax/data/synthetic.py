@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import itertools
 import multiprocessing
 import os
 import sys
@@ -185,12 +186,9 @@ def photos(seed: int, jobs: list[tuple[int, int]], size: int = SYNTHETIC_SIZE):
         return
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_photo, [(seed, label, i, size) for label, i in jobs],
-                            chunksize=8)
-
-
-def _photo(job: tuple) -> tuple[np.ndarray, float]:
-    return photo(*job)
+        labels, indices = zip(*jobs)
+        yield from pool.map(photo, itertools.repeat(seed), labels, indices,
+                            itertools.repeat(size), chunksize=8)
 
 
 def _spawn_safe() -> bool:

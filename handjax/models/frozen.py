@@ -76,8 +76,8 @@ class Prefix:
 
     def fits(self, flat: np.ndarray, batch: int) -> bool:
         """Whether this program runs ``flat`` [N, H, W, 3] in batches of ``batch``."""
-        return (self.batch == batch and tuple(flat.shape[1:3]) == tuple(self.image_hw)
-                and np.dtype(flat.dtype) == np.dtype(self.dtype))
+        return (self.batch == batch and tuple(flat.shape[1:3]) == self.image_hw
+                and flat.dtype == self.dtype)
 
 
 def prefix_batch(n: int, most: int = PREFIX_BATCH) -> int:
