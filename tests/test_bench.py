@@ -142,3 +142,28 @@ def test_bench_repeats_measures_both_in_one_run(tmp_path, capsys):
     assert rep["R=2"]["fit_s"] > 0 and rep["R=1"]["fit_s"] > 0
     assert rep["fit_ratio"] == pytest.approx(rep["R=2"]["fit_s"] / rep["R=1"]["fit_s"])
     assert "repeats 2 against 1: training" in capsys.readouterr().out
+
+
+def test_max_probability_change_is_the_largest_cnn_difference(tmp_path):
+    """``protocol --dtype bfloat16`` reports float32's and bfloat16's runs apart by the largest
+    absolute difference of their CNN probabilities, row by row (calibrated, SVM and other
+    columns left out); predictions of other photos are refused."""
+    from handjax.bench.protocol import max_probability_change
+    rng = np.random.default_rng(0)
+    p, q = rng.dirichlet([1, 1, 1], size=6), rng.dirichlet([1, 1, 1], size=6)
+
+    def write(path, probs, files, other):
+        head = "file,fold,p_cnn_normal,p_cnn_heberden,p_cnn_ra,p_cnn_calibrated_normal,p_svm_ra"
+        rows = [f"{f},0,{a:.17g},{b:.17g},{c:.17g},{other},{other}"
+                for f, (a, b, c) in zip(files, probs)]
+        path.write_text("\n".join([head, *rows]) + "\n")
+        return path
+
+    files = [f"photo{i}" for i in range(6)]
+    a = write(tmp_path / "a.csv", p, files, 0.0)
+    b = write(tmp_path / "b.csv", q, files, 1.0)   # calibrated and SVM columns far apart
+    assert max_probability_change(a, b) == pytest.approx(np.abs(p - q).max(), abs=1e-15)
+    assert max_probability_change(a, a) == 0.0
+    c = write(tmp_path / "c.csv", q, files[::-1], 0.0)
+    with pytest.raises(ValueError, match="not predictions of the same photos"):
+        max_probability_change(a, c)

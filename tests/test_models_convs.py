@@ -16,19 +16,20 @@ PIXELS = (49, 99, 100, 783, 784, 785, 3136)
 I, M, W, X, MM, W4 = "im2col", "mmgrad", "winograd", "xla", "matmul", "winograd4"
 # (purpose, dtype, winograd_ok) -> conv_policy's choice on CPU at each of PIXELS. Written
 # from the code before the policy was one function (resolve_conv_impl + inference_impl);
-# bf16 training became "matmul" with issue 20.
+# bf16 training became "matmul" with issue 20; bf16 3x3 stride-1 convs from 7x7 up Winograd
+# (float32 transforms, bf16 products) with issue 37.
 CPU_TABLE = {
     ("train", F32, True): (W, W, W, W, M, M, M),
     ("train", F32, False): (I, I, I, I, M, M, M),
-    ("train", BF16, True): (MM, MM, MM, MM, MM, MM, MM),
+    ("train", BF16, True): (W, W, W, W, W, W, W),
     ("train", BF16, False): (MM, MM, MM, MM, MM, MM, MM),
     ("frozen", F32, True): (W4, W4, W4, W4, W4, W4, W4),
     ("frozen", F32, False): (X, X, X, X, X, X, X),
-    ("frozen", BF16, True): (I, I, I, I, M, M, M),
+    ("frozen", BF16, True): (W, W, W, W, W, W, W),
     ("frozen", BF16, False): (I, I, I, I, M, M, M),
     ("eval_folds", F32, True): (W4, W4, W4, W4, W4, W4, W4),
     ("eval_folds", F32, False): (I, I, I, I, M, M, M),
-    ("eval_folds", BF16, True): (I, I, I, I, M, M, M),
+    ("eval_folds", BF16, True): (W, W, W, W, W, W, W),
     ("eval_folds", BF16, False): (I, I, I, I, M, M, M),
 }
 POLICY_CASES = [("cpu", px, dtype, purpose, ok, want)
@@ -46,7 +47,7 @@ def test_conv_policy_table(backend, px, dtype, purpose, winograd_ok, want):
 def test_conv_policy_few_input_channels(px):
     """A frozen float32 3x3 conv with fewer than 64 input channels (VGG's RGB layer) keeps
     Winograd F(2x2) up to 28x28 and ``lax.conv`` above; from 64 channels F(4x4) runs; so
-    for evaluation over per-fold weights."""
+    for evaluation over per-fold weights. In bfloat16 F(2x2) runs from 64 channels."""
     for cin, want in ((3, W if px <= 784 else X), (63, W if px <= 784 else X), (64, W4)):
         assert convs.conv_policy("cpu", px, F32, "frozen", winograd_ok=True,
                                  in_channels=cin) == want
@@ -56,6 +57,13 @@ def test_conv_policy_few_input_channels(px):
     for cin, want in ((3, W if px <= 784 else M), (64, W4)):
         assert convs.conv_policy("cpu", px, F32, "eval_folds", winograd_ok=True,
                                  in_channels=cin) == want
+    # bfloat16, every purpose: Winograd F(2x2) from 64 input channels; the RGB layer keeps
+    # the matmul forms (training's matmul; mmgrad from 28x28, else im2col, forward).
+    for purpose in convs.PURPOSES:
+        few = MM if purpose == "train" else M if px >= 784 else I
+        for cin, want in ((3, few), (63, few), (64, W), (512, W)):
+            assert convs.conv_policy("cpu", px, BF16, purpose, winograd_ok=True,
+                                     in_channels=cin) == want
 
 
 # (kernel, stride, depthwise) kinds -> what each explicit impl runs (any backend, dtype, purpose).
@@ -91,8 +99,11 @@ def test_conv_algorithm_table(kind):
     # e.g. ResNet's 56x56 stride-1 1x1 conv trains by mmgrad on CPU; its stride-2 ones by im2col
     assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1)) == M
     assert convs.conv_algorithm("auto", "cpu", 3136, F32, "train", kernel_size=(1, 1), strides=2) == I
-    # bf16 training: matmul for stride-1 dense convs, im2col for the strided ones
-    assert convs.conv_algorithm("auto", "cpu", 49, BF16, "train") == MM
+    # bf16 training: Winograd for 3x3 stride-1 dense convs from 7x7 up, matmul for other
+    # stride-1 dense ones and smaller maps, im2col for the strided ones
+    assert convs.conv_algorithm("auto", "cpu", 49, BF16, "train") == W
+    assert convs.conv_algorithm("auto", "cpu", 48, BF16, "train") == MM
+    assert convs.conv_algorithm("auto", "cpu", 49, BF16, "train", kernel_size=(1, 1)) == MM
     assert convs.conv_algorithm("auto", "cpu", 49, BF16, "train", strides=2) == I
 
 
@@ -331,8 +342,9 @@ def test_bfloat16_matmul_conv_and_gradients_match_float64(padding):
         assert rel.max() <= 2.0**-8, rel.max()
 
 
-def test_bf16_pays_only_with_a_bf16_matrix_unit(tmp_path, monkeypatch):
-    """model.dtype="auto": bf16 on GPU/TPU, and on CPU only with AMX's bf16 flag."""
+def test_bf16_pays_only_with_bf16_dot_instructions(tmp_path, monkeypatch):
+    """model.dtype="auto": bf16 on GPU/TPU, and on CPU only with AMX's or AVX512's bf16
+    flag."""
     from handjax.models import classifier
     for pays, want in ((True, jnp.bfloat16), (False, jnp.float32)):
         monkeypatch.setattr(convs, "bf16_pays", lambda backend, pays=pays: pays)
@@ -341,7 +353,8 @@ def test_bf16_pays_only_with_a_bf16_matrix_unit(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert convs.bf16_pays("gpu", set()) and convs.bf16_pays("tpu", set())
     assert convs.bf16_pays("cpu", {"avx512f", "amx_tile", "amx_bf16"})
-    assert not convs.bf16_pays("cpu", {"avx2", "fma", "avx512f"})
+    assert convs.bf16_pays("cpu", {"avx512f", "avx512_bf16"})
+    assert not convs.bf16_pays("cpu", {"avx2", "fma", "avx512f", "avx512_vnni"})
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
     assert convs.cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "amx_bf16", "amx_tile"}

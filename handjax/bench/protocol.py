@@ -81,6 +81,25 @@ def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | Non
           f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
 
 
+def max_probability_change(a: Path, b: Path, prefix: str = "p_cnn_") -> float:
+    """The largest absolute difference between two runs' CNN class probabilities, row by row
+    (the same photos and folds: two ``predictions.csv`` of one protocol). After training
+    both: the tuner holds bfloat16 to :data:`handjax.models.kernels.tuning.PROB_TOL` on one
+    forward pass of the same weights, before any training."""
+    import csv
+
+    def read(path):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        cols = [c for c in rows[0] if c.startswith(prefix) and "calibrated" not in c]
+        return [r["file"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
+
+    (files_a, pa), (files_b, pb) = read(a), read(b)
+    if files_a != files_b or pa.shape != pb.shape:
+        raise ValueError(f"{a} and {b} are not predictions of the same photos")
+    return float(np.max(np.abs(pa - pb)))
+
+
 def fresh_import_seconds(module: str = "handjax.train.run") -> float:
     """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
     before its first line of work (this process has paid it already)."""
@@ -173,7 +192,7 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
           flush=True)
     print(f"  warm-up, untimed and shared by every run below: {out['warmup_s']:.1f} s", flush=True)
     runs = [("handjax", "handjax"), ("handjax-warm", "handjax")]
-    runs += [("handjax-bf16", "handjax-bf16")] if bf16 else []
+    runs += [("handjax-bf16", "handjax-bf16"), ("handjax-bf16-warm", "handjax-bf16")] if bf16 else []
     runs += [("plain", "plain")] if plain else []
     with fresh_machine():
         for label, which in runs:
@@ -205,16 +224,23 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
               f"{out['ratio_warm']:.1f}x warm   CNN results identical: {same}  "
               f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     if bf16:
-        ref = out["plain"]["wall_s"] if plain else out["handjax"]["wall_s"]
-        out["ratio_bf16"] = ref / out["handjax-bf16"]["wall_s"]
+        half, half_warm = out["handjax-bf16"], out["handjax-bf16-warm"]
+        out["bf16_cold_over_tuned"] = half["wall_s"] / half_warm["wall_s"]
+        out["ratio_bf16"] = warm["wall_s"] / half_warm["wall_s"]
         acc = [out[k]["results"]["decisions"]["cnn"]["per_fold"]["accuracy"]
-               for k in ("handjax", "handjax-bf16")]
+               for k in ("handjax-warm", "handjax-bf16-warm")]
         out["bf16_max_fold_accuracy_change"] = float(np.max(np.abs(np.subtract(*acc))))
-        print(f"  speed-up handjax-bf16 vs {'plain' if plain else 'handjax'}: "
-              f"{out['ratio_bf16']:.1f}x   per-fold CNN accuracy vs float32: max change "
+        out["bf16_max_probability_change"] = max_probability_change(
+            workroot / "handjax-warm" / "predictions.csv",
+            workroot / "handjax-bf16-warm" / "predictions.csv")
+        print(f"  handjax-bf16 first run / its rerun: {half['wall_s']:.1f} s / "
+              f"{half_warm['wall_s']:.1f} s = {out['bf16_cold_over_tuned']:.2f}x", flush=True)
+        print(f"  speed-up handjax-bf16 vs handjax (float32), both warm: {out['ratio_bf16']:.2f}x"
+              f"   vs float32: CNN probabilities max change "
+              f"{out['bf16_max_probability_change']:.4f}, per-fold CNN accuracy max change "
               f"{out['bf16_max_fold_accuracy_change']:.4f}", flush=True)
-        epoch2 = [out[k]["timing"].get("epochs2_s", 0.0) / max(1, specs[k].train.epochs2)
-                  for k in ("handjax", "handjax-bf16")]
+        epoch2 = [out[k]["timing"].get("epochs2_s", 0.0) / max(1, specs["handjax"].train.epochs2)
+                  for k in ("handjax-warm", "handjax-bf16-warm")]
         out["phase2_epoch_s"] = dict(zip(("float32", "bfloat16"), epoch2))
         out["phase2_bf16_speedup"] = epoch2[0] / epoch2[1] if epoch2[1] else float("nan")
         print(f"  phase-2 epoch: float32 {epoch2[0]:.3f} s, bfloat16 {epoch2[1]:.3f} s: "
@@ -234,6 +260,10 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
         print(f"  speed-up handjax vs {words}: {out[f'ratio_{key}']:.1f}x first run, "
               f"{out[f'ratio_{key}_warm']:.1f}x warm   peak RSS {peak_rss_gib():.2f} GiB",
               flush=True)
+        if bf16:
+            out[f"ratio_{key}_bf16_warm"] = p["wall_s"] / out["handjax-bf16-warm"]["wall_s"]
+            print(f"  speed-up handjax-bf16 vs {words}: {out[f'ratio_{key}_bf16_warm']:.1f}x "
+                  "warm", flush=True)
     if keras and torch:
         print(f"  plain Keras / plain PyTorch-bf16: {out['keras']['wall_s'] / out['torch']['wall_s']:.2f}x",
               flush=True)

@@ -23,7 +23,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(name: str, plan: ConvPlan | None = None):
     """``model.dtype`` as a dtype: with the run's ``plan``, the plan's dtype (for "auto",
     what the tuner decided); else "auto" is bfloat16 where it pays (:func:`convs.bf16_pays`:
-    GPU/TPU, or a CPU with AMX), else float32. Parameters stay float32 in every case."""
+    GPU/TPU, or a CPU with AMX or AVX512-BF16), else float32. Parameters stay float32 in
+    every case."""
     if plan is not None:
         name = plan.dtype
     elif name == "auto":

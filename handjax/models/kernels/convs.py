@@ -31,8 +31,9 @@ stride-1 dense ("w": Winograd applies) and the program's *purpose* (a field of `
     "eval_folds"  forward, vmapped or mapped over  w and cin >= 64: winograd4; w and P <= 784:
                   per-fold weights                 winograd; else as "train"
 
-    CPU, bfloat16, "train": matmul.
-    CPU, bfloat16, "frozen" and "eval_folds": P >= 784: mmgrad; else im2col (never winograd).
+    CPU, bfloat16, every purpose: w, P >= 49 and cin >= 64: winograd (float32 transforms,
+    bfloat16 products accumulated in float32); else "train": matmul; "frozen" and
+    "eval_folds": P >= 784: mmgrad, else im2col.
     Off CPU, every purpose, every dtype: xla.
 
 Why (measured on this project's CPU, VGG19 at 112 px, batch 16): XLA:CPU runs forward convs
@@ -55,9 +56,15 @@ with enough rows a call (VGG19's block5 convs, 512 channels, 5 folds vmapped, 20
 7x7 a tie), hence the evaluation's calls of the most rows its memory bound allows
 (:func:`handjax.train.fold_program.eval_columns`). In bfloat16 "im2col"'s float32-accumulating
 matmul runs on AMX where the CPU has it; "matmul" keeps the gradients on that form too
-(autodiff of im2col, and mmgrad's bf16 ``lax.conv``, have no fast path there). Whether bf16
-pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``). Off CPU
-``lax.conv`` is cuDNN's.
+(autodiff of im2col, and mmgrad's bf16 ``lax.conv``, have no fast path there). Winograd
+F(2x2, 3x3) beat both in bfloat16 on every VGG19 map from 7x7 to 112x112 with 64 or more input
+channels, forward and train step (2-core AMD EPYC with ``avx512_bf16``, no AMX, 2026-12-06;
+the numbers in docs/performance.md): its products are canonical bf16 x bf16 -> float32
+batched dots, the one form XLA:CPU runs on the bf16 dot instructions, and its transforms
+stay float32, so it keeps F(2x2)'s 2.25x fewer multiplies without im2col's copies.
+Unmeasured on an AMX CPU, where im2col's matmul may run faster; the tuner times both there.
+Whether bf16 pays at all on a CPU is :func:`bf16_pays`'s call (``model.dtype="auto"``).
+Off CPU ``lax.conv`` is cuDNN's.
 
 :func:`describe` says, from a ``Conv`` and its input shape alone, what it runs; it reads no
 file and keeps no state (:func:`handjax.models.backbones.conv_layers` collects it per model).
@@ -82,7 +89,8 @@ PURPOSES = ("train", "frozen", "eval_folds")
 _MMGRAD_MIN_PIXELS = 28 * 28
 _WINOGRAD_MIN_PIXELS = 7 * 7
 _WINOGRAD_FORWARD_MAX_PIXELS = 28 * 28
-_WINOGRAD4_MIN_CHANNELS = 64   # input channels of a "frozen" float32 conv run by winograd4
+_MIN_CHANNELS = 64   # input channels of a forward float32 conv run by winograd4, and of a
+                     # bfloat16 conv run by winograd (fewer: the RGB layer keeps its choice)
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -114,11 +122,14 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
     if backend != "cpu":
         return "xla"
     float32 = jnp.dtype(dtype) == jnp.float32
+    if (not float32 and winograd_ok and out_pixels >= _WINOGRAD_MIN_PIXELS
+            and (in_channels or _MIN_CHANNELS) >= _MIN_CHANNELS):
+        return "winograd"   # float32 transforms, bfloat16 products: every purpose
     if purpose == "train" and not float32:
         return "matmul"
     winograd = winograd_ok and float32
     if purpose != "train" and float32:  # forward only
-        if winograd and (in_channels or _WINOGRAD4_MIN_CHANNELS) >= _WINOGRAD4_MIN_CHANNELS:
+        if winograd and (in_channels or _MIN_CHANNELS) >= _MIN_CHANNELS:
             return "winograd4"
         if winograd and out_pixels <= _WINOGRAD_FORWARD_MAX_PIXELS:
             return "winograd"
@@ -131,10 +142,12 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
     return "im2col"
 
 
-# CPU flags of the bfloat16 matmul units XLA:CPU uses (Intel AMX tiles). avx512_bf16 alone
-# (Cooper Lake, AMD Zen 4) is left out: unmeasured, and XLA:CPU's bf16 dots there may run as
-# float32 ones plus conversions, as they do on CPUs without any bf16 unit (measured ~0.8x).
-BF16_CPU_FLAGS = ("amx_bf16",)
+# CPU flags of the bfloat16 dot instructions XLA:CPU uses: Intel's AMX tiles, and
+# avx512_bf16's dot products (Cooper Lake, AMD Zen 4). On a 2-core AMD EPYC with avx512_bf16
+# (no AMX) the whole protocol cell (VGG19, 112 px) ran 1.2x faster in bfloat16 once its 3x3
+# convs ran Winograd with bf16 products (docs/performance.md). Without either flag XLA:CPU
+# runs a bf16 dot as a float32 one plus conversions (measured ~0.8x).
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
@@ -151,7 +164,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 
 def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
     """Whether bfloat16 compute beats float32 here: on GPU/TPU always; on CPU only with a
-    bf16 matrix unit (:data:`BF16_CPU_FLAGS` among ``flags``, default :func:`cpu_flags`)."""
+    bf16 dot instructions (:data:`BF16_CPU_FLAGS` among ``flags``, default :func:`cpu_flags`)."""
     if backend != "cpu":
         return True
     flags = cpu_flags() if flags is None else flags
