@@ -144,9 +144,10 @@ def conv_policy(backend: str, out_pixels: int, dtype, purpose: str, *, winograd_
 
 # CPU flags of the bfloat16 dot instructions XLA:CPU uses: Intel's AMX tiles, and
 # avx512_bf16's dot products (Cooper Lake, AMD Zen 4). On a 2-core AMD EPYC with avx512_bf16
-# (no AMX) the whole protocol cell (VGG19, 112 px) ran 1.2x faster in bfloat16 once its 3x3
-# convs ran Winograd with bf16 products (docs/performance.md). Without either flag XLA:CPU
-# runs a bf16 dot as a float32 one plus conversions (measured ~0.8x).
+# (no AMX), once its 3x3 convs ran Winograd with bf16 products, VGG19's frozen prefix at
+# 112 px ran 1.27x faster in bfloat16 and the protocol cell 1.09x (docs/performance.md);
+# unmeasured on Intel's avx512_bf16 CPUs. Without either flag XLA:CPU runs a bf16 dot as a
+# float32 one plus conversions (measured ~0.8x).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
