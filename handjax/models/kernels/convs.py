@@ -164,7 +164,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 
 
 def bf16_pays(backend: str, flags: set[str] | None = None) -> bool:
-    """Whether bfloat16 compute beats float32 here: on GPU/TPU always; on CPU only with a
+    """Whether bfloat16 compute beats float32 here: on GPU/TPU always; on CPU only with
     bf16 dot instructions (:data:`BF16_CPU_FLAGS` among ``flags``, default :func:`cpu_flags`)."""
     if backend != "cpu":
         return True
