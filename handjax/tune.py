@@ -62,6 +62,7 @@ def main(argv):
     from handjax import config as configs, console, user_errors
     from handjax.cache import check_cache_dir
     from handjax.models.kernels import plan as plans
+    console.quiet(verbose=flags.FLAGS["verbosity"].present)   # as launch.py: our lines only
     try:
         parsed = configs.parse(_CONFIG.value)
         check_cache_dir()

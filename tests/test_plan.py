@@ -270,3 +270,5 @@ def test_tune_command_decides_the_plan_a_run_then_uses(tmp_path, monkeypatch):
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
     assert "conv_impl=table" in out.stdout and "nothing to measure" in out.stdout
+    # Our lines only: no absl INFO from JAX's backend probing (launch.py's console.quiet).
+    assert "Unable to initialize backend" not in out.stderr, out.stderr
