@@ -5,9 +5,12 @@ unless asked for with ``-v`` / ``--verbosity``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from tqdm.auto import tqdm
@@ -27,6 +30,41 @@ def error(message: str) -> None:
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
     print(f"handjax: error: {message}", file=sys.stderr, flush=True)
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def remembered_interrupts():
+    """Within the block, Ctrl-C raises ``KeyboardInterrupt`` as Python's own handler does, and
+    is also remembered until the block ends. So one swallowed on its way is raised again at
+    the next loop step (:func:`check_interrupt`). Python drops, after printing, what a
+    ``__del__`` or a weakref callback raises when the signal lands in one on the main thread,
+    and a library may catch it. Off the main thread (where no handler can be set): nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum, frame):
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        if previous is not None:   # None: a handler set outside Python, which we cannot restore
+            signal.signal(signal.SIGINT, previous)
+        _INTERRUPTED.clear()
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed within :func:`remembered_interrupts`
+    and never reached the command: called by the long loops at each step."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from handjax import cli
@@ -73,3 +74,54 @@ def test_a_finished_command_leaves_at_once_with_its_output_flushed(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from handjax import cli\n"
                         "cli.exit_process('stopped')"], capture_output=True, text=True)
     assert (r.returncode, r.stderr.strip()) == (1, "stopped")
+
+
+class _DropsAnInterrupt:
+    """Ctrl-C arriving while this object's ``__del__`` runs on the main thread: the handler's
+    KeyboardInterrupt is raised inside ``__del__``, and Python prints and drops it."""
+
+    def __del__(self):
+        import signal
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_that_something_swallowed_still_ends_the_command(capsys):
+    """A Ctrl-C whose KeyboardInterrupt is swallowed on its way (here in a ``__del__``) is
+    raised again at the next loop step: the command exits 130 with its one line, and the
+    loop stops there instead of running to the end."""
+    import signal
+    from handjax import console
+    from handjax.data.store import map_batches
+    steps = []
+
+    def main():
+        for i in range(5):
+            console.check_interrupt()
+            steps.append(i)
+            if i == 1:
+                _DropsAnInterrupt()   # collected at once
+                steps.append("went on")   # the KeyboardInterrupt was dropped
+        return 0
+
+    assert cli.command(main)() == cli.EXIT_INTERRUPTED
+    assert steps == [0, 1, "went on"]   # stopped at the next step, not at the end
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"handjax: error: {cli.INTERRUPTED}"
+    # The prefix's batch loop checks too.
+    seen = []
+
+    def fn(rows):
+        seen.append(len(seen))
+        if len(seen) == 1:
+            _DropsAnInterrupt()
+            seen.append("went on")
+        return rows
+
+    rows = np.zeros((6, 2), np.float32)
+    assert cli.command(lambda: map_batches(fn, rows, 2) is None)() == cli.EXIT_INTERRUPTED
+    assert seen == [0, "went on"]
+    # After the command: Python's own handler again, nothing remembered.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    console.check_interrupt()
+    assert map_batches(lambda r: r + 1, rows, 2).tolist() == (rows + 1).tolist()

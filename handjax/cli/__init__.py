@@ -43,12 +43,15 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 
 def command(main: Callable[..., int | None], interrupted: str = INTERRUPTED):
     """Wrap a CLI ``main(argv) -> exit code``: the project's errors become one line and
-    exit 1, Ctrl-C exits 130 with ``interrupted``; argparse's usage exits (2) pass through."""
+    exit 1, Ctrl-C exits 130 with ``interrupted`` (also one that something swallowed on its
+    way: :func:`handjax.console.remembered_interrupts`); argparse's usage exits (2) pass
+    through."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
-        from handjax import user_errors
+        from handjax import console, user_errors
         try:
-            return main(*args, **kwargs) or EXIT_OK
+            with console.remembered_interrupts():
+                return main(*args, **kwargs) or EXIT_OK
         except user_errors() as e:
             if debugging():
                 raise

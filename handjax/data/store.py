@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from handjax.console import check_interrupt
+
 BATCH = 256   # photos per read: 64 px x 256 = 3 MiB, 224 px x 256 = 37 MiB
 
 
@@ -117,6 +119,7 @@ def _mapped(fn, flat: np.ndarray, batch: int, desc: str | None):
     """``(start, fn(rows))`` per batch of :func:`map_batches`."""
     for i, chunk in tqdm(batches(flat, batch), total=-(-len(flat) // batch), desc=desc,
                          leave=False, disable=desc is None):
+        check_interrupt()
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])

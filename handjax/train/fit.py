@@ -273,6 +273,7 @@ def fit(cohort: Cohort, inputs: FoldInputs, run_spec: RunSpec, workdir: Path, ti
     saver = checkpoint.Saver(manager, train_spec.checkpoint_secs)
     programs, bar, outputs = {}, None, None
     for g, (phase, epoch) in enumerate(sched[done:], start=done):
+        console.check_interrupt()
         if phase == 2 and states.mode != "tune":
             states = folds.to_phase2(states, inputs.fold_model, train_spec.lr2)
         x = inputs.inputs1 if phase == 1 else inputs.inputs2
