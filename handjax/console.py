@@ -42,8 +42,10 @@ def remembered_interrupts():
     the next loop step (:func:`check_interrupt`). Python drops, after printing, what a
     ``__del__`` or a weakref callback raises when the signal lands in one on the main thread,
     and a library may catch it. Off the main thread (where no handler can be set): nothing
-    changes."""
-    if threading.current_thread() is not threading.main_thread():
+    changes; nor where SIGINT is not Python's own (ignored, as under ``nohup cmd &``, which
+    asks that Ctrl-C not stop it; or another handler)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
 
@@ -51,12 +53,11 @@ def remembered_interrupts():
         _INTERRUPTED.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     try:
         yield
     finally:
-        if previous is not None:   # None: a handler set outside Python, which we cannot restore
-            signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         _INTERRUPTED.clear()
 
 

@@ -85,8 +85,18 @@ class _DropsAnInterrupt:
         signal.raise_signal(signal.SIGINT)
 
 
+@pytest.fixture
+def python_sigint():
+    """SIGINT handled as Python's default (a test runner started in the background, e.g.
+    ``nohup pytest &``, inherits it ignored); restored after."""
+    import signal
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ctrl_c_that_something_swallowed_still_ends_the_command(capsys):
+def test_ctrl_c_that_something_swallowed_still_ends_the_command(capsys, python_sigint):
     """A Ctrl-C whose KeyboardInterrupt is swallowed on its way (here in a ``__del__``) is
     raised again at the next loop step: the command exits 130 with its one line, and the
     loop stops there instead of running to the end."""
@@ -125,3 +135,25 @@ def test_ctrl_c_that_something_swallowed_still_ends_the_command(capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     console.check_interrupt()
     assert map_batches(lambda r: r + 1, rows, 2).tolist() == (rows + 1).tolist()
+
+
+def test_ctrl_c_ignored_at_the_start_stays_ignored():
+    """A command started with SIGINT ignored (``nohup cmd &``) keeps it ignored: Ctrl-C does
+    not stop it, as whoever started it asked."""
+    import signal
+    from handjax import console
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen = []
+
+        def main():
+            seen.append(signal.getsignal(signal.SIGINT))
+            signal.raise_signal(signal.SIGINT)
+            console.check_interrupt()
+            return 0
+
+        assert cli.command(main)() == cli.EXIT_OK
+        assert seen == [signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

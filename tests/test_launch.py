@@ -72,10 +72,13 @@ def test_launch_ctrl_c_is_one_line_and_exit_130(tmp_path):
     """SIGINT once the run has started (its header line): one line saying how to go on."""
     import signal
     env = {k: v for k, v in os.environ.items() if k != "HANDJAX_DEBUG"}
+    # SIGINT as a terminal leaves it, whatever this runner inherited (``nohup pytest &``
+    # starts everything with it ignored, and Python keeps it ignored).
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config",
                              str(ROOT / "experiments/vgg16_categorical.py:smoke"),
                              "--workdir", str(tmp_path / "run")], cwd=tmp_path, env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stderr.readline()
         assert first.startswith("handjax: vgg16_categorical_smoke"), first
