@@ -146,24 +146,36 @@ def test_bench_repeats_measures_both_in_one_run(tmp_path, capsys):
 
 def test_max_probability_change_is_the_largest_cnn_difference(tmp_path):
     """``protocol --dtype bfloat16`` reports float32's and bfloat16's runs apart by the largest
-    absolute difference of their CNN probabilities, row by row (calibrated, SVM and other
-    columns left out); predictions of other photos are refused."""
+    absolute difference of their CNN probabilities, row by row, read from two
+    ``predictions.csv`` as a run writes them (calibrated and SVM probabilities left out);
+    predictions of other photos or other folds are refused."""
     from handjax.bench.protocol import max_probability_change
+    from handjax.evaluation import Predictions, PredictionsError, write_predictions
     rng = np.random.default_rng(0)
-    p, q = rng.dirichlet([1, 1, 1], size=6), rng.dirichlet([1, 1, 1], size=6)
+    n = 6
+    p, q = rng.dirichlet([1, 1, 1], size=n), rng.dirichlet([1, 1, 1], size=n)
 
-    def write(path, probs, files, other):
-        head = "file,fold,p_cnn_normal,p_cnn_heberden,p_cnn_ra,p_cnn_calibrated_normal,p_svm_ra"
-        rows = [f"{f},0,{a:.17g},{b:.17g},{c:.17g},{other},{other}"
-                for f, (a, b, c) in zip(files, probs)]
-        path.write_text("\n".join([head, *rows]) + "\n")
-        return path
+    def write(path, cnn, other, files=None, fold=None):
+        probs = {"cnn": cnn, "cnn_calibrated": other, "svm": other}
+        preds = Predictions(
+            file=np.array(files or [f"photo{i}.png" for i in range(n)], dtype=object),
+            subject=np.array([f"s{i}" for i in range(n)], dtype=object),
+            fold=np.array(fold or [i % 3 for i in range(n)]), label=np.arange(n) % 3,
+            probs=probs, pred={r: v.argmax(-1) for r, v in probs.items()})
+        return write_predictions(path, preds)
 
-    files = [f"photo{i}" for i in range(6)]
-    a = write(tmp_path / "a.csv", p, files, 0.0)
-    b = write(tmp_path / "b.csv", q, files, 1.0)   # calibrated and SVM columns far apart
+    far = rng.dirichlet([1, 1, 1], size=n)
+    a = write(tmp_path / "a.csv", p, np.full((n, 3), 1 / 3))
+    b = write(tmp_path / "b.csv", q, far)   # calibrated and SVM columns far apart
     assert max_probability_change(a, b) == pytest.approx(np.abs(p - q).max(), abs=1e-15)
     assert max_probability_change(a, a) == 0.0
-    c = write(tmp_path / "c.csv", q, files[::-1], 0.0)
-    with pytest.raises(ValueError, match="not predictions of the same photos"):
-        max_probability_change(a, c)
+    assert max_probability_change(a, b, "svm") == pytest.approx(np.abs(far - 1 / 3).max(),
+                                                                 abs=1e-15)
+    other_photos = write(tmp_path / "c.csv", q, far, files=[f"x{i}.png" for i in range(n)])
+    other_folds = write(tmp_path / "d.csv", q, far, fold=[0] * n)
+    for c in (other_photos, other_folds):
+        with pytest.raises(PredictionsError, match="not cnn predictions of the same photos"):
+            max_probability_change(a, c)
+    (tmp_path / "e.csv").write_text("file,fold,p_cnn_normal\nx,0,1\n")
+    with pytest.raises(PredictionsError, match="e.csv: missing column subject"):
+        max_probability_change(a, tmp_path / "e.csv")

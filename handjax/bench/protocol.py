@@ -81,23 +81,20 @@ def _protocol_line(label: str, wall: float, timing: dict, compile_s: float | Non
           f"CNN acc {cnn_acc:.4f}  SVM acc {svm_acc:.4f}", flush=True)
 
 
-def max_probability_change(a: Path, b: Path, prefix: str = "p_cnn_") -> float:
-    """The largest absolute difference between two runs' CNN class probabilities, row by row
-    (the same photos and folds: two ``predictions.csv`` of one protocol). After training
-    both: the tuner holds bfloat16 to :data:`handjax.models.kernels.tuning.PROB_TOL` on one
-    forward pass of the same weights, before any training."""
-    import csv
-
-    def read(path):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        cols = [c for c in rows[0] if c.startswith(prefix) and "calibrated" not in c]
-        return [r["file"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
-
-    (files_a, pa), (files_b, pb) = read(a), read(b)
-    if files_a != files_b or pa.shape != pb.shape:
-        raise ValueError(f"{a} and {b} are not predictions of the same photos")
-    return float(np.max(np.abs(pa - pb)))
+def max_probability_change(a: Path, b: Path, rule: str = "cnn") -> float:
+    """The largest absolute difference between two runs' ``rule`` class probabilities, row by
+    row (the same photos and folds: two ``predictions.csv`` of one protocol, read by
+    :func:`handjax.evaluation.read_predictions`). After training both: the tuner holds
+    bfloat16 to :data:`handjax.models.kernels.tuning.PROB_TOL` on one forward pass of the same
+    weights, before any training."""
+    from handjax.evaluation import PredictionsError, read_predictions
+    pa, pb = read_predictions(a), read_predictions(b)
+    same = (np.array_equal(pa.file, pb.file) and np.array_equal(pa.fold, pb.fold)
+            and np.array_equal(pa.repeat, pb.repeat))
+    if not same or rule not in pa.probs or rule not in pb.probs:
+        raise PredictionsError(f"{a} and {b} are not {rule} predictions of the same photos "
+                               "and folds")
+    return float(np.max(np.abs(pa.probs[rule] - pb.probs[rule])))
 
 
 def fresh_import_seconds(module: str = "handjax.train.run") -> float:
