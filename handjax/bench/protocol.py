@@ -17,16 +17,20 @@ from handjax.bench.keras_peer import peak_rss_gib
 
 
 def protocol_configs(model: str, size: int, n_per_class: int, epochs1: int, epochs2: int,
-                     n_folds: int, weights: str, batch: int = 16):
+                     n_folds: int, weights: str, batch: int = 16, *, views: int = 2,
+                     root: str | None = None):
     """The specs of the protocol comparison: handjax's way, the plain way, and handjax in
     bfloat16 compute (``{"handjax": ..., "plain": ..., "handjax-bf16": ...}``), and the
-    handjax ConfigDict they come from (``"config"``)."""
+    handjax ConfigDict they come from (``"config"``). ``root``: a folder of photos instead
+    of the synthetic ones."""
     from handjax import config as configs
     fast = configs.cell(model, "categorical")
     fast.model.weights = weights
     fast.data.image_size = size
     fast.data.n_per_class = n_per_class
-    fast.data.views = 2
+    fast.data.views = views
+    if root:
+        fast.data.root = root
     fast.n_folds = n_folds
     fast.train.epochs1, fast.train.epochs2 = epochs1, epochs2
     fast.train.batch_size = batch

@@ -7,6 +7,7 @@
     python -m handjax.bench scaling    # wall, share not training, s/photo, peak RSS, N to 20,000
     python -m handjax.bench protocol --keras   # + the protocol written plainly in Keras 3
     python -m handjax.bench protocol --torch   # + as a plain PyTorch script (bf16 autocast)
+    python -m handjax.bench processes --keras  # first run, Keras, second run: fresh processes
     python -m handjax.bench gpu-study  # the 12-cell study at 224 px on an accelerator, MFU
     python -m handjax.bench serve      # the web server under 1, 4, 16 clients vs offline
 
@@ -431,6 +432,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["serve"]:     # its own flags; the server under load beside predict
         from handjax.bench import serve as bench_serve
         return bench_serve.main(argv[1:])
+    if argv[:1] == ["processes"]:  # its own flags; each run a fresh process
+        from handjax.bench import processes
+        return processes.main(argv[1:])
     if argv[:1] == ["gpu-study"]:  # its own flags; refuses on a CPU
         from handjax.bench import gpu as bench_gpu
         return bench_gpu.main(argv[1:], peak_lookup=bf16_peak_tflops)
