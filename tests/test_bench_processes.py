@@ -101,7 +101,7 @@ def test_processes_times_first_run_keras_and_second_run(tmp_path):
     pytest.importorskip("keras")
     report = tmp_path / "processes.json"
     out = subprocess.run([sys.executable, "-m", "handjax.bench", "processes", "--quick",
-                          "--folds", "2", "--keras", "--json", str(report)],
+                          "--keras", "--json", str(report)],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -114,6 +114,7 @@ def test_processes_times_first_run_keras_and_second_run(tmp_path):
     assert got["keras_over_second"] == pytest.approx(walls["keras"] / walls["second"])
     assert got["first_over_second"] == pytest.approx(walls["first"] / walls["second"])
     assert got["identical"] is True
+    assert got["settings"]["folds"] == 2 and got["settings"]["image_size"] == 32   # --quick
     assert f"plain Keras 3 / handjax second run: {got['keras_over_second']:.2f}x" in out.stdout
     # each handjax run's own clock is inside its process's wall
     assert all(got["inner_s"][k] < walls[k] for k in walls)

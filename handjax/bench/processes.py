@@ -191,7 +191,7 @@ def main(argv) -> int:
     p.add_argument("--torch", action="store_true", help="and the plain PyTorch one "
                    "(pip install -e '.[torch]')")
     p.add_argument("--quick", action="store_true", help="tiny settings (32 px, 30 photos, "
-                   "1+1 epochs)")
+                   "1+1 epochs, 2 folds)")
     p.add_argument("--model", default="vgg19", choices=backbones.NAMES)
     p.add_argument("--image-size", type=console.int_at_least(32, 1024), default=112)
     p.add_argument("--n-per-class", type=console.int_at_least(2), default=50)
@@ -208,7 +208,7 @@ def main(argv) -> int:
     p.add_argument("--json", help="also write the measurements to this file")
     a = p.parse_args(argv)
     if a.quick:
-        a.image_size, a.n_per_class, a.batch, a.epochs = 32, 10, 8, "1+1"
+        a.image_size, a.n_per_class, a.batch, a.epochs, a.folds = 32, 10, 8, "1+1", 2
     root = str(Path(a.root).expanduser().resolve()) if a.root else None
     settings = Settings(a.model, a.image_size, a.n_per_class, a.views, a.epochs, a.folds,
                         a.batch, a.weights, a.dtype, root)
