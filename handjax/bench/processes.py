@@ -199,7 +199,9 @@ def main(argv) -> int:
     p.add_argument("--epochs", type=console.epochs, default="2+1")
     p.add_argument("--folds", type=console.int_at_least(2, 20), default=5)
     p.add_argument("--batch", type=console.int_at_least(1), default=16)
-    p.add_argument("--weights", default="none", help="'none' (random) or 'imagenet'")
+    p.add_argument("--weights", default="none", help="'none' (random), a Keras .h5 file, or "
+                   "'imagenet' (downloaded into the sequence's empty cache by the first run, "
+                   "inside its time)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
                    help="handjax's model.dtype")
     p.add_argument("--root", help="a folder of photos (<class>/<file>) instead of the "
