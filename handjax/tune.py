@@ -14,7 +14,6 @@ seconds). Runs already started keep the plan recorded in their workdir
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
@@ -59,21 +58,20 @@ def tune_specs(specs, again: bool, budget: float | None) -> list:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from handjax import config as configs, console, user_errors
+    from handjax import cli, console
+    console.quiet(verbose=flags.FLAGS["verbosity"].present)   # as launch.py: our lines only
+    # one handler, as every command: a user error is one line (exit 1), Ctrl-C exits 130
+    sys.exit(cli.command(_tune, cli.INTERRUPTED_TUNING)())
+
+
+def _tune() -> None:
+    from handjax import config as configs
     from handjax.cache import check_cache_dir
     from handjax.models.kernels import plan as plans
-    console.quiet(verbose=flags.FLAGS["verbosity"].present)   # as launch.py: our lines only
-    try:
-        parsed = configs.parse(_CONFIG.value)
-        check_cache_dir()
-        specs = (list(parsed.cells.values()) if isinstance(parsed, configs.SweepSpec)
-                 else [parsed])
-        done = tune_specs(specs, _AGAIN.value, _BUDGET.value)
-    except user_errors() as e:
-        if os.environ.get("HANDJAX_DEBUG"):
-            raise
-        console.error(configs.one_line(e))
-        sys.exit(1)
+    parsed = configs.parse(_CONFIG.value)
+    check_cache_dir()
+    specs = list(parsed.cells.values()) if isinstance(parsed, configs.SweepSpec) else [parsed]
+    done = tune_specs(specs, _AGAIN.value, _BUDGET.value)
     cached = plans.read()["layers"]
     for spec, plan, seconds in done:
         how = {k: (cached.get(k) or {}).get("how", "table") for k, _ in plan.layers}

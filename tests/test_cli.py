@@ -157,3 +157,46 @@ def test_ctrl_c_ignored_at_the_start_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def _interrupted(cmd: list[str], cwd, env: dict, when: bytes, stream: str) -> tuple[int, str]:
+    """Start ``cmd`` with a terminal's SIGINT, wait until ``when`` shows on its ``stream``
+    ("stdout" or "stderr"), send it Ctrl-C; (its exit code, its stderr after that)."""
+    import os
+    import signal
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = b""
+        while when not in seen:
+            chunk = os.read(getattr(proc, stream).fileno(), 4096)
+            assert chunk, f"{cmd} ended before {when!r}: {seen[-2000:]!r}"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    text = (seen if stream == "stderr" else b"").decode() + err.decode()
+    return proc.returncode, text
+
+
+@pytest.mark.parametrize("cmd, when, stream, line", [
+    (["-m", "handjax.tune", "--config", "experiments/vgg19_custom.py",
+      "--config.data.image_size=112", "--budget", "120"], b"tuning convs", "stderr",
+     cli.INTERRUPTED_TUNING),
+    (["-m", "handjax.bench", "processes", "--quick"], b"processes:", "stdout",
+     cli.INTERRUPTED_ONLY),
+], ids=["tune", "bench"])
+def test_ctrl_c_in_tune_and_bench_is_one_line_and_exit_130(cmd, when, stream, line, tmp_path):
+    """``python -m handjax.tune`` while it measures, and ``python -m handjax.bench`` while a
+    run of its sequence goes on: one line, exit 130, no traceback (they had Python's)."""
+    import os
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "HANDJAX_DEBUG"}
+    env["HANDJAX_CACHE"] = str(tmp_path / "cache")   # nothing decided yet: tune measures
+    code, err = _interrupted([sys.executable, *cmd], root, env, when, stream)
+    assert code == cli.EXIT_INTERRUPTED, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == f"handjax: error: {line}"

@@ -1,8 +1,9 @@
 """Every entry point, and the one handler they all share for what users can get wrong.
 
 ``python launch.py`` (-> :mod:`handjax.cli.launch`) and ``python -m handjax.<command>``
-(``predict``, ``validate``, ``compare``, ``tune``, ``serve``, ``data``, ``bench``) end the
-same way (:func:`command`):
+(``predict``, ``validate``, ``compare``, ``tune``, ``bench``) end the same way
+(:func:`command`); ``serve`` stops on Ctrl-C as a server does, and ``data`` (export, preview:
+seconds) says its own errors in one line the same way:
 
 =====  =====================================================================
 exit   meaning
@@ -27,6 +28,8 @@ from typing import Callable
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 INTERRUPTED = "interrupted; rerun the same command to resume"
+INTERRUPTED_TUNING = "interrupted before the plan was written; rerun the same command"
+INTERRUPTED_ONLY = "interrupted"   # nothing to resume (a benchmark)
 
 
 def debugging() -> bool:
