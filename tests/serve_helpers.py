@@ -1,17 +1,36 @@
 """What the server tests share: one trained smoke run per test session (VGG16, 32 px, random
 weights, 2+1 epochs: ``cells.tiny_config``), test photos as bytes, the bad uploads, and a
-small stand-in model with the locked model's interface for the batching and API unit tests."""
+small stand-in model with the locked model's interface for the batching and API unit tests;
+and :func:`read_until`, for tests that send a command's process a signal at a given point."""
 from __future__ import annotations
 
 import functools
 import io
+import os
+import select
 import threading
+import time
 import zlib
 
 import numpy as np
 from PIL import Image
 
 from handjax import data
+
+
+def read_until(pipe, text: bytes, timeout: float = 300.0) -> bytes:
+    """Read ``pipe`` (a process's stdout or stderr) until ``text`` shows; what was read.
+    Fails the test, rather than hang, if the process ends or ``timeout`` seconds pass first."""
+    import pytest
+    seen, deadline = b"", time.monotonic() + timeout
+    while text not in seen:
+        ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(pipe.fileno(), 4096) if ready else b""
+        if not chunk:
+            pytest.fail(f"{text!r} did not show ({'ended' if ready else 'timed out'}): "
+                        f"{seen.decode(errors='replace')[-2000:]}")
+        seen += chunk
+    return seen
 
 
 

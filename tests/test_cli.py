@@ -162,17 +162,13 @@ def test_ctrl_c_ignored_at_the_start_stays_ignored():
 def _interrupted(cmd: list[str], cwd, env: dict, when: bytes, stream: str) -> tuple[int, str]:
     """Start ``cmd`` with a terminal's SIGINT, wait until ``when`` shows on its ``stream``
     ("stdout" or "stderr"), send it Ctrl-C; (its exit code, its stderr after that)."""
-    import os
     import signal
+    from serve_helpers import read_until
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        seen = b""
-        while when not in seen:
-            chunk = os.read(getattr(proc, stream).fileno(), 4096)
-            assert chunk, f"{cmd} ended before {when!r}: {seen[-2000:]!r}"
-            seen += chunk
+        seen = read_until(getattr(proc, stream), when)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
     finally:

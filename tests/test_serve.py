@@ -376,5 +376,7 @@ def test_only_loopback_addresses_count_as_loopback():
 def test_a_missing_run_is_one_line(tmp_path, capsys):
     from handjax.serve.__main__ import main
     assert main(["--workdir", str(tmp_path / "norun")]) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("handjax: loading the locked model of")   # what it starts
+    (line,) = lines[1:]
     assert line.startswith("handjax: error:") and "norun" in line

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_helpers import bad_uploads, photo_bytes
+from serve_helpers import bad_uploads, photo_bytes, read_until
 from handjax.bench.serve import Client, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow  # trains the smoke run (shared with test_serve.py)
@@ -171,3 +171,25 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(server):
     log = proc.log_path.read_text()
     assert "Waiting for application shutdown" in log and "Finished server process" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("when, last", [
+    (b"loading the locked model", "handjax: error: interrupted"),
+    (b"Uvicorn running on", "handjax: stopped (Ctrl-C)"),
+], ids=["loading", "serving"])
+def test_ctrl_c_stops_the_server_with_one_line_and_130(smoke_run, when, last):
+    """Ctrl-C while the model loads, and once it serves: one line, exit 130, no traceback
+    (uvicorn raises the signal again after its shutdown: that was Python's traceback)."""
+    proc = subprocess.Popen([sys.executable, "-m", "handjax.serve", "--workdir",
+                             str(smoke_run), "--port", str(free_port())], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = read_until(proc.stdout, when)
+        proc.send_signal(signal.SIGINT)
+        text = (seen + proc.communicate(timeout=120)[0]).decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, text[-2000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert text.strip().splitlines()[-1] == last

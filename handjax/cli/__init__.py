@@ -1,9 +1,9 @@
 """Every entry point, and the one handler they all share for what users can get wrong.
 
 ``python launch.py`` (-> :mod:`handjax.cli.launch`) and ``python -m handjax.<command>``
-(``predict``, ``validate``, ``compare``, ``tune``, ``bench``) end the same way
-(:func:`command`); ``serve`` stops on Ctrl-C as a server does, and ``data`` (export, preview:
-seconds) says its own errors in one line the same way:
+(``predict``, ``validate``, ``compare``, ``tune``, ``serve``, ``bench``) end the same way
+(:func:`command`; ``serve`` says ``stopped (Ctrl-C)`` once it has stopped serving), and
+``data`` (export, preview: seconds) says its own errors in one line the same way:
 
 =====  =====================================================================
 exit   meaning

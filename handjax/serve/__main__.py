@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from handjax import console
+from handjax import cli, console
 
 
 def parse_args(argv):
@@ -52,6 +52,7 @@ def is_loopback(host: str) -> bool:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     console.quiet()
+    console.say(f"loading the locked model of {args.workdir} (Ctrl-C stops)")
     from handjax import user_errors
     from handjax.errors import SetupError
     from handjax.model.locked import load_model
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     settings = Settings(max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
                         timeout_s=args.timeout, keep_uploads=keep)
     app = create_app(model, settings, run_plots(args.workdir))
+    console.check_interrupt()   # a Ctrl-C that something swallowed while loading stops here
     if not is_loopback(args.host):
         console.say(f"warning: listening on {args.host}: anyone who can reach this machine can "
                     "upload photos; there is no login and no encryption (HTTPS)")
@@ -87,9 +89,17 @@ def serve(app, host: str, port: int, settings, access_log: bool = False) -> int:
                             access_log=access_log,
                             timeout_graceful_shutdown=int(settings.timeout_s) + 5)
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn stops on Ctrl-C, then raises the signal again for whoever handles it next.
+        if not server.started:
+            raise
+        console.say("stopped (Ctrl-C)")
+        return cli.EXIT_INTERRUPTED
     return 0 if server.started else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # one handler, as every command: Ctrl-C while loading is one line and exit 130
+    sys.exit(cli.command(main, cli.INTERRUPTED_ONLY)())
