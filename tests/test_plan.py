@@ -272,3 +272,10 @@ def test_tune_command_decides_the_plan_a_run_then_uses(tmp_path, monkeypatch):
     assert "conv_impl=table" in out.stdout and "nothing to measure" in out.stdout
     # Our lines only: no absl INFO from JAX's backend probing (launch.py's console.quiet).
     assert "Unable to initialize backend" not in out.stderr, out.stderr
+    # A config file that is not there: one line and the usage code, as launch.py says it.
+    out = subprocess.run([sys.executable, "-m", "handjax.tune", "--config",
+                          "experiments/nope.py"], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("handjax: error:") and "experiments/nope.py" in line
