@@ -18,8 +18,8 @@ STAGES = [
     ("report",),
     ("train",),                                # a run: fit, then evaluate and report
     ("model",),                                # a finished run's model, loaded
-    ("serve",),
-    ("cli", "predict", "validate", "compare", "tune", "__init__"),
+    # the commands and their one handler (cli.command); serve is the web page's command
+    ("cli", "predict", "validate", "compare", "tune", "serve", "__init__"),
     ("bench",),
 ]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
