@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from handjax import console
+from handjax.bench.protocol import check_peers, same_files
 from handjax.models import backbones
 
 REPO = Path(__file__).resolve().parents[2]   # launch.py and experiments/ live here
@@ -112,11 +113,6 @@ def peer_result(stdout: str, label: str) -> dict:
     if not lines:
         raise SystemExit(f"bench processes: {label} printed no result")
     return json.loads(lines[-1][len(RESULT):])
-
-
-def same_files(a: Path, b: Path, names=("predictions.csv", "results.json")) -> bool:
-    """Whether two workdirs hold byte-identical ``names`` (:func:`summary`'s check)."""
-    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
 def summary(walls: dict) -> dict:
@@ -220,12 +216,7 @@ def main(argv) -> int:
     if not (REPO / "launch.py").is_file():
         raise SystemExit(f"bench processes: runs launch.py from a clone of handjax; there is "
                          f"none at {REPO}")
-    from handjax.bench.keras_peer import KERAS_APPS
-    from handjax.bench.torch_peer import TORCH_MODELS
-    for peer, models in (("keras", KERAS_APPS), ("torch", TORCH_MODELS)):
-        if peer in peers and a.model not in models:
-            p.error(f"--{peer}: the plain reference covers {', '.join(models)}")
-    check_peers(peers)
+    check_peers(p, peers, a.model)
     photos = f"photos of {root}" if root else f"{3 * a.n_per_class} synthetic photos"
     print(f"processes: {a.model} {a.image_size} px, {photos} x {a.views} views, {a.epochs} "
           f"epochs, {a.folds} folds + SVM, weights={a.weights}, dtype={a.dtype}; each run a "
@@ -236,14 +227,3 @@ def main(argv) -> int:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0 if report["identical"] else 1
 
-
-def check_peers(peers: list[str]) -> None:
-    """Each asked-for peer's packages installed, or its one line now (not after a run)."""
-    import importlib.util
-    from handjax.bench.keras_peer import NO_KERAS
-    from handjax.bench.torch_peer import NO_TORCH
-    needs = {"keras": (("keras",), NO_KERAS), "torch": (("torch", "torchvision"), NO_TORCH)}
-    for peer in peers:
-        modules, line = needs[peer]
-        if any(importlib.util.find_spec(m) is None for m in modules):
-            raise SystemExit(line)

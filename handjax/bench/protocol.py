@@ -101,6 +101,31 @@ def max_probability_change(a: Path, b: Path, rule: str = "cnn") -> float:
     return float(np.max(np.abs(pa.probs[rule] - pb.probs[rule])))
 
 
+PEER_NAMES = {"keras": "Keras", "torch": "PyTorch"}
+
+
+def check_peers(parser, peers, model: str) -> None:
+    """Each asked-for peer (``keras``, ``torch``) installed and covering ``model``, or its one
+    line now, not after the handjax runs."""
+    import importlib.util
+    from handjax.bench.keras_peer import KERAS_APPS, NO_KERAS
+    from handjax.bench.torch_peer import NO_TORCH, TORCH_MODELS
+    needs = {"keras": (("keras",), NO_KERAS, KERAS_APPS),
+             "torch": (("torch", "torchvision"), NO_TORCH, TORCH_MODELS)}
+    for peer in peers:
+        modules, missing, models = needs[peer]
+        if any(importlib.util.find_spec(m) is None for m in modules):
+            raise SystemExit(missing)
+        if model not in models:
+            parser.error(f"--{peer}: the plain {PEER_NAMES[peer]} reference covers "
+                         f"{', '.join(models)}")
+
+
+def same_files(a: Path, b: Path, names=("predictions.csv", "results.json")) -> bool:
+    """Whether two workdirs hold byte-identical ``names``."""
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
 def fresh_import_seconds(module: str = "handjax.train.run") -> float:
     """Wall seconds of ``import module`` in a fresh interpreter: what a run's process pays
     before its first line of work (this process has paid it already)."""
@@ -206,8 +231,8 @@ def bench_protocol(specs: dict, workroot: Path, keras: bool = False,
                       f"image-view, {n} images x {views} views)", flush=True)
     cold, warm = out["handjax"], out["handjax-warm"]
     out["cold_over_tuned"] = cold["wall_s"] / warm["wall_s"]
-    same = all((workroot / "handjax" / f).read_bytes() == (workroot / "handjax-warm" / f).read_bytes()
-               for f in ("predictions.csv", "conv_plan.json"))
+    same = same_files(workroot / "handjax", workroot / "handjax-warm",
+                      ("predictions.csv", "conv_plan.json"))
     out["cold_tuned_identical"] = same
     print(f"  first run on a fresh machine / tuned run: {cold['wall_s']:.1f} s / "
           f"{warm['wall_s']:.1f} s = {out['cold_over_tuned']:.2f}x (tuning "

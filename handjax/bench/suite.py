@@ -31,7 +31,6 @@ GFLOP/s figures count the convolutions and matrix products in the step's jaxpr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -47,7 +46,7 @@ from handjax.models import backbones, keras_weights
 from handjax.models.kernels import convs
 from handjax import console
 from handjax.bench.keras_peer import peak_rss_gib
-from handjax.bench.protocol import bench_protocol, bench_repeats, protocol_configs
+from handjax.bench.protocol import bench_protocol, bench_repeats, check_peers, protocol_configs
 from handjax.train.flops import jaxpr_flops
 
 # handjax.train is imported inside the functions that need it: ``steps`` needs only the
@@ -470,23 +469,11 @@ def main(argv=None) -> int:
                    help="'repeats': R, measured against R = 1")
     p.add_argument("--json", help="also write the measurements to this file")
     a = p.parse_args(argv)
-    if a.keras:
+    peers = [k for k in ("keras", "torch") if getattr(a, k)]
+    for peer in peers:
         if a.what not in ("protocol", "all"):
-            p.error("--keras applies to 'protocol' and 'all'")
-        if importlib.util.find_spec("keras") is None:  # fail now, not after the handjax runs
-            from handjax.bench.keras_peer import NO_KERAS
-            raise SystemExit(NO_KERAS)
-        from handjax.bench.keras_peer import KERAS_APPS
-        if a.model not in KERAS_APPS:
-            p.error(f"--keras: the plain Keras reference covers {', '.join(KERAS_APPS)}")
-    if a.torch:
-        if a.what not in ("protocol", "all"):
-            p.error("--torch applies to 'protocol' and 'all'")
-        from handjax.bench.torch_peer import NO_TORCH, TORCH_MODELS
-        if any(importlib.util.find_spec(m) is None for m in ("torch", "torchvision")):
-            raise SystemExit(NO_TORCH)   # now, not after the handjax runs
-        if a.model not in TORCH_MODELS:
-            p.error(f"--torch: the plain PyTorch reference covers {', '.join(TORCH_MODELS)}")
+            p.error(f"--{peer} applies to 'protocol' and 'all'")
+    check_peers(p, peers, a.model)   # fail now, not after the handjax runs
     impls = tuple(i for i in a.convs.split(",") if i)
     unknown = set(impls) - set(STEP_IMPLS)
     if unknown:
