@@ -53,14 +53,9 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:
         sys.exit(cli.fail(str(e), cli.EXIT_USAGE))
-    from handjax import config as configs
     console.quiet(verbose=flags.FLAGS["verbosity"].present)
-    try:
-        config = _CONFIG.value
-        name = config.name
-    except (OSError, ValueError, SyntaxError) as e:  # config files load lazily, on first access
-        sys.exit(cli.fail(configs.flag_error(e, sys.argv), cli.EXIT_USAGE))
-    workdir = _WORKDIR.value or os.path.join("runs", name)
+    config = cli.loaded_config(_CONFIG)
+    workdir = _WORKDIR.value or os.path.join("runs", config.name)
     # one handler for every command: a user error is one line (exit 1), Ctrl-C exits 130
     # (checkpoints are written whole or not at all, so the same command resumes)
     cli.exit_process(cli.command(_launch)(config, workdir, _RESTART.value))

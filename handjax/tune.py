@@ -58,12 +58,9 @@ def tune_specs(specs, again: bool, budget: float | None) -> list:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from handjax import cli, config as configs, console
+    from handjax import cli, console
     console.quiet(verbose=flags.FLAGS["verbosity"].present)   # as launch.py: our lines only
-    try:
-        _CONFIG.value.get("name")   # config files load lazily, on first access
-    except (OSError, ValueError, SyntaxError) as e:
-        sys.exit(cli.fail(configs.flag_error(e, sys.argv), cli.EXIT_USAGE))
+    cli.loaded_config(_CONFIG)
     # one handler, as every command: a user error is one line (exit 1), Ctrl-C exits 130
     sys.exit(cli.command(_tune, cli.INTERRUPTED_TUNING)())
 

@@ -44,6 +44,19 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def loaded_config(flag):
+    """The ConfigDict of absl's ``--config`` ``flag`` (``config_flags.DEFINE_config_file``),
+    whose file loads on first access: a file that is not there or does not parse is one line
+    and exit 2 here, not a traceback later."""
+    try:
+        config = flag.value
+        config.get("name")
+    except (OSError, ValueError, SyntaxError) as e:
+        from handjax import config as configs
+        sys.exit(fail(configs.flag_error(e, sys.argv), EXIT_USAGE))
+    return config
+
+
 def command(main: Callable[..., int | None], interrupted: str = INTERRUPTED):
     """Wrap a CLI ``main(argv) -> exit code``: the project's errors become one line and
     exit 1, Ctrl-C exits 130 with ``interrupted`` (also one that something swallowed on its
